@@ -1,0 +1,64 @@
+"""A horizontally scaled Socket.IO cluster for Flask.
+
+Port a Flask-SocketIO application by changing its import::
+
+    from cluster import SocketIO, emit, join_room, leave_room
+
+Names are loaded on first use (PEP 562) so that ``python -m cluster node``
+can let eventlet monkey-patch the process before Flask, python-socketio or
+the application are imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+
+    "ConnectionRefusedError",
+    "Namespace",
+    "SocketIO",
+    "SocketIOTestClient",
+    "close_room",
+    "disconnect",
+    "emit",
+    "join_room",
+    "leave_room",
+    "rooms",
+    "send",
+]
+
+_LOCATIONS = {
+
+    "ConnectionRefusedError": "cluster.exceptions",
+    "Namespace": "cluster.namespace",
+    "SocketIO": "cluster.extension",
+    "SocketIOTestClient": "cluster.testing",
+    "close_room": "cluster.context_functions",
+    "disconnect": "cluster.context_functions",
+    "emit": "cluster.context_functions",
+    "join_room": "cluster.context_functions",
+    "leave_room": "cluster.context_functions",
+    "rooms": "cluster.context_functions",
+    "send": "cluster.context_functions",
+}
+
+if TYPE_CHECKING:
+
+    from .context_functions import close_room, disconnect, emit, join_room, leave_room, rooms, send
+    from .exceptions import ConnectionRefusedError
+    from .extension import SocketIO
+    from .namespace import Namespace
+    from .testing import SocketIOTestClient
+
+def __getattr__(name: str) -> Any:
+    module_name = _LOCATIONS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'cluster' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,92 @@
+"""The cluster bus: how socket nodes share rooms, broadcasts and acks.
+
+``create_manager(url)`` returns a python-socketio client manager chosen by
+the URL scheme (``redis://``, ``rediss://``, ``unix://``,
+``redis+sentinel://``, ``redis+cluster://`` → :class:`RedisManager`;
+``amqp://`` and any other kombu URL → :class:`KombuManager`). Both speak
+JSON only, optionally HMAC-signed (:mod:`.codec` documents the format), and
+add to python-socketio's ``PubSubManager``:
+
+``manager.ready``
+    ``True`` while connected and subscribed (for ``/readyz``).
+``manager.stats()``
+    counters and gauges for ``/metrics``; names listed in :mod:`.stats`.
+``manager.cluster``
+    :class:`ClusterView`: cluster-wide ``room_members``, ``room_size``,
+    ``rooms_of``, ``sockets``, ``sockets_join``, ``sockets_leave``,
+    ``disconnect_sockets``, ``server_side_emit``/``server_side_call`` with
+    ``on`` to register their handlers, ``live_nodes``.
+``manager.presence``
+    :class:`Presence`: ``on(callback)`` for first-join / last-leave events.
+``manager.initialize()`` / ``manager.close()`` / ``manager.flush()``
+    start at node start-up (idempotent), stop at shutdown, wait for the
+    publish queue to drain.
+:func:`with_timeout`
+    ack callbacks with their own timeout and an expiry callback.
+"""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+from .acks import TimedAck, with_timeout
+from .codec import Codec
+from .errors import (BusConfigurationError, BusError, BusPublishError,
+                     BusSerializationError, ClusterRequestError,
+                     ClusterRequestTimeout)
+from .kombu_manager import KombuManager
+from .manager import ClusterManager
+from .presence import Presence
+from .redis_manager import SCHEMES as REDIS_SCHEMES, RedisManager
+from .stats import COUNTERS, GAUGES
+from .view import ClusterView
+
+__all__ = [
+    "create_manager", "ClusterManager", "RedisManager", "KombuManager",
+    "ClusterView", "Presence", "Codec", "TimedAck", "with_timeout",
+    "COUNTERS", "GAUGES", "BusError", "BusConfigurationError",
+    "BusSerializationError", "BusPublishError", "ClusterRequestError",
+    "ClusterRequestTimeout",
+]
+
+
+def create_manager(url: str, *, channel: str = "flask-socketio",
+                   write_only: bool = False,
+                   signing_secret: str | bytes | None = None,
+                   options: dict[str, Any] | None = None, logger: Any = None,
+                   **settings: Any) -> ClusterManager:
+    """Build the bus manager for ``url``.
+
+    :param url: message queue URL; its scheme picks the backend.
+    :param channel: pub/sub channel (Redis) or exchange (kombu) name, the
+                    same on every node and emitter. Default
+                    ``"flask-socketio"``, Flask-SocketIO's.
+    :param write_only: for processes that only emit (workers).
+    :param signing_secret: shared HMAC secret (>= 16 bytes) or ``None``.
+    :param options: driver options: for Redis, redis-py keyword arguments
+                    (``password``, ``ssl_ca_certs``...) plus ``cluster:
+                    True`` to use Redis Cluster with a ``redis://`` URL and
+                    ``sentinel_kwargs``; for kombu, ``kombu.Connection``
+                    keyword arguments, with ``exchange_options``,
+                    ``queue_options`` and ``producer_options`` as sub-dicts.
+    :param logger: logger for bus events (default: the server's).
+    :param settings: manager settings (``node_name``, ``buffer_size``,
+                     ``ack_timeout``, ``request_timeout``,
+                     ``heartbeat_interval``, ``node_timeout``,
+                     ``max_backoff``...), see :class:`ClusterManager`.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise BusConfigurationError(
+            f"Invalid message queue URL {url!r}: expected e.g. "
+            f"redis://localhost:6379/0 or amqp://guest:guest@localhost//")
+    scheme = urlparse(url).scheme.lower()
+    options = dict(options or {})
+    common = dict(channel=channel, write_only=write_only, logger=logger,
+                  signing_secret=signing_secret, **settings)
+    if scheme in REDIS_SCHEMES:
+        cluster = bool(options.pop("cluster", False))
+        return RedisManager(url, redis_options=options, cluster=cluster,
+                            **common)
+    sub = {key: options.pop(key, None) for key in
+           ("exchange_options", "queue_options", "producer_options")}
+    return KombuManager(url, connection_options=options, **sub, **common)

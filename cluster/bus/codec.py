@@ -1,0 +1,240 @@
+"""Wire format of the cluster bus: JSON, optionally HMAC-signed.
+
+Unsigned (no secret configured) a message is the JSON object that
+python-socketio's ``PubSubManager`` publishes, plus ``"ts"`` (sender wall
+clock, ms) used for the lag gauge::
+
+    {"method": "emit", "event": "chat", "data": ["hi"], "namespace": "/",
+     "room": "lobby", "skip_sid": null, "callback": null, "binary": false,
+     "host_id": "3f2a...", "ts": 1732520000123}
+
+so stock write-only emitters (``socketio.RedisManager(url, write_only=True)``)
+interoperate. With a secret every message travels in an envelope::
+
+    {"v": 1, "src": "<sender host_id>", "seq": 42, "ts": 1732520000123,
+     "sig": "<hex HMAC-SHA256>", "body": "<the message above, as JSON text>"}
+
+``sig`` covers ``v``, ``src``, ``seq``, ``ts`` and ``body``. A receiver drops
+(and counts) anything unsigned, wrongly signed, older than ``max_age``
+seconds, or whose ``seq`` is not above the last one seen from ``src``
+(a replay). Nothing is ever unpickled or evaluated: the only decoder is
+``json.loads`` and the result must pass a per-method field check.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json as std_json
+import threading
+import time
+from typing import Any
+
+from .errors import BusConfigurationError, BusSerializationError
+
+#: methods python-socketio's PubSubManager understands
+STOCK_METHODS = frozenset(
+    {"emit", "callback", "disconnect", "enter_room", "leave_room", "close_room"})
+#: methods only cluster nodes speak
+CLUSTER_METHODS = frozenset(
+    {"heartbeat", "bye", "request", "response", "presence"})
+
+
+class Dropped(Exception):
+    """Raised by :meth:`Codec.open`; ``reason`` is a stats counter name."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _is_room(value: Any) -> bool:
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
+def _check(message: dict[str, Any]) -> None:
+    """Field checks per method: the listener relies on these types."""
+    method = message.get("method")
+    ns = message.get("namespace", "/")
+    if ns is not None and not isinstance(ns, str):
+        raise Dropped("dropped_malformed", "namespace must be a string")
+    host = message.get("host_id")
+    if host is not None and not isinstance(host, str):
+        raise Dropped("dropped_malformed", "host_id must be a string")
+    if method == "emit":
+        room, skip, cb = (message.get("room"), message.get("skip_sid"),
+                          message.get("callback"))
+        ok = (isinstance(message.get("event"), str)
+              and isinstance(message.get("data"), list)
+              and (room is None or _is_room(room) or (
+                  isinstance(room, list) and all(map(_is_room, room))))
+              and (skip is None or isinstance(skip, str) or (
+                  isinstance(skip, list)
+                  and all(isinstance(s, str) for s in skip)))
+              and (cb is None or (
+                  isinstance(cb, list) and len(cb) == 3
+                  and isinstance(cb[0], str) and isinstance(cb[2], int)))
+              and isinstance(message.get("binary", False), bool))
+        if ok and message.get("binary"):
+            data = message["data"]
+            ok = len(data) >= 1 and all(isinstance(a, str) for a in data[1:])
+    elif method == "callback":
+        ok = (isinstance(message.get("sid"), str)
+              and isinstance(message.get("id"), int)
+              and isinstance(message.get("args"), list))
+    elif method in ("disconnect", "enter_room", "leave_room"):
+        ok = isinstance(message.get("sid"), str) and (
+            method == "disconnect" or _is_room(message.get("room")))
+    elif method == "close_room":
+        ok = _is_room(message.get("room"))
+    elif method in CLUSTER_METHODS:
+        ok = isinstance(host, str)
+        if method == "request":
+            ok = ok and isinstance(message.get("op"), str) and isinstance(
+                message.get("req_id"), str) and isinstance(
+                message.get("args"), dict)
+        elif method == "response":
+            ok = ok and isinstance(message.get("req_id"), str) and isinstance(
+                message.get("from"), str)
+        elif method == "presence":
+            op = message.get("op")
+            ok = ok and op in ("add", "remove", "sync") and _is_room(
+                message.get("room"))
+            if ok and op == "sync":
+                rooms = message.get("rooms")
+                ok = isinstance(rooms, list) and all(
+                    isinstance(r, list) and len(r) == 2
+                    and isinstance(r[0], str) and _is_room(r[1])
+                    for r in rooms)
+    else:
+        raise Dropped("dropped_malformed", f"unknown method {method!r}")
+    if not ok:
+        raise Dropped("dropped_malformed", f"bad fields for {method!r}")
+
+
+class Codec:
+    """Encodes outgoing and checks incoming bus messages.
+
+    :param secret: shared HMAC key; ``None`` disables signing and accepts
+                   unsigned messages (needed for stock python-socketio
+                   emitters). At least 16 bytes when given.
+    :param json_module: ``dumps``/``loads`` provider (the server's).
+    :param max_age: seconds a signed message stays acceptable; also the
+                    tolerated clock skew between nodes. Default 60.
+    """
+
+    def __init__(self, secret: str | bytes | None = None,
+                 json_module: Any = std_json, max_age: float = 60.0) -> None:
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        if secret is not None and len(secret) < 16:
+            raise BusConfigurationError(
+                "The bus signing secret is too short: use at least 16 random "
+                "bytes, e.g. the output of `python -c 'import secrets; "
+                "print(secrets.token_hex(32))'`.")
+        self.secret = secret or None
+        self.json = json_module
+        self.max_age_ms = int(max_age * 1000)
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+        self._last_seq: dict[str, tuple[int, int]] = {}  # src -> (seq, ts)
+
+    @property
+    def signed(self) -> bool:
+        return self.secret is not None
+
+    def dumps(self, message: dict[str, Any]) -> str:
+        """Serialize at the caller, so a bad payload raises right there."""
+        if not self.signed:
+            message = dict(message, ts=_now_ms())
+        try:
+            if self.json is std_json:
+                return std_json.dumps(message, separators=(",", ":"))
+            return self.json.dumps(message)
+        except (TypeError, ValueError, OverflowError) as exc:
+            what = message.get("event") or message.get("method")
+            raise BusSerializationError(
+                f"Cannot send {what!r} through the cluster bus: its payload "
+                f"is not JSON serializable ({exc}). Send only dict, list, "
+                f"str, int, float, bool, None or bytes values.") from exc
+
+    def seal(self, body: str, src: str) -> bytes:
+        """Wrap a serialized message for the wire (signs it if configured).
+
+        Called by the single publisher right before sending, so ``seq``
+        grows in send order and ``ts`` is the publish time.
+        """
+        if not self.signed:
+            return body.encode("utf-8")
+        with self._seq_lock:
+            self._seq += 1
+            seq = self._seq
+        ts = _now_ms()
+        sig = self._sign(src, seq, ts, body)
+        return std_json.dumps({"v": 1, "src": src, "seq": seq, "ts": ts,
+                               "sig": sig, "body": body},
+                              separators=(",", ":")).encode("utf-8")
+
+    def _sign(self, src: str, seq: int, ts: int, body: str) -> str:
+        msg = f"v1\n{src}\n{seq}\n{ts}\n{body}".encode("utf-8")
+        return hmac.new(self.secret, msg, hashlib.sha256).hexdigest()
+
+    def open(self, raw: Any) -> tuple[dict[str, Any], int | None]:
+        """Return ``(message, sent_at_ms)`` or raise :class:`Dropped`."""
+        try:
+            if isinstance(raw, (bytes, bytearray, memoryview)):
+                raw = bytes(raw).decode("utf-8")
+            outer = std_json.loads(raw) if isinstance(raw, str) else raw
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise Dropped("dropped_malformed", f"not JSON: {exc}") from None
+        if not isinstance(outer, dict):
+            raise Dropped("dropped_malformed", "not a JSON object")
+        if self.signed:
+            message, ts = self._verify(outer)
+        else:
+            if "sig" in outer and "body" in outer:
+                # a signed peer while we have no secret: cannot verify it
+                raise Dropped("dropped_bad_signature",
+                              "signed message but no secret configured")
+            message, ts = outer, outer.get("ts")
+            if not isinstance(ts, int) or isinstance(ts, bool):
+                ts = None
+        _check(message)
+        return message, ts
+
+    def _verify(self, outer: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        if "sig" not in outer:
+            raise Dropped("dropped_unsigned", "message is not signed")
+        src, seq, ts, sig, body = (outer.get(k) for k in
+                                   ("src", "seq", "ts", "sig", "body"))
+        if not (outer.get("v") == 1 and isinstance(src, str)
+                and isinstance(seq, int) and isinstance(ts, int)
+                and isinstance(sig, str) and isinstance(body, str)):
+            raise Dropped("dropped_malformed", "bad signed envelope")
+        if not hmac.compare_digest(self._sign(src, seq, ts, body), sig):
+            raise Dropped("dropped_bad_signature", "signature mismatch")
+        now = _now_ms()
+        if abs(now - ts) > self.max_age_ms:
+            raise Dropped("dropped_replayed", f"message {now - ts} ms old")
+        last = self._last_seq.get(src)
+        if last is not None and seq <= last[0]:
+            raise Dropped("dropped_replayed", f"seq {seq} already seen")
+        self._last_seq[src] = (seq, now)
+        if len(self._last_seq) > 4096:
+            self._forget_old_sources(now)
+        try:
+            message = std_json.loads(body)
+        except (ValueError, RecursionError):
+            raise Dropped("dropped_malformed", "signed body is not JSON")
+        if not isinstance(message, dict):
+            raise Dropped("dropped_malformed", "signed body not an object")
+        return message, ts
+
+    def _forget_old_sources(self, now: int) -> None:
+        # a source silent for longer than max_age cannot be replayed anyway
+        for src, (_, seen) in list(self._last_seq.items()):
+            if now - seen > self.max_age_ms:
+                del self._last_seq[src]

@@ -1,0 +1,50 @@
+"""Exceptions raised by the cluster bus.
+
+::
+
+    BusError
+    ├── BusConfigurationError (ValueError)   bad URL, option or secret
+    ├── BusSerializationError (TypeError)    payload cannot be sent as JSON
+    ├── BusPublishError                      a write-only publish gave up
+    └── ClusterRequestError
+        └── ClusterRequestTimeout (TimeoutError)  some node did not answer
+
+Messages name the fix, so that a log line is enough to act on.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class BusError(Exception):
+    """Base class of every error raised by :mod:`cluster.bus`."""
+
+
+class BusConfigurationError(BusError, ValueError):
+    """The bus URL, a driver option or the signing secret is unusable."""
+
+
+class BusSerializationError(BusError, TypeError):
+    """A message could not be encoded as JSON; nothing was sent."""
+
+
+class BusPublishError(BusError):
+    """A write-only publisher could not reach the bus before its deadline."""
+
+
+class ClusterRequestError(BusError):
+    """A cluster-wide query could not be made (e.g. the bus is down)."""
+
+
+class ClusterRequestTimeout(ClusterRequestError, TimeoutError):
+    """Some live nodes did not answer a cluster-wide query in time.
+
+    ``partial`` maps the node ids that did answer to their answers and
+    ``missing`` lists the node ids that did not.
+    """
+
+    def __init__(self, message: str, partial: dict[str, Any],
+                 missing: list[str]) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.missing = missing

@@ -1,0 +1,495 @@
+"""ClusterManager: python-socketio's PubSubManager made safe and observable.
+
+The backend subclasses (:mod:`.redis_manager`, :mod:`.kombu_manager`) only
+move bytes: ``_connect_publisher``, ``_send_batch``, ``_listen`` and
+``_subscriber_count``. Everything else lives here: JSON-only (optionally
+signed) messages, local delivery plus exactly one publish per emit, one
+queued publisher, ack deadlines, heartbeats, and the cluster-wide queries of
+:class:`~.view.ClusterView`.
+"""
+from __future__ import annotations
+
+import base64
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+from socketio import PubSubManager
+from socketio.packet import Packet
+
+from .acks import AckDeadlines
+from .codec import CLUSTER_METHODS, Codec, Dropped
+from .errors import BusConfigurationError, BusPublishError
+from .nodes import NodeRegistry
+from .outbox import Outbox
+from .presence import Presence
+from .runtime import Backoff, Runtime
+from .stats import BusStats
+from .view import ClusterView
+
+log = logging.getLogger("cluster.bus")
+
+
+class ClusterManager(PubSubManager):
+    """Base class of the cluster bus managers (do not use directly).
+
+    :param channel: bus channel shared by all nodes and emitters.
+    :param write_only: emit-only mode for processes without a server
+                       (Celery workers): no listener, no heartbeat, and each
+                       publish is synchronous, raising
+                       :class:`~.errors.BusPublishError` after
+                       ``publish_timeout`` seconds without the bus.
+    :param signing_secret: shared HMAC secret. ``None`` (default) accepts
+                           unsigned messages, including those of stock
+                           python-socketio emitters.
+    :param node_name: label shown in cluster queries; default
+                      ``"<hostname>:<pid>"``.
+    :param buffer_size: messages held while the bus is down (10,000).
+    :param max_batch: messages written per round trip (500).
+    :param max_backoff: retry delay cap in seconds (1.0); the node is back
+                        within about this long after the bus returns.
+    :param ack_timeout: seconds before an unanswered ack callback is dropped
+                        (60); ``None`` keeps them forever as python-socketio
+                        does. Per call: :func:`~.acks.with_timeout`.
+    :param request_timeout: default timeout of cluster queries (5.0).
+    :param heartbeat_interval: seconds between heartbeats (1.0).
+    :param node_timeout: silence after which a node counts as gone
+                         (default ``3 * heartbeat_interval + 0.5``).
+    :param max_message_age: signed messages older than this many seconds
+                            are rejected as replays (60); also the clock
+                            skew tolerated between hosts.
+    :param publish_timeout: write-only publish deadline in seconds (5.0).
+    :param resume_wait: after an outage, wait up to this many seconds for
+                        the other nodes to resubscribe before flushing the
+                        outage buffer (3.0).
+    """
+
+    name = "cluster"
+
+    def __init__(self, channel: str = "flask-socketio", write_only: bool = False,
+                 logger: Any = None, json: Any = None, *,
+                 signing_secret: str | bytes | None = None,
+                 node_name: str | None = None, buffer_size: int = 10_000,
+                 max_batch: int = 500, max_backoff: float = 1.0,
+                 ack_timeout: float | None = 60.0, request_timeout: float = 5.0,
+                 heartbeat_interval: float = 1.0,
+                 node_timeout: float | None = None,
+                 max_message_age: float = 60.0, publish_timeout: float = 5.0,
+                 resume_wait: float = 3.0) -> None:
+        super().__init__(channel=channel, write_only=write_only,
+                         logger=logger, json=json)
+        for key, value in (("buffer_size", buffer_size), ("max_batch", max_batch),
+                           ("max_backoff", max_backoff),
+                           ("request_timeout", request_timeout),
+                           ("heartbeat_interval", heartbeat_interval),
+                           ("max_message_age", max_message_age),
+                           ("publish_timeout", publish_timeout)):
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise BusConfigurationError(
+                    f"Bus option {key}={value!r} must be a positive number.")
+        self.node_name = node_name or f"{socket.gethostname()}:{os.getpid()}"
+        self.buffer_size, self.max_batch = int(buffer_size), int(max_batch)
+        self.max_backoff = max_backoff
+        self.request_timeout = request_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.node_timeout = node_timeout or 3 * heartbeat_interval + 0.5
+        self.publish_timeout = publish_timeout
+        self.resume_wait = resume_wait
+        self._codec = Codec(signing_secret, self.json, max_message_age)
+        self._stats = BusStats()
+        self._runtime = Runtime()
+        self._acks = AckDeadlines(ack_timeout)
+        self._ack_ids = itertools.count(1)
+        self._nodes = NodeRegistry(self.host_id, self.node_name,
+                                   self.node_timeout)
+        self._outbox: Outbox | None = None
+        self._initialized = False
+        self._closed = False
+        self._subscribed = False
+        self._subscribed_at = 0.0
+        self._ever_subscribed = False
+        self._last_received = time.monotonic()
+        self._pub_lock = threading.Lock()
+        self._pub_ok = False
+        self._last_drop_log = 0.0
+        #: cluster-wide queries and commands (see :class:`ClusterView`)
+        self.cluster = ClusterView(self)
+        #: first-join / last-leave room events (see :class:`Presence`)
+        self.presence = Presence(self)
+
+    # -- lifecycle ----------------------------------------------------------
+    def set_server(self, server: Any) -> None:
+        super().set_server(server)
+        self._codec.json = self.json
+        self._runtime = Runtime(server)
+
+    def initialize(self) -> None:
+        """Start the publisher, listener and heartbeat tasks (idempotent).
+
+        python-socketio calls this on the first client connection; a node
+        should call it at start-up so ``ready`` turns true before that.
+        """
+        if self._initialized or self.write_only:
+            return
+        self._initialized = True
+        if self.server is not None:
+            self.server.manager_initialized = True
+            self._check_monkey_patched()
+        self._outbox = Outbox(
+            self._runtime, self._send_batch,
+            lambda body: self._codec.seal(body, self.host_id), self._stats,
+            self._get_logger(), connect=self._connect_publisher,
+            before_resume=self._wait_for_peers, max_size=self.buffer_size,
+            max_batch=self.max_batch, max_backoff=self.max_backoff)
+        self._runtime.spawn(self._outbox.run)
+        self.thread = self._runtime.spawn(self._thread)
+        self._runtime.spawn(self._ticker)
+        self._get_logger().info("%s bus initialized (node %s, channel %r)",
+                                self.name, self.node_name, self.channel)
+
+    def _check_monkey_patched(self) -> None:
+        if self._runtime.async_mode == "eventlet":
+            from eventlet.patcher import is_monkey_patched
+            if not is_monkey_patched("socket"):
+                raise RuntimeError(
+                    "The cluster bus needs eventlet's monkey patching with "
+                    "async_mode='eventlet': call eventlet.monkey_patch() "
+                    "before importing anything else.")
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Say goodbye, flush the publisher for up to ``timeout`` s, stop."""
+        if self._closed:
+            return
+        if self._outbox is not None:
+            self._publish({"method": "bye", "host_id": self.host_id},
+                          volatile=True)
+            self._outbox.close(timeout)
+        self._closed = True
+        self._subscribed = False
+        try:
+            self._close_transport()
+        except Exception:  # closing a dead connection may fail; irrelevant
+            pass
+
+    @property
+    def ready(self) -> bool:
+        """True when connected and subscribed (write-only: last publish ok)."""
+        if self._closed:
+            return False
+        if self.write_only:
+            return self._pub_ok
+        return bool(self._subscribed and self._outbox is not None
+                    and self._outbox.healthy)
+
+    def stats(self) -> dict[str, int | float]:
+        """Counters and gauges; names documented in :mod:`.stats`."""
+        values = self._stats.snapshot()
+        values["buffered"] = len(self._outbox) if self._outbox else 0
+        values["ready"] = int(self.ready)
+        values["live_nodes"] = 0 if self.write_only else len(self._nodes)
+        values["pending_acks"] = sum(
+            len(c) - 1 for c in list(self.callbacks.values()))
+        return values
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far was published."""
+        deadline = time.monotonic() + timeout
+        while self._outbox is not None and len(self._outbox):
+            if time.monotonic() > deadline:
+                return False
+            self._runtime.sleep(0.01)
+        return True
+
+    # -- sending ------------------------------------------------------------
+    def emit(self, event: str, data: Any, namespace: str | None = None,
+             room: Any = None, skip_sid: Any = None, callback: Any = None,
+             to: Any = None, **kwargs: Any) -> None:
+        """Deliver locally, then publish exactly once to the other nodes.
+
+        Same parameters as :meth:`socketio.Server.emit`. The payload is
+        serialized first, so a value JSON cannot carry raises
+        :class:`~.errors.BusSerializationError` here and nothing is sent.
+        """
+        room = to if to is not None else room
+        if kwargs.get("ignore_queue"):
+            return super(PubSubManager, self).emit(
+                event, data, namespace=namespace or "/", room=room,
+                skip_sid=skip_sid, callback=callback)
+        namespace = namespace or "/"
+        if callback is not None:
+            if self.server is None:
+                raise RuntimeError("Callbacks can only be issued from the "
+                                   "context of a server.")
+            if room is None:
+                raise ValueError("Cannot use callback without a room set.")
+        args = list(data) if isinstance(data, tuple) else [data]
+        binary = Packet.data_is_binary(args)
+        if binary:
+            args, attachments = Packet.deconstruct_binary(args)
+            args = [args, *(base64.b64encode(a).decode() for a in attachments)]
+        message = {"method": "emit", "event": event, "data": args,
+                   "binary": binary, "namespace": namespace, "room": room,
+                   "skip_sid": skip_sid, "callback": None,
+                   "host_id": self.host_id}
+        ack_id = None
+        if callback is not None:
+            ack_id = self._generate_ack_id(room, callback)
+            message["callback"] = [room, namespace, ack_id]
+        try:
+            body = self._codec.dumps(message)
+        except Exception:
+            if ack_id is not None:
+                self.callbacks.get(room, {}).pop(ack_id, None)
+            raise
+        if not self.write_only:
+            self._handle_emit(message)  # this node's clients: no round trip
+        self._send(body)
+
+    def _publish(self, data: dict[str, Any], volatile: bool = False) -> bool:
+        """Serialize (raising at the caller) and queue one bus message."""
+        return self._send(self._codec.dumps(data), volatile)
+
+    def _send(self, body: str, volatile: bool = False) -> bool:
+        if self.write_only:
+            self._publish_now(body)
+            return True
+        if self._outbox is None:
+            self.initialize()
+        assert self._outbox is not None
+        return self._outbox.put(body, volatile)
+
+    def _publish_now(self, body: str) -> None:
+        deadline = time.monotonic() + self.publish_timeout
+        backoff = Backoff(cap=self.max_backoff)
+        with self._pub_lock:
+            while True:
+                try:
+                    if not self._pub_ok:
+                        self._connect_publisher()
+                    self._send_batch([self._codec.seal(body, self.host_id)])
+                except BusConfigurationError:
+                    raise
+                except Exception as exc:
+                    self._pub_ok = False
+                    self._stats.incr("publish_errors")
+                    if time.monotonic() >= deadline:
+                        raise BusPublishError(
+                            f"Could not publish to the cluster bus within "
+                            f"{self.publish_timeout} s ({type(exc).__name__}:"
+                            f" {exc}). Check that the message queue is "
+                            f"running and reachable from this process."
+                        ) from exc
+                    time.sleep(backoff.next())
+                    continue
+                self._pub_ok = True
+                self._stats.incr("published")
+                return
+
+    def _wait_for_peers(self) -> None:
+        """Hold the outage buffer until the known nodes resubscribed.
+
+        Pub/sub keeps nothing for absent subscribers: flushing the instant
+        Redis is back would lose messages for nodes still reconnecting.
+        """
+        expected = len(self._nodes)
+        deadline = time.monotonic() + self.resume_wait
+        while True:
+            count = self._subscriber_count()
+            if count is None or count >= expected \
+                    or time.monotonic() >= deadline:
+                return
+            self._runtime.sleep(0.05)
+
+    # -- presence hooks: every room change of this node passes here --------
+    def basic_enter_room(self, sid: Any, namespace: str, room: Any,
+                         eio_sid: Any = None) -> None:
+        track = self.presence.enabled and room is not None and room != sid
+        new = track and room not in self.rooms.get(namespace, {})
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if new:
+            self.presence._local_added(namespace, room)
+
+    def basic_leave_room(self, sid: Any, namespace: str, room: Any) -> None:
+        track = self.presence.enabled and room is not None and room != sid
+        had = track and room in self.rooms.get(namespace, {})
+        super().basic_leave_room(sid, namespace, room)
+        if had and room not in self.rooms.get(namespace, {}):
+            self.presence._local_removed(namespace, room)
+
+    # -- acks -----------------------------------------------------------------
+    def _generate_ack_id(self, sid: Any, callback: Any) -> int:
+        # one process-wide counter: ids stay unique even after an expired
+        # sid's table is removed, so a late ack cannot hit a newer callback
+        table = self.callbacks.setdefault(sid, {0: self._ack_ids})
+        ack_id = next(self._ack_ids)
+        table[ack_id] = callback
+        self._acks.track(sid, ack_id, callback)
+        return ack_id
+
+    def _expire_acks(self) -> None:
+        for sid, ack_id in self._acks.due():
+            table = self.callbacks.get(sid)
+            if table is None:
+                continue
+            callback = table.pop(ack_id, None)
+            if len(table) <= 1:
+                self.callbacks.pop(sid, None)
+            if callback is None:
+                continue
+            self._stats.incr("acks_expired")
+            on_timeout = getattr(callback, "on_ack_timeout", None)
+            if on_timeout is not None:
+                self._runtime.spawn(self._safe_call, on_timeout)
+
+    def _safe_call(self, func: Any, *args: Any) -> Any:
+        try:
+            return func(*args)
+        except Exception:
+            self._get_logger().exception("Error in bus callback %r", func)
+
+    # -- receiving ------------------------------------------------------------
+    def _thread(self) -> None:
+        backoff = Backoff(cap=self.max_backoff)
+        while not self._closed:
+            try:
+                for raw in self._listen():
+                    self._dispatch(raw)
+                    if self._closed:
+                        return
+            except Exception:  # a listener must outlive any single failure
+                self._get_logger().exception("Cluster bus listener failed")
+                self._on_unsubscribed()
+                self._runtime.sleep(backoff.next())
+
+    def _dispatch(self, raw: Any) -> None:
+        """Check and apply one raw bus message; never raises."""
+        self._stats.incr("received")
+        self._last_received = time.monotonic()
+        try:
+            message, sent_ms = self._codec.open(raw)
+        except Dropped as drop:
+            self._stats.incr(drop.reason)
+            self._log_drop(drop)
+            return
+        method, host = message["method"], message.get("host_id")
+        try:
+            if method == "callback":
+                if host == self.host_id:
+                    self._handle_callback(message)
+                return
+            if host == self.host_id:
+                return  # our own message coming back
+            if sent_ms is not None:
+                self._stats.record_lag(time.time() - sent_ms / 1000)
+            if method in CLUSTER_METHODS:
+                self._handle_cluster(message)
+            elif method == "emit":
+                self._handle_emit(message)
+            elif method == "disconnect":
+                self._handle_disconnect(message)
+            elif method == "enter_room":
+                self._handle_enter_room(message)
+            elif method == "leave_room":
+                self._handle_leave_room(message)
+            elif method == "close_room":
+                self._handle_close_room(message)
+        except Exception:
+            self._stats.incr("handler_errors")
+            self._get_logger().exception("Error applying bus message %r",
+                                         method)
+
+    def _handle_cluster(self, message: dict[str, Any]) -> None:
+        method, host = message["method"], message["host_id"]
+        if method == "heartbeat":
+            if self._nodes.seen(host, str(message.get("name", host))):
+                self._get_logger().info("Cluster node %s joined",
+                                        message.get("name", host))
+                self.presence._node_joined()
+        elif method == "bye":
+            if self._nodes.remove(host):
+                self._node_gone(host)
+        elif method == "request":
+            self.cluster._handle_request(message)
+        elif method == "response":
+            self.cluster._handle_response(message)
+        elif method == "presence":
+            self.presence._handle_message(message)
+
+    def _node_gone(self, host_id: str) -> None:
+        self._get_logger().warning("Cluster node %s left",
+                                   self._nodes.name_of(host_id))
+        self.cluster._node_gone(host_id)
+        self.presence._node_gone(host_id)
+
+    def _log_drop(self, drop: Dropped) -> None:
+        now = time.monotonic()
+        if now - self._last_drop_log > 10:  # rate limited: could be a flood
+            self._last_drop_log = now
+            self._get_logger().warning(
+                "Dropped a bus message (%s: %s). If this is a peer of ours, "
+                "check that every node and emitter uses the same signing "
+                "secret.", drop.reason, drop)
+
+    # -- listener state, reported by the backends ----------------------------
+    def _on_subscribed(self) -> None:
+        if self._ever_subscribed and not self._subscribed:
+            self._stats.incr("reconnects")
+            self._get_logger().warning("Cluster bus subscription restored")
+        self._ever_subscribed = True
+        self._subscribed = True
+        self._subscribed_at = self._last_received = time.monotonic()
+        self._nodes.thaw()
+        self.presence._on_subscribed()
+
+    def _on_unsubscribed(self, exc: BaseException | None = None) -> None:
+        if self._subscribed:
+            self._get_logger().error(
+                "Cluster bus subscription lost (%s); serving local clients "
+                "only until it returns", exc or "listener stopped")
+        self._subscribed = False
+        self._nodes.freeze()
+
+    def _listener_is_deaf(self) -> bool:
+        """Subscribed, publishing fine, yet not even our own heartbeats
+        come back: the subscription is silently broken."""
+        now = time.monotonic()
+        return (self._outbox is not None and self._outbox.healthy
+                and now - self._last_received > self.node_timeout
+                and now - self._subscribed_at > self.node_timeout)
+
+    def _ticker(self) -> None:
+        next_beat = 0.0
+        while not self._closed:
+            try:
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + self.heartbeat_interval
+                    self._publish({"method": "heartbeat", "host_id": self.host_id,
+                                   "name": self.node_name}, volatile=True)
+                self._expire_acks()
+                if self._subscribed:
+                    for host_id in self._nodes.expire():
+                        self._node_gone(host_id)
+            except Exception:
+                self._get_logger().exception("Cluster bus ticker error")
+            self._runtime.sleep(min(0.25, self.heartbeat_interval))
+
+    # -- backend interface ----------------------------------------------------
+    def _connect_publisher(self) -> None:
+        raise NotImplementedError
+
+    def _send_batch(self, payloads: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _subscriber_count(self) -> int | None:
+        return None
+
+    def _listen(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def _close_transport(self) -> None:
+        pass

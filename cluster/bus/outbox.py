@@ -1,0 +1,184 @@
+"""The single publisher: one queue, one connection, pipelined batches.
+
+Every message a node publishes goes through one :class:`Outbox`. Callers only
+append to a deque (no pool checkout, no I/O), and one background task drains
+it in batches written with one round trip each. This is what lets a burst of
+thousands of concurrent emits go out in full: python-socketio's RedisManager
+checks a connection out of redis-py's pool per emit, runs out of connections
+under load and then rebuilds its client, losing messages.
+
+While the backend is unreachable the queue doubles as the outage buffer:
+messages wait (up to ``max_size``) and are published on reconnect; beyond
+that new messages are refused, counted in ``dropped_buffer_full`` and logged.
+"Volatile" messages (heartbeats, queries) are never buffered: they are stale
+by the time the bus returns.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Any, Callable
+
+from .runtime import Backoff, Runtime
+from .stats import BusStats
+
+
+class Outbox:
+    """Bounded publish queue drained by one background task.
+
+    :param send_batch: writes a list of wire payloads in one round trip;
+                       raises on any failure (the whole batch is retried).
+    :param seal: turns a queued body into its wire form at send time.
+    :param connect: opens the publisher connection; called once at start
+                    (retried with backoff) so readiness does not wait for
+                    the first message.
+    :param before_resume: called after a failure, before the buffered
+                          messages are sent again (used to wait until the
+                          other nodes have resubscribed); may raise.
+    :param max_size: outage buffer size in messages. Default 10,000.
+    :param max_batch: messages per round trip. Default 500.
+    :param max_backoff: cap of the retry delay in seconds. Default 1.0.
+    """
+
+    def __init__(self, runtime: Runtime, send_batch: Callable[[list[bytes]], None],
+                 seal: Callable[[str], bytes], stats: BusStats,
+                 logger: logging.Logger, *,
+                 connect: Callable[[], None] | None = None,
+                 before_resume: Callable[[], None] | None = None,
+                 max_size: int = 10_000, max_batch: int = 500,
+                 max_backoff: float = 1.0) -> None:
+        self.runtime = runtime
+        self.send_batch = send_batch
+        self.seal = seal
+        self.stats = stats
+        self.logger = logger
+        self.connect = connect
+        self.before_resume = before_resume
+        self.max_size = max_size
+        self.max_batch = max_batch
+        self.max_backoff = max_backoff
+        self.healthy = False
+        self.failed_since: float | None = None
+        self._queue: collections.deque[tuple[str, bool]] = collections.deque()
+        self._in_flight = 0
+        self._wakeup = runtime.event()
+        self._closed = False
+        self._last_drop_log = 0.0
+
+    def __len__(self) -> int:
+        return len(self._queue) + self._in_flight
+
+    def put(self, body: str, volatile: bool = False) -> bool:
+        """Queue one message; False when it was refused (and counted)."""
+        if volatile and not self.healthy:
+            return False
+        if len(self._queue) >= self.max_size:
+            if not volatile:
+                self.stats.incr("dropped_buffer_full")
+                self._log_drop()
+            return False
+        self._queue.append((body, volatile))
+        self._wakeup.set()
+        return True
+
+    def _log_drop(self) -> None:
+        now = time.monotonic()
+        if now - self._last_drop_log > 5:  # one line per 5 s, not per message
+            self._last_drop_log = now
+            self.logger.error(
+                "Cluster bus outage buffer full (%d messages): dropping "
+                "emits (total dropped so far: %d). Raise buffer_size or fix "
+                "the bus connection.", self.max_size,
+                self.stats.get("dropped_buffer_full"))
+
+    def run(self) -> None:
+        """Publisher loop; returns once closed and drained (or abandoned)."""
+        backoff = Backoff(cap=self.max_backoff)
+        while self.connect is not None and not self._closed:
+            try:
+                self.connect()
+            except Exception as exc:  # keep trying: the bus may come later
+                if self.failed_since is None:
+                    self.failed_since = time.monotonic()
+                    self.logger.error("Cannot connect to the cluster bus "
+                                      "(%s: %s); retrying", type(exc).__name__,
+                                      exc)
+                self.runtime.sleep(backoff.next())
+                continue
+            self.healthy, self.failed_since = True, None
+            break
+        while True:
+            self._wakeup.clear()
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wakeup.wait(1.0)
+                continue
+            batch = []
+            while self._queue and len(batch) < self.max_batch:
+                batch.append(self._queue.popleft())
+            self._in_flight = len(batch)
+            try:
+                if not self._send_with_retry(batch):
+                    return
+            finally:
+                self._in_flight = 0
+
+    def _send_with_retry(self, batch: list[tuple[str, bool]]) -> bool:
+        backoff = Backoff(cap=self.max_backoff)
+        while True:
+            try:
+                if not self.healthy and self.failed_since is not None \
+                        and self.before_resume is not None:
+                    self.before_resume()
+                self.send_batch([self.seal(body) for body, _ in batch])
+            except Exception as exc:  # any driver error means "retry later"
+                self.stats.incr("publish_errors")
+                if self.healthy or self.failed_since is None:
+                    self.failed_since = time.monotonic()
+                    self.logger.error(
+                        "Cluster bus publish failed (%s: %s); buffering up "
+                        "to %d messages and retrying every <= %.1f s",
+                        type(exc).__name__, exc, self.max_size,
+                        self.max_backoff)
+                self.healthy = False
+                batch[:] = [item for item in batch if not item[1]]
+                self._in_flight = len(batch)
+                if self._closed:
+                    self.stats.incr("dropped_unpublished",
+                                    len(batch) + len(self._queue))
+                    self._queue.clear()
+                    return False
+                self.runtime.sleep(backoff.next())
+                if not batch:
+                    return True
+                continue
+            if not self.healthy and self.failed_since is not None:
+                self.stats.incr("reconnects")
+                self.logger.warning(
+                    "Cluster bus publishing again after %.1f s outage",
+                    time.monotonic() - self.failed_since)
+            self.healthy = True
+            self.failed_since = None
+            self.stats.incr("published", len(batch))
+            return True
+
+    def mark_healthy(self) -> None:
+        """Record a successful connect made outside the loop (start-up)."""
+        if self.failed_since is None:
+            self.healthy = True
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop accepting, try to flush for up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while len(self) and self.healthy and time.monotonic() < deadline:
+            self.runtime.sleep(0.01)
+        self._closed = True
+        self._wakeup.set()
+        left = len(self._queue)
+        if left:
+            self.stats.incr("dropped_unpublished", left)
+            self.logger.error("Cluster bus closed with %d unpublished "
+                              "messages", left)
+            self._queue.clear()

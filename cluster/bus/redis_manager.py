@@ -1,0 +1,234 @@
+"""Redis backend of the cluster bus: plain, TLS, unix socket, Sentinel and
+Redis Cluster (sharded pub/sub).
+
+URLs
+    ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
+    ``unix:///path/to/redis.sock[?db=0]``
+        one Redis server (``Redis.from_url``).
+    ``redis+sentinel://[[user]:password@]host1:port1,host2:port2/db/service``
+    (``rediss+sentinel://`` for TLS to the master)
+        the master of ``service`` (default: the channel name) as told by
+        the Sentinels; a failover reconnects to the new master.
+    ``redis+cluster://[[user]:password@]host1:port1[,host2:port2...]``
+    (``rediss+cluster://``), or any ``redis://`` URL with
+    ``options={"cluster": True}``
+        a Redis Cluster. Messages use sharded pub/sub (``SPUBLISH`` /
+        ``SSUBSCRIBE``): the channel lives on the shard that owns its slot
+        and is not broadcast to every node of the cluster.
+
+``redis_options`` go to redis-py unchanged (``password``, ``ssl_ca_certs``,
+``ssl_certfile``, ``socket_keepalive``...), except ``sentinel_kwargs`` which
+goes to the Sentinel connections. Unless given, connect timeout is 2 s,
+socket timeout 5 s and redis-py retries once without delay: backoff is the
+manager's, capped at ``max_backoff``, never redis-py's (up to 10 s).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+from urllib.parse import unquote, urlparse
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .errors import BusConfigurationError
+from .manager import ClusterManager
+from .runtime import Backoff
+
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel",
+           "redis+cluster", "rediss+cluster")
+
+
+def _hosts(netloc: str) -> list[tuple[str, int]]:
+    hosts = []
+    for item in netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = item.rpartition(":")
+        if not host:
+            host, port = port, "6379"
+        try:
+            hosts.append((host.strip("[]"), int(port)))
+        except ValueError:
+            raise BusConfigurationError(
+                f"Bad host:port {item!r} in the bus URL.") from None
+    return hosts
+
+
+def _credentials(parsed: Any) -> dict[str, str]:
+    out = {}
+    if parsed.username:
+        out["username"] = unquote(parsed.username)
+    if parsed.password:
+        out["password"] = unquote(parsed.password)
+    return out
+
+
+class RedisManager(ClusterManager):
+    """Cluster bus over Redis pub/sub (see the module doc for URLs).
+
+    :param url: Redis URL; default ``redis://localhost:6379/0``.
+    :param redis_options: driver options passed to redis-py.
+    :param cluster: force Redis Cluster mode for a ``redis://`` URL.
+
+    Other keyword arguments: see :class:`~.manager.ClusterManager`.
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str = "redis://localhost:6379/0",
+                 channel: str = "flask-socketio", write_only: bool = False,
+                 logger: Any = None, json: Any = None,
+                 redis_options: dict[str, Any] | None = None,
+                 cluster: bool = False, **kwargs: Any) -> None:
+        super().__init__(channel=channel, write_only=write_only,
+                         logger=logger, json=json, **kwargs)
+        self.redis_url = url
+        options = dict(redis_options or {})
+        self.sentinel_kwargs = options.pop("sentinel_kwargs", None)
+        scheme = urlparse(url).scheme.lower()
+        if scheme not in SCHEMES:
+            raise BusConfigurationError(
+                f"Unsupported Redis URL scheme {scheme!r}; use one of "
+                f"{', '.join(s + '://' for s in SCHEMES)}.")
+        self.mode = ("sentinel" if scheme.endswith("+sentinel") else
+                     "cluster" if scheme.endswith("+cluster") or cluster
+                     else "single")
+        self.sharded = self.mode == "cluster"
+        options.setdefault("socket_connect_timeout", 2.0)
+        options.setdefault("socket_timeout", 5.0)
+        options.setdefault("socket_keepalive", True)
+        options.setdefault("retry", Retry(NoBackoff(), 1))
+        if scheme.startswith("rediss+"):
+            options.setdefault("ssl", True)
+        self.redis_options = options
+        self._pub: redis.Redis | None = None
+
+    # -- connections ----------------------------------------------------------
+    def _client(self) -> redis.Redis:
+        """A new client for the node that carries our channel."""
+        parsed = urlparse(self.redis_url)
+        if self.mode == "single":
+            return redis.Redis.from_url(self.redis_url, **self.redis_options)
+        if self.mode == "sentinel":
+            from redis.sentinel import Sentinel
+            parts = [p for p in parsed.path.split("/") if p]
+            kwargs = dict(self.redis_options, **_credentials(parsed))
+            if parts:
+                kwargs["db"] = int(parts[0])
+            sentinel_kwargs = self.sentinel_kwargs or {
+                k: v for k, v in self.redis_options.items()
+                if k.startswith("socket_")}
+            sentinel = Sentinel(_hosts(parsed.netloc),
+                                sentinel_kwargs=sentinel_kwargs, **kwargs)
+            service = parts[1] if len(parts) > 1 else self.channel
+            return sentinel.master_for(service)
+        return self._shard_client(parsed)
+
+    def _shard_client(self, parsed: Any) -> redis.Redis:
+        # ask the cluster which primary owns the channel's slot, then talk
+        # to that primary directly: SPUBLISH/SSUBSCRIBE are per shard
+        from redis.cluster import ClusterNode, RedisCluster
+        kwargs = dict(self.redis_options, **_credentials(parsed))
+        kwargs.pop("retry", None)
+        if parsed.scheme.endswith("+cluster"):
+            seeds = [ClusterNode(h, p) for h, p in _hosts(parsed.netloc)]
+            cluster = RedisCluster(startup_nodes=seeds, **kwargs)
+        else:
+            cluster = RedisCluster.from_url(self.redis_url, **kwargs)
+        try:
+            node = cluster.get_node_from_key(self.channel)
+        finally:
+            cluster.close()
+        node_kwargs = dict(self.redis_options, **_credentials(parsed))
+        return redis.Redis(host=node.host, port=node.port, **node_kwargs)
+
+    def _connect_publisher(self) -> None:
+        self._close_publisher()
+        client = self._client()
+        client.ping()
+        self._pub = client
+
+    def _close_publisher(self) -> None:
+        client, self._pub = self._pub, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # already broken: nothing to release
+                pass
+
+    def _send_batch(self, payloads: list[bytes]) -> None:
+        if self._pub is None:
+            self._connect_publisher()
+        pipe = self._pub.pipeline(transaction=False)
+        command = pipe.spublish if self.sharded else pipe.publish
+        for payload in payloads:
+            command(self.channel, payload)
+        try:
+            pipe.execute()
+        except Exception:
+            self._close_publisher()  # reconnect (and rediscover) next time
+            raise
+
+    def _subscriber_count(self) -> int | None:
+        if self._pub is None:
+            self._connect_publisher()
+        if self.sharded:
+            reply = self._pub.pubsub_shardnumsub(self.channel)
+        else:
+            reply = self._pub.pubsub_numsub(self.channel)
+        return int(reply[0][1]) if reply else 0
+
+    def _close_transport(self) -> None:
+        self._close_publisher()
+
+    # -- listening ------------------------------------------------------------
+    def _subscribe(self) -> Any:
+        pubsub = self._client().pubsub()
+        try:
+            if self.sharded:
+                pubsub.ssubscribe(self.channel)
+            else:
+                pubsub.subscribe(self.channel)
+            # wait for the confirmation: only then are we really listening
+            for _ in range(50):
+                message = pubsub.get_message(timeout=0.1)
+                if message and message["type"] in ("subscribe", "ssubscribe"):
+                    return pubsub
+            raise TimeoutError("no subscription confirmation within 5 s")
+        except Exception:
+            pubsub.close()
+            raise
+
+    def _listen(self) -> Iterator[bytes]:
+        backoff = Backoff(cap=self.max_backoff)
+        data_type = "smessage" if self.sharded else "message"
+        while not self._closed:
+            pubsub = None
+            try:
+                pubsub = self._subscribe()
+                self._on_subscribed()
+                backoff.reset()
+                while not self._closed:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        if self._listener_is_deaf():
+                            raise ConnectionError(
+                                "subscribed but not even our own heartbeats "
+                                "arrive")
+                        continue
+                    kind = message["type"]
+                    if kind == data_type:
+                        yield message["data"]
+                    elif kind in ("unsubscribe", "sunsubscribe"):
+                        # e.g. the channel's slot moved to another shard
+                        raise ConnectionError("unsubscribed by the server")
+            except Exception as exc:  # any failure: resubscribe with backoff
+                if self._closed:
+                    break
+                self._on_unsubscribed(exc)
+                self._runtime.sleep(backoff.next())
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # broken connection: nothing to close
+                        pass

@@ -1,0 +1,64 @@
+"""Concurrency primitives that follow the server's async mode.
+
+A node runs under eventlet (monkey patched) in production and under plain
+threads in tests and in write-only processes such as Celery workers. The bus
+asks the Socket.IO server for tasks, sleeps and events when it has one, so
+that everything it starts is a green thread under eventlet, and falls back to
+daemon threads otherwise.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+
+class Runtime:
+    """Spawn/sleep/event factory bound to an optional Socket.IO server."""
+
+    def __init__(self, server: Any = None) -> None:
+        self.server = server
+
+    def spawn(self, target: Callable[..., Any], *args: Any) -> Any:
+        if self.server is not None:
+            return self.server.start_background_task(target, *args)
+        thread = threading.Thread(target=target, args=args, daemon=True,
+                                  name=getattr(target, "__name__", "bus"))
+        thread.start()
+        return thread
+
+    def sleep(self, seconds: float) -> None:
+        if self.server is not None:
+            self.server.sleep(seconds)
+        else:
+            time.sleep(seconds)
+
+    def event(self) -> Any:
+        if self.server is not None:
+            return self.server.eio.create_event()
+        return threading.Event()
+
+    @property
+    def async_mode(self) -> str:
+        return getattr(self.server, "async_mode", None) or "threading"
+
+
+class Backoff:
+    """Capped exponential backoff: ``initial``, 2x, 4x ... up to ``cap``.
+
+    The cap is what bounds recovery time: after the backend returns, the
+    next attempt happens at most ``cap`` seconds later.
+    """
+
+    def __init__(self, initial: float = 0.05, cap: float = 1.0) -> None:
+        self.initial = initial
+        self.cap = cap
+        self._next = initial
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.cap)
+        return delay

@@ -1,0 +1,75 @@
+"""Bus counters exported by ``manager.stats()`` (and so by ``/metrics``).
+
+The names are a stable contract; ``COUNTERS`` and ``GAUGES`` are the complete
+list. Counters only grow for the life of the process; gauges are sampled.
+
+Counters
+    published             messages written to the bus
+    publish_errors        failed publish attempts (a batch that will be retried)
+    received              raw messages read from the bus, before any check
+    dropped_malformed     not JSON, not an object, or fields of the wrong type
+                          (this is where a pickle payload ends up)
+    dropped_unsigned      no signature while a signing secret is configured
+    dropped_bad_signature signature present but wrong
+    dropped_replayed      correctly signed but too old or already seen
+    dropped_buffer_full   emits refused because the outage buffer was full
+    dropped_unpublished   messages still buffered when the manager closed
+    handler_errors        valid messages whose local handling raised
+    reconnects            successful re-connections after a bus failure
+    acks_expired          ack callbacks removed because no answer came in time
+    requests_timed_out    cluster-wide queries that ended with a node silent
+    lag_samples           messages that contributed to the lag gauges
+
+Gauges
+    buffered              messages waiting to be published (incl. outage buffer)
+    ready                 1 when connected and subscribed, else 0
+    live_nodes            nodes (this one included) heard from recently
+    pending_acks          ack callbacks waiting for an answer
+    lag_seconds           publish-to-receive delay of the last message from
+                          another node (wall clocks; assumes synced clocks)
+    lag_seconds_max       largest such delay seen
+"""
+from __future__ import annotations
+
+import threading
+
+COUNTERS = (
+    "published", "publish_errors", "received", "dropped_malformed",
+    "dropped_unsigned", "dropped_bad_signature", "dropped_replayed",
+    "dropped_buffer_full", "dropped_unpublished", "handler_errors",
+    "reconnects", "acks_expired", "requests_timed_out", "lag_samples",
+)
+GAUGES = ("buffered", "ready", "live_nodes", "pending_acks", "lag_seconds",
+          "lag_seconds_max")
+
+
+class BusStats:
+    """Thread-safe counters plus the two lag gauges."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, float] = {name: 0 for name in COUNTERS}
+        self.lag_seconds = 0.0
+        self.lag_seconds_max = 0.0
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._values[name] += amount
+
+    def get(self, name: str) -> float:
+        return self._values[name]
+
+    def record_lag(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        with self._lock:
+            self._values["lag_samples"] += 1
+            self.lag_seconds = seconds
+            if seconds > self.lag_seconds_max:
+                self.lag_seconds_max = seconds
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            values = dict(self._values)
+            values["lag_seconds"] = round(self.lag_seconds, 6)
+            values["lag_seconds_max"] = round(self.lag_seconds_max, 6)
+        return values

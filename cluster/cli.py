@@ -1,0 +1,159 @@
+"""The command line: ``python -m cluster node|local``.
+
+``node`` serves one socket node; ``local`` starts a whole local cluster
+(Redis, N nodes, HAProxy). Environment variables are read here, once, and
+nowhere else: ``MESSAGE_QUEUE_URL`` (then ``REDIS_URL``) for the bus,
+``CLUSTER_SIGNING_SECRET`` for message signing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from typing import Sequence
+
+NODE_DESCRIPTION = """\
+Serve a Flask + Socket.IO application as one node of the cluster, under
+eventlet's WSGI server, on one port: the app's routes, Socket.IO at
+/socket.io/, and the probes /healthz (alive), /readyz (ready: bus reachable,
+not draining) and /metrics (Prometheus).
+
+SIGTERM or SIGINT drains the node: it reports not-ready, disconnects its
+clients so they reconnect to other nodes, then exits.
+"""
+
+
+def _env_flag(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cluster",
+        description="A horizontally scaled Socket.IO cluster for Flask.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    node = commands.add_parser(
+        "node", help="serve one socket node", description=NODE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    node.add_argument("--app", required=True, metavar="MODULE:ATTR",
+                      help="the application: a module and the name of its cluster.SocketIO "
+                           "object or of its Flask app, e.g. 'chat:socketio'")
+    node.add_argument("--host", default="127.0.0.1",
+                      help="interface to listen on (default: 127.0.0.1; use 0.0.0.0 in a "
+                           "container)")
+    node.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    node.add_argument("--message-queue", metavar="URL",
+                      default=os.environ.get("MESSAGE_QUEUE_URL") or os.environ.get("REDIS_URL"),
+                      help="bus URL that joins the node to the cluster: redis://, rediss://, "
+                           "unix://, redis+sentinel:// or a kombu URL such as amqp:// "
+                           "(default: $MESSAGE_QUEUE_URL, then $REDIS_URL; none: a single node)")
+    node.add_argument("--channel", default=os.environ.get("MESSAGE_QUEUE_CHANNEL"),
+                      help="bus channel shared by the nodes and the emitters (default: the "
+                           "app's setting, else 'flask-socketio')")
+    node.add_argument("--signing-secret", default=os.environ.get("CLUSTER_SIGNING_SECRET"),
+                      help="shared secret signing every bus message; unsigned messages are "
+                           "dropped (default: $CLUSTER_SIGNING_SECRET; none: no signing)")
+    node.add_argument("--max-connections", type=int, default=None,
+                      help="concurrent connections this node accepts (default: 100000; "
+                           "eventlet's own default of 1024 silently hangs connection 1025)")
+    nodelay = node.add_mutually_exclusive_group()
+    nodelay.add_argument("--tcp-nodelay", dest="tcp_nodelay", action="store_true", default=None,
+                         help="set TCP_NODELAY on the listening socket (the default): small "
+                              "frames leave at once instead of waiting ~40 ms for an ACK")
+    nodelay.add_argument("--no-tcp-nodelay", dest="tcp_nodelay", action="store_false",
+                         help="leave Nagle's algorithm on (fewer packets, more latency)")
+    node.add_argument("--websocket-compression", action="store_true", default=None,
+                      help="accept permessage-deflate when a client offers it (default: "
+                           "declined; it costs 2.5-3x CPU and memory per delivery)")
+    node.add_argument("--drain-seconds", type=float,
+                      default=float(os.environ.get("CLUSTER_DRAIN_SECONDS", "10")),
+                      help="on SIGTERM, how long in-flight handlers may take to finish before "
+                           "the node exits (default: 10)")
+    node.add_argument("--access-log", action="store_true",
+                      help="log every HTTP request (default: off; polling makes it noisy)")
+    node.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
+                      help="logging level (default: INFO)")
+
+    local = commands.add_parser(
+        "local", help="start a local cluster: Redis, N nodes and HAProxy",
+        description="Start redis-server (unless --redis-url), N nodes and HAProxy with "
+                    "cookie stickiness on 127.0.0.1; Ctrl-C stops them all.",
+    )
+    local.add_argument("--app", default="demo.app:socketio", metavar="MODULE:ATTR",
+                       help="the application (default: the demo chat, demo.app:socketio)")
+    local.add_argument("--nodes", type=int, default=2, help="number of nodes (default: 2)")
+    local.add_argument("--port", type=int, default=8000,
+                       help="HAProxy's port, the one browsers use (default: 8000)")
+    local.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
+                       help="use this Redis instead of starting one (default: $REDIS_URL)")
+    return parser
+
+
+def run_node(args: argparse.Namespace) -> int:
+    # eventlet must patch the standard library before Flask, python-socketio,
+    # redis-py or the application import it
+    with warnings.catch_warnings():
+        # eventlet announces its maintenance mode on import; the node's
+        # operators cannot act on that warning, so it stays out of the log
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import eventlet
+
+    eventlet.monkey_patch()
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from .app_loader import load_socketio
+    from .exceptions import ClusterError
+    from .node_server import serve_eventlet
+
+    try:
+        socketio = load_socketio(args.app)
+        overrides = {
+            "max_connections": args.max_connections,
+            "tcp_nodelay": args.tcp_nodelay,
+            "websocket_compression": args.websocket_compression,
+        }
+        socketio.server_options.update({k: v for k, v in overrides.items() if v is not None})
+        if args.message_queue:
+            bus_options = {}
+            if args.channel:
+                bus_options["channel"] = args.channel
+            if args.signing_secret:
+                bus_options["signing_secret"] = args.signing_secret
+            socketio.use_message_queue(args.message_queue, **bus_options)
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if socketio.app is None:
+        print("error: the SocketIO object has no Flask app; call init_app(app) in the module.",
+              file=sys.stderr)
+        return 2
+    serve_eventlet(socketio, socketio.app, args.host, args.port,
+                   log_output=args.access_log, drain_seconds=args.drain_seconds)
+    return 0
+
+
+def run_local(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from .local_cluster import run_local_cluster
+
+    return run_local_cluster(app=args.app, nodes=args.nodes, port=args.port,
+                             redis_url=args.redis_url)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "node":
+        return run_node(args)
+    if args.command == "local":
+        return run_local(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands

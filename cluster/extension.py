@@ -1,0 +1,357 @@
+"""The Flask extension: Flask-SocketIO's ``SocketIO`` surface on a cluster.
+
+An application written for Flask-SocketIO ports by changing its import::
+
+    from cluster import SocketIO, emit, join_room
+
+Everything here keeps Flask-SocketIO's names, arguments and defaults. What the
+cluster adds (the bus, persisted sessions, recovery, health) comes in through
+extra keyword arguments and never changes what the familiar ones do.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, TypeVar
+
+import flask
+import socketio
+
+from .exceptions import ConfigurationError
+from .handler_context import HandlerRunner
+from .health import HealthMiddleware, NodeState
+from .node_server import DeclineCompressionMiddleware
+from .server import ClusterServer, create_server
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("cluster")
+
+class SocketIO:
+    """Create a Socket.IO server for a Flask application, ready to cluster.
+
+    :param app: the Flask application, or ``None`` to call ``init_app`` later
+        (application factories).
+    :param manage_session: ``True`` (default) gives handlers a *forked* copy of
+        the HTTP session taken at connect: handlers see each other's changes,
+        HTTP routes never do. ``False`` uses the application's session
+        interface directly on every event, for server-side sessions
+        (Flask-Session), so HTTP changes are visible to handlers.
+    :param message_queue: the bus URL that joins this node to the cluster:
+        ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or a
+        kombu URL such as ``amqp://``. ``None`` (default) runs a single node.
+        With a URL and no ``app``, the object is a write-only emitter usable
+        from any process.
+    :param channel: the bus channel; default ``"flask-socketio"``, the same as
+        Flask-SocketIO so existing external emitters keep working.
+    :param write_only: only emit to the bus, never listen (external
+        processes). Default ``False`` unless ``app`` is ``None``.
+    :param message_queue_options: options passed through to the bus driver
+        (redis-py or kombu), e.g. ``{"password": ..., "ssl_cert_reqs": ...}``.
+    :param signing_secret: shared secret; when set, every bus message is
+        signed and unsigned or wrongly signed messages are dropped. Default
+        ``None`` (no signing).
+    :param websocket_compression: accept permessage-deflate when a client
+        offers it. Default ``False``: browsers always offer it, and it costs
+        2.5-3x CPU and memory per delivery.
+    :param tcp_nodelay: set ``TCP_NODELAY`` on the listening socket (default
+        ``True``: without it back-to-back frames wait on Nagle's algorithm).
+    :param max_connections: concurrent connections one node serves under
+        eventlet. Default 100,000 (eventlet's own default is 1,024, after which
+        new connections silently hang).
+
+    Any other keyword argument goes to :class:`socketio.Server` (and to
+    python-engineio): ``cors_allowed_origins``, ``ping_interval``,
+    ``ping_timeout``, ``max_http_buffer_size``, ``async_handlers`` (default
+    ``True``), ``always_connect``, ``logger``, ``engineio_logger``, ``json``,
+    ``path``, ``async_mode`` (default: ``eventlet`` when eventlet has
+    monkey-patched the process, as the node runner does, else ``threading``).
+    """
+
+    def __init__(self, app: flask.Flask | None = None, **kwargs: Any) -> None:
+        self.app: flask.Flask | None = None
+        self.server: ClusterServer = None  # type: ignore[assignment]
+        self.server_options: dict[str, Any] = {}
+        self.manage_session = True
+        self.sessions: Any = None
+        self.handlers: list[tuple[str, Callable[..., Any], str]] = []
+        self.namespace_handlers: list[Any] = []
+        self.exception_handlers: dict[str, Callable[[Exception], Any]] = {}
+        self.default_exception_handler: Callable[[Exception], Any] | None = None
+        self.runner = HandlerRunner(self)
+        self.node_state = NodeState(self)
+        self.wsgi_server: Any = None
+        if app is not None or "message_queue" in kwargs:
+            self.init_app(app, **kwargs)
+        else:
+            self.server_options.update(kwargs)
+
+    # -- setup -------------------------------------------------------------
+
+    def init_app(self, app: flask.Flask | None, **kwargs: Any) -> None:
+        """Attach to ``app`` (see the class docstring for the options)."""
+        options = dict(self.server_options)
+        options.update(kwargs)
+        self.server_options = options
+        if app is not None:
+            if not hasattr(app, "extensions"):
+                app.extensions = {}  # pragma: no cover - very old Flask
+            app.extensions["socketio"] = self
+            self.app = app
+        self.manage_session = options.get("manage_session", True)
+        self.server = create_server(self, app, options)
+        for event, handler, namespace in self.handlers:
+            self.server.on(event, handler, namespace=namespace)
+        for namespace_handler in self.namespace_handlers:
+            self.server.register_namespace(namespace_handler)
+        if app is not None and not getattr(app, "_cluster_socketio_wrapped", False):
+            # Socket.IO is served under its path ahead of the Flask routes, and
+            # the probes ahead of both
+            wsgi_app: Any = socketio.WSGIApp(
+                self.server, app.wsgi_app, socketio_path=self.server.socketio_path
+            )
+            wsgi_app = DeclineCompressionMiddleware(wsgi_app, self.server_options)
+            app.wsgi_app = HealthMiddleware(wsgi_app, self, self.node_state)  # type: ignore[method-assign]
+            app._cluster_socketio_wrapped = True  # type: ignore[attr-defined]
+
+    def use_message_queue(self, url: str | None, **kwargs: Any) -> None:
+        """Join (or leave, with ``None``) a bus after the app was created.
+
+        The node runner calls this with ``--message-queue`` so an application
+        module need not know the deployment's URL. It must happen before the
+        first client connects.
+        """
+        self.server.replace_manager(url, **kwargs)
+
+    # -- handler registration ----------------------------------------------
+
+    def on(self, message: str, namespace: str | None = None) -> Callable[[F], F]:
+        """Decorator registering a handler for ``message`` on ``namespace``."""
+        namespace = namespace or "/"
+
+        def decorator(handler: F) -> F:
+            self.on_event(message, handler, namespace)
+            return handler
+
+        return decorator
+
+    def on_event(
+        self, message: str, handler: Callable[..., Any], namespace: str | None = None
+    ) -> None:
+        """Register ``handler`` for ``message`` without a decorator."""
+        namespace = namespace or "/"
+        runner = self.runner
+
+        def run_in_flask_context(sid: str, *args: Any) -> Any:
+            return runner.run(handler, message, namespace, sid, *args)
+
+        run_in_flask_context.__wrapped__ = handler  # type: ignore[attr-defined]
+        if self.server is not None:
+            self.server.on(message, run_in_flask_context, namespace=namespace)
+        self.handlers.append((message, run_in_flask_context, namespace))
+
+    def event(self, *args: Any, **kwargs: Any) -> Any:
+        """Register a handler named after the decorated function.
+
+        ``@socketio.event`` or ``@socketio.event(namespace="/chat")``.
+        """
+        if len(args) == 1 and not kwargs and callable(args[0]):
+            handler = args[0]
+            return self.on(handler.__name__)(handler)
+
+        def decorator(handler: F) -> F:
+            return self.on(handler.__name__, *args, **kwargs)(handler)
+
+        return decorator
+
+    def on_namespace(self, namespace_handler: Any) -> None:
+        """Register a class-based :class:`cluster.Namespace` instance."""
+        from .namespace import Namespace
+
+        if not isinstance(namespace_handler, Namespace):
+            raise ConfigurationError(
+                "on_namespace() takes a cluster.Namespace instance; derive your "
+                "class from cluster.Namespace rather than socketio.Namespace."
+            )
+        namespace_handler._set_socketio(self)
+        if self.server is not None:
+            self.server.register_namespace(namespace_handler)
+        self.namespace_handlers.append(namespace_handler)
+
+    def on_error(self, namespace: str | None = None) -> Callable[[F], F]:
+        """Decorator registering the error handler of ``namespace``.
+
+        It receives the exception; its return value becomes the ack response.
+        """
+        namespace = namespace or "/"
+
+        def decorator(exception_handler: F) -> F:
+            if not callable(exception_handler):
+                raise ConfigurationError("on_error() must decorate a function.")
+            self.exception_handlers[namespace] = exception_handler
+            return exception_handler
+
+        return decorator
+
+    def on_error_default(self, exception_handler: F) -> F:
+        """Decorator registering the error handler of every namespace."""
+        if not callable(exception_handler):
+            raise ConfigurationError("on_error_default() must decorate a function.")
+        self.default_exception_handler = exception_handler
+        return exception_handler
+
+    # -- emitting ----------------------------------------------------------
+
+    def emit(self, event: str, *args: Any, **kwargs: Any) -> None:
+        """Emit ``event`` to a sid, a room, a list of rooms or everyone.
+
+        Keywords as in Flask-SocketIO: ``namespace`` (default ``"/"``),
+        ``to``/``room`` (default: everyone), ``include_self`` (default
+        ``True``), ``skip_sid``, ``callback`` (an ack; needs ``to``).
+        """
+        namespace = kwargs.pop("namespace", "/") or "/"
+        to = kwargs.pop("to", None)
+        if to is None:
+            to = kwargs.pop("room", None)
+        else:
+            kwargs.pop("room", None)
+        include_self = kwargs.pop("include_self", True)
+        skip_sid = kwargs.pop("skip_sid", None)
+        if not include_self and skip_sid is None and flask.has_request_context():
+            skip_sid = getattr(flask.request, "sid", None)
+        callback = kwargs.pop("callback", None)
+        if callback is not None:
+            callback = self._callback_in_flask_context(callback)
+        kwargs.pop("broadcast", None)
+        data = _event_data(args)
+        self.server.emit(
+            event, data, to=to, skip_sid=skip_sid, namespace=namespace,
+            callback=callback, **kwargs,
+        )
+
+    def call(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        """Emit to one client and wait for its ack (``to=``, ``timeout=60``)."""
+        namespace = kwargs.pop("namespace", "/") or "/"
+        to = kwargs.pop("to", None) or kwargs.pop("sid", None)
+        if to is None and flask.has_request_context():
+            to = getattr(flask.request, "sid", None)
+        if to is None:
+            raise ConfigurationError("call() needs the client: pass to=<sid>.")
+        timeout = kwargs.pop("timeout", 60)
+        return self.server.call(
+            event, _event_data(args), to=to, namespace=namespace, timeout=timeout,
+            **kwargs,
+        )
+
+    def send(
+        self,
+        data: Any,
+        json: bool = False,
+        namespace: str | None = None,
+        to: str | None = None,
+        callback: Callable[..., Any] | None = None,
+        include_self: bool = True,
+        skip_sid: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Send a ``message`` (or ``json`` with ``json=True``) event."""
+        to = to or kwargs.pop("room", None)
+        self.emit(
+            "json" if json else "message", data, namespace=namespace, to=to,
+            include_self=include_self, skip_sid=skip_sid, callback=callback, **kwargs,
+        )
+
+    def close_room(self, room: str, namespace: str | None = None) -> None:
+        """Remove every client from ``room``, on every node."""
+        self.server.close_room(room, namespace or "/")
+
+    # -- tasks and serving -------------------------------------------------
+
+    def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Start ``target`` in the async mode's thread kind; ``.join()`` waits."""
+        return self.server.start_background_task(target, *args, **kwargs)
+
+    def sleep(self, seconds: float = 0) -> None:
+        """Sleep without blocking other clients in the current async mode."""
+        self.server.sleep(seconds)
+
+    def run(self, app: flask.Flask | None = None, host: str | None = None,
+            port: int | None = None, **kwargs: Any) -> None:
+        """Serve the application (development and single-process use).
+
+        Under eventlet this is the production server of the node runner
+        (``python -m cluster node``); in ``threading`` mode it is Werkzeug's
+        development server, which needs ``allow_unsafe_werkzeug=True``
+        outside debug mode, as in Flask-SocketIO.
+        """
+        from .node_server import run_app
+
+        run_app(self, app or self.app, host=host, port=port, **kwargs)
+
+    def drain(self, grace_seconds: float = 10.0) -> None:
+        """Stop taking part: report not-ready, send every local client away.
+
+        Clients are closed at the Engine.IO level (not with a Socket.IO
+        DISCONNECT, which tells clients not to come back), so they reconnect
+        through the load balancer to another node. Session writes are
+        write-through, so nothing is pending once the handlers have returned.
+        ``grace_seconds`` bounds how long in-flight handlers may take.
+        """
+        self.node_state.draining = True
+        eio = self.server.eio
+        for eio_sid in list(getattr(eio, "sockets", {})):
+            try:
+                eio.disconnect(eio_sid)
+            except Exception:  # a socket closing under us is fine here
+                logger.debug("connection %s already gone while draining", eio_sid[:8])
+        if self.sessions is not None:
+            self.sessions.flush(timeout=grace_seconds)
+
+    def stop(self) -> None:
+        """Stop a server started with :meth:`run`."""
+        from .node_server import stop_app
+
+        stop_app(self)
+
+    def test_client(self, app: flask.Flask, namespace: str | None = None,
+                    query_string: str | None = None, headers: dict[str, str] | None = None,
+                    auth: dict[str, Any] | None = None,
+                    flask_test_client: Any = None) -> Any:
+        """A client that talks to this server in-process, for unit tests."""
+        from .testing import SocketIOTestClient
+
+        return SocketIOTestClient(
+            app, self, namespace=namespace, query_string=query_string,
+            headers=headers, auth=auth, flask_test_client=flask_test_client,
+        )
+
+    # -- internals ---------------------------------------------------------
+
+    def _handle_event(self, handler: Callable[..., Any], message: str | None,
+                      namespace: str, sid: str | None, *args: Any) -> Any:
+        return self.runner.run(handler, message, namespace, sid, *args)
+
+    def _callback_in_flask_context(self, callback: Callable[..., Any]) -> Callable[..., Any]:
+        """Run an ack callback in the Flask context of the emitting handler."""
+        if not flask.has_request_context():
+            return callback
+        sid = getattr(flask.request, "sid", None)
+        namespace = getattr(flask.request, "namespace", None) or "/"
+        if sid is None:
+            return callback
+        runner = self.runner
+
+        def ack_in_flask_context(*ack_args: Any) -> Any:
+            return runner.run(callback, None, namespace, sid, *ack_args)
+
+        return ack_in_flask_context
+
+
+def _event_data(args: tuple[Any, ...]) -> Any:
+    # python-socketio sends a tuple as several arguments and anything else as
+    # one; Flask-SocketIO's emit(event, *args) maps onto that
+    if len(args) == 1:
+        return args[0]
+    if not args:
+        return None
+    return tuple(args)

@@ -1,0 +1,224 @@
+"""python-socketio's ``Server`` with the cluster's lifecycle hooks.
+
+:class:`ClusterServer` adds to the stock server:
+
+- the forked session's lifecycle: bound at connect (a new fork, or a resume),
+  released when a connect is refused, expired when the connection ends;
+- a clear, counted rejection of malformed packets (the client is
+  disconnected, as socket.io does on a parse error) instead of a traceback;
+- a per-connection event rate limit (off unless ``max_events_per_second``);
+- swapping the client manager before the first connection, so the node
+  runner can join an already-built application to the bus;
+- in-process delivery to :class:`cluster.testing.SocketIOTestClient`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import socketio
+
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    import flask
+
+    from .extension import SocketIO
+
+logger = logging.getLogger("cluster.server")
+
+EXTENSION_OPTIONS = frozenset({
+    "manage_session", "message_queue", "channel", "write_only",
+    "message_queue_options", "signing_secret", "session_store", "session_ttl",
+    "session_key_prefix", "resume", "connection_state_recovery",
+    "websocket_compression", "tcp_nodelay", "max_connections",
+    "max_events_per_second", "redis_url", "path", "resource",
+})
+DEFAULT_CHANNEL = "flask-socketio"
+
+
+def default_async_mode() -> str:
+    """``eventlet`` when eventlet has patched the process, else ``threading``.
+
+    The node runner monkey-patches before importing the application, so the
+    same module serves production under eventlet and unit tests (or
+    ``flask run``) with threads, without an ``async_mode`` argument.
+    """
+    if "eventlet" not in sys.modules:
+        # not imported means not patched; importing it here would only
+        # print eventlet's deprecation warning in threaded processes
+        return "threading"
+    from eventlet.patcher import is_monkey_patched
+
+    return "eventlet" if is_monkey_patched("socket") else "threading"
+
+
+def build_manager(options: dict[str, Any], *, write_only: bool) -> Any:
+    """The client manager for ``options``: a bus manager or a local one."""
+    url = options.get("message_queue")
+    if not url:
+        return socketio.Manager()
+    from .bus import create_manager
+
+    return create_manager(
+        url,
+        channel=options.get("channel") or DEFAULT_CHANNEL,
+        write_only=write_only,
+        signing_secret=options.get("signing_secret"),
+        options=options.get("message_queue_options"),
+        logger=logging.getLogger("cluster.bus"),
+    )
+
+
+def create_server(ext: "SocketIO", app: "flask.Flask | None", options: dict[str, Any]) -> "ClusterServer":
+    """Build the server for ``ext`` from the extension's keyword options."""
+    server_kwargs = {k: v for k, v in options.items() if k not in EXTENSION_OPTIONS}
+    server_kwargs.setdefault("async_mode", default_async_mode())
+    write_only = bool(options.get("write_only", app is None))
+    if write_only and not options.get("message_queue"):
+        raise ConfigurationError(
+            "A SocketIO without a Flask app is a write-only emitter and needs "
+            "message_queue=<bus URL> (e.g. 'redis://localhost:6379/0')."
+        )
+    server = ClusterServer(
+        client_manager=build_manager(options, write_only=write_only),
+        max_events_per_second=options.get("max_events_per_second"),
+        **server_kwargs,
+    )
+    server.extension = ext
+    server.options = options
+    server.socketio_path = (options.get("path") or options.get("resource") or "socket.io").strip("/")
+    from .connection_sessions import create_connection_sessions
+
+    ext.sessions = create_connection_sessions(ext, options)
+    return server
+
+
+class ClusterServer(socketio.Server):
+    """A ``socketio.Server`` that knows the extension it serves.
+
+    :param max_events_per_second: per-connection rate of incoming events;
+        extra events are dropped with a warning. ``None`` (default) is no
+        limit. The burst allowance is twice the rate.
+    """
+
+    def __init__(self, *args: Any, max_events_per_second: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.extension: SocketIO | None = None
+        self.options: dict[str, Any] = {}
+        self.test_sinks: dict[str, Callable[[Any], None]] = {}
+        self.socketio_path = "socket.io"
+        self.max_events_per_second = max_events_per_second
+        self._rate_buckets: dict[str, tuple[float, float]] = {}
+        self.counters: dict[str, int] = {
+            "malformed_packets": 0,
+            "rate_limited_events": 0,
+        }
+
+    # -- bus ---------------------------------------------------------------
+
+    def replace_manager(self, url: str | None, **options: Any) -> None:
+        """Use a new client manager; only before the first connection."""
+        if self.manager_initialized:
+            raise ConfigurationError(
+                "The message queue can only be changed before the first client "
+                "connects; pass message_queue= to SocketIO() or --message-queue "
+                "to the node runner instead."
+            )
+        self.options = dict(self.options, message_queue=url, **options)
+        self.manager = build_manager(self.options, write_only=False)
+        self.manager.set_server(self)
+        if self.extension is not None:
+            from .connection_sessions import create_connection_sessions
+
+            self.extension.sessions = create_connection_sessions(self.extension, self.options)
+
+    # -- packets -----------------------------------------------------------
+
+    def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        sink = self.test_sinks.get(eio_sid)
+        if sink is None:
+            super()._send_packet(eio_sid, pkt)
+            return
+        encoded = pkt.encode()
+        for part in encoded if isinstance(encoded, list) else [encoded]:
+            sink(part)
+
+    def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        sink = self.test_sinks.get(eio_sid)
+        if sink is None:
+            super()._send_eio_packet(eio_sid, eio_pkt)
+            return
+        sink(eio_pkt.data)
+
+    def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            # a client that sends what cannot be parsed is closed, as the
+            # reference server does, instead of failing in a traceback
+            self.counters["malformed_packets"] += 1
+            logger.warning(
+                "Malformed Socket.IO packet from connection %s (%s); closing "
+                "the connection.", eio_sid[:8], exc,
+            )
+            self._binary_packet.pop(eio_sid, None)
+            if eio_sid not in self.test_sinks:
+                self.eio.disconnect(eio_sid)
+
+    def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
+        if not isinstance(data, list) or not data or not isinstance(data[0], str):
+            raise ValueError("an event packet must be a list starting with the event name")
+        if self.max_events_per_second and not self._take_token(eio_sid):
+            self.counters["rate_limited_events"] += 1
+            logger.warning(
+                "Connection %s exceeds %s events/s; event %r dropped.",
+                eio_sid[:8], self.max_events_per_second, data[0],
+            )
+            return
+        super()._handle_event(eio_sid, namespace, id, data)
+
+    def _take_token(self, eio_sid: str) -> bool:
+        rate = float(self.max_events_per_second or 0)
+        burst = rate * 2
+        now = time.monotonic()
+        tokens, last = self._rate_buckets.get(eio_sid, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
+        if tokens < 1:
+            self._rate_buckets[eio_sid] = (tokens, now)
+            return False
+        self._rate_buckets[eio_sid] = (tokens - 1, now)
+        return True
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
+        sessions = self.extension.sessions if self.extension is not None else None
+        if event == "connect" and sessions is not None:
+            sid, environ = args[0], args[1]
+            auth = args[2] if len(args) > 2 else None
+            sessions.on_connect(sid, namespace, environ, auth)
+            try:
+                result = super()._trigger_event(event, namespace, *args)
+            except BaseException:
+                sessions.on_refused(sid, namespace, environ)
+                raise
+            if result is False:
+                sessions.on_refused(sid, namespace, environ)
+            return result
+        if event == "disconnect" and sessions is not None:
+            sid = args[0]
+            environ = self.get_environ(sid, namespace)
+            try:
+                return super()._trigger_event(event, namespace, *args)
+            finally:
+                if environ is not None:
+                    sessions.on_disconnect(sid, namespace, environ)
+        return super()._trigger_event(event, namespace, *args)
+
+    def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        self._rate_buckets.pop(eio_sid, None)
+        super()._handle_eio_disconnect(eio_sid, reason)

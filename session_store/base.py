@@ -1,0 +1,354 @@
+"""The store interface and the logic every backend shares.
+
+:class:`SessionStore` holds everything that does not depend on where bytes
+live: id generation and validation, value encoding, the stored field layout,
+identity hashing, refusal counters and logging. A backend implements a
+handful of ``_backend_*`` primitives, each of which must be atomic on its own
+(a Lua script in Redis, a lock in memory).
+
+Stored layout of one session (a Redis hash, or a dict in memory)::
+
+    d:<key>      tagged-JSON value of session[key]    (one field per key)
+    m:identity   identity digest (see resume.identity_digest)
+    m:created    unix time of create()
+    m:updated    unix time of the last save()
+    m:version    number of saves since create()
+    m:resume     the session's current resume id, if one was issued
+
+The ``d:``/``m:`` prefixes keep session keys from ever colliding with metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .codec import decode_items, decode_value, encode_items
+from .exceptions import InvalidSessionId, SessionNotFound
+from .forked_session import ForkedSession
+from .resume import (
+    REFUSALS,
+    ResumeResult,
+    ResumeStatus,
+    identity_digest,
+    is_well_formed_id,
+    new_id,
+    redact,
+)
+
+__all__ = ["SessionHandle", "SessionStore"]
+
+logger = logging.getLogger("session_store")
+
+DATA = "d:"
+META_IDENTITY = "m:identity"
+META_CREATED = "m:created"
+META_UPDATED = "m:updated"
+META_VERSION = "m:version"
+META_RESUME = "m:resume"
+
+
+# eq=False: the session is a mutable dict, so handles compare by identity.
+@dataclass(frozen=True, eq=False)
+class SessionHandle:
+    """A session just created: its id and the live :class:`ForkedSession`."""
+
+    session_id: str
+    session: ForkedSession
+
+    def __repr__(self) -> str:
+        return f"SessionHandle(session_id={redact(self.session_id)}, keys={len(self.session)})"
+
+
+def _ms(seconds: float, name: str) -> int:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+    return max(1, int(seconds * 1000))
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+class SessionStore(ABC):
+    """Forked sessions kept by id, with TTLs and single-use resume ids.
+
+    :param key_prefix: prepended to every key (Redis) so several applications
+        can share one database. Default ``"sio:sess:"``.
+    :param ttl: seconds a session (and its resume id) survives after
+        :meth:`expire` is called, i.e. after its connection ends. Default 120,
+        socket.io's default ``maxDisconnectionDuration``.
+    :param lease_ttl: seconds of the "connected" lease that :meth:`create`,
+        :meth:`persist` and :meth:`issue_resume` apply. Sessions are never
+        stored without expiry: if a node dies without calling :meth:`expire`
+        the lease still runs out. Default 86400 (one day); a node whose
+        connections may live longer calls :meth:`persist_many` periodically.
+    :param tombstone_ttl: seconds a claimed resume id is remembered so a
+        replay is reported as ``REPLAYED`` rather than ``UNKNOWN``.
+        Default 600. After that a replay is still refused, as ``UNKNOWN``.
+
+    Thread-safe. Every method that takes a session id raises
+    :class:`InvalidSessionId` for an id this store cannot have issued, except
+    :meth:`load`, which returns ``None``.
+    """
+
+    def __init__(
+        self,
+        *,
+        key_prefix: str = "sio:sess:",
+        ttl: float = 120,
+        lease_ttl: float = 86400,
+        tombstone_ttl: float = 600,
+    ) -> None:
+        if not isinstance(key_prefix, str):
+            raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        self.key_prefix = key_prefix
+        self.ttl = float(ttl)
+        self.lease_ttl = float(lease_ttl)
+        self.tombstone_ttl = float(tombstone_ttl)
+        self._ttl_ms = _ms(ttl, "ttl")
+        self._lease_ms = _ms(lease_ttl, "lease_ttl")
+        self._tombstone_ms = _ms(tombstone_ttl, "tombstone_ttl")
+        self._counts_lock = threading.Lock()
+        self._counts: Counter[str] = Counter({s.value: 0 for s in ResumeStatus})
+
+    # -- sessions ------------------------------------------------------------
+
+    def create(self, data: Mapping[str, Any], identity: str | None) -> SessionHandle:
+        """Store a fork of ``data`` (the HTTP session) as a new session.
+
+        The session gets the connected lease (``lease_ttl``). Returns its id
+        and a :class:`ForkedSession` holding a deep copy of ``data`` (exactly
+        what :meth:`load` will return) with ``new=True`` and no pending changes.
+
+        :raises SessionValueError: a value of ``data`` cannot be encoded.
+        """
+        encoded = encode_items(data)
+        fields = {DATA + k: v for k, v in encoded.items()}
+        now = repr(time.time())
+        fields.update(
+            {
+                META_IDENTITY: identity_digest(identity),
+                META_CREATED: now,
+                META_UPDATED: now,
+                META_VERSION: "0",
+            }
+        )
+        session_id = new_id()
+        self._backend_create(session_id, fields, self._lease_ms)
+        logger.debug("created session %s", redact(session_id))
+        # Decoding what was stored makes the fork a deep copy (nested values are
+        # not shared with the HTTP session) that equals what load() returns.
+        return SessionHandle(session_id, ForkedSession(decode_items(encoded), new=True))
+
+    def load(self, session_id: str) -> ForkedSession | None:
+        """The stored session, or ``None`` if it does not exist (or expired).
+
+        :raises SessionDataError: a stored value cannot be decoded.
+        """
+        if not is_well_formed_id(session_id):
+            return None
+        fields = self._backend_read(session_id)
+        if fields is None:
+            return None
+        data: dict[str, Any] = {}
+        for raw_name, raw_value in fields.items():
+            name = _text(raw_name)
+            if name.startswith(DATA):
+                key = name[len(DATA) :]
+                data[key] = decode_value(key, raw_value)
+        return ForkedSession(data)
+
+    def save(self, session_id: str, session: ForkedSession) -> None:
+        """Write the keys of ``session`` that changed since its last save.
+
+        Only changed keys are set and only deleted keys removed, in one atomic
+        step, so two handlers that change different keys of the same session
+        concurrently both survive. Afterwards the written changes are marked
+        saved on ``session``. Does nothing if there are no changes.
+
+        :raises SessionNotFound: the session expired or was deleted; it is
+            not recreated (that would resurrect it without its other keys).
+        :raises SessionValueError: a changed value cannot be encoded; nothing
+            is written.
+        """
+        self._check_id(session_id)
+        # Read the mark before the changes: a change racing with this save
+        # then stays pending instead of being forgotten unsaved.
+        mark = session.change_mark
+        set_items, deleted = session.changes()
+        if not set_items and not deleted:
+            return
+        fields = {DATA + k: v for k, v in encode_items(set_items).items()}
+        if not self._backend_save(
+            session_id, fields, [DATA + k for k in deleted], repr(time.time())
+        ):
+            raise SessionNotFound(
+                f"Session {redact(session_id)} no longer exists (expired or deleted); "
+                "its changes were not saved. Start a new session with create()."
+            )
+        session.mark_saved(through=mark)
+
+    def expire(self, session_id: str, ttl: float | None = None) -> bool:
+        """Start the countdown: the session and its resume id live ``ttl`` more
+        seconds (default: the store's ``ttl``). Call it when the connection ends.
+
+        Returns ``False`` if the session no longer exists.
+        """
+        self._check_id(session_id)
+        ms = self._ttl_ms if ttl is None else _ms(ttl, "ttl")
+        return self._backend_set_ttl([session_id], ms) == 1
+
+    def persist(self, session_id: str) -> bool:
+        """Mark the session connected again: apply the lease (``lease_ttl``)
+        to it and its resume id. Call it when a connection resumes the session.
+
+        Returns ``False`` if the session no longer exists.
+        """
+        return self.persist_many([session_id]) == 1
+
+    def persist_many(self, session_ids: Iterable[str]) -> int:
+        """Renew the lease of many sessions in one round trip.
+
+        A node calls this periodically (well within ``lease_ttl``) for the
+        sessions of its live connections. Returns how many still existed.
+        """
+        ids = list(session_ids)
+        for session_id in ids:
+            self._check_id(session_id)
+        return self._backend_set_ttl(ids, self._lease_ms) if ids else 0
+
+    def delete(self, session_id: str) -> bool:
+        """Remove the session and its resume id now. ``False`` if already gone."""
+        self._check_id(session_id)
+        return self._backend_delete(session_id)
+
+    # -- resume ids ----------------------------------------------------------
+
+    def issue_resume(self, session_id: str, identity: str | None) -> str:
+        """A new single-use resume id for ``session_id``, bound to ``identity``.
+
+        It replaces (and invalidates) the session's previous resume id, and
+        has the session's current TTL: the lease while connected, the ``ttl``
+        countdown once :meth:`expire` is called.
+
+        :raises SessionNotFound: the session expired or was deleted.
+        """
+        self._check_id(session_id)
+        resume_id = new_id()
+        record = json.dumps({"s": session_id, "i": identity_digest(identity)})
+        if not self._backend_issue(session_id, resume_id, record):
+            raise SessionNotFound(
+                f"Session {redact(session_id)} no longer exists; cannot issue a resume id. "
+                "Start a new session with create()."
+            )
+        return resume_id
+
+    def claim_resume(self, resume_id: object, identity: str | None) -> ResumeResult:
+        """Exchange a resume id for its session id, once.
+
+        Granted only if the id exists (was issued and has not expired), was
+        not claimed before, and was issued for the same ``identity`` (``None``
+        matches only ``None``). Atomic: of concurrent claims of one id exactly
+        one is granted. A claim with the wrong identity does not consume the
+        id. Refusals are logged (id redacted) and counted by reason; see
+        :meth:`resume_counts`. The caller then loads the session, and should
+        issue a new resume id for the resumed connection.
+        """
+        digest = identity_digest(identity)
+        if not is_well_formed_id(resume_id):
+            return self._refuse(ResumeStatus.MALFORMED, resume_id)
+        status, session_id = self._backend_claim(resume_id, digest, self._tombstone_ms)
+        if status is not ResumeStatus.GRANTED:
+            return self._refuse(status, resume_id)
+        self._count(ResumeStatus.GRANTED)
+        logger.info("resume %s granted for session %s", redact(resume_id), redact(session_id))
+        return ResumeResult(ResumeStatus.GRANTED, session_id)
+
+    def resume_counts(self) -> dict[str, int]:
+        """Claims so far by outcome, every ``ResumeStatus`` value present (zeros too)."""
+        with self._counts_lock:
+            return dict(self._counts)
+
+    @property
+    def refusals(self) -> dict[str, int]:
+        """Refused claims so far by reason (every refusal reason present)."""
+        counts = self.resume_counts()
+        return {s.value: counts[s.value] for s in REFUSALS}
+
+    # -- shared helpers ------------------------------------------------------
+
+    def _refuse(self, status: ResumeStatus, resume_id: object) -> ResumeResult:
+        self._count(status)
+        logger.warning("resume %s refused: %s", redact(resume_id), status.value)
+        return ResumeResult(status)
+
+    def _count(self, status: ResumeStatus) -> None:
+        with self._counts_lock:
+            self._counts[status.value] += 1
+
+    @staticmethod
+    def _check_id(session_id: object) -> None:
+        if not is_well_formed_id(session_id):
+            raise InvalidSessionId(
+                f"{redact(session_id)} is not a session id issued by this store; "
+                "pass SessionHandle.session_id (or a granted ResumeResult.session_id) unchanged."
+            )
+
+    @staticmethod
+    def _parse_claim(record: str | bytes, digest: str) -> tuple[ResumeStatus, str | None]:
+        """Decide a claim from a stored resume record (for backends without scripts)."""
+        try:
+            parsed = json.loads(record)
+            session_id, stored_digest = parsed["s"], parsed["i"]
+        except (ValueError, TypeError, KeyError):
+            return ResumeStatus.MALFORMED, None
+        if stored_digest != digest:
+            return ResumeStatus.IDENTITY_MISMATCH, None
+        return ResumeStatus.GRANTED, session_id
+
+    # -- backend primitives (each atomic) -------------------------------------
+
+    @abstractmethod
+    def _backend_create(self, session_id: str, fields: dict[str, str], ttl_ms: int) -> None:
+        """Store a new session's fields with a TTL."""
+
+    @abstractmethod
+    def _backend_read(self, session_id: str) -> Mapping[str | bytes, str | bytes] | None:
+        """All fields of the session, or ``None`` if it does not exist."""
+
+    @abstractmethod
+    def _backend_save(
+        self, session_id: str, fields: dict[str, str], deleted: list[str], now: str
+    ) -> bool:
+        """Set ``fields``, delete ``deleted``, bump version and updated time.
+
+        ``False`` (and no write) if the session does not exist. A session found
+        without expiry gets the lease, so no key ever lives forever.
+        """
+
+    @abstractmethod
+    def _backend_set_ttl(self, session_ids: list[str], ttl_ms: int) -> int:
+        """Set the TTL of each session and its current resume id; count the existing."""
+
+    @abstractmethod
+    def _backend_delete(self, session_id: str) -> bool:
+        """Delete the session and its current resume id."""
+
+    @abstractmethod
+    def _backend_issue(self, session_id: str, resume_id: str, record: str) -> bool:
+        """Store ``record`` under ``resume_id`` with the session's TTL, replacing
+        the session's previous resume id. ``False`` if the session does not exist."""
+
+    @abstractmethod
+    def _backend_claim(
+        self, resume_id: str, digest: str, tombstone_ms: int
+    ) -> tuple[ResumeStatus, str | None]:
+        """Atomically check and consume a resume id, leaving a tombstone."""

@@ -1,0 +1,255 @@
+"""The Redis-backed session store: what makes a session survive a node.
+
+Key layout (``P`` is ``key_prefix``, default ``sio:sess:``)::
+
+    P data:<session id>    hash, one field per session key (see session_store.base)
+    P resume:<resume id>   string, JSON {"s": session id, "i": identity digest}
+    P used:<resume id>     string "1": tombstone of a claimed resume id
+
+Every key has a TTL. A session and its current resume id always share one:
+the connected lease while a connection holds the session (``create``,
+``persist``), the shorter ``ttl`` once the connection ended (``expire``).
+Tombstones live ``tombstone_ttl``.
+
+Each operation is one Lua script or one MULTI transaction, so it is atomic
+and costs one round trip. The scripts build the resume key of a session from
+the prefix, which Redis Cluster does not allow; a single Redis, or one behind
+Sentinel, is what this store supports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import redis
+
+from .base import SessionStore
+from .exceptions import SessionStoreUnavailable
+from .resume import ResumeStatus
+
+__all__ = ["RedisSessionStore"]
+
+# KEYS[1] session; ARGV: now, lease ms, number of fields to set, then
+# field/value pairs, then the fields to delete.
+_SAVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = tonumber(ARGV[3])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n)) end
+if #ARGV > 3 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + 2 * n)) end
+redis.call('HSET', KEYS[1], 'm:updated', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'm:version', 1)
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+# KEYS[1] session; ARGV: ttl ms, resume key prefix.
+_SET_TTL = """
+if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return 0 end
+local rid = redis.call('HGET', KEYS[1], 'm:resume')
+if rid then redis.call('PEXPIRE', ARGV[2] .. rid, ARGV[1]) end
+return 1
+"""
+
+# KEYS[1] session; ARGV: resume key prefix.
+_DELETE = """
+local rid = redis.call('HGET', KEYS[1], 'm:resume')
+if rid then redis.call('DEL', ARGV[1] .. rid) end
+return redis.call('DEL', KEYS[1])
+"""
+
+# KEYS[1] session, KEYS[2] new resume key; ARGV: resume id, record,
+# resume key prefix, lease ms. The resume id takes the session's TTL.
+_ISSUE = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
+if ttl == -1 then
+  ttl = tonumber(ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+local old = redis.call('HGET', KEYS[1], 'm:resume')
+if old then redis.call('DEL', ARGV[3] .. old) end
+redis.call('HSET', KEYS[1], 'm:resume', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+return 1
+"""
+
+# KEYS[1] resume key, KEYS[2] tombstone key; ARGV: identity digest,
+# tombstone ms. A claim with the wrong identity leaves the id in place.
+_CLAIM = """
+local record = redis.call('GET', KEYS[1])
+if not record then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {'replayed'} end
+  return {'unknown'}
+end
+local ok, parsed = pcall(cjson.decode, record)
+if not ok or type(parsed) ~= 'table' or type(parsed['s']) ~= 'string' then
+  return {'malformed'}
+end
+if parsed['i'] ~= ARGV[1] then return {'identity_mismatch'} end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+return {'granted', parsed['s']}
+"""
+
+# Fail fast when Redis is unreachable: the node must answer its clients, not
+# hang for the OS TCP timeout. Overridable through redis_options.
+_DEFAULT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 5}
+
+
+def _where(client: Any) -> str:
+    """Describe the server for messages, never including the password."""
+    try:
+        kw = client.connection_pool.connection_kwargs
+    except AttributeError:
+        return "the configured Redis"
+    if kw.get("path"):
+        return f"redis unix socket {kw['path']} db {kw.get('db', 0)}"
+    if "host" in kw:
+        return f"redis {kw['host']}:{kw.get('port', 6379)} db {kw.get('db', 0)}"
+    return "the configured Redis"
+
+
+class RedisSessionStore(SessionStore):
+    """:class:`SessionStore` persisted in Redis, shared by every node.
+
+    :param redis_client_or_url: a ``redis.Redis`` client (use this for
+        Sentinel: pass ``sentinel.master_for(...)``), or a ``redis://``,
+        ``rediss://`` or ``unix://`` URL, which may carry a password.
+    :param redis_options: extra keyword arguments for ``Redis.from_url`` when
+        a URL is given. Connect and command timeouts default to 5 seconds.
+
+    The other keywords (``key_prefix``, ``ttl``, ``lease_ttl``,
+    ``tombstone_ttl``) are described on :class:`SessionStore`.
+
+    Every Redis failure (unreachable, timeout, read-only replica, script
+    error) is raised as :class:`SessionStoreUnavailable`; the store never
+    retries on its own.
+    """
+
+    def __init__(
+        self,
+        redis_client_or_url: redis.Redis | str,
+        *,
+        key_prefix: str = "sio:sess:",
+        ttl: float = 120,
+        lease_ttl: float = 86400,
+        tombstone_ttl: float = 600,
+        redis_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            key_prefix=key_prefix, ttl=ttl, lease_ttl=lease_ttl, tombstone_ttl=tombstone_ttl
+        )
+        if isinstance(redis_client_or_url, str):
+            options = {**_DEFAULT_OPTIONS, **(redis_options or {})}
+            self.redis = redis.Redis.from_url(redis_client_or_url, **options)
+        else:
+            self.redis = redis_client_or_url
+        self._where = _where(self.redis)
+        self._resume_prefix = key_prefix + "resume:"
+        self._save = self.redis.register_script(_SAVE)
+        self._set_ttl = self.redis.register_script(_SET_TTL)
+        self._delete = self.redis.register_script(_DELETE)
+        self._issue = self.redis.register_script(_ISSUE)
+        self._claim = self.redis.register_script(_CLAIM)
+
+    def __repr__(self) -> str:
+        return f"RedisSessionStore({self._where}, key_prefix={self.key_prefix!r})"
+
+    def session_key(self, session_id: str) -> str:
+        """The Redis key of a session's hash (for operators and tests)."""
+        return f"{self.key_prefix}data:{session_id}"
+
+    def resume_key(self, resume_id: str) -> str:
+        """The Redis key of a live resume id."""
+        return self._resume_prefix + resume_id
+
+    def tombstone_key(self, resume_id: str) -> str:
+        """The Redis key remembering a claimed resume id."""
+        return f"{self.key_prefix}used:{resume_id}"
+
+    @contextlib.contextmanager
+    def _guard(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise SessionStoreUnavailable(
+                f"Session store could not {operation}: {self._where} failed "
+                f"({type(exc).__name__}: {exc}). Check that Redis is running and "
+                "reachable at the configured URL; retry once it is back."
+            ) from exc
+
+    # -- primitives ------------------------------------------------------------
+
+    def _backend_create(self, session_id: str, fields: dict[str, str], ttl_ms: int) -> None:
+        key = self.session_key(session_id)
+        with self._guard("create a session"):
+            pipe = self.redis.pipeline(transaction=True)
+            mapping: dict[Any, Any] = fields  # redis-py's stubs want a wider key type
+            pipe.hset(key, mapping=mapping)
+            pipe.pexpire(key, ttl_ms)
+            pipe.execute()
+
+    def _backend_read(self, session_id: str) -> Mapping[str | bytes, str | bytes] | None:
+        with self._guard("load a session"):
+            fields: Mapping[str | bytes, str | bytes] = self.redis.hgetall(
+                self.session_key(session_id)
+            )
+        return fields or None
+
+    def _backend_save(
+        self, session_id: str, fields: dict[str, str], deleted: list[str], now: str
+    ) -> bool:
+        args: list[str | int] = [now, self._lease_ms, len(fields)]
+        for name, value in fields.items():
+            args += (name, value)
+        args += deleted
+        with self._guard("save a session"):
+            return bool(self._save(keys=[self.session_key(session_id)], args=args))
+
+    def _backend_set_ttl(self, session_ids: list[str], ttl_ms: int) -> int:
+        with self._guard("set a session TTL"):
+            if len(session_ids) == 1:
+                return int(self._run_set_ttl(self.redis, session_ids[0], ttl_ms))
+            pipe = self.redis.pipeline(transaction=False)
+            for session_id in session_ids:
+                self._run_set_ttl(pipe, session_id, ttl_ms)
+            return sum(int(found) for found in pipe.execute())
+
+    def _run_set_ttl(self, client: Any, session_id: str, ttl_ms: int) -> Any:
+        return self._set_ttl(
+            keys=[self.session_key(session_id)],
+            args=[ttl_ms, self._resume_prefix],
+            client=client,
+        )
+
+    def _backend_delete(self, session_id: str) -> bool:
+        with self._guard("delete a session"):
+            return bool(
+                self._delete(keys=[self.session_key(session_id)], args=[self._resume_prefix])
+            )
+
+    def _backend_issue(self, session_id: str, resume_id: str, record: str) -> bool:
+        with self._guard("issue a resume id"):
+            return bool(
+                self._issue(
+                    keys=[self.session_key(session_id), self.resume_key(resume_id)],
+                    args=[resume_id, record, self._resume_prefix, self._lease_ms],
+                )
+            )
+
+    def _backend_claim(
+        self, resume_id: str, digest: str, tombstone_ms: int
+    ) -> tuple[ResumeStatus, str | None]:
+        with self._guard("claim a resume id"):
+            reply = self._claim(
+                keys=[self.resume_key(resume_id), self.tombstone_key(resume_id)],
+                args=[digest, tombstone_ms],
+            )
+        status = ResumeStatus(_str(reply[0]))
+        return status, (_str(reply[1]) if len(reply) > 1 else None)
+
+
+def _str(value: str | bytes) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value

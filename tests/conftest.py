@@ -1,0 +1,3 @@
+"""Fixtures live in tests/harness/ (real Redis, nodes, HAProxy, clients)."""
+
+pytest_plugins = ["tests.harness.fixtures"]
