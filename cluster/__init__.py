@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "Client",
 
     "ConnectionRefusedError",
     "Namespace",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 _LOCATIONS = {
+    "Client": "cluster.client",
 
     "ConnectionRefusedError": "cluster.exceptions",
     "Namespace": "cluster.namespace",
@@ -45,6 +47,7 @@ _LOCATIONS = {
 }
 
 if TYPE_CHECKING:
+    from .client import Client
 
     from .context_functions import close_room, disconnect, emit, join_room, leave_room, rooms, send
     from .exceptions import ConnectionRefusedError

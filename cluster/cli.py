@@ -103,7 +103,7 @@ def run_node(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         # eventlet announces its maintenance mode on import; the node's
         # operators cannot act on that warning, so it stays out of the log
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="\s*Eventlet is deprecated")
         import eventlet
 
     eventlet.monkey_patch()

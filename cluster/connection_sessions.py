@@ -1,23 +1,42 @@
-"""The forked session of each connection: bound, saved, released.
+"""The forked session of each connection: bound, saved, resumed, released.
 
 A connection's forked session is a :class:`session_store.ForkedSession`
-held in the connection's WSGI environ (so every namespace of one Engine.IO
-connection shares it, as in Flask-SocketIO). Handlers of that connection all
-run on the node that holds the connection, so they share that one object;
-with a store, each change is also written through to Redis before the ack
-or the next event, which is what lets another node resume it later.
+held in the connection's WSGI environ, so every namespace of one Engine.IO
+connection shares it, as in Flask-SocketIO. All handlers of a connection run
+on the node holding it and share that one object.
 
-Without a store (single node, no Redis) this is Flask-SocketIO's behaviour
-exactly: the fork lives as long as the connection.
+With a store (Redis in a cluster) the fork is also persisted:
+
+- at connect it is created from the HTTP session, or, when the CONNECT
+  payload carries a valid resume id (``pid``), loaded from the store, the
+  rooms of the old connection re-joined, and ``request.resumed`` set;
+- every change is written through before the ack or the next event;
+- each connection gets a fresh single-use resume id, bound to the identity
+  (Flask-Login's user id, or what ``resume_identity`` returns), sent to the
+  client as ``pid`` in the CONNECT reply;
+- when the connection ends the session's TTL starts.
+
+If the store is unreachable at connect the connection still works with an
+in-process fork (counted and logged); it just cannot be resumed later.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from session_store import ForkedSession
+from session_store import (
+    ForkedSession,
+    MemorySessionStore,
+    RedisSessionStore,
+    SessionNotFound,
+    SessionStore,
+    SessionStoreError,
+    redact,
+)
+
+from .connection_state import MemoryConnectionState, RedisConnectionState
 
 if TYPE_CHECKING:
     from .extension import SocketIO
@@ -25,23 +44,46 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cluster.sessions")
 
 ENVIRON_KEY = "cluster.connection_session"
+DEFAULT_SESSION_TTL = 120.0
+DEFAULT_KEY_PREFIX = "sio:sess:"
 
 
 @dataclass
 class BoundSession:
-    """What a connection holds: its fork and where it is stored."""
+    """What a connection holds: its fork, where it is stored, its rooms."""
 
     session: ForkedSession
     session_id: str | None = None
-    namespaces: set[str] = field(default_factory=set)
+    resume_id: str | None = None
+    identity: str | None = None
+    resumed: bool = False
+    sids: dict[str, str] = field(default_factory=dict)
+    rooms: dict[str, list[str]] = field(default_factory=dict)
+    rooms_dirty: bool = False
 
 
 class ConnectionSessions:
-    """Forked sessions of the connections on this node (no persistence)."""
+    """Forked sessions of the connections on this node.
 
-    def __init__(self, socketio: "SocketIO") -> None:
+    :param store: where forks persist; ``None`` keeps them in the connection
+        only (Flask-SocketIO's behaviour, nothing to resume).
+    :param state: where the rooms of resumable connections persist.
+    :param identity_loader: ``f(auth) -> str | None`` called inside the
+        connect request context; default: Flask-Login's user id from the
+        HTTP session, else ``None`` (anonymous).
+    """
+
+    def __init__(self, socketio: "SocketIO", store: SessionStore | None = None,
+                 state: Any = None,
+                 identity_loader: Callable[[Any], str | None] | None = None) -> None:
         self.socketio = socketio
-        self.counters: dict[str, int] = {"forked": 0}
+        self.store = store
+        self.state = state
+        self.identity_loader = identity_loader
+        self.counters: dict[str, int] = {
+            "forked": 0, "persisted": 0, "resumed": 0, "resume_refused": 0,
+            "store_errors": 0,
+        }
 
     # -- used by the handler runner ------------------------------------------
 
@@ -49,24 +91,145 @@ class ConnectionSessions:
         bound = environ.get(ENVIRON_KEY)
         return bound.session if bound is not None else None
 
+    def is_resumed(self, environ: Mapping[str, Any]) -> bool:
+        bound = environ.get(ENVIRON_KEY)
+        return bool(bound is not None and bound.resumed)
+
+    def resume_id(self, environ: Mapping[str, Any]) -> str | None:
+        bound = environ.get(ENVIRON_KEY)
+        return bound.resume_id if bound is not None else None
+
     def fork(self, environ: dict[str, Any], http_session: Mapping[str, Any]) -> ForkedSession:
-        """Bind a copy of ``http_session`` to the connection, once."""
+        """Bind an in-process copy of ``http_session``, once (no store, or store down)."""
         bound = environ.get(ENVIRON_KEY)
         if bound is None:
-            bound = BoundSession(session=self._new_fork(http_session))
+            bound = BoundSession(session=ForkedSession(dict(http_session)))
             environ[ENVIRON_KEY] = bound
             self.counters["forked"] += 1
         return bound.session
 
     def save(self, environ: Mapping[str, Any], session: Any) -> None:
-        """Nothing to persist without a store: the object is the fork."""
+        """Write the handler's changes (session and rooms) through to the store."""
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None or bound.session_id is None or self.store is None:
+            return
+        try:
+            if isinstance(session, ForkedSession) and session.modified:
+                self.store.save(bound.session_id, session)
+            if bound.rooms_dirty:
+                self._save_rooms(bound)
+        except SessionNotFound:
+            logger.warning("session %s expired in the store while connected; changes stay "
+                           "in this connection only", redact(bound.session_id))
+            self.counters["store_errors"] += 1
+        except SessionStoreError as exc:
+            # the changes stay pending in the ForkedSession and go with the next save
+            self.counters["store_errors"] += 1
+            logger.error("could not persist session %s: %s", redact(bound.session_id), exc)
+
+    # -- rooms ---------------------------------------------------------------
+
+    def on_rooms_changed(self, sid: str, namespace: str, environ: Mapping[str, Any] | None,
+                         room: str, joined: bool, in_handler: bool) -> None:
+        """Track a local membership change; persisted now or after the handler."""
+        bound = environ.get(ENVIRON_KEY) if environ is not None else None
+        if bound is None or bound.session_id is None or room == sid:
+            return
+        rooms = bound.rooms.setdefault(namespace, [])
+        if joined and room not in rooms:
+            rooms.append(room)
+        elif not joined and room in rooms:
+            rooms.remove(room)
+        else:
+            return
+        bound.rooms_dirty = True
+        if not in_handler:
+            try:
+                self._save_rooms(bound)
+            except SessionStoreError as exc:
+                self.counters["store_errors"] += 1
+                logger.error("could not persist rooms of %s: %s", redact(bound.session_id), exc)
+
+    def _save_rooms(self, bound: BoundSession) -> None:
+        assert bound.session_id is not None and self.store is not None  # noqa: S101 - internal
+        try:
+            self.state.save(bound.session_id, bound.rooms, self.store.lease_ttl)
+        except Exception as exc:  # redis errors of the rooms record
+            raise SessionStoreError(f"rooms record: {exc}") from exc
+        bound.rooms_dirty = False
 
     # -- lifecycle hooks of the server ---------------------------------------
 
     def on_connect(self, sid: str, namespace: str, environ: dict[str, Any], auth: Any) -> None:
         bound = environ.get(ENVIRON_KEY)
-        if bound is not None:
-            bound.namespaces.add(namespace)
+        if bound is None and self.store is not None:
+            bound = self._bind(environ, auth)
+        if bound is None:
+            return
+        bound.sids[namespace] = sid
+        if bound.resumed:
+            self._restore_rooms(bound, sid, namespace)
+
+    def _bind(self, environ: dict[str, Any], auth: Any) -> BoundSession | None:
+        store = self.store
+        assert store is not None  # noqa: S101 - only called with a store
+        app = self.socketio.app
+        if app is None:
+            return None
+        with app.request_context(environ) as context:
+            http_session = dict(context.session)
+            identity = self._identity(auth, http_session)
+        pid = auth.get("pid") if isinstance(auth, dict) else None
+        bound: BoundSession | None = None
+        try:
+            if pid is not None:
+                bound = self._resume(pid, identity)
+            if bound is None:
+                handle = store.create(http_session, identity)
+                bound = BoundSession(session=handle.session, session_id=handle.session_id,
+                                     identity=identity)
+                self.counters["persisted"] += 1
+            bound.resume_id = store.issue_resume(bound.session_id, identity)  # type: ignore[arg-type]
+        except SessionStoreError as exc:
+            self.counters["store_errors"] += 1
+            logger.error("session store unavailable at connect (%s); this connection gets "
+                         "an in-process session that cannot be resumed", exc)
+            return None
+        environ[ENVIRON_KEY] = bound
+        return bound
+
+    def _resume(self, pid: Any, identity: str | None) -> BoundSession | None:
+        store = self.store
+        assert store is not None  # noqa: S101
+        result = store.claim_resume(pid, identity)
+        if not result.granted or result.session_id is None:
+            self.counters["resume_refused"] += 1
+            return None
+        session = store.load(result.session_id)
+        if session is None:
+            self.counters["resume_refused"] += 1
+            return None
+        store.persist(result.session_id)
+        try:
+            rooms = self.state.load(result.session_id)
+        except Exception as exc:  # a missing rooms record only loses the rooms
+            logger.warning("rooms of session %s unavailable: %s", redact(result.session_id), exc)
+            rooms = {}
+        self.counters["resumed"] += 1
+        return BoundSession(session=session, session_id=result.session_id, identity=identity,
+                            resumed=True, rooms=rooms)
+
+    def _restore_rooms(self, bound: BoundSession, sid: str, namespace: str) -> None:
+        server = self.socketio.server
+        for room in list(bound.rooms.get(namespace, [])):
+            server.manager.enter_room(sid, namespace, room)
+
+    def _identity(self, auth: Any, http_session: Mapping[str, Any]) -> str | None:
+        if self.identity_loader is not None:
+            identity = self.identity_loader(auth)
+            return None if identity is None else str(identity)
+        user_id = http_session.get("_user_id")  # Flask-Login's key
+        return None if user_id is None else str(user_id)
 
     def on_refused(self, sid: str, namespace: str, environ: dict[str, Any]) -> None:
         self._leave(namespace, environ)
@@ -75,18 +238,52 @@ class ConnectionSessions:
         self._leave(namespace, environ)
 
     def flush(self, timeout: float) -> None:
-        """Nothing is pending: saves are synchronous."""
+        """Nothing is pending: every save is write-through."""
 
     def _leave(self, namespace: str, environ: dict[str, Any]) -> None:
         bound = environ.get(ENVIRON_KEY)
-        if bound is not None:
-            bound.namespaces.discard(namespace)
-
-    @staticmethod
-    def _new_fork(http_session: Mapping[str, Any]) -> ForkedSession:
-        return ForkedSession(dict(http_session))
+        if bound is None:
+            return
+        bound.sids.pop(namespace, None)
+        if bound.sids or bound.session_id is None or self.store is None:
+            return
+        # the last namespace of the connection is gone: the resume window opens
+        try:
+            self.store.expire(bound.session_id)
+            self.state.expire(bound.session_id, self.store.ttl)
+        except SessionStoreError as exc:
+            self.counters["store_errors"] += 1
+            logger.error("could not start the TTL of session %s: %s",
+                         redact(bound.session_id), exc)
+        except Exception as exc:  # the rooms record's own redis errors
+            self.counters["store_errors"] += 1
+            logger.error("could not expire rooms of %s: %s", redact(bound.session_id), exc)
 
 
 def create_connection_sessions(socketio: "SocketIO", options: Mapping[str, Any]) -> ConnectionSessions:
-    """The session binding for the extension's options."""
-    return ConnectionSessions(socketio)
+    """The session binding for the extension's options.
+
+    ``session_store``: a :class:`session_store.SessionStore`, ``"memory"``,
+    or ``None`` (default: Redis when the bus URL is a Redis URL, else
+    in-connection forks only). ``session_ttl`` (default 120 s) is how long a
+    session may be resumed after its connection ends; ``session_key_prefix``
+    (default ``"sio:sess:"``) namespaces the keys.
+    """
+    ttl = float(options.get("session_ttl") or DEFAULT_SESSION_TTL)
+    prefix = options.get("session_key_prefix") or DEFAULT_KEY_PREFIX
+    identity_loader = options.get("resume_identity")
+    store = options.get("session_store")
+    if store is None:
+        url = options.get("redis_url") or options.get("message_queue")
+        if isinstance(url, str) and url.split(":", 1)[0] in ("redis", "rediss", "unix"):
+            store = RedisSessionStore(url, key_prefix=prefix, ttl=ttl,
+                                      redis_options=options.get("message_queue_options"))
+    elif store == "memory":
+        store = MemorySessionStore(key_prefix=prefix, ttl=ttl)
+    if store is None:
+        return ConnectionSessions(socketio, identity_loader=identity_loader)
+    if isinstance(store, RedisSessionStore):
+        state: Any = RedisConnectionState(store.redis, store.key_prefix)
+    else:
+        state = MemoryConnectionState()
+    return ConnectionSessions(socketio, store=store, state=state, identity_loader=identity_loader)

@@ -115,6 +115,9 @@ class HandlerRunner:
             request.sid = sid  # type: ignore[attr-defined]
             request.namespace = namespace  # type: ignore[attr-defined]
             request.event = {"message": message, "args": call_args}  # type: ignore[attr-defined]
+            # True when this connection resumed a session (after a reconnect)
+            request.resumed = bool(  # type: ignore[attr-defined]
+                sessions is not None and sessions.is_resumed(environ))
             try:
                 result = handler(*call_args)
             except ConnectionRefusedError:

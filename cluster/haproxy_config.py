@@ -130,7 +130,9 @@ def render_haproxy_config(
             raise ValueError(f"backend {b.name!r} has an invalid host {b.host!r}")
         _check_port(f"port of backend {b.name!r}", b.port)
     if not health_path.startswith("/") or any(c.isspace() for c in health_path):
-        raise ValueError(f"health_path must be an absolute path without spaces, got {health_path!r}")
+        raise ValueError(
+            f"health_path must be an absolute path without spaces, got {health_path!r}"
+        )
     for what, value in (
         ("check_interval", check_interval),
         ("connect_timeout", connect_timeout),

@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Self
 
 from cluster.haproxy_config import Backend, render_haproxy_config
 from cluster.processes import (
@@ -57,6 +57,7 @@ __all__ = [
     "stop_all",
 ]
 
+
 class HAProxyProcess(ManagedProcess):
     """HAProxy in front of ``backends``, from :func:`render_haproxy_config`.
 
@@ -85,7 +86,9 @@ class HAProxyProcess(ManagedProcess):
         **config: Any,
     ) -> None:
         self.executable = executable or find_executable("haproxy", "haproxy")
-        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cluster-haproxy-"))
+        self.workdir = (
+            Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cluster-haproxy-"))
+        )
         super().__init__(name, log_path=self.workdir / f"{name}.log", start_timeout=start_timeout)
         self.host = host
         self.port = port or free_port(host)
@@ -123,12 +126,7 @@ class HAProxyProcess(ManagedProcess):
     def is_ready(self) -> bool:
         return port_accepts(self.host, self.port)
 
-    def server_states(self) -> dict[str, str]:
-        """Each backend server's status from the stats page: ``UP``, ``DOWN``...
-
-        Transitional states read like ``UP 1/2``; an empty dict means the
-        stats page did not answer. Needs ``stats=True``.
-        """
+    def _server_rows(self) -> list[dict[str, str]]:
         if self.stats_port is None:
             raise ClusterProcessError(f"{self.name} was created with stats=False")
         conn = http.client.HTTPConnection(self.host, self.stats_port, timeout=2.0)
@@ -136,15 +134,23 @@ class HAProxyProcess(ManagedProcess):
             conn.request("GET", "/;csv")
             text = conn.getresponse().read().decode()
         except (OSError, http.client.HTTPException):
-            return {}
+            return []
         finally:
             conn.close()
         rows = csv.DictReader(io.StringIO(text.removeprefix("# ")))
-        return {
-            row["svname"]: row["status"]
+        return [
+            row
             for row in rows
             if row.get("pxname") == "socket_nodes" and row["svname"] not in ("FRONTEND", "BACKEND")
-        }
+        ]
+
+    def server_states(self) -> dict[str, str]:
+        """Each backend server's status from the stats page: ``UP``, ``DOWN``...
+
+        Transitional states read like ``UP 1/2``; an empty dict means the
+        stats page did not answer. Needs ``stats=True``.
+        """
+        return {row["svname"]: row["status"] for row in self._server_rows()}
 
     def wait_for_state(self, server: str, state: str, timeout: float = 10.0) -> None:
         """Wait until ``server`` reports ``state`` (``UP``/``DOWN``) on the stats page."""
@@ -153,6 +159,32 @@ class HAProxyProcess(ManagedProcess):
             if time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"HAProxy server {server!r} is {current!r}, not {state!r}, after {timeout:g} s"
+                )
+            time.sleep(0.1)
+
+    def wait_all_up(self, timeout: float = 20.0) -> None:
+        """Wait until every server has passed a health check and is ``UP``.
+
+        HAProxy starts each server as "up, unchecked" and one failed check
+        (a node whose ``/readyz`` is still 503 while its bus connects) takes
+        it down; this waits for a real ``L7OK``. Raises
+        :class:`ProcessStartError` naming the servers that are not ready.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self._server_rows()
+            pending = {
+                row["svname"]: f"{row['status']} ({row['check_status'] or 'no check yet'})"
+                for row in rows
+                if row["status"] != "UP" or not row["check_status"].startswith("L7OK")
+            }
+            if rows and not pending:
+                return
+            if time.monotonic() >= deadline:
+                states = ", ".join(f"{k}: {v}" for k, v in pending.items()) or "no stats"
+                raise ProcessStartError(
+                    f"not every node behind {self.name} became ready (GET /readyz == 200) "
+                    f"within {timeout:g} s: {states}; see the nodes' logs"
                 )
             time.sleep(0.1)
 
@@ -217,11 +249,13 @@ class LocalCluster:
         started: list[ManagedProcess] = [self.redis] if self.redis else []
         return started + list(self.nodes) + ([self.haproxy] if self.haproxy else [])
 
-    def start(self) -> LocalCluster:
+    def start(self) -> Self:
         """Start Redis, the nodes (in parallel) and HAProxy; all or nothing."""
         # Fail before starting anything when a program is missing.
         haproxy_exe = find_executable("haproxy", "haproxy")
-        redis_exe = None if self.external_redis_url else find_executable("redis-server", "redis-server")
+        redis_exe = (
+            None if self.external_redis_url else find_executable("redis-server", "redis-server")
+        )
         if port_accepts(self.host, self.port, timeout=0.2):
             raise ProcessStartError(
                 f"port {self.port} on {self.host} is already in use; pass another --port"
@@ -256,6 +290,7 @@ class LocalCluster:
                 workdir=self.workdir / "haproxy", executable=haproxy_exe,
             )  # fmt: skip
             self.haproxy.start()
+            self.haproxy.wait_all_up(timeout=self.start_timeout)
         except BaseException:
             self.stop()
             raise
@@ -284,7 +319,7 @@ class LocalCluster:
             lines.append(f"redis     {self.redis_url}   (external)")
         return "\n".join(lines)
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -310,8 +345,9 @@ def run_local_cluster(
     starting = True
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        first = not stop.is_set()
         stop.set()
-        if starting:
+        if starting and first:  # a second signal must not interrupt the cleanup
             # Interrupt a start that may take seconds; LocalCluster.start
             # stops whatever it had started.
             raise KeyboardInterrupt
@@ -324,9 +360,13 @@ def run_local_cluster(
     try:
         try:
             cluster = LocalCluster(app, nodes, port, redis_url, node_module=node_module)
-            cluster.start()
-        except (ClusterProcessError, ValueError) as exc:
+        except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            cluster.start()
+        except ClusterProcessError as exc:
+            print(f"error: {exc}\n(logs in {cluster.workdir})", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("interrupted while starting; stopped", file=sys.stderr)
@@ -356,6 +396,7 @@ def run_local_cluster(
                     status = 1
                     break
         finally:
+            print("stopping...", flush=True)
             cluster.stop()
             print("stopped", flush=True)
         return status

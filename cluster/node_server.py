@@ -88,6 +88,7 @@ def serve_eventlet(socketio: "SocketIO", wsgi_app: Callable[..., Any], host: str
 
     options = socketio.server_options
     raise_open_file_limit()
+    socketio.server.initialize_manager()
     sock = listen(host, port, tcp_nodelay=options.get("tcp_nodelay", True))
     stop_requested = eventlet.event.Event()
 

@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from cluster.exceptions import ClusterError
 
@@ -226,7 +226,7 @@ class ManagedProcess:
                 )
             time.sleep(0.05)
 
-    def start(self) -> ManagedProcess:
+    def start(self) -> Self:
         """Start the process (again, on the same port) and wait until it is ready."""
         self.spawn()
         self.wait_ready()
@@ -284,7 +284,7 @@ class ManagedProcess:
         """The last ``lines`` lines of :meth:`log_text`."""
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def __enter__(self) -> ManagedProcess:
+    def __enter__(self) -> Self:
         if not self.is_running():
             self.start()
         return self
@@ -414,6 +414,7 @@ class NodeProcess(ManagedProcess):
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("MESSAGE_QUEUE_URL", "REDIS_URL")}
         env["PYTHONUNBUFFERED"] = "1"
+        env["NODE_NAME"] = self.name  # the app and the logs can tell nodes apart
         env.update(self.env)
         return env
 

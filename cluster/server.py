@@ -19,13 +19,13 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+import flask
 import socketio
+from socketio import packet as sio_packet
 
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    import flask
-
     from .extension import SocketIO
 
 logger = logging.getLogger("cluster.server")
@@ -35,7 +35,7 @@ EXTENSION_OPTIONS = frozenset({
     "message_queue_options", "signing_secret", "session_store", "session_ttl",
     "session_key_prefix", "resume", "connection_state_recovery",
     "websocket_compression", "tcp_nodelay", "max_connections",
-    "max_events_per_second", "redis_url", "path", "resource",
+    "max_events_per_second", "redis_url", "path", "resource", "resume_identity",
 })
 DEFAULT_CHANNEL = "flask-socketio"
 
@@ -136,9 +136,21 @@ class ClusterServer(socketio.Server):
 
             self.extension.sessions = create_connection_sessions(self.extension, self.options)
 
+    def initialize_manager(self) -> None:
+        """Join the bus now instead of at the first connection.
+
+        python-socketio starts the manager lazily, but a node must be ready
+        (subscribed, heartbeating) before the load balancer sends it clients.
+        """
+        if not self.manager_initialized:
+            self.manager_initialized = True
+            self.manager.initialize()
+
     # -- packets -----------------------------------------------------------
 
     def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
+            self._add_resume_id(eio_sid, pkt.data)
         sink = self.test_sinks.get(eio_sid)
         if sink is None:
             super()._send_packet(eio_sid, pkt)
@@ -192,6 +204,40 @@ class ClusterServer(socketio.Server):
             return False
         self._rate_buckets[eio_sid] = (tokens - 1, now)
         return True
+
+    def _add_resume_id(self, eio_sid: str, data: dict[str, Any]) -> None:
+        # the CONNECT reply carries the connection's resume id as ``pid``,
+        # where socket.io's connection state recovery puts it, so the official
+        # client keeps it and sends it back on reconnect
+        sessions = self.extension.sessions if self.extension is not None else None
+        environ = self.environ.get(eio_sid)
+        if sessions is None or environ is None:
+            return
+        resume_id = sessions.resume_id(environ)
+        if resume_id is not None:
+            data["pid"] = resume_id
+
+    # -- rooms -------------------------------------------------------------
+
+    def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        super().enter_room(sid, room, namespace=namespace)
+        self._note_room_change(sid, namespace or "/", room, joined=True)
+
+    def leave_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        super().leave_room(sid, room, namespace=namespace)
+        self._note_room_change(sid, namespace or "/", room, joined=False)
+
+    def _note_room_change(self, sid: str, namespace: str, room: str, joined: bool) -> None:
+        sessions = self.extension.sessions if self.extension is not None else None
+        if sessions is None:
+            return
+        environ = self.get_environ(sid, namespace)
+        if environ is None:  # the client lives on another node
+            return
+        # inside the client's own handler the runner saves after the handler
+        # (before its ack); anywhere else the change is saved now
+        in_handler = flask.has_request_context() and getattr(flask.request, "sid", None) == sid
+        sessions.on_rooms_changed(sid, namespace, environ, room, joined, in_handler)
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -38,7 +38,7 @@ from cluster.processes import find_executable, port_accepts
 # GET / answers the node's port; /info a JSON description; /readyz turns 503
 # after POST /drain; GET /ws with an Upgrade header switches to a raw echo.
 FAKE_NODE = textwrap.dedent(
-    '''
+    """
     import argparse, base64, hashlib, json, os, sys, time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -103,7 +103,7 @@ FAKE_NODE = textwrap.dedent(
 
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
-    '''
+    """
 )
 
 
@@ -118,9 +118,7 @@ def fake_node_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def fake_nodes(
-    fake_node_path: str, tmp_path: Path
-) -> Callable[..., list[NodeProcess]]:
+def fake_nodes(fake_node_path: str, tmp_path: Path) -> Callable[..., list[NodeProcess]]:
     started: list[NodeProcess] = []
 
     def start(count: int = 2, app: str = "demo", **kwargs: object) -> list[NodeProcess]:
@@ -200,7 +198,9 @@ def test_start_refuses_a_port_in_use(tmp_path: Path) -> None:
     assert server.pid is None
 
 
-def test_redis_url_fixture_flushes(redis_server: RedisServerProcess, request: pytest.FixtureRequest) -> None:
+def test_redis_url_fixture_flushes(
+    redis_server: RedisServerProcess, request: pytest.FixtureRequest
+) -> None:
     client = redis_server.client()
     client.set("left-over", "1")
     url = request.getfixturevalue("redis_url")
@@ -334,6 +334,17 @@ def test_haproxy_stops_routing_to_a_draining_node(
     }
 
 
+def test_haproxy_factory_waits_for_every_node_to_pass_a_check(
+    fake_nodes: Callable[..., list[NodeProcess]], haproxy_factory: Callable[..., HAProxyProcess]
+) -> None:
+    nodes = fake_nodes(2)
+    requests.post(f"{nodes[1].url}/drain", timeout=5)  # /readyz now 503
+    proxy = haproxy_factory(nodes, wait_ready=False)
+    with pytest.raises(ProcessStartError, match=r"within 1\.5 s: node2: DOWN"):
+        proxy.wait_all_up(timeout=1.5)
+    assert proxy.server_states()["node1"] == "UP"
+
+
 def test_haproxy_passes_websocket_upgrades_through(
     fake_nodes: Callable[..., list[NodeProcess]], haproxy_factory: Callable[..., HAProxyProcess]
 ) -> None:
@@ -417,7 +428,9 @@ def test_run_local_cluster_runs_until_sigterm(fake_node_path: str, tmp_path: Pat
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([fake_node_path, os.getcwd()])}
     log = open(tmp_path / "out.log", "w+")  # noqa: SIM115 - read while it runs
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
     try:
         deadline = time.monotonic() + 30
         while "ready;" not in (tmp_path / "out.log").read_text():

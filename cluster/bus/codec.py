@@ -98,7 +98,7 @@ def _check(message: dict[str, Any]) -> None:
                 message.get("args"), dict)
         elif method == "response":
             ok = ok and isinstance(message.get("req_id"), str) and isinstance(
-                message.get("from"), str)
+                message.get("to"), str)
         elif method == "presence":
             op = message.get("op")
             ok = ok and op in ("add", "remove", "sync") and _is_room(

@@ -247,11 +247,17 @@ class ClusterManager(PubSubManager):
             raise
         if not self.write_only:
             self._handle_emit(message)  # this node's clients: no round trip
-        self._send(body)
+        self._publish(message, body=body)
 
-    def _publish(self, data: dict[str, Any], volatile: bool = False) -> bool:
-        """Serialize (raising at the caller) and queue one bus message."""
-        return self._send(self._codec.dumps(data), volatile)
+    def _publish(self, data: dict[str, Any], volatile: bool = False,
+                 body: str | None = None) -> bool:
+        """Queue one bus message (the seam unit tests mock).
+
+        ``body`` is ``data`` already serialized by the caller; otherwise it
+        is serialized here, raising at the caller if it cannot be.
+        """
+        return self._send(body if body is not None else self._codec.dumps(data),
+                          volatile)
 
     def _send(self, body: str, volatile: bool = False) -> bool:
         if self.write_only:

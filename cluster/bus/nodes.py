@@ -69,7 +69,8 @@ class NodeRegistry:
         now = time.monotonic()
         with self._lock:
             return [{"id": h, "name": info["name"],
-                     "age": round(now - info["seen"], 3),
+                     "age": 0.0 if h == self.host_id
+                     else round(now - info["seen"], 3),
                      "self": h == self.host_id}
                     for h, info in sorted(self._nodes.items())]
 

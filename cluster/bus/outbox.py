@@ -73,7 +73,7 @@ class Outbox:
         """Queue one message; False when it was refused (and counted)."""
         if volatile and not self.healthy:
             return False
-        if len(self._queue) >= self.max_size:
+        if len(self) >= self.max_size:
             if not volatile:
                 self.stats.incr("dropped_buffer_full")
                 self._log_drop()

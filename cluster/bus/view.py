@@ -246,8 +246,8 @@ class ClusterView:
 
     def _answer(self, message: dict[str, Any]) -> None:
         m = self._m
-        response = {"method": "response", "host_id": message["host_id"],
-                    "from": m.host_id, "req_id": message["req_id"]}
+        response = {"method": "response", "host_id": m.host_id,
+                    "to": message["host_id"], "req_id": message["req_id"]}
         try:
             result = self._apply(message["op"], message["args"])
         except Exception as exc:
@@ -263,13 +263,13 @@ class ClusterView:
                        volatile=True)
 
     def _handle_response(self, message: dict[str, Any]) -> None:
-        if message["host_id"] != self._m.host_id:
+        if message["to"] != self._m.host_id:
             return
         pending = self._pending.get(message["req_id"])
         if pending is None:
             return  # too late: the caller gave up already
-        pending.results[message["from"]] = message.get("result")
-        pending.waiting.discard(message["from"])
+        pending.results[message["host_id"]] = message.get("result")
+        pending.waiting.discard(message["host_id"])
         if not pending.waiting:
             pending.event.set()
 

@@ -8,8 +8,9 @@ fixture                   scope      gives
 ``node_factory``          function   ``node_factory(app=..., count=1, message_queue=
                                      <redis_url>, env=None, extra_args=None)`` ->
                                      ``list[NodeProcess]`` (``node1``, ``node2``...)
-``haproxy_factory``       function   ``haproxy_factory(nodes, **config)`` ->
-                                     :class:`HAProxyProcess` in front of ``nodes``
+``haproxy_factory``       function   ``haproxy_factory(nodes, wait_ready=True,
+                                     **config)`` -> :class:`HAProxyProcess` in
+                                     front of ``nodes``, all of them ``UP``
 ``sio_client_factory``    function   ``sio_client_factory(cls=socketio.Client,
                                      **kwargs)`` -> a client, shut down at teardown
 ========================  =========  ==============================================
@@ -22,6 +23,7 @@ used (nodes, HAProxy, Redis) are attached to the failure report. A missing
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -178,16 +180,18 @@ def node_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Nod
 def haproxy_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., HAProxyProcess]]:
-    """Start HAProxy in front of nodes: ``haproxy_factory(nodes, **config)``.
+    """Start HAProxy in front of nodes: ``haproxy_factory(nodes, wait_ready=True, **config)``.
 
-    Backend names are the nodes' names (the ``SERVERID`` cookie values);
+    Returns once every node has passed a ``/readyz`` check (``UP`` in
+    HAProxy), unless ``wait_ready=False`` (for a test that starts HAProxy in
+    front of a node that is not ready on purpose). Backend names are the nodes' names (the ``SERVERID`` cookie values);
     ``config`` goes to :func:`cluster.haproxy_config.render_haproxy_config`
     (``check_interval``, ``tunnel_timeout``...). Skips the test when haproxy
     is not installed.
     """
     started: list[HAProxyProcess] = []
 
-    def factory(nodes: Sequence[Any], **config: Any) -> HAProxyProcess:
+    def factory(nodes: Sequence[Any], wait_ready: bool = True, **config: Any) -> HAProxyProcess:
         name = "haproxy" if not started else f"haproxy{len(started) + 1}"
         try:
             proxy = HAProxyProcess(nodes, workdir=tmp_path / name, name=name, **config)
@@ -196,6 +200,8 @@ def haproxy_factory(
         started.append(proxy)
         _used_by(request.node, proxy)
         proxy.start()
+        if wait_ready:
+            proxy.wait_all_up(timeout=NODE_START_TIMEOUT)
         return proxy
 
     yield factory
@@ -221,7 +227,6 @@ def sio_client_factory() -> Iterator[Callable[..., Any]]:
 
     yield factory
     for client in clients:
-        try:
+        # A client whose server a test killed must not fail the teardown.
+        with contextlib.suppress(Exception):
             client.shutdown()
-        except Exception:  # noqa: BLE001 - a dead server must not fail teardown
-            pass

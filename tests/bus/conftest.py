@@ -1,0 +1,160 @@
+"""Fixtures of the cluster-bus tests: two bus nodes, clients that record,
+a Redis Cluster, a Sentinel. Everything on 127.0.0.1, stopped by PID."""
+from __future__ import annotations
+
+import queue
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import socketio
+
+from cluster.processes import RedisServerProcess, find_executable, free_port
+
+BUS_APP = "tests.apps.bus_app:socketio"
+
+
+class Recorder:
+    """A python-socketio client that keeps every event it receives."""
+
+    def __init__(self, client: socketio.Client, url: str) -> None:
+        self.client = client
+        self.url = url
+        self.events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+        self.seen: list[tuple[str, Any]] = []
+        self.lock = threading.Lock()
+        self.answers: dict[str, Any] = {}
+
+        @client.on("*")
+        def any_event(event: str, *args: Any) -> Any:
+            item = (event, args[0] if len(args) == 1 else list(args))
+            with self.lock:
+                self.seen.append(item)
+            self.events.put(item)
+            return self.answers.get(event)
+
+    @property
+    def sid(self) -> str:
+        return self.client.get_sid()
+
+    def call(self, event: str, data: Any = None, timeout: float = 10) -> Any:
+        return self.client.call(event, data, timeout=timeout)
+
+    def got(self, event: str) -> list[Any]:
+        with self.lock:
+            return [data for name, data in self.seen if name == event]
+
+    def wait_event(self, event: str, count: int = 1,
+                   timeout: float = 5.0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while len(self.got(event)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{event!r}: {len(self.got(event))}/{count} received "
+                    f"within {timeout} s")
+            time.sleep(0.01)
+        return self.got(event)
+
+
+@pytest.fixture
+def connect(sio_client_factory: Any) -> Any:
+    """``connect(node) -> Recorder`` over WebSocket."""
+    def factory(node: Any, **kwargs: Any) -> Recorder:
+        client = sio_client_factory(reconnection=False)
+        recorder = Recorder(client, node.url)
+        client.connect(node.url, transports=["websocket"], wait_timeout=10,
+                       **kwargs)
+        return recorder
+    return factory
+
+
+def wait_nodes(recorder: Recorder, count: int, timeout: float = 8.0) -> None:
+    """Until the node behind ``recorder`` hears ``count`` live nodes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = recorder.call("query", {"op": "live_nodes"})["result"]
+        if len(nodes) >= count:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {len(nodes)} live nodes: {nodes}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def bus_nodes(node_factory: Any) -> Any:
+    """``bus_nodes(count=2, message_queue=..., extra_args=None)``: bus app
+    nodes that already see each other."""
+    def factory(count: int = 2, **kwargs: Any) -> list[Any]:
+        return node_factory(app=BUS_APP, count=count, **kwargs)
+    return factory
+
+
+# -- Redis Cluster ---------------------------------------------------------
+
+def _cluster_state(port: int) -> str:
+    out = subprocess.run(["redis-cli", "-p", str(port), "cluster", "info"],
+                         capture_output=True, text=True, timeout=5).stdout
+    for line in out.splitlines():
+        if line.startswith("cluster_state:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
+    """A real 3-master Redis Cluster (no replicas) on free ports."""
+    try:
+        find_executable("redis-cli", "redis-tools")
+    except Exception as exc:  # noqa: BLE001 - reported as a skip
+        pytest.skip(str(exc))
+    servers = []
+    try:
+        for i in range(3):
+            workdir = tmp_path_factory.mktemp(f"cluster{i}")
+            bus_port = free_port()
+            server = RedisServerProcess(
+                workdir=workdir, name=f"rc{i}",
+                extra_args=["--cluster-enabled", "yes",
+                            "--cluster-config-file", str(Path(workdir) / "nodes.conf"),
+                            "--cluster-port", str(bus_port),
+                            "--cluster-node-timeout", "2000"])
+            servers.append(server)
+            server.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create",
+             *[f"127.0.0.1:{s.port}" for s in servers],
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 20
+        while not all(_cluster_state(s.port) == "ok" for s in servers):
+            if time.monotonic() > deadline:
+                pytest.fail("Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+# -- Sentinel --------------------------------------------------------------
+
+@pytest.fixture
+def sentinel(tmp_path: Path, redis_server: Any) -> Iterator[Any]:
+    """A Sentinel watching the session Redis as master ``busmaster``."""
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor busmaster 127.0.0.1 {redis_server.port} 1\n"
+        "sentinel down-after-milliseconds busmaster 1000\n")
+    server = RedisServerProcess(port=port, workdir=tmp_path, name="sentinel")
+    server.command = lambda: [server.executable, str(conf),  # type: ignore
+                              "--sentinel"]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,104 @@
+"""Wire format: JSON only, signatures, replays, field checks."""
+from __future__ import annotations
+
+import json
+import pickle
+import time
+
+import pytest
+
+from cluster.bus.codec import Codec, Dropped
+from cluster.bus.errors import BusConfigurationError, BusSerializationError
+
+SECRET = "s" * 32
+EMIT = {"method": "emit", "event": "chat", "data": ["hi"], "binary": False,
+        "namespace": "/", "room": "lobby", "skip_sid": None, "callback": None,
+        "host_id": "h1"}
+
+
+def reason(codec: Codec, raw: object) -> str:
+    with pytest.raises(Dropped) as info:
+        codec.open(raw)
+    return info.value.reason
+
+
+def test_unsigned_round_trip_is_the_stock_format() -> None:
+    codec = Codec()
+    wire = codec.seal(codec.dumps(EMIT), "h1")
+    outer = json.loads(wire)
+    assert {k: v for k, v in outer.items() if k != "ts"} == EMIT
+    message, ts = codec.open(wire)
+    assert message["event"] == "chat" and abs(ts - time.time() * 1000) < 5000
+
+
+def test_stock_python_socketio_message_is_accepted_without_secret() -> None:
+    # exactly what socketio.RedisManager(write_only=True).emit() publishes
+    stock = json.dumps(dict(EMIT, host_id="f" * 32)).encode()
+    message, ts = Codec().open(stock)
+    assert message["room"] == "lobby" and ts is None
+
+
+def test_signed_round_trip_and_envelope() -> None:
+    sender, receiver = Codec(SECRET), Codec(SECRET)
+    wire = sender.seal(sender.dumps(EMIT), "h1")
+    outer = json.loads(wire)
+    assert set(outer) == {"v", "src", "seq", "ts", "sig", "body"}
+    message, _ = receiver.open(wire)
+    assert message == EMIT
+
+
+def test_unsigned_message_dropped_when_secret_configured() -> None:
+    assert reason(Codec(SECRET), json.dumps(EMIT)) == "dropped_unsigned"
+
+
+def test_wrong_secret_or_tampered_body_dropped() -> None:
+    wire = Codec("x" * 32).seal(json.dumps(EMIT), "h1")
+    assert reason(Codec(SECRET), wire) == "dropped_bad_signature"
+    outer = json.loads(Codec(SECRET).seal(json.dumps(EMIT), "h1"))
+    outer["body"] = outer["body"].replace("hi", "pwned")
+    assert reason(Codec(SECRET), json.dumps(outer)) == "dropped_bad_signature"
+
+
+def test_replayed_and_stale_messages_dropped() -> None:
+    sender, receiver = Codec(SECRET), Codec(SECRET, max_age=60)
+    wire = sender.seal(json.dumps(EMIT), "h1")
+    receiver.open(wire)
+    assert reason(receiver, wire) == "dropped_replayed"
+    old = json.loads(sender.seal(json.dumps(EMIT), "h2"))
+    old["ts"] -= 120_000
+    old["sig"] = sender._sign(old["src"], old["seq"], old["ts"], old["body"])
+    assert reason(receiver, json.dumps(old)) == "dropped_replayed"
+
+
+def test_pickle_and_garbage_are_malformed_and_never_unpickled() -> None:
+    class Boom:
+        def __reduce__(self):  # would run on unpickling
+            return (pytest.fail, ("unpickled!",))
+
+    for codec in (Codec(), Codec(SECRET)):
+        assert reason(codec, pickle.dumps(Boom())) == "dropped_malformed"
+        assert reason(codec, pickle.dumps(EMIT)) == "dropped_malformed"
+        assert reason(codec, b"\xff\xfe not utf8") == "dropped_malformed"
+    assert reason(Codec(), b"[1, 2]") == "dropped_malformed"
+    assert reason(Codec(), b'"just a string"') == "dropped_malformed"
+
+
+@pytest.mark.parametrize("patch", [
+    {"method": "exec"}, {"event": 3}, {"data": "x"}, {"room": {"a": 1}},
+    {"skip_sid": 5}, {"callback": ["sid", "/"]}, {"namespace": 1},
+    {"binary": True, "data": [[], 5]},
+])
+def test_field_checks(patch: dict) -> None:
+    assert reason(Codec(), json.dumps(dict(EMIT, **patch))) == "dropped_malformed"
+
+
+def test_unserializable_payload_raises_at_caller() -> None:
+    with pytest.raises(BusSerializationError, match="not JSON serializable"):
+        Codec().dumps(dict(EMIT, data=[object()]))
+    with pytest.raises(TypeError):  # also a TypeError, as json would raise
+        Codec(SECRET).dumps(dict(EMIT, data=[{1, 2}]))
+
+
+def test_short_secret_rejected_with_a_fix() -> None:
+    with pytest.raises(BusConfigurationError, match="token_hex"):
+        Codec("short")

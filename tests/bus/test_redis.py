@@ -1,0 +1,155 @@
+"""Real Redis: foreign emitters, forged messages, outages, URL kinds."""
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import socketio
+
+from cluster.bus import create_manager
+from cluster.processes import RedisServerProcess
+from tests.bus.conftest import wait_nodes
+from tests.bus.loopback import wait_for
+
+SECRET = "0123456789abcdef0123456789abcdef"
+
+
+def stats(recorder):
+    return recorder.call("stats")["stats"]
+
+
+def test_stock_python_socketio_emitter_still_accepted(bus_nodes, connect,
+                                                      redis_url) -> None:
+    (node,) = bus_nodes(1)
+    client = connect(node)
+    stock = socketio.RedisManager(redis_url, channel="flask-socketio",
+                                  write_only=True)
+    stock.emit("relayed", {"from": "stock"}, room=client.sid)
+    ours = create_manager(redis_url, write_only=True)
+    ours.emit("relayed", {"from": "ours"}, room=client.sid)
+    assert client.wait_event("relayed", 2) == [{"from": "stock"},
+                                               {"from": "ours"}]
+
+
+def test_forged_messages_ignored_counted_nothing_executes(
+        bus_nodes, connect, redis_server, redis_url, tmp_path: Path) -> None:
+    n1, n2 = bus_nodes(2, extra_args=["--signing-secret", SECRET])
+    a, b = connect(n1), connect(n2)
+    wait_nodes(a, 2)
+    marker = tmp_path / "pwned"
+
+    class Exploit:  # unpickling this would create the marker file
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    forged_emit = {"method": "emit", "event": "relayed", "data": ["forged"],
+                   "binary": False, "namespace": "/", "room": b.sid,
+                   "skip_sid": None, "callback": None, "host_id": "evil"}
+    forged_disconnect = {"method": "disconnect", "sid": b.sid,
+                         "namespace": "/", "host_id": "evil"}
+    r = redis_server.client()
+    r.publish("flask-socketio", json.dumps(forged_emit))
+    r.publish("flask-socketio", json.dumps(forged_disconnect))
+    r.publish("flask-socketio", b"{not json")
+    r.publish("flask-socketio", pickle.dumps(Exploit()))
+    r.publish("flask-socketio", pickle.dumps(forged_emit))
+    signed_wrong = create_manager(redis_url, write_only=True,
+                                  signing_secret="x" * 32)
+    signed_wrong.emit("relayed", "wrong-secret", room=b.sid)
+    socketio.RedisManager(redis_url, channel="flask-socketio",
+                          write_only=True).emit("relayed", "stock", room=b.sid)
+    # a correctly signed message still gets through, after all the others
+    create_manager(redis_url, write_only=True, signing_secret=SECRET).emit(
+        "relayed", "genuine", room=b.sid)
+    assert b.wait_event("relayed") == ["genuine"]
+    time.sleep(0.2)
+    assert b.got("relayed") == ["genuine"] and b.client.connected
+    assert not marker.exists()
+    for node_stats in (stats(a), stats(b)):
+        assert node_stats["dropped_unsigned"] == 3  # 2 forged + stock emitter
+        assert node_stats["dropped_malformed"] == 3  # non-JSON + 2 pickles
+        assert node_stats["dropped_bad_signature"] == 1
+    # signed nodes still talk to each other
+    a.call("relay", {"to": b.sid, "payload": "node-to-node"})
+    assert b.wait_event("relayed", 2)[-1] == "node-to-node"
+
+
+def test_redis_killed_under_steady_emits_then_restarted(
+        bus_nodes, connect, redis_server) -> None:
+    n1, n2 = bus_nodes(2)
+    a, b = connect(n1), connect(n2)
+    wait_nodes(a, 2)
+    b.call("join", {"room": "stream"})
+    sent: list[int] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        seq = 0
+        while not stop.is_set():
+            a.client.emit("relay", {"to": "stream", "payload": seq})
+            sent.append(seq)
+            seq += 1
+            time.sleep(0.02)
+
+    arrivals: list[tuple[float, int]] = []
+    b.client.on("relayed", lambda seq: arrivals.append((time.monotonic(), seq)))
+    thread = threading.Thread(target=stream, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        redis_server.kill(signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: requests.get(f"{n1.url}/readyz", timeout=2)
+                 .status_code == 503, timeout=5)
+        time.sleep(max(0.0, killed_at + 2.0 - time.monotonic()))
+        redis_server.start()
+        back_at = time.monotonic()
+        wait_for(lambda: any(t > back_at for t, _ in arrivals), timeout=5)
+        resumed_after = min(t for t, _ in arrivals if t > back_at) - back_at
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        thread.join(5)
+    time.sleep(1.0)  # let the tail arrive
+    assert n1.is_running() and n2.is_running()
+    assert requests.get(f"{n1.url}/readyz", timeout=2).status_code == 200
+    assert requests.get(f"{n2.url}/readyz", timeout=2).status_code == 200
+    assert resumed_after < 2.0, f"delivery resumed {resumed_after:.2f} s late"
+    delivered = {seq for _, seq in arrivals}
+    s1 = stats(a)
+    dropped = s1["dropped_buffer_full"] + s1["dropped_unpublished"]
+    lost = set(sent) - delivered
+    assert len(lost) <= dropped, (
+        f"{len(lost)} emits neither delivered nor counted dropped: "
+        f"{sorted(lost)[:20]}")
+    assert s1["reconnects"] >= 1 and stats(b)["reconnects"] >= 1
+    print(f"sent={len(sent)} delivered={len(delivered)} dropped={dropped} "
+          f"resumed_after={resumed_after:.3f}s")
+
+
+def test_unix_socket_url(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    server = RedisServerProcess(workdir=tmp_path, name="redis-unix",
+                                extra_args=["--unixsocket", str(sock),
+                                            "--unixsocketperm", "700"])
+    server.start()
+    try:
+        receiver = create_manager(f"unix://{sock}", heartbeat_interval=0.2)
+        sender = create_manager(f"unix://{sock}", write_only=True)
+        fake = socketio.Server(client_manager=receiver, async_mode="threading")
+        got = []
+        fake._send_eio_packet = lambda eio, pkt: got.append(pkt.data)
+        receiver.initialize()
+        sid = receiver.connect("e1", "/")
+        wait_for(lambda: receiver.ready)
+        sender.emit("hi", 1, room=sid)
+        wait_for(lambda: got == ['2["hi",1]'])
+        receiver.close()
+    finally:
+        server.stop()

@@ -1,0 +1,176 @@
+"""Two real nodes on a real Redis bus, clients on different nodes, HAProxy in front."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable
+
+import pytest
+import requests
+import socketio
+
+WAIT = 10
+
+
+class Recorder:
+    """A python-socketio client that queues every event it receives."""
+
+    def __init__(self, factory: Callable[..., Any], url: str, transports: list[str] | None = None,
+                 auth: dict[str, Any] | None = None, **client_kwargs: Any) -> None:
+        self.client = factory(**client_kwargs)
+        self.events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+        self.answers: list[Any] = []
+
+        @self.client.on("*")
+        def any_event(event: str, *args: Any) -> None:
+            self.events.put((event, args[0] if len(args) == 1 else list(args)))
+
+        @self.client.on("question")
+        def on_question(question: str) -> str:
+            self.answers.append(question)
+            return f"answer to {question}"
+
+        self.client.connect(url, transports=transports or ["websocket"], auth=auth,
+                            wait_timeout=WAIT)
+        self.welcome = self.next("welcome")
+
+    @property
+    def sid(self) -> str:
+        return self.client.get_sid()
+
+    def call(self, event: str, data: Any = None) -> Any:
+        return self.client.call(event, data, timeout=WAIT)
+
+    def next(self, name: str, timeout: float = WAIT) -> Any:
+        deadline = threading.Event()
+        while True:
+            try:
+                event, data = self.events.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no {name!r} event within {timeout}s") from None
+            if event == name:
+                return data
+            if deadline.is_set():  # pragma: no cover
+                break
+
+    def none_of(self, name: str, wait: float = 1.0) -> bool:
+        try:
+            while True:
+                event, _ = self.events.get(timeout=wait)
+                if event == name:
+                    return False
+        except queue.Empty:
+            return True
+
+
+@pytest.fixture()
+def two_nodes(node_factory: Any) -> list[Any]:
+    return node_factory(count=2)
+
+
+def _connect(sio_client_factory: Any, node: Any, **kwargs: Any) -> Recorder:
+    return Recorder(sio_client_factory, node.url, **kwargs)
+
+
+def test_clients_land_on_the_nodes_they_target(two_nodes: list[Any], sio_client_factory: Any) -> None:
+    first = _connect(sio_client_factory, two_nodes[0])
+    second = _connect(sio_client_factory, two_nodes[1])
+    assert first.welcome["node"] != second.welcome["node"]
+
+
+def test_room_joined_on_one_node_receives_emit_from_the_other(
+        two_nodes: list[Any], sio_client_factory: Any) -> None:
+    member = _connect(sio_client_factory, two_nodes[0])
+    sender = _connect(sio_client_factory, two_nodes[1])
+    member.call("join", "lobby")
+    sender.call("to_room", {"room": "lobby", "text": "hello lobby"})
+    message = member.next("room_message")
+    assert message["text"] == "hello lobby"
+    assert message["node"] == sender.welcome["node"]
+    # the sender is not in the room and hears nothing
+    assert sender.none_of("room_message", wait=0.5)
+
+
+def test_broadcast_reaches_every_node(two_nodes: list[Any], sio_client_factory: Any) -> None:
+    clients = [_connect(sio_client_factory, node) for node in two_nodes + two_nodes]
+    clients[0].call("broadcast", {"text": "everyone"})
+    for client in clients:
+        assert client.next("broadcast_message")["text"] == "everyone"
+
+
+def test_include_self_false_skips_only_the_sender(two_nodes: list[Any], sio_client_factory: Any) -> None:
+    sender = _connect(sio_client_factory, two_nodes[0])
+    local_peer = _connect(sio_client_factory, two_nodes[0])
+    remote_peer = _connect(sio_client_factory, two_nodes[1])
+    sender.call("broadcast", {"text": "not me", "include_self": False})
+    assert local_peer.next("broadcast_message")["text"] == "not me"
+    assert remote_peer.next("broadcast_message")["text"] == "not me"
+    assert sender.none_of("broadcast_message", wait=0.5)
+
+
+def test_skip_sid_of_a_client_on_another_node(two_nodes: list[Any], sio_client_factory: Any) -> None:
+    sender = _connect(sio_client_factory, two_nodes[0])
+    skipped = _connect(sio_client_factory, two_nodes[1])
+    other = _connect(sio_client_factory, two_nodes[1])
+    sender.call("skip", {"text": "skip one", "skip_sid": skipped.sid})
+    assert other.next("skipped_message")["text"] == "skip one"
+    assert sender.next("skipped_message")["text"] == "skip one"
+    assert skipped.none_of("skipped_message", wait=0.5)
+
+
+def test_emit_to_a_sid_on_another_node(two_nodes: list[Any], sio_client_factory: Any) -> None:
+    sender = _connect(sio_client_factory, two_nodes[0])
+    target = _connect(sio_client_factory, two_nodes[1])
+    sender.call("to_sid", {"sid": target.sid, "text": "direct"})
+    assert target.next("direct_message") == {"from": sender.sid, "text": "direct"}
+
+
+def test_ack_from_a_client_on_another_node(two_nodes: list[Any], sio_client_factory: Any) -> None:
+    asker = _connect(sio_client_factory, two_nodes[0])
+    answerer = _connect(sio_client_factory, two_nodes[1])
+    reply = asker.call("ask", {"sid": answerer.sid, "question": "ping?"})
+    assert reply == {"node": asker.welcome["node"], "answer": "answer to ping?"}
+    assert answerer.answers == ["ping?"]
+
+
+def test_join_room_of_a_sid_on_another_node(two_nodes: list[Any], sio_client_factory: Any) -> None:
+    operator = _connect(sio_client_factory, two_nodes[0])
+    target = _connect(sio_client_factory, two_nodes[1])
+    operator.call("join_other", {"room": "vip", "sid": target.sid})
+    operator.call("to_room", {"room": "vip", "text": "welcome vip"})
+    assert target.next("room_message")["text"] == "welcome vip"
+
+
+def test_close_room_empties_it_on_every_node(two_nodes: list[Any], sio_client_factory: Any) -> None:
+    member = _connect(sio_client_factory, two_nodes[1])
+    closer = _connect(sio_client_factory, two_nodes[0])
+    member.call("join", "temp")
+    closer.call("to_room", {"room": "temp", "text": "before"})
+    assert member.next("room_message")["text"] == "before"
+    closer.call("close", "temp")
+    closer.call("to_room", {"room": "temp", "text": "after"})
+    assert member.none_of("room_message", wait=1.0)
+
+
+@pytest.mark.parametrize("transports", [["polling"], ["websocket"], ["polling", "websocket"]])
+def test_transports_through_haproxy(two_nodes: list[Any], haproxy_factory: Any,
+                                    sio_client_factory: Any, transports: list[str]) -> None:
+    proxy = haproxy_factory(two_nodes)
+    listener = _connect(sio_client_factory, two_nodes[1])
+    listener.call("join", "proxied")
+    client = Recorder(sio_client_factory, proxy.url, transports=transports)
+    assert client.call("join", "proxied")["rooms"] == sorted(["proxied", client.sid])
+    client.call("to_room", {"room": "proxied", "text": "through haproxy"})
+    assert listener.next("room_message")["text"] == "through haproxy"
+    assert client.next("room_message")["text"] == "through haproxy"
+    assert client.client.transport() == transports[-1]
+
+
+def test_sticky_cookie_keeps_polling_on_one_node(two_nodes: list[Any], haproxy_factory: Any) -> None:
+    proxy = haproxy_factory(two_nodes)
+    session = requests.Session()
+    nodes = {session.get(proxy.url + "/node", timeout=5).json()["node"] for _ in range(6)}
+    assert len(nodes) == 1
+    fresh = {requests.get(proxy.url + "/node", timeout=5).json()["node"] for _ in range(6)}
+    assert len(fresh) == 2
