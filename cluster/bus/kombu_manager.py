@@ -102,8 +102,10 @@ class KombuManager(ClusterManager):
         backoff = Backoff(cap=self.max_backoff)
         inbox: collections.deque[bytes] = collections.deque()
 
-        def on_message(body: Any, message: Any) -> None:
-            inbox.append(message.body)  # raw bytes; never message.payload
+        def on_message(message: Any) -> None:
+            # on_message= makes kombu skip decoding entirely: we take the raw
+            # body bytes, whatever content type the publisher claimed
+            inbox.append(message.body)
 
         while not self._closed:
             conn = None
@@ -117,8 +119,7 @@ class KombuManager(ClusterManager):
                 queue = kombu.Queue(f"{self.channel}.{self.host_id}",
                                     self._exchange(), **options)
                 with kombu.Consumer(conn.channel(), queues=[queue],
-                                    callbacks=[on_message], no_ack=True,
-                                    accept=["application/json"]):
+                                    on_message=on_message, no_ack=True):
                     self._on_subscribed()
                     backoff.reset()
                     while not self._closed:

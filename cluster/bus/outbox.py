@@ -132,7 +132,12 @@ class Outbox:
                 if not self.healthy and self.failed_since is not None \
                         and self.before_resume is not None:
                     self.before_resume()
-                self.send_batch([self.seal(body) for body, _ in batch])
+                if batch:
+                    self.send_batch([self.seal(body) for body, _ in batch])
+                elif self.connect is not None:
+                    self.connect()  # only volatile messages were lost: probe
+                else:
+                    self.send_batch([])
             except Exception as exc:  # any driver error means "retry later"
                 self.stats.incr("publish_errors")
                 if self.healthy or self.failed_since is None:
@@ -151,8 +156,6 @@ class Outbox:
                     self._queue.clear()
                     return False
                 self.runtime.sleep(backoff.next())
-                if not batch:
-                    return True
                 continue
             if not self.healthy and self.failed_since is not None:
                 self.stats.incr("reconnects")

@@ -95,7 +95,8 @@ class RedisManager(ClusterManager):
         self.sharded = self.mode == "cluster"
         options.setdefault("socket_connect_timeout", 2.0)
         options.setdefault("socket_timeout", 5.0)
-        options.setdefault("socket_keepalive", True)
+        if scheme != "unix" and "unix_socket_path" not in options:
+            options.setdefault("socket_keepalive", True)  # TCP only
         options.setdefault("retry", Retry(NoBackoff(), 1))
         if scheme.startswith("rediss+"):
             options.setdefault("ssl", True)
