@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--signing-secret", default=os.environ.get("CLUSTER_SIGNING_SECRET"),
                       help="shared secret signing every bus message; unsigned messages are "
                            "dropped (default: $CLUSTER_SIGNING_SECRET; none: no signing)")
+    node.add_argument("--session-ttl", type=float,
+                      default=float(os.environ["SESSION_TTL"]) if os.environ.get("SESSION_TTL")
+                      else None,
+                      help="seconds a disconnected client's session (and rooms) can be resumed "
+                           "on any node (default: $SESSION_TTL, else the app's setting, else 120)")
     node.add_argument("--max-connections", type=int, default=None,
                       help="concurrent connections this node accepts (default: 100000; "
                            "eventlet's own default of 1024 silently hangs connection 1025)")
@@ -121,6 +126,7 @@ def run_node(args: argparse.Namespace) -> int:
             "max_connections": args.max_connections,
             "tcp_nodelay": args.tcp_nodelay,
             "websocket_compression": args.websocket_compression,
+            "session_ttl": args.session_ttl,
         }
         socketio.server_options.update({k: v for k, v in overrides.items() if v is not None})
         if args.message_queue:

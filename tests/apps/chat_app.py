@@ -120,6 +120,7 @@ def on_connect(auth: dict[str, Any] | None) -> Any:
         "user": current_user.name if current_user.is_authenticated else None,
         "http_value": session.get("http_value"),
         "rooms": rooms(),
+        "resumed": request.resumed,
     })
     return None
 

@@ -139,22 +139,3 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any
             server.stop()
 
 
-# -- Sentinel --------------------------------------------------------------
-
-@pytest.fixture
-def sentinel(tmp_path: Path, redis_server: Any) -> Iterator[Any]:
-    """A Sentinel watching the session Redis as master ``busmaster``."""
-    port = free_port()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-        f"sentinel monitor busmaster 127.0.0.1 {redis_server.port} 1\n"
-        "sentinel down-after-milliseconds busmaster 1000\n")
-    server = RedisServerProcess(port=port, workdir=tmp_path, name="sentinel")
-    server.command = lambda: [server.executable, str(conf),  # type: ignore
-                              "--sentinel"]
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()

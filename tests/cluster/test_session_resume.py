@@ -1,0 +1,202 @@
+"""Forked sessions persisted in Redis and resumed on any node (real nodes, Redis, HAProxy)."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import time
+from typing import Any
+
+import redis
+import requests
+import socketio
+
+from cluster import Client
+
+WAIT = 10
+
+
+class Peer:
+    """A client and the events it received."""
+
+    def __init__(self, factory: Any, url: str, cls: type = Client, auth: Any = None,
+                 http: requests.Session | None = None, **kwargs: Any) -> None:
+        self.events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+        options: dict[str, Any] = {"reconnection_delay": 0.2, "reconnection_delay_max": 0.5}
+        options.update(kwargs)
+        if http is not None:
+            options["http_session"] = http
+        self.client = factory(cls=cls, **options)
+        self.client.on("*", lambda event, *args: self.events.put((event, args)))
+        self.client.connect(url, auth=auth, transports=["websocket"], wait_timeout=WAIT)
+        self.welcome = self.next("welcome")
+
+    def next(self, name: str, timeout: float = WAIT) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {name!r} event within {timeout}s")
+            try:
+                event, args = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if event == name:
+                return args[0] if len(args) == 1 else list(args)
+
+    def call(self, event: str, data: Any = None) -> Any:
+        return self.client.call(event, data, timeout=WAIT)
+
+    def get(self, key: str) -> Any:
+        return self.call("session_get", key)["value"]
+
+
+def _wait_reconnected(peer: Peer, old_sid: str) -> Any:
+    welcome = peer.next("welcome", timeout=20)
+    # the connect handler's welcome comes just before the CONNECT reply
+    deadline = time.monotonic() + WAIT
+    while "/" not in peer.client.namespaces and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert peer.client.get_sid() != old_sid or welcome["resumed"]
+    return welcome
+
+
+def test_session_and_rooms_survive_a_sigkilled_node(node_factory: Any, haproxy_factory: Any,
+                                                    sio_client_factory: Any) -> None:
+    nodes = node_factory(count=2)
+    proxy = haproxy_factory(nodes)
+    peer = Peer(sio_client_factory, proxy.url)
+    first_node = peer.welcome["node"]
+    assert peer.welcome["resumed"] is False
+    peer.call("session_set", {"x": "kept", "n": 7})
+    peer.call("join", "survivors")
+    doomed = next(node for node in nodes if node.name == first_node)
+    survivor = next(node for node in nodes if node.name != first_node)
+
+    old_sid = peer.client.get_sid()
+    doomed.kill(signal.SIGKILL)
+    welcome = _wait_reconnected(peer, old_sid)
+    assert welcome["node"] == survivor.name
+    assert welcome["resumed"] is True
+    assert "survivors" in welcome["rooms"]
+    assert peer.get("x") == "kept" and peer.get("n") == 7
+
+    # still in its room: a client on the surviving node reaches it there
+    other = Peer(sio_client_factory, survivor.url, cls=socketio.Client)
+    other.call("to_room", {"room": "survivors", "text": "after the crash"})
+    assert peer.next("room_message")["text"] == "after the crash"
+
+
+def test_http_routes_do_not_see_socket_changes(node_factory: Any, sio_client_factory: Any) -> None:
+    (node,) = node_factory()
+    http = requests.Session()
+    http.get(node.url + "/login/alice", timeout=5)
+    peer = Peer(sio_client_factory, node.url, http=http)
+    assert peer.welcome["user"] == "Alice Liddell"
+    peer.call("session_set", {"socket_only": 1})
+    assert peer.get("socket_only") == 1
+    assert http.get(node.url + "/session", timeout=5).json() == {"http_value": "from-http"}
+
+
+def test_fifty_concurrent_writers_lose_nothing(node_factory: Any, sio_client_factory: Any) -> None:
+    first, second = node_factory(count=2)
+    peer = Peer(sio_client_factory, first.url)
+    replies: "queue.Queue[Any]" = queue.Queue()
+    for index in range(50):
+        peer.client.emit("session_set", {f"key{index}": index}, callback=replies.put)
+    for _ in range(50):
+        replies.get(timeout=WAIT)  # every ack: every write is in Redis
+    pid = peer.client.pid()
+    first.kill(signal.SIGKILL)
+    resumed = Peer(sio_client_factory, second.url, cls=socketio.Client, auth={"pid": pid})
+    assert resumed.welcome["resumed"] is True
+    keys = resumed.call("session_set", {})
+    assert {f"key{index}" for index in range(50)} <= set(keys)
+
+
+def _resume_with(factory: Any, url: str, pid: Any, http: requests.Session | None = None) -> Peer:
+    return Peer(factory, url, cls=socketio.Client, auth={"pid": pid}, http=http)
+
+
+def test_forged_resume_ids_get_a_fresh_session(node_factory: Any, sio_client_factory: Any,
+                                               redis_url: str) -> None:
+    (node,) = node_factory()
+    owner = Peer(sio_client_factory, node.url)
+    owner.call("session_set", {"secret": "owner's"})
+    real = owner.client.pid()
+    for forged in ["A" * 32, real[:-1] + ("A" if real[-1] != "A" else "B"), "short",
+                   "../../etc/passwd", 12345, {"pid": real}]:
+        intruder = _resume_with(sio_client_factory, node.url, forged)
+        assert intruder.welcome["resumed"] is False
+        assert intruder.get("secret") is None
+        intruder.client.disconnect()
+    metrics = requests.get(node.url + "/metrics", timeout=5).text
+    assert 'socketio_sessions_total{kind="resume_refused"} 6.0' in metrics
+    # the owner's id was never consumed by the failed attempts
+    owner_log = node.log_text()
+    assert real not in owner_log
+
+
+def test_replayed_resume_id_is_refused(node_factory: Any, sio_client_factory: Any) -> None:
+    (node,) = node_factory()
+    peer = Peer(sio_client_factory, node.url)
+    peer.call("session_set", {"secret": "mine"})
+    used = peer.client.pid()
+    peer.client.disconnect()
+    resumed = _resume_with(sio_client_factory, node.url, used)
+    assert resumed.welcome["resumed"] is True and resumed.get("secret") == "mine"
+    replay = _resume_with(sio_client_factory, node.url, used)
+    assert replay.welcome["resumed"] is False
+    assert replay.get("secret") is None
+
+
+def test_expired_resume_id_is_refused(node_factory: Any, sio_client_factory: Any,
+                                      redis_url: str) -> None:
+    (node,) = node_factory(extra_args=["--session-ttl", "1"])
+    peer = Peer(sio_client_factory, node.url)
+    peer.call("session_set", {"secret": "short-lived"})
+    pid = peer.client.pid()
+    peer.client.disconnect()
+    time.sleep(1.5)
+    late = _resume_with(sio_client_factory, node.url, pid)
+    assert late.welcome["resumed"] is False
+    assert late.get("secret") is None
+    # nothing of the expired session is left in Redis
+    data_keys = redis.Redis.from_url(redis_url).keys("sio:sess:data:*")
+    assert len(data_keys) == 1  # only the new connection's own session
+
+
+def test_another_users_resume_id_is_refused(node_factory: Any, sio_client_factory: Any) -> None:
+    (node,) = node_factory()
+    alice_http = requests.Session()
+    alice_http.get(node.url + "/login/alice", timeout=5)
+    alice = Peer(sio_client_factory, node.url, http=alice_http)
+    alice.call("session_set", {"card": "alice's card"})
+    alice_pid = alice.client.pid()
+    alice.client.disconnect()
+
+    bob_http = requests.Session()
+    bob_http.get(node.url + "/login/bob", timeout=5)
+    bob = _resume_with(sio_client_factory, node.url, alice_pid, http=bob_http)
+    assert bob.welcome["resumed"] is False
+    assert bob.welcome["user"] == "Bob Marley"
+    assert bob.get("card") is None
+    # the refused attempt did not burn alice's id
+    again = _resume_with(sio_client_factory, node.url, alice_pid, http=alice_http)
+    assert again.welcome["resumed"] is True and again.get("card") == "alice's card"
+
+
+def test_resume_ids_are_random_and_never_logged_in_full(node_factory: Any,
+                                                        sio_client_factory: Any) -> None:
+    (node,) = node_factory()
+    pids = set()
+    for _ in range(3):
+        peer = Peer(sio_client_factory, node.url)
+        pids.add(peer.client.pid())
+        peer.client.disconnect()
+    assert len(pids) == 3 and all(len(pid) >= 22 for pid in pids)
+    replay = _resume_with(sio_client_factory, node.url, "Z" * 32)
+    assert replay.welcome["resumed"] is False
+    log = node.log_text()
+    assert "resume" in log  # the refusal was logged...
+    assert "Z" * 32 not in log and not any(pid in log for pid in pids)  # ...redacted

@@ -1,0 +1,28 @@
+"""Reach the cluster's Socket.IO clients from Celery workers and any process.
+
+- :class:`Emitter` -- write-only: ``emit``/``send`` to sids, rooms or
+  everyone, ``join_room``/``leave_room``/``disconnect`` of any sid,
+  ``close_room`` and the cluster-wide commands that need no answer.
+- :class:`WorkerSettings` -- the nodes' environment variables, read once.
+- :mod:`workers.celery_app` -- the Celery application
+  (``celery -A workers.celery_app worker``), with example tasks in
+  :mod:`workers.tasks`; :mod:`workers.cli` -- ``python -m cluster worker``.
+
+Importing this package does not import Celery: a plain script only pays for
+the emitter.
+"""
+from __future__ import annotations
+
+from .emitter import Emitter
+from .exceptions import ConfigurationError, PayloadError, PublishError, WorkerError
+from .settings import DEFAULT_CHANNEL, WorkerSettings
+
+__all__ = [
+    "Emitter",
+    "WorkerSettings",
+    "DEFAULT_CHANNEL",
+    "WorkerError",
+    "ConfigurationError",
+    "PayloadError",
+    "PublishError",
+]

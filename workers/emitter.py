@@ -1,0 +1,299 @@
+"""The write-only emitter: reach Socket.IO clients from any process.
+
+A Celery task, a cron job, a plain script or another web application
+publishes on the cluster bus exactly as a socket node does; every node then
+delivers to its own clients. From a script::
+
+    from workers import Emitter
+    emitter = Emitter.from_env()            # MESSAGE_QUEUE_URL, channel, secret
+    emitter.emit("news", {"title": "Hi"}, to="lobby")
+
+Nothing here listens on the bus, so what needs an answer from the nodes
+(acks, ``room_members``, ``rooms_of``, ``sockets``) is not offered: run those
+on a socket node (``socketio.server.manager.cluster``).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from typing import Any, Iterator, Mapping
+
+from cluster.bus import (BusConfigurationError, BusPublishError,
+                         BusSerializationError, ClusterManager, create_manager)
+
+from .exceptions import ConfigurationError, PayloadError, PublishError
+from .settings import DEFAULT_CHANNEL, WorkerSettings
+
+__all__ = ["Emitter"]
+
+log = logging.getLogger("workers.emitter")
+
+
+def _is_room(value: Any) -> bool:
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
+def _rooms(value: Any, what: str) -> Any:
+    """A room (str or int) or a list of them, as the nodes accept it."""
+    if value is None or _is_room(value):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(map(_is_room, value)):
+        return list(value)
+    raise PayloadError(
+        f"{what}={value!r} cannot address clients: use a sid or room name "
+        f"(str or int) or a list of them.")
+
+
+def _required_rooms(value: Any) -> Any:
+    if value is None or value == []:
+        raise PayloadError("rooms must name at least one room.")
+    return _rooms(value, "rooms")
+
+
+def _sids(value: Any, what: str) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(
+            isinstance(v, str) for v in value):
+        return list(value)
+    raise PayloadError(f"{what}={value!r} must be a sid (str) or a list of sids.")
+
+
+def _sid(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"sid={value!r} must be a non-empty string: the "
+                           f"client's request.sid.")
+    return value
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Turn bus errors into this package's, keeping both catchable."""
+    try:
+        yield
+    except BusSerializationError as exc:
+        raise PayloadError(str(exc)) from exc
+    except BusPublishError as exc:
+        raise PublishError(str(exc)) from exc
+    except BusConfigurationError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+class Emitter:
+    """Emit to Socket.IO clients of the cluster from outside any node.
+
+    :param url: the message queue URL the nodes use (``redis://``,
+                ``rediss://``, ``redis+sentinel://``, ``amqp://``...).
+    :param channel: bus channel; ``"flask-socketio"`` like the nodes. Use
+                    :meth:`from_env` to take it from the nodes' variables.
+    :param signing_secret: the nodes' ``CLUSTER_SIGNING_SECRET``; ``None``
+                           (default) sends unsigned messages, which nodes
+                           with a secret drop.
+    :param namespace: default namespace of every call (``"/"``).
+    :param publish_timeout: seconds one publish may keep retrying an
+                            unreachable bus before :class:`PublishError`
+                            (5.0). Every publish is synchronous: when a call
+                            returns, the message is on the bus.
+    :param options: driver options (redis-py or ``kombu.Connection``
+                    keyword arguments), as for the nodes.
+
+    The bus connection opens on the first call and is re-opened in a forked
+    child (Celery's prefork pool forks after import), so one module-level
+    emitter is safe everywhere. It is thread-safe. ``close()`` releases the
+    connection; a later call opens a new one.
+
+    Payloads are JSON (plus ``bytes``, sent as binary attachments); anything
+    else raises :class:`PayloadError` here and nothing is sent.
+    """
+
+    def __init__(self, url: str, *, channel: str = DEFAULT_CHANNEL,
+                 signing_secret: str | bytes | None = None,
+                 namespace: str = "/", publish_timeout: float = 5.0,
+                 options: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(url, str) or not url.strip():
+            raise ConfigurationError(
+                "Emitter needs the message queue URL the socket nodes use, "
+                "e.g. Emitter('redis://localhost:6379/0'), or "
+                "Emitter.from_env() with MESSAGE_QUEUE_URL set.")
+        if not isinstance(channel, str) or not channel:
+            raise ConfigurationError(
+                f"channel={channel!r}: use the nodes' channel name "
+                f"(default {DEFAULT_CHANNEL!r}).")
+        self.url = url
+        self.channel = channel
+        self.namespace = self._namespace(namespace)
+        self.publish_timeout = publish_timeout
+        self._secret = signing_secret
+        self._options = dict(options or {})
+        self._lock = threading.Lock()
+        self._manager: ClusterManager | None = None
+        self._pid = 0
+        self._get_manager()  # a bad URL, secret or option fails here, not later
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings, **kwargs: Any) -> "Emitter":
+        """An emitter for ``settings`` (keyword arguments override)."""
+        kwargs.setdefault("channel", settings.channel)
+        kwargs.setdefault("signing_secret", settings.signing_secret)
+        return cls(settings.require_message_queue(), **kwargs)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 **kwargs: Any) -> "Emitter":
+        """An emitter configured like the nodes, from ``MESSAGE_QUEUE_URL``
+        (then ``REDIS_URL``), ``MESSAGE_QUEUE_CHANNEL`` and
+        ``CLUSTER_SIGNING_SECRET``; see :mod:`workers.settings`."""
+        return cls.from_settings(WorkerSettings.from_env(environ), **kwargs)
+
+    # -- the bus manager -------------------------------------------------------
+    def _get_manager(self) -> ClusterManager:
+        pid = os.getpid()
+        with self._lock:
+            if self._manager is None or self._pid != pid:
+                # a connection inherited through fork is shared with the
+                # parent: never use it, open our own
+                with _errors():
+                    self._manager = create_manager(
+                        self.url, channel=self.channel, write_only=True,
+                        signing_secret=self._secret, options=dict(self._options),
+                        logger=log, publish_timeout=self.publish_timeout)
+                self._pid = pid
+            return self._manager
+
+    @property
+    def manager(self) -> ClusterManager:
+        """The write-only :mod:`cluster.bus` manager (for advanced uses)."""
+        return self._get_manager()
+
+    @property
+    def ready(self) -> bool:
+        """True when the last publish reached the bus."""
+        return self._manager is not None and self._manager.ready
+
+    def close(self) -> None:
+        """Release the bus connection (a later call reconnects)."""
+        with self._lock:
+            manager, self._manager = self._manager, None
+        if manager is not None and self._pid == os.getpid():
+            manager.close()
+
+    def __enter__(self) -> "Emitter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<Emitter channel={self.channel!r} "
+                f"signed={self._secret is not None}>")
+
+    @staticmethod
+    def _namespace(namespace: Any) -> str:
+        if not isinstance(namespace, str) or not namespace.startswith("/"):
+            raise ConfigurationError(
+                f"namespace={namespace!r}: namespaces start with '/', "
+                f"e.g. '/' or '/chat'.")
+        return namespace
+
+    def _ns(self, namespace: str | None) -> str:
+        return self.namespace if namespace is None else self._namespace(namespace)
+
+    # -- emitting --------------------------------------------------------------
+    def emit(self, event: str, *args: Any, to: Any = None, room: Any = None,
+             namespace: str | None = None, skip_sid: Any = None) -> None:
+        """Send ``event`` with ``args`` to clients, like ``socketio.emit``.
+
+        :param to: a sid, a room, or a list of them; ``None`` (and no
+                   ``room``) means every client of the namespace.
+        :param room: alias of ``to`` (Flask-SocketIO's older name).
+        :param namespace: default: the emitter's (``"/"``).
+        :param skip_sid: a sid or list of sids that must not receive it.
+        """
+        if not isinstance(event, str) or not event:
+            raise PayloadError(f"event={event!r}: the event name must be a "
+                               f"non-empty string.")
+        target = _rooms(to if to is not None else room, "to")
+        skip = _sids(skip_sid, "skip_sid")
+        data = args[0] if len(args) == 1 else tuple(args)
+        with _errors():
+            self._get_manager().emit(event, data, namespace=self._ns(namespace),
+                                     room=target, skip_sid=skip)
+
+    def send(self, data: Any, to: Any = None, room: Any = None,
+             namespace: str | None = None, skip_sid: Any = None) -> None:
+        """Send a ``message`` event, like Flask-SocketIO's ``send``."""
+        self.emit("message", data, to=to, room=room, namespace=namespace,
+                  skip_sid=skip_sid)
+
+    # -- rooms and connections of any sid --------------------------------------
+    def join_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
+        """Put client ``sid`` (on whichever node it is) into ``room``."""
+        room = _rooms(room, "room")
+        if not _is_room(room):
+            raise PayloadError(f"room={room!r}: join one room per call.")
+        with _errors():
+            self._get_manager().enter_room(_sid(sid), self._ns(namespace), room)
+
+    def leave_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
+        """Take client ``sid`` out of ``room``."""
+        room = _rooms(room, "room")
+        if not _is_room(room):
+            raise PayloadError(f"room={room!r}: leave one room per call.")
+        with _errors():
+            self._get_manager().leave_room(_sid(sid), self._ns(namespace), room)
+
+    def close_room(self, room: Any, namespace: str | None = None) -> None:
+        """Remove every client from ``room``, on every node."""
+        room = _rooms(room, "room")
+        if not _is_room(room):
+            raise PayloadError(f"room={room!r}: close one room per call.")
+        with _errors():
+            self._get_manager().close_room(room, self._ns(namespace))
+
+    def disconnect(self, sid: str, namespace: str | None = None) -> None:
+        """Disconnect client ``sid`` from ``namespace``, on whichever node.
+
+        python-socketio's write-only managers crash here (they try to
+        disconnect locally, without a server); this goes through the bus.
+        """
+        with _errors():
+            self._get_manager().cluster.disconnect_sockets(
+                to=_sid(sid), namespace=self._ns(namespace))
+
+    # -- cluster-wide commands (no answer needed) ------------------------------
+    def sockets_join(self, rooms: Any, to: Any = None,
+                     namespace: str | None = None) -> None:
+        """Make every client in ``to`` (sids/rooms; all when ``None``) join
+        ``rooms``, on every node (socket.io's ``socketsJoin``)."""
+        rooms, to = _required_rooms(rooms), _rooms(to, "to")
+        with _errors():
+            self._get_manager().cluster.sockets_join(
+                rooms, to=to, namespace=self._ns(namespace))
+
+    def sockets_leave(self, rooms: Any, to: Any = None,
+                      namespace: str | None = None) -> None:
+        """Make every client in ``to`` leave ``rooms`` (``socketsLeave``)."""
+        rooms, to = _required_rooms(rooms), _rooms(to, "to")
+        with _errors():
+            self._get_manager().cluster.sockets_leave(
+                rooms, to=to, namespace=self._ns(namespace))
+
+    def disconnect_sockets(self, to: Any = None,
+                           namespace: str | None = None) -> None:
+        """Disconnect every client in ``to`` -- *all* clients of the
+        namespace when ``to`` is ``None`` (``disconnectSockets``)."""
+        with _errors():
+            self._get_manager().cluster.disconnect_sockets(
+                to=_rooms(to, "to"), namespace=self._ns(namespace))
+
+    def server_side_emit(self, event: str, *args: Any,
+                         namespace: str | None = None) -> None:
+        """Call the nodes' ``manager.cluster.on(event)`` handlers with
+        ``args`` (``serverSideEmit`` without ack)."""
+        if not isinstance(event, str) or not event:
+            raise PayloadError(f"event={event!r} must be a non-empty string.")
+        with _errors():
+            self._get_manager().cluster.server_side_emit(
+                event, *args, namespace=self._ns(namespace))

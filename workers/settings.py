@@ -1,0 +1,102 @@
+"""Worker and emitter configuration, read from the environment once.
+
+The variables are the socket node's (``python -m cluster node``), so a
+worker started next to the nodes with the same environment lands on the same
+bus, channel and signing secret; the ``socketio`` vs ``flask-socketio``
+channel mismatch of hand-configured emitters cannot happen.
+
+==========================  ==================================================
+variable                    meaning (default)
+==========================  ==================================================
+``MESSAGE_QUEUE_URL``       the cluster bus URL: ``redis://``, ``rediss://``,
+                            ``redis+sentinel://``, ``amqp://``... (falls back
+                            to ``REDIS_URL``; one of them is required)
+``MESSAGE_QUEUE_CHANNEL``   bus channel / exchange (``flask-socketio``)
+``CLUSTER_SIGNING_SECRET``  shared HMAC secret of the bus (none: unsigned)
+``CELERY_BROKER_URL``       Celery's broker (the bus URL: one service to run)
+``CELERY_RESULT_BACKEND``   Celery's result backend (none: tasks report to
+                            clients through the emitter, not through results)
+``CELERY_QUEUE``            the queue tasks are sent to and workers consume
+                            (``celery``)
+==========================  ==================================================
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from .exceptions import ConfigurationError
+
+__all__ = ["DEFAULT_CHANNEL", "WorkerSettings"]
+
+#: the node's default channel (Flask-SocketIO's), so emitters match nodes
+DEFAULT_CHANNEL = "flask-socketio"
+
+
+def _get(environ: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Where emitters publish and where Celery takes its tasks from.
+
+    :param message_queue: cluster bus URL; ``None`` only when nothing will
+                          be emitted (the emitter refuses to start without).
+    :param channel: bus channel, ``"flask-socketio"`` like the nodes.
+    :param signing_secret: bus HMAC secret; ``None`` sends unsigned
+                           messages (nodes without a secret accept them).
+    :param broker_url: Celery broker; ``None`` means "the bus URL".
+    :param result_backend: Celery result backend, ``None`` (results off).
+    :param queue: Celery queue name, ``"celery"``.
+    """
+
+    message_queue: str | None = None
+    channel: str = DEFAULT_CHANNEL
+    signing_secret: str | None = field(default=None, repr=False)
+    broker_url: str | None = None
+    result_backend: str | None = None
+    queue: str = "celery"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
+        """Read the variables listed in the module doc (``os.environ`` by
+        default). Empty values count as unset."""
+        env = os.environ if environ is None else environ
+        return cls(
+            message_queue=_get(env, "MESSAGE_QUEUE_URL", "REDIS_URL"),
+            channel=_get(env, "MESSAGE_QUEUE_CHANNEL") or DEFAULT_CHANNEL,
+            signing_secret=_get(env, "CLUSTER_SIGNING_SECRET"),
+            broker_url=_get(env, "CELERY_BROKER_URL"),
+            result_backend=_get(env, "CELERY_RESULT_BACKEND"),
+            queue=_get(env, "CELERY_QUEUE") or "celery",
+        )
+
+    def with_overrides(self, **changes: Any) -> "WorkerSettings":
+        """A copy with the non-``None`` ``changes`` applied (CLI flags)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def celery_broker(self) -> str:
+        """The broker URL Celery uses; raises when none is configured."""
+        url = self.broker_url or self.message_queue
+        if not url:
+            raise ConfigurationError(
+                "No Celery broker configured: set CELERY_BROKER_URL (or "
+                "MESSAGE_QUEUE_URL / REDIS_URL, which it defaults to), e.g. "
+                "CELERY_BROKER_URL=redis://localhost:6379/0.")
+        return url
+
+    def require_message_queue(self) -> str:
+        """The bus URL; raises :class:`ConfigurationError` naming the fix."""
+        if not self.message_queue:
+            raise ConfigurationError(
+                "No message queue configured for the emitter: set "
+                "MESSAGE_QUEUE_URL (or REDIS_URL) to the URL the socket nodes "
+                "use, e.g. MESSAGE_QUEUE_URL=redis://localhost:6379/0.")
+        return self.message_queue

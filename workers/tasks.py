@@ -1,0 +1,63 @@
+"""Example tasks: copy them into your application and adapt.
+
+A Socket.IO handler starts a job for the client that asked::
+
+    from workers.tasks import long_job
+
+    @socketio.on("start_job")
+    def start_job(data):
+        # progress to the client itself, or to a room it is in
+        result = long_job.delay(to=data.get("room") or request.sid, steps=10)
+        return {"job_id": result.id}
+
+The worker then emits ``job_progress`` events (in order), and ``job_result``
+(or ``job_error``) at the end, to that sid or room, on whichever node its
+clients are connected.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .celery_app import app, get_emitter
+
+__all__ = ["long_job", "broadcast"]
+
+
+@app.task(bind=True)
+def long_job(self: Any, to: Any, steps: int = 5, step_seconds: float = 0.5,
+             namespace: str = "/") -> dict[str, Any]:
+    """Work in ``steps`` slices, reporting progress to ``to`` (a sid or a
+    room), then the result.
+
+    Events (all carry ``job_id``, the Celery task id):
+    ``job_progress`` ``{"step", "steps", "percent"}`` after each slice;
+    ``job_result`` ``{"result"}`` at the end; ``job_error`` ``{"error"}``
+    if the work raised (the task then fails as usual).
+    """
+    emitter = get_emitter()
+    job_id = self.request.id
+    try:
+        total = 0
+        for step in range(1, steps + 1):
+            time.sleep(step_seconds)  # stands for one slice of real work
+            total += step * step
+            emitter.emit("job_progress", {
+                "job_id": job_id, "step": step, "steps": steps,
+                "percent": round(100 * step / steps)}, to=to, namespace=namespace)
+    except Exception as exc:
+        emitter.emit("job_error", {"job_id": job_id, "error": str(exc)},
+                     to=to, namespace=namespace)
+        raise
+    result = {"job_id": job_id, "result": total}
+    emitter.emit("job_result", result, to=to, namespace=namespace)
+    return result
+
+
+@app.task
+def broadcast(event: str, data: Any = None, room: Any = None,
+              namespace: str = "/", skip_sid: Any = None) -> None:
+    """Emit ``event`` with ``data`` to ``room`` (everyone when ``None``),
+    except ``skip_sid``: e.g. announce to a room from a periodic task."""
+    get_emitter().emit(event, data, to=room, namespace=namespace,
+                       skip_sid=skip_sid)
