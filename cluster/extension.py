@@ -12,6 +12,7 @@ extra keyword arguments and never changes what the familiar ones do.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, TypeVar
 
 import flask
@@ -291,21 +292,36 @@ class SocketIO:
     def drain(self, grace_seconds: float = 10.0) -> None:
         """Stop taking part: report not-ready, send every local client away.
 
-        Clients are closed at the Engine.IO level (not with a Socket.IO
-        DISCONNECT, which tells clients not to come back), so they reconnect
-        through the load balancer to another node. Session writes are
-        write-through, so nothing is pending once the handlers have returned.
-        ``grace_seconds`` bounds how long in-flight handlers may take.
+        In order: ``/readyz`` turns 503; handlers already running get up to
+        ``grace_seconds`` to finish (their session writes are write-through,
+        so once they return nothing is pending); every client is then closed
+        at the Engine.IO level, not with a Socket.IO DISCONNECT (which tells
+        clients not to come back), so they reconnect through the load
+        balancer to another node and resume there; finally the bus publishes
+        what is still queued and says goodbye.
         """
+        deadline = time.monotonic() + grace_seconds
         self.node_state.draining = True
+        if not self.runner.wait_idle(timeout=max(0.0, deadline - time.monotonic())):
+            logger.warning("drain: %d handler(s) still running after %.1f s; closing anyway",
+                           self.runner.in_flight, grace_seconds)
         eio = self.server.eio
-        for eio_sid in list(getattr(eio, "sockets", {})):
+        closed = 0
+        for eio_sid, eio_socket in list(getattr(eio, "sockets", {}).items()):
             try:
-                eio.disconnect(eio_sid)
+                # abort: no Engine.IO CLOSE packet, which clients take as
+                # "do not reconnect"; a dropped transport makes them retry
+                eio_socket.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
+                closed += 1
             except Exception:  # a socket closing under us is fine here
                 logger.debug("connection %s already gone while draining", eio_sid[:8])
+            eio.sockets.pop(eio_sid, None)
+        logger.info("drain: closed %d connection(s); they reconnect to other nodes", closed)
         if self.sessions is not None:
-            self.sessions.flush(timeout=grace_seconds)
+            self.sessions.flush(timeout=max(0.0, deadline - time.monotonic()))
+        close = getattr(self.server.manager, "close", None)
+        if callable(close):
+            close(timeout=max(0.5, deadline - time.monotonic()))
 
     def stop(self) -> None:
         """Stop a server started with :meth:`run`."""

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
+import time
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -61,6 +63,17 @@ class HandlerRunner:
 
     def __init__(self, socketio: "SocketIO") -> None:
         self.socketio = socketio
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no handler runs (a draining node's last writes)."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight > 0:
+            if time.monotonic() >= deadline:
+                return False
+            self.socketio.server.sleep(0.02)
+        return True
 
     def run(
         self,
@@ -99,6 +112,19 @@ class HandlerRunner:
         else:
             call_args = args
 
+        with self._lock:
+            self.in_flight += 1
+        try:
+            return self._run_in_context(app, environ, live, handler, message, namespace, sid,
+                                        call_args)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _run_in_context(self, app: flask.Flask, environ: dict[str, Any], live: bool,
+                        handler: Callable[..., Any], message: str | None, namespace: str,
+                        sid: str | None, call_args: tuple[Any, ...]) -> Any:
+        socketio = self.socketio
         request_context = app.request_context(environ)
         sessions = socketio.sessions if (live and socketio.manage_session) else None
         if sessions is not None:

@@ -61,7 +61,18 @@ class HealthMiddleware:
         if path == "/metrics":
             return _respond(start_response, "200 OK", render_metrics(self.socketio, self.state),
                             CONTENT_TYPE)
+        if self.state.draining and _is_new_socketio_connection(environ, self.socketio):
+            # an Engine.IO handshake (no sid yet): this node is going away, so
+            # the client retries and the load balancer picks another node
+            return _respond(start_response, "503 Service Unavailable", b"node is draining\n")
         return self.wsgi_app(environ, start_response)
+
+
+def _is_new_socketio_connection(environ: dict[str, Any], socketio: "SocketIO") -> bool:
+    path = environ.get("PATH_INFO", "").strip("/")
+    if not path.startswith(socketio.server.socketio_path):
+        return False
+    return "sid=" not in environ.get("QUERY_STRING", "")
 
 
 def _respond(start_response: Callable[..., Any], status: str, body: bytes,

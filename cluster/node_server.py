@@ -79,27 +79,59 @@ def listen(host: str, port: int, *, tcp_nodelay: bool = True, backlog: int = DEF
     return sock
 
 
+def watch_stop_signals(socketio: "SocketIO") -> Any:
+    """An event that fires with the signal number on SIGTERM or SIGINT.
+
+    A Python signal handler alone is not enough under eventlet: it runs
+    while the hub sleeps in ``epoll`` and whatever it wakes only runs when
+    that sleep ends, which can be many seconds later. The signal number is
+    therefore also written to a pipe (``signal.set_wakeup_fd``) that a green
+    thread watches, so the hub wakes at once.
+    """
+    import os
+
+    import eventlet
+    import eventlet.event
+    from eventlet.hubs import trampoline
+
+    stop_requested = eventlet.event.Event()
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+
+    def note_signal(_signum: int, _frame: Any) -> None:
+        # runs inside the hub: flags only, no logging (its lock may be held)
+        socketio.node_state.draining = True
+
+    def wait_for_signal() -> None:
+        while True:
+            trampoline(read_fd, read=True)
+            try:
+                data = os.read(read_fd, 16)
+            except BlockingIOError:
+                continue
+            for signum in data:
+                if signum in (signal.SIGTERM, signal.SIGINT) and not stop_requested.ready():
+                    stop_requested.send(signum)
+
+    signal.signal(signal.SIGTERM, note_signal)
+    signal.signal(signal.SIGINT, note_signal)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    eventlet.spawn(wait_for_signal)
+    return stop_requested
+
+
 def serve_eventlet(socketio: "SocketIO", wsgi_app: Callable[..., Any], host: str, port: int, *,
                    log_output: bool = False, drain_seconds: float = 10.0) -> None:
     """Serve ``wsgi_app`` until SIGTERM/SIGINT, then stop gracefully."""
     import eventlet
-    import eventlet.event
     import eventlet.wsgi
 
     options = socketio.server_options
     raise_open_file_limit()
     socketio.server.initialize_manager()
     sock = listen(host, port, tcp_nodelay=options.get("tcp_nodelay", True))
-    stop_requested = eventlet.event.Event()
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        logger.info("Received %s: stopping the node", signal.Signals(signum).name)
-        socketio.node_state.draining = True
-        if not stop_requested.ready():
-            stop_requested.send(signum)
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_requested = watch_stop_signals(socketio)
     server_thread = eventlet.spawn(
         eventlet.wsgi.server, sock, wsgi_app,
         max_size=options.get("max_connections", DEFAULT_MAX_CONNECTIONS),
@@ -108,12 +140,15 @@ def serve_eventlet(socketio: "SocketIO", wsgi_app: Callable[..., Any], host: str
     )
     socketio.wsgi_server = server_thread
     logger.info("Node listening on http://%s:%s", host, port)
-    stop_requested.wait()
+    signum = stop_requested.wait()
+    logger.info("Received %s: draining the node", signal.Signals(signum).name)
+    # new Socket.IO connections are refused from now on (see HealthMiddleware)
+    # while the open ones are served until the drain closes them; stopping
+    # the WSGI server first would cut every websocket at once
     shutdown_node(socketio, drain_seconds=drain_seconds)
-    try:
-        sock.close()
-    finally:
-        server_thread.kill()
+    server_thread.kill()
+    sock.close()
+    logger.info("Node stopped")
 
 
 def shutdown_node(socketio: "SocketIO", *, drain_seconds: float) -> None:

@@ -52,10 +52,6 @@ def create_celery_app(config: WorkerSettings,
         task_default_queue=config.queue,
         # a worker started before the broker waits for it instead of exiting
         broker_connection_retry_on_startup=True,
-        # progress events of one job must not be interleaved with a retry of
-        # the same job elsewhere: acknowledge on receipt (Celery's default)
-        task_acks_late=False,
-        worker_send_task_events=False,
     )
     return celery
 
@@ -78,7 +74,7 @@ def get_emitter() -> Emitter:
         return _emitter
 
 
-@signals.worker_init.connect
+@signals.worker_ready.connect
 def _check_message_queue(**_: Any) -> None:
     # tasks would fail one by one later; say it once, at start-up
     if not settings.message_queue:

@@ -179,8 +179,8 @@ class Codec:
                               separators=(",", ":")).encode("utf-8")
 
     def _sign(self, src: str, seq: int, ts: int, body: str) -> str:
-        msg = f"v1\n{src}\n{seq}\n{ts}\n{body}".encode("utf-8")
-        return hmac.new(self.secret, msg, hashlib.sha256).hexdigest()
+        msg = f"v1\n{src}\n{seq}\n{ts}\n{body}".encode()
+        return hmac.new(self.secret or b"", msg, hashlib.sha256).hexdigest()
 
     def open(self, raw: Any) -> tuple[dict[str, Any], int | None]:
         """Return ``(message, sent_at_ms)`` or raise :class:`Dropped`."""
@@ -192,6 +192,7 @@ class Codec:
             raise Dropped("dropped_malformed", f"not JSON: {exc}") from None
         if not isinstance(outer, dict):
             raise Dropped("dropped_malformed", "not a JSON object")
+        ts: int | None
         if self.signed:
             message, ts = self._verify(outer)
         else:
@@ -199,9 +200,9 @@ class Codec:
                 # a signed peer while we have no secret: cannot verify it
                 raise Dropped("dropped_bad_signature",
                               "signed message but no secret configured")
-            message, ts = outer, outer.get("ts")
-            if not isinstance(ts, int) or isinstance(ts, bool):
-                ts = None
+            message, sent = outer, outer.get("ts")
+            ts = sent if isinstance(sent, int) and not isinstance(
+                sent, bool) else None
         _check(message)
         return message, ts
 
@@ -228,7 +229,7 @@ class Codec:
         try:
             message = std_json.loads(body)
         except (ValueError, RecursionError):
-            raise Dropped("dropped_malformed", "signed body is not JSON")
+            raise Dropped("dropped_malformed", "signed body is not JSON") from None
         if not isinstance(message, dict):
             raise Dropped("dropped_malformed", "signed body not an object")
         return message, ts

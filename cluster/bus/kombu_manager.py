@@ -9,8 +9,8 @@ never run on what comes off the broker.
 from __future__ import annotations
 
 import collections
-import socket
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from .errors import BusConfigurationError
 from .manager import ClusterManager
@@ -19,7 +19,7 @@ from .runtime import Backoff
 try:
     import kombu
 except ImportError:  # pragma: no cover
-    kombu = None
+    kombu = None  # type: ignore[assignment]
 
 
 class KombuManager(ClusterManager):
@@ -125,7 +125,7 @@ class KombuManager(ClusterManager):
                     while not self._closed:
                         try:
                             conn.drain_events(timeout=1.0)
-                        except socket.timeout:
+                        except TimeoutError:
                             if self._listener_is_deaf():
                                 raise ConnectionError(
                                     "subscribed but not even our own "

@@ -16,17 +16,19 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from socketio import PubSubManager
 from socketio.packet import Packet
 
 from .acks import AckDeadlines
-from .codec import CLUSTER_METHODS, Codec, Dropped
+from .codec import Codec
 from .errors import BusConfigurationError, BusPublishError
 from .nodes import NodeRegistry
 from .outbox import Outbox
 from .presence import Presence
+from .receiving import ReceivingMixin
 from .runtime import Backoff, Runtime
 from .stats import BusStats
 from .view import ClusterView
@@ -34,7 +36,7 @@ from .view import ClusterView
 log = logging.getLogger("cluster.bus")
 
 
-class ClusterManager(PubSubManager):
+class ClusterManager(ReceivingMixin, PubSubManager):
     """Base class of the cluster bus managers (do not use directly).
 
     :param channel: bus channel shared by all nodes and emitters.
@@ -116,6 +118,7 @@ class ClusterManager(PubSubManager):
         self._pub_lock = threading.Lock()
         self._pub_ok = False
         self._last_drop_log = 0.0
+        self._last_backend_check = 0.0
         #: cluster-wide queries and commands (see :class:`ClusterView`)
         self.cluster = ClusterView(self)
         #: first-join / last-leave room events (see :class:`Presence`)
@@ -191,8 +194,11 @@ class ClusterManager(PubSubManager):
         values["buffered"] = len(self._outbox) if self._outbox else 0
         values["ready"] = int(self.ready)
         values["live_nodes"] = 0 if self.write_only else len(self._nodes)
-        values["pending_acks"] = sum(
-            len(c) - 1 for c in list(self.callbacks.values()))
+        try:
+            values["pending_acks"] = sum(
+                len(c) - 1 for c in list(self.callbacks.values()))
+        except RuntimeError:  # resized by another thread mid-copy
+            values["pending_acks"] = -1
         return values
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -272,6 +278,10 @@ class ClusterManager(PubSubManager):
         deadline = time.monotonic() + self.publish_timeout
         backoff = Backoff(cap=self.max_backoff)
         with self._pub_lock:
+            if deadline - self._last_backend_check > self.heartbeat_interval:
+                # no ticker in write-only mode: follow failovers from here
+                self._last_backend_check = deadline
+                self._check_backend_safely()
             while True:
                 try:
                     if not self._pub_ok:
@@ -357,116 +367,6 @@ class ClusterManager(PubSubManager):
         except Exception:
             self._get_logger().exception("Error in bus callback %r", func)
 
-    # -- receiving ------------------------------------------------------------
-    def _thread(self) -> None:
-        backoff = Backoff(cap=self.max_backoff)
-        while not self._closed:
-            try:
-                for raw in self._listen():
-                    self._dispatch(raw)
-                    if self._closed:
-                        return
-            except Exception:  # a listener must outlive any single failure
-                self._get_logger().exception("Cluster bus listener failed")
-                self._on_unsubscribed()
-                self._runtime.sleep(backoff.next())
-
-    def _dispatch(self, raw: Any) -> None:
-        """Check and apply one raw bus message; never raises."""
-        self._stats.incr("received")
-        self._last_received = time.monotonic()
-        try:
-            message, sent_ms = self._codec.open(raw)
-        except Dropped as drop:
-            self._stats.incr(drop.reason)
-            self._log_drop(drop)
-            return
-        method, host = message["method"], message.get("host_id")
-        try:
-            if method == "callback":
-                if host == self.host_id:
-                    self._handle_callback(message)
-                return
-            if host == self.host_id:
-                return  # our own message coming back
-            if sent_ms is not None:
-                self._stats.record_lag(time.time() - sent_ms / 1000)
-            if method in CLUSTER_METHODS:
-                self._handle_cluster(message)
-            elif method == "emit":
-                self._handle_emit(message)
-            elif method == "disconnect":
-                self._handle_disconnect(message)
-            elif method == "enter_room":
-                self._handle_enter_room(message)
-            elif method == "leave_room":
-                self._handle_leave_room(message)
-            elif method == "close_room":
-                self._handle_close_room(message)
-        except Exception:
-            self._stats.incr("handler_errors")
-            self._get_logger().exception("Error applying bus message %r",
-                                         method)
-
-    def _handle_cluster(self, message: dict[str, Any]) -> None:
-        method, host = message["method"], message["host_id"]
-        if method == "heartbeat":
-            if self._nodes.seen(host, str(message.get("name", host))):
-                self._get_logger().info("Cluster node %s joined",
-                                        message.get("name", host))
-                self.presence._node_joined()
-        elif method == "bye":
-            if self._nodes.remove(host):
-                self._node_gone(host)
-        elif method == "request":
-            self.cluster._handle_request(message)
-        elif method == "response":
-            self.cluster._handle_response(message)
-        elif method == "presence":
-            self.presence._handle_message(message)
-
-    def _node_gone(self, host_id: str) -> None:
-        self._get_logger().warning("Cluster node %s left",
-                                   self._nodes.name_of(host_id))
-        self.cluster._node_gone(host_id)
-        self.presence._node_gone(host_id)
-
-    def _log_drop(self, drop: Dropped) -> None:
-        now = time.monotonic()
-        if now - self._last_drop_log > 10:  # rate limited: could be a flood
-            self._last_drop_log = now
-            self._get_logger().warning(
-                "Dropped a bus message (%s: %s). If this is a peer of ours, "
-                "check that every node and emitter uses the same signing "
-                "secret.", drop.reason, drop)
-
-    # -- listener state, reported by the backends ----------------------------
-    def _on_subscribed(self) -> None:
-        if self._ever_subscribed and not self._subscribed:
-            self._stats.incr("reconnects")
-            self._get_logger().warning("Cluster bus subscription restored")
-        self._ever_subscribed = True
-        self._subscribed = True
-        self._subscribed_at = self._last_received = time.monotonic()
-        self._nodes.thaw()
-        self.presence._on_subscribed()
-
-    def _on_unsubscribed(self, exc: BaseException | None = None) -> None:
-        if self._subscribed:
-            self._get_logger().error(
-                "Cluster bus subscription lost (%s); serving local clients "
-                "only until it returns", exc or "listener stopped")
-        self._subscribed = False
-        self._nodes.freeze()
-
-    def _listener_is_deaf(self) -> bool:
-        """Subscribed, publishing fine, yet not even our own heartbeats
-        come back: the subscription is silently broken."""
-        now = time.monotonic()
-        return (self._outbox is not None and self._outbox.healthy
-                and now - self._last_received > self.node_timeout
-                and now - self._subscribed_at > self.node_timeout)
-
     def _ticker(self) -> None:
         next_beat = 0.0
         while not self._closed:
@@ -474,6 +374,7 @@ class ClusterManager(PubSubManager):
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + self.heartbeat_interval
+                    self._check_backend_safely()
                     self._publish({"method": "heartbeat", "host_id": self.host_id,
                                    "name": self.node_name}, volatile=True)
                 self._expire_acks()
@@ -484,7 +385,17 @@ class ClusterManager(PubSubManager):
                 self._get_logger().exception("Cluster bus ticker error")
             self._runtime.sleep(min(0.25, self.heartbeat_interval))
 
+    def _check_backend_safely(self) -> None:
+        try:
+            self._check_backend()
+        except Exception as exc:  # e.g. Sentinel down: the listener notices
+            self._get_logger().debug("bus backend check failed: %s", exc)
+
     # -- backend interface ----------------------------------------------------
+    def _check_backend(self) -> None:
+        """Called about once per heartbeat; backends detect topology
+        changes here (a Sentinel failover)."""
+
     def _connect_publisher(self) -> None:
         raise NotImplementedError
 

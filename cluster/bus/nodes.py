@@ -21,6 +21,8 @@ class NodeRegistry:
         self._lock = threading.Lock()
         self._nodes: dict[str, dict[str, Any]] = {
             host_id: {"name": name, "seen": time.monotonic()}}
+        # names outlive their node so that "node X left" can be logged
+        self._names: dict[str, str] = {host_id: name}
         self._frozen = False
 
     def seen(self, host_id: str, name: str) -> bool:
@@ -28,6 +30,7 @@ class NodeRegistry:
         with self._lock:
             new = host_id not in self._nodes
             self._nodes[host_id] = {"name": name, "seen": time.monotonic()}
+            self._names[host_id] = name
         return new
 
     def remove(self, host_id: str) -> bool:
@@ -62,8 +65,7 @@ class NodeRegistry:
             return sorted(self._nodes)
 
     def name_of(self, host_id: str) -> str:
-        info = self._nodes.get(host_id)
-        return info["name"] if info else host_id
+        return self._names.get(host_id, host_id)
 
     def describe(self) -> list[dict[str, Any]]:
         now = time.monotonic()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
 
 from .runtime import Backoff, Runtime
 from .stats import BusStats
@@ -115,7 +115,7 @@ class Outbox:
                     return
                 self._wakeup.wait(1.0)
                 continue
-            batch = []
+            batch: list[tuple[str, bool]] = []
             while self._queue and len(batch) < self.max_batch:
                 batch.append(self._queue.popleft())
             self._in_flight = len(batch)

@@ -18,7 +18,8 @@ register one (they run the same application code).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     from .manager import ClusterManager
@@ -29,7 +30,7 @@ PresenceCallback = Callable[[str, Any, str], Any]
 class Presence:
     """Room presence tracker of one manager (``manager.presence``)."""
 
-    def __init__(self, manager: "ClusterManager") -> None:
+    def __init__(self, manager: ClusterManager) -> None:
         self._m = manager
         self._callbacks: list[PresenceCallback] = []
         self._remote: dict[tuple[str, Any], set[str]] = {}
@@ -76,10 +77,10 @@ class Presence:
         if op == "add":
             self._remote.setdefault(key, set()).add(host)
         else:
-            hosts = self._remote.get(key)
-            if hosts is not None:
-                hosts.discard(host)
-                if not hosts:
+            known = self._remote.get(key)
+            if known is not None:
+                known.discard(host)
+                if not known:
                     del self._remote[key]
 
     def _node_gone(self, host_id: str) -> None:

@@ -24,7 +24,8 @@ manager's, capped at ``max_backoff``, never redis-py's (up to 10 s).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 from urllib.parse import unquote, urlparse
 
 import redis
@@ -101,7 +102,23 @@ class RedisManager(ClusterManager):
         if scheme.startswith("rediss+"):
             options.setdefault("ssl", True)
         self.redis_options = options
+        if self.mode == "single":
+            self._check_options()
         self._pub: redis.Redis | None = None
+        self._sentinel: Any = None
+        self._master: tuple[str, int] | None = None
+
+    def _check_options(self) -> None:
+        # redis-py only looks at connection options when it first connects,
+        # in a background task here: fail at start-up instead
+        try:
+            pool = redis.Redis.from_url(self.redis_url,
+                                        **self.redis_options).connection_pool
+            pool.make_connection().disconnect()
+        except (TypeError, ValueError) as exc:
+            raise BusConfigurationError(
+                f"Invalid Redis bus URL or option ({exc}). Options go to "
+                f"redis.Redis(): check their names and values.") from exc
 
     # -- connections ----------------------------------------------------------
     def _client(self) -> redis.Redis:
@@ -110,19 +127,50 @@ class RedisManager(ClusterManager):
         if self.mode == "single":
             return redis.Redis.from_url(self.redis_url, **self.redis_options)
         if self.mode == "sentinel":
-            from redis.sentinel import Sentinel
-            parts = [p for p in parsed.path.split("/") if p]
+            # resolve the master ourselves (not master_for) so that we know
+            # which address each connection uses: _check_backend compares
+            host, port = self._discover_master()
             kwargs = dict(self.redis_options, **_credentials(parsed))
+            parts = [p for p in parsed.path.split("/") if p]
             if parts:
                 kwargs["db"] = int(parts[0])
-            sentinel_kwargs = self.sentinel_kwargs or {
-                k: v for k, v in self.redis_options.items()
-                if k.startswith("socket_")}
-            sentinel = Sentinel(_hosts(parsed.netloc),
-                                sentinel_kwargs=sentinel_kwargs, **kwargs)
-            service = parts[1] if len(parts) > 1 else self.channel
-            return sentinel.master_for(service)
+            client = redis.Redis(host=host, port=port, **kwargs)
+            client.bus_address = (host, port)  # type: ignore[attr-defined]
+            return client
         return self._shard_client(parsed)
+
+    def _discover_master(self) -> tuple[str, int]:
+        if self._sentinel is None:
+            from redis.sentinel import Sentinel
+            parsed = urlparse(self.redis_url)
+            sentinel_kwargs = dict(self.sentinel_kwargs or {
+                k: v for k, v in self.redis_options.items()
+                if k.startswith("socket_")})
+            self._sentinel = Sentinel(_hosts(parsed.netloc),
+                                      sentinel_kwargs=sentinel_kwargs)
+        parts = [p for p in urlparse(self.redis_url).path.split("/") if p]
+        service = parts[1] if len(parts) > 1 else self.channel
+        host, port = self._sentinel.discover_master(service)
+        return host, int(port)
+
+    def _check_backend(self) -> None:
+        """Follow a Sentinel failover even when the old master stays up
+        (it then serves as a replica, where our pub/sub would keep working
+        but apart from the nodes that connected after the failover)."""
+        if self.mode != "sentinel":
+            return
+        master = self._discover_master()
+        if master != self._master:
+            if self._master is not None:
+                self._get_logger().warning(
+                    "Sentinel reports a new master %s:%s; moving the bus",
+                    *master)
+            self._master = master
+
+    def _stale(self, client: Any) -> bool:
+        address = getattr(client, "bus_address", None)
+        return (address is not None and self._master is not None
+                and address != self._master)
 
     def _shard_client(self, parsed: Any) -> redis.Redis:
         # ask the cluster which primary owns the channel's slot, then talk
@@ -156,10 +204,14 @@ class RedisManager(ClusterManager):
             except Exception:  # already broken: nothing to release
                 pass
 
-    def _send_batch(self, payloads: list[bytes]) -> None:
-        if self._pub is None:
+    def _publisher(self) -> redis.Redis:
+        if self._pub is None or self._stale(self._pub):
             self._connect_publisher()
-        pipe = self._pub.pipeline(transaction=False)
+        assert self._pub is not None  # set by _connect_publisher
+        return self._pub
+
+    def _send_batch(self, payloads: list[bytes]) -> None:
+        pipe = self._publisher().pipeline(transaction=False)
         command = pipe.spublish if self.sharded else pipe.publish
         for payload in payloads:
             command(self.channel, payload)
@@ -170,20 +222,20 @@ class RedisManager(ClusterManager):
             raise
 
     def _subscriber_count(self) -> int | None:
-        if self._pub is None:
-            self._connect_publisher()
+        client = self._publisher()
         if self.sharded:
-            reply = self._pub.pubsub_shardnumsub(self.channel)
+            reply = client.pubsub_shardnumsub(self.channel)
         else:
-            reply = self._pub.pubsub_numsub(self.channel)
+            reply = client.pubsub_numsub(self.channel)
         return int(reply[0][1]) if reply else 0
 
     def _close_transport(self) -> None:
         self._close_publisher()
 
     # -- listening ------------------------------------------------------------
-    def _subscribe(self) -> Any:
-        pubsub = self._client().pubsub()
+    def _subscribe(self) -> tuple[Any, Any]:
+        client = self._client()
+        pubsub = client.pubsub()
         try:
             if self.sharded:
                 pubsub.ssubscribe(self.channel)
@@ -193,7 +245,7 @@ class RedisManager(ClusterManager):
             for _ in range(50):
                 message = pubsub.get_message(timeout=0.1)
                 if message and message["type"] in ("subscribe", "ssubscribe"):
-                    return pubsub
+                    return client, pubsub
             raise TimeoutError("no subscription confirmation within 5 s")
         except Exception:
             pubsub.close()
@@ -205,11 +257,13 @@ class RedisManager(ClusterManager):
         while not self._closed:
             pubsub = None
             try:
-                pubsub = self._subscribe()
+                client, pubsub = self._subscribe()
                 self._on_subscribed()
                 backoff.reset()
                 while not self._closed:
                     message = pubsub.get_message(timeout=1.0)
+                    if self._stale(client):
+                        raise ConnectionError("the Redis master changed")
                     if message is None:
                         if self._listener_is_deaf():
                             raise ConnectionError(

@@ -15,7 +15,8 @@ published once; they do not wait, like their socket.io counterparts.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
 
 from .errors import (BusSerializationError, ClusterRequestError,
                      ClusterRequestTimeout)
@@ -49,7 +50,7 @@ class ClusterView:
     ``"/"`` everywhere.
     """
 
-    def __init__(self, manager: "ClusterManager") -> None:
+    def __init__(self, manager: ClusterManager) -> None:
         self._m = manager
         self._pending: dict[str, _Pending] = {}
         self._handlers: dict[tuple[str, str], Callable[..., Any]] = {}

@@ -254,3 +254,11 @@ def on_any_error(exc: Exception) -> Any:
 @socketio.on("kick_me")
 def on_kick_me() -> None:
     disconnect()
+
+
+@socketio.on("slow_set")
+def on_slow_set(data: dict[str, Any]) -> Any:
+    """Sleep, then write the session: an in-flight handler when a node drains."""
+    socketio.sleep(float(data["seconds"]))
+    session[data["key"]] = data["value"]
+    return NODE_NAME

@@ -7,7 +7,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import socketio
@@ -23,7 +24,7 @@ class Recorder:
     def __init__(self, client: socketio.Client, url: str) -> None:
         self.client = client
         self.url = url
-        self.events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.seen: list[tuple[str, Any]] = []
         self.lock = threading.Lock()
         self.answers: dict[str, Any] = {}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import socketio
 
@@ -17,7 +18,7 @@ from cluster.bus.manager import ClusterManager
 
 class LoopbackHub:
     def __init__(self) -> None:
-        self.subscribers: list["LoopbackManager"] = []
+        self.subscribers: list[LoopbackManager] = []
         self.down = False
         self.sent: list[bytes] = []
         self.lock = threading.Lock()

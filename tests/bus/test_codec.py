@@ -102,3 +102,21 @@ def test_unserializable_payload_raises_at_caller() -> None:
 def test_short_secret_rejected_with_a_fix() -> None:
     with pytest.raises(BusConfigurationError, match="token_hex"):
         Codec("short")
+
+
+def test_public_api_is_complete_and_importable() -> None:
+    import cluster.bus as bus
+    for name in bus.__all__:
+        assert getattr(bus, name) is not None
+    public = {n for n, v in vars(bus).items()
+              if not n.startswith("_") and isinstance(v, type)
+              and v.__module__.startswith("cluster.bus")}
+    assert public <= set(bus.__all__)
+
+
+def test_bad_driver_option_fails_at_creation() -> None:
+    from cluster.bus import create_manager
+    with pytest.raises(BusConfigurationError, match="redis.Redis"):
+        create_manager("redis://127.0.0.1:1/0", options={"no_such_option": 1})
+    with pytest.raises(BusConfigurationError, match="Invalid message queue URL"):
+        create_manager("localhost:6379")

@@ -108,10 +108,13 @@ def test_remote_ack_reaches_the_emitter(hub) -> None:
 
 
 def test_outage_buffers_then_publishes_in_order(hub) -> None:
-    s1, m1 = make_node(hub, buffer_size=5, max_backoff=0.05)
+    # no heartbeat during the test: it would compete for buffer slots
+    s1, m1 = make_node(hub, buffer_size=5, max_backoff=0.05,
+                       heartbeat_interval=60)
     s2, m2 = make_node(hub)
     sid = m2.connect("x", "/")
     wait_for(lambda: m1.ready)
+    assert m1.flush(2)
     hub.down = True
     for i in range(8):
         s1.emit("n", i, to=sid)
@@ -183,3 +186,26 @@ def test_presence_first_join_last_leave(hub) -> None:
     wait_for(lambda: ("last_leave", "user:1") in seen)
     time.sleep(0.2)
     assert seen == [("first_join", "user:1"), ("last_leave", "user:1")]
+
+
+def test_node_death_reports_its_rooms_vacated_once(hub) -> None:
+    s1, m1 = make_node(hub)
+    s2, m2 = make_node(hub)
+    s3, m3 = make_node(hub)
+    seen = []
+    for m in (m1, m2, m3):
+        m.presence.on(lambda ev, room, ns, me=m: seen.append((me, ev, room)))
+    wait_for(lambda: all(len(m.cluster.live_nodes()) == 3 for m in (m1, m2, m3)))
+    sid = m3.connect("z", "/")
+    m3.enter_room(sid, "/", "user:9")
+    wait_for(lambda: m1.presence.rooms() == ["user:9"]
+             and m2.presence.rooms() == ["user:9"])
+    m3._closed = True  # crash: no goodbye, heartbeats stop
+    hub.subscribers.remove(m3)
+    wait_for(lambda: len(m1.cluster.live_nodes()) == 2
+             and len(m2.cluster.live_nodes()) == 2, timeout=5)
+    wait_for(lambda: any(ev == "last_leave" for _, ev, _ in seen))
+    time.sleep(0.3)
+    reporters = [m for m, ev, _ in seen if ev == "last_leave"]
+    assert len(reporters) == 1 and reporters[0] is min(
+        (m1, m2), key=lambda m: m.host_id)

@@ -13,7 +13,7 @@ import requests
 import socketio
 
 from cluster.bus import create_manager
-from cluster.processes import RedisServerProcess
+from cluster.processes import RedisServerProcess, port_accepts
 from tests.bus.conftest import wait_nodes
 from tests.bus.loopback import wait_for
 
@@ -150,6 +150,36 @@ def test_unix_socket_url(tmp_path: Path) -> None:
         wait_for(lambda: receiver.ready)
         sender.emit("hi", 1, room=sid)
         wait_for(lambda: got == ['2["hi",1]'])
+        receiver.close()
+    finally:
+        server.stop()
+
+
+def test_password_in_url_or_in_options(tmp_path: Path) -> None:
+    server = RedisServerProcess(workdir=tmp_path, name="redis-auth",
+                                extra_args=["--requirepass", "s3cret"])
+    # its readiness probe is a bare PING, which now gets NOAUTH
+    server.is_ready = lambda: port_accepts(server.host, server.port)  # type: ignore[method-assign]
+    server.start()
+    try:
+        base = f"127.0.0.1:{server.port}/0"
+        receiver = create_manager(f"redis://:s3cret@{base}",
+                                  heartbeat_interval=0.2)
+        fake = socketio.Server(client_manager=receiver, async_mode="threading")
+        got = []
+        fake._send_eio_packet = lambda eio, pkt: got.append(pkt.data)
+        receiver.initialize()
+        sid = receiver.connect("e1", "/")
+        wait_for(lambda: receiver.ready)
+        create_manager(f"redis://{base}", write_only=True,
+                       options={"password": "s3cret"}).emit("hi", 1, room=sid)
+        wait_for(lambda: got == ['2["hi",1]'])
+        wrong = create_manager(f"redis://{base}", write_only=True,
+                               options={"password": "nope",
+                                        "socket_connect_timeout": 0.5},
+                               publish_timeout=0.2)
+        with pytest.raises(Exception, match="within"):
+            wrong.emit("hi", 2, room=sid)
         receiver.close()
     finally:
         server.stop()

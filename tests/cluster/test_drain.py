@@ -1,0 +1,45 @@
+"""SIGTERM drains a node: not ready, in-flight handlers finish, clients move and resume."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import requests
+
+from tests.cluster.test_session_resume import Peer, _wait_reconnected
+
+
+def test_sigterm_moves_clients_to_another_node_with_their_sessions(
+        node_factory: Any, haproxy_factory: Any, sio_client_factory: Any) -> None:
+    nodes = node_factory(count=2, extra_args=["--drain-seconds", "8"])
+    proxy = haproxy_factory(nodes)
+    peer = Peer(sio_client_factory, proxy.url)
+    peer.call("join", "movers")
+    peer.call("session_set", {"before": "drain"})
+    draining = next(node for node in nodes if node.name == peer.welcome["node"])
+    other = next(node for node in nodes if node is not draining)
+
+    # a handler still running when SIGTERM arrives gets to finish its write
+    peer.client.emit("slow_set", {"seconds": 1.5, "key": "during", "value": "drain"})
+    time.sleep(0.2)
+    old_sid = peer.client.get_sid()
+    draining.kill(signal.SIGTERM)
+    time.sleep(0.3)
+    # a draining node takes no new clients: its probe fails or its port is closed
+    try:
+        assert requests.get(draining.url + "/readyz", timeout=2).status_code == 503
+    except requests.ConnectionError:
+        pass
+
+    welcome = _wait_reconnected(peer, old_sid)
+    assert welcome["node"] == other.name
+    assert welcome["resumed"] is True
+    assert "movers" in welcome["rooms"]
+    assert peer.get("before") == "drain"
+    assert peer.get("during") == "drain"
+    assert draining.wait(timeout=10) == 0
+    log = draining.log_text()
+    assert "draining the node" in log and "closed 1 connection" in log
+    assert "Traceback" not in log

@@ -1,0 +1,123 @@
+"""``python -m cluster worker``: start a Celery worker for the cluster.
+
+The lead's ``cluster/cli.py`` wires it in with::
+
+    from workers.cli import add_worker_parser, run_worker
+    add_worker_parser(commands)        # the sub-parsers object
+    ...
+    if args.command == "worker":
+        return run_worker(args)
+
+It runs exactly ``celery -A workers.celery_app worker --loglevel LEVEL
+[--pool P] [--concurrency N] [-Q QUEUE] [CELERY ARGS...]`` in this process,
+after putting the flags given here into the environment that
+:mod:`workers.settings` reads (so prefork children see them too).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+__all__ = ["WORKER_DESCRIPTION", "add_worker_parser", "celery_argv", "main", "run_worker"]
+
+WORKER_DESCRIPTION = """\
+Start a Celery worker running workers.celery_app: the same as
+`celery -A workers.celery_app worker --loglevel INFO`. Its tasks emit to the
+cluster's Socket.IO clients through the message queue, so give it the nodes'
+environment: MESSAGE_QUEUE_URL (or REDIS_URL), MESSAGE_QUEUE_CHANNEL,
+CLUSTER_SIGNING_SECRET, and CELERY_BROKER_URL (default: the message queue
+URL). The default prefork pool needs no eventlet.
+
+Arguments after `--` go to `celery worker` unchanged, e.g.
+`python -m cluster worker -- --max-tasks-per-child 100`.
+"""
+
+#: flag name -> environment variable read by workers.settings
+_ENV = {"message_queue": "MESSAGE_QUEUE_URL", "channel": "MESSAGE_QUEUE_CHANNEL",
+        "signing_secret": "CLUSTER_SIGNING_SECRET", "broker": "CELERY_BROKER_URL",
+        "queue": "CELERY_QUEUE"}
+
+
+def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``worker`` command to ``subparsers`` and return its parser.
+
+    Flags default to ``None``, meaning "the environment decides", so the
+    help shows where each value comes from.
+    """
+    worker = subparsers.add_parser(
+        "worker", help="start a Celery worker that emits to the cluster",
+        description=WORKER_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    worker.add_argument("--message-queue", metavar="URL",
+                        help="bus URL the nodes use (default: $MESSAGE_QUEUE_URL, "
+                             "then $REDIS_URL)")
+    worker.add_argument("--channel",
+                        help="bus channel (default: $MESSAGE_QUEUE_CHANNEL, else "
+                             "'flask-socketio', as the nodes)")
+    worker.add_argument("--signing-secret",
+                        help="bus signing secret (default: $CLUSTER_SIGNING_SECRET)")
+    worker.add_argument("--broker", metavar="URL",
+                        help="Celery broker (default: $CELERY_BROKER_URL, then the "
+                             "message queue URL); redis:// or amqp://")
+    worker.add_argument("-Q", "--queue",
+                        help="queue to consume (default: $CELERY_QUEUE, else 'celery')")
+    worker.add_argument("-P", "--pool", choices=("prefork", "threads", "solo"),
+                        help="execution pool (default: Celery's, prefork); for eventlet "
+                             "or gevent run `celery -A workers.celery_app worker -P ...`")
+    worker.add_argument("-c", "--concurrency", type=int,
+                        help="worker processes/threads (default: number of CPUs)")
+    worker.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
+                        help="logging level (default: $LOG_LEVEL, else INFO)")
+    worker.add_argument("celery_args", nargs=argparse.REMAINDER,
+                        help="after `--`: more `celery worker` options")
+    worker.set_defaults(func=run_worker)
+    return worker
+
+
+def celery_argv(args: argparse.Namespace) -> list[str]:
+    """The ``celery worker`` argument list that :func:`run_worker` runs."""
+    argv = ["worker", "--loglevel", str(args.log_level).upper()]
+    if getattr(args, "pool", None):
+        argv += ["--pool", args.pool]
+    if getattr(args, "concurrency", None):
+        argv += ["--concurrency", str(args.concurrency)]
+    if getattr(args, "queue", None):
+        argv += ["--queues", args.queue]
+    extra = list(getattr(args, "celery_args", None) or [])
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    return argv + extra
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Run the worker until it is stopped; return its exit status."""
+    if "workers.celery_app" in sys.modules:
+        # its settings were read already; flags given now would be ignored
+        print("warning: workers.celery_app was imported before run_worker(); "
+              "command-line flags may not apply", file=sys.stderr)
+    for flag, variable in _ENV.items():
+        value = getattr(args, flag, None)
+        if value:
+            os.environ[variable] = value  # the edge: read once by settings
+    from .exceptions import ConfigurationError
+    try:
+        from .celery_app import app
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    code = app.start(celery_argv(args))
+    return int(code or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workers.cli worker ...``: the command without the
+    cluster CLI around it."""
+    parser = argparse.ArgumentParser(prog="python -m workers.cli")
+    add_worker_parser(parser.add_subparsers(dest="command", required=True))
+    return run_worker(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
