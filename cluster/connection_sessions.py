@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cluster.sessions")
 
 ENVIRON_KEY = "cluster.connection_session"
+# asked of every node before a recovery takes over a session: does a live
+# connection of yours hold it? A silent node is taken as holding nothing.
+HOLDER_QUERY = "cluster:holds-session"
+HOLDER_TIMEOUT = 0.5
 DEFAULT_SESSION_TTL = 120.0
 DEFAULT_KEY_PREFIX = "sio:sess:"
 
@@ -60,6 +64,10 @@ class BoundSession:
     sids: dict[str, str] = field(default_factory=dict)
     rooms: dict[str, list[str]] = field(default_factory=dict)
     rooms_dirty: bool = False
+    # sids of the connection that was resumed, by namespace: with connection
+    # state recovery the new connection takes them over
+    previous_sids: dict[str, str] = field(default_factory=dict)
+    offset: str | None = None
 
 
 class ConnectionSessions:
@@ -75,15 +83,26 @@ class ConnectionSessions:
 
     def __init__(self, socketio: "SocketIO", store: SessionStore | None = None,
                  state: Any = None,
-                 identity_loader: Callable[[Any], str | None] | None = None) -> None:
+                 identity_loader: Callable[[Any], str | None] | None = None,
+                 stable_resume_ids: bool = False) -> None:
         self.socketio = socketio
         self.store = store
         self.state = state
         self.identity_loader = identity_loader
+        # connection state recovery: a resumed connection keeps its pid
+        self.stable_resume_ids = stable_resume_ids
         self.counters: dict[str, int] = {
             "forked": 0, "persisted": 0, "resumed": 0, "resume_refused": 0,
-            "store_errors": 0,
+            "resume_in_use": 0, "store_errors": 0,
         }
+        # session id -> environ of the connections bound on this node
+        self.local: dict[str, dict[str, Any]] = {}
+
+    def holds(self, session_id: str) -> bool:
+        """Whether a live connection on this node holds ``session_id``."""
+        environ = self.local.get(session_id)
+        bound = environ.get(ENVIRON_KEY) if environ is not None else None
+        return bool(bound is not None and bound.sids)
 
     # -- used by the handler runner ------------------------------------------
 
@@ -151,30 +170,49 @@ class ConnectionSessions:
                 logger.error("could not persist rooms of %s: %s", redact(bound.session_id), exc)
 
     def _save_rooms(self, bound: BoundSession) -> None:
-        assert bound.session_id is not None and self.store is not None  # noqa: S101 - internal
+        if bound.session_id is None or self.store is None:
+            return
         try:
-            self.state.save(bound.session_id, bound.rooms, self.store.lease_ttl)
+            self.state.save(bound.session_id, {"sids": bound.sids, "rooms": bound.rooms},
+                            self.store.lease_ttl)
         except Exception as exc:  # redis errors of the rooms record
             raise SessionStoreError(f"rooms record: {exc}") from exc
         bound.rooms_dirty = False
 
     # -- lifecycle hooks of the server ---------------------------------------
 
-    def on_connect(self, sid: str, namespace: str, environ: dict[str, Any], auth: Any) -> None:
+    def prepare(self, namespace: str, environ: dict[str, Any], auth: Any) -> str | None:
+        """Bind the connection's session before its sid exists.
+
+        Returns the sid to restore when the connection resumes one that had
+        a sid in ``namespace`` (used with connection state recovery).
+        """
         bound = environ.get(ENVIRON_KEY)
         if bound is None and self.store is not None:
             bound = self._bind(environ, auth)
+        if bound is None or not bound.resumed:
+            return None
+        return bound.previous_sids.get(namespace)
+
+    def on_connect(self, sid: str, namespace: str, environ: dict[str, Any], auth: Any) -> None:
+        bound = environ.get(ENVIRON_KEY)
         if bound is None:
             return
         bound.sids[namespace] = sid
         if bound.resumed:
             self._restore_rooms(bound, sid, namespace)
+        if bound.session_id is not None:
+            bound.rooms_dirty = True
+            try:
+                self._save_rooms(bound)
+            except SessionStoreError as exc:
+                self.counters["store_errors"] += 1
+                logger.error("could not record connection %s: %s", redact(bound.session_id), exc)
 
     def _bind(self, environ: dict[str, Any], auth: Any) -> BoundSession | None:
         store = self.store
-        assert store is not None  # noqa: S101 - only called with a store
         app = self.socketio.app
-        if app is None:
+        if app is None or store is None:
             return None
         with app.request_context(environ) as context:
             http_session = dict(context.session)
@@ -184,18 +222,25 @@ class ConnectionSessions:
         try:
             if pid is not None:
                 bound = self._resume(pid, identity)
-            if bound is None:
+            if bound is not None:
+                reuse = pid if self.stable_resume_ids else None
+            else:
                 handle = store.create(http_session, identity)
                 bound = BoundSession(session=handle.session, session_id=handle.session_id,
                                      identity=identity)
                 self.counters["persisted"] += 1
-            bound.resume_id = store.issue_resume(bound.session_id, identity)  # type: ignore[arg-type]
+                reuse = None
+            assert bound.session_id is not None  # noqa: S101 - set on both paths
+            bound.resume_id = store.issue_resume(bound.session_id, identity, reuse=reuse)
         except SessionStoreError as exc:
             self.counters["store_errors"] += 1
             logger.error("session store unavailable at connect (%s); this connection gets "
                          "an in-process session that cannot be resumed", exc)
             return None
+        if isinstance(auth, dict) and isinstance(auth.get("offset"), str):
+            bound.offset = auth["offset"]
         environ[ENVIRON_KEY] = bound
+        self.local[bound.session_id] = environ
         return bound
 
     def _resume(self, pid: Any, identity: str | None) -> BoundSession | None:
@@ -205,19 +250,45 @@ class ConnectionSessions:
         if not result.granted or result.session_id is None:
             self.counters["resume_refused"] += 1
             return None
+        if self.stable_resume_ids and self._held_by_a_live_connection(result.session_id):
+            # the id stays the holder's: put it back and refuse this claimant
+            store.issue_resume(result.session_id, identity, reuse=pid)
+            self.counters["resume_in_use"] += 1
+            logger.warning("resume %s refused: its session is held by a live connection",
+                           redact(pid))
+            return None
         session = store.load(result.session_id)
         if session is None:
             self.counters["resume_refused"] += 1
             return None
         store.persist(result.session_id)
         try:
-            rooms = self.state.load(result.session_id)
-        except Exception as exc:  # a missing rooms record only loses the rooms
-            logger.warning("rooms of session %s unavailable: %s", redact(result.session_id), exc)
-            rooms = {}
+            record = self.state.load(result.session_id)
+        except Exception as exc:  # a missing record only loses the rooms
+            logger.warning("connection record of %s unavailable: %s",
+                           redact(result.session_id), exc)
+            record = {"sids": {}, "rooms": {}}
         self.counters["resumed"] += 1
         return BoundSession(session=session, session_id=result.session_id, identity=identity,
-                            resumed=True, rooms=rooms)
+                            resumed=True, rooms=record["rooms"],
+                            previous_sids=record["sids"])
+
+    def _held_by_a_live_connection(self, session_id: str) -> bool:
+        if self.holds(session_id):
+            return True
+        cluster = getattr(self.socketio.server.manager, "cluster", None)
+        if cluster is None:
+            return False
+        from .bus import ClusterRequestError, ClusterRequestTimeout
+
+        try:
+            answers = cluster.server_side_call(HOLDER_QUERY, session_id, timeout=HOLDER_TIMEOUT)
+        except ClusterRequestTimeout as exc:
+            # a node that does not answer (killed, say) holds nothing any more
+            answers = [a.get("result") for a in exc.partial.values() if isinstance(a, dict)]
+        except ClusterRequestError:
+            return False
+        return any(answer is True for answer in answers)
 
     def _restore_rooms(self, bound: BoundSession, sid: str, namespace: str) -> None:
         server = self.socketio.server
@@ -247,6 +318,7 @@ class ConnectionSessions:
         bound.sids.pop(namespace, None)
         if bound.sids or bound.session_id is None or self.store is None:
             return
+        self.local.pop(bound.session_id, None)
         # the last namespace of the connection is gone: the resume window opens
         try:
             self.store.expire(bound.session_id)
@@ -286,4 +358,10 @@ def create_connection_sessions(socketio: "SocketIO", options: Mapping[str, Any])
         state: Any = RedisConnectionState(store.redis, store.key_prefix)
     else:
         state = MemoryConnectionState()
-    return ConnectionSessions(socketio, store=store, state=state, identity_loader=identity_loader)
+    sessions = ConnectionSessions(socketio, store=store, state=state,
+                                  identity_loader=identity_loader,
+                                  stable_resume_ids=bool(options.get("connection_state_recovery")))
+    cluster = getattr(socketio.server.manager, "cluster", None) if socketio.server else None
+    if cluster is not None:
+        cluster.on(HOLDER_QUERY, sessions.holds)
+    return sessions

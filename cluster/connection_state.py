@@ -1,12 +1,15 @@
-"""The rooms a connection had joined, kept beside its forked session.
+"""The Socket.IO side of a resumable connection, kept beside its session.
 
-``session_store`` knows nothing of Socket.IO, so the Socket.IO side of a
-resumable connection (its rooms per namespace) lives here, under the same
-key prefix and with the same TTL rules as the session: a long lease while
-connected, the resume window once the connection ends.
+``session_store`` knows nothing of Socket.IO, so what a resumed connection
+needs besides its forked session (its sid and rooms in each namespace) lives
+here, under the same key prefix and with the same TTL rules as the session:
+a long lease while connected, the resume window once the connection ends.
 
-Stored as one JSON string per session: ``{"<namespace>": ["room", ...]}``.
-Only JSON is ever read back.
+Stored as one JSON string per session::
+
+    {"sids": {"<namespace>": "<sid>"}, "rooms": {"<namespace>": ["room", ...]}}
+
+Only JSON is ever read back; anything else reads as an empty record.
 """
 
 from __future__ import annotations
@@ -19,40 +22,51 @@ from typing import Any
 
 logger = logging.getLogger("cluster.sessions")
 
-RoomsByNamespace = dict[str, list[str]]
+ConnectionRecord = dict[str, dict[str, Any]]
 
 
-def _decode(raw: Any) -> RoomsByNamespace:
+def empty_record() -> ConnectionRecord:
+    return {"sids": {}, "rooms": {}}
+
+
+def _decode(raw: Any) -> ConnectionRecord:
+    record = empty_record()
     try:
         value = json.loads(raw)
     except (TypeError, ValueError):
-        return {}
+        return record
     if not isinstance(value, dict):
-        return {}
-    return {
-        namespace: [room for room in rooms if isinstance(room, str)]
-        for namespace, rooms in value.items()
-        if isinstance(namespace, str) and isinstance(rooms, list)
-    }
+        return record
+    sids, rooms = value.get("sids"), value.get("rooms")
+    if isinstance(sids, dict):
+        record["sids"] = {ns: sid for ns, sid in sids.items()
+                          if isinstance(ns, str) and isinstance(sid, str)}
+    if isinstance(rooms, dict):
+        record["rooms"] = {
+            ns: [room for room in members if isinstance(room, str)]
+            for ns, members in rooms.items()
+            if isinstance(ns, str) and isinstance(members, list)
+        }
+    return record
 
 
 class RedisConnectionState:
-    """Rooms of resumable connections in Redis (``<prefix>rooms:<session id>``)."""
+    """Connection records in Redis (``<prefix>conn:<session id>``)."""
 
     def __init__(self, redis_client: Any, key_prefix: str) -> None:
         self.redis = redis_client
         self.key_prefix = key_prefix
 
     def key(self, session_id: str) -> str:
-        return f"{self.key_prefix}rooms:{session_id}"
+        return f"{self.key_prefix}conn:{session_id}"
 
-    def save(self, session_id: str, rooms: RoomsByNamespace, ttl: float) -> None:
-        self.redis.set(self.key(session_id), json.dumps(rooms, sort_keys=True),
+    def save(self, session_id: str, record: ConnectionRecord, ttl: float) -> None:
+        self.redis.set(self.key(session_id), json.dumps(record, sort_keys=True),
                        px=max(1, int(ttl * 1000)))
 
-    def load(self, session_id: str) -> RoomsByNamespace:
+    def load(self, session_id: str) -> ConnectionRecord:
         raw = self.redis.get(self.key(session_id))
-        return _decode(raw) if raw is not None else {}
+        return _decode(raw) if raw is not None else empty_record()
 
     def expire(self, session_id: str, ttl: float) -> None:
         self.redis.pexpire(self.key(session_id), max(1, int(ttl * 1000)))
@@ -65,16 +79,16 @@ class MemoryConnectionState:
         self._lock = threading.Lock()
         self._items: dict[str, tuple[str, float]] = {}
 
-    def save(self, session_id: str, rooms: RoomsByNamespace, ttl: float) -> None:
+    def save(self, session_id: str, record: ConnectionRecord, ttl: float) -> None:
         with self._lock:
-            self._items[session_id] = (json.dumps(rooms), time.monotonic() + ttl)
+            self._items[session_id] = (json.dumps(record), time.monotonic() + ttl)
 
-    def load(self, session_id: str) -> RoomsByNamespace:
+    def load(self, session_id: str) -> ConnectionRecord:
         with self._lock:
             item = self._items.get(session_id)
             if item is None or item[1] < time.monotonic():
                 self._items.pop(session_id, None)
-                return {}
+                return empty_record()
             return _decode(item[0])
 
     def expire(self, session_id: str, ttl: float) -> None:

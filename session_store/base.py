@@ -232,17 +232,27 @@ class SessionStore(ABC):
 
     # -- resume ids ----------------------------------------------------------
 
-    def issue_resume(self, session_id: str, identity: str | None) -> str:
+    def issue_resume(self, session_id: str, identity: str | None,
+                     reuse: str | None = None) -> str:
         """A new single-use resume id for ``session_id``, bound to ``identity``.
 
         It replaces (and invalidates) the session's previous resume id, and
         has the session's current TTL: the lease while connected, the ``ttl``
         countdown once :meth:`expire` is called.
 
+        ``reuse`` re-arms an id the caller has just claimed instead of
+        drawing a new one. Socket.IO's connection state recovery needs that:
+        the official client only reports a recovered connection when the
+        server answers with the ``pid`` it sent. The id is still claimable by
+        one connection at a time.
+
         :raises SessionNotFound: the session expired or was deleted.
+        :raises InvalidSessionId: ``reuse`` is not an id this store issues.
         """
         self._check_id(session_id)
-        resume_id = new_id()
+        if reuse is not None:
+            self._check_id(reuse)
+        resume_id = reuse if reuse is not None else new_id()
         record = json.dumps({"s": session_id, "i": identity_digest(identity)})
         if not self._backend_issue(session_id, resume_id, record):
             raise SessionNotFound(
