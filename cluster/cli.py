@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--signing-secret", default=os.environ.get("CLUSTER_SIGNING_SECRET"),
                       help="shared secret signing every bus message; unsigned messages are "
                            "dropped (default: $CLUSTER_SIGNING_SECRET; none: no signing)")
+    node.add_argument("--name", default=os.environ.get("NODE_NAME"),
+                      help="this node's name in logs, metrics and cluster queries (default: "
+                           "$NODE_NAME, else host:pid)")
     node.add_argument("--session-ttl", type=float,
                       default=float(os.environ["SESSION_TTL"]) if os.environ.get("SESSION_TTL")
                       else None,
@@ -99,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="HAProxy's port, the one browsers use (default: 8000)")
     local.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
                        help="use this Redis instead of starting one (default: $REDIS_URL)")
+    from workers.cli import add_worker_parser
+
+    add_worker_parser(commands)
     return parser
 
 
@@ -135,6 +141,8 @@ def run_node(args: argparse.Namespace) -> int:
                 bus_options["channel"] = args.channel
             if args.signing_secret:
                 bus_options["signing_secret"] = args.signing_secret
+            if args.name:
+                bus_options["node_name"] = args.name
             socketio.use_message_queue(args.message_queue, **bus_options)
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -162,4 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_node(args)
     if args.command == "local":
         return run_local(args)
+    if args.command == "worker":
+        from workers.cli import run_worker
+
+        return run_worker(args)
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -190,7 +190,7 @@ class ConnectionSessions:
         bound = environ.get(ENVIRON_KEY)
         if bound is None and self.store is not None:
             bound = self._bind(environ, auth)
-        if bound is None or not bound.resumed:
+        if bound is None or not bound.resumed or not self.stable_resume_ids:
             return None
         return bound.previous_sids.get(namespace)
 

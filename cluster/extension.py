@@ -11,6 +11,7 @@ extra keyword arguments and never changes what the familiar ones do.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any, Callable, TypeVar
@@ -80,6 +81,8 @@ class SocketIO:
         self.exception_handlers: dict[str, Callable[[Exception], Any]] = {}
         self.default_exception_handler: Callable[[Exception], Any] | None = None
         self.runner = HandlerRunner(self)
+        self.cluster_handlers: list[tuple[str, Callable[..., Any], str]] = []
+        self.presence_callbacks: list[Callable[..., Any]] = []
         self.node_state = NodeState(self)
         self.wsgi_server: Any = None
         if app is not None or "message_queue" in kwargs:
@@ -123,6 +126,62 @@ class SocketIO:
         first client connects.
         """
         self.server.replace_manager(url, **kwargs)
+
+    @property
+    def cluster(self) -> Any:
+        """Cluster-wide queries and commands (:class:`cluster.bus.ClusterView`):
+        ``room_members``, ``room_size``, ``rooms_of``, ``sockets``,
+        ``sockets_join``, ``sockets_leave``, ``disconnect_sockets``,
+        ``server_side_emit``/``server_side_call`` and ``on``, ``live_nodes``.
+        Needs a message queue."""
+        view = getattr(self.server.manager, "cluster", None)
+        if view is None:
+            raise ConfigurationError(
+                "socketio.cluster needs a message queue: pass message_queue= to SocketIO() "
+                "or --message-queue to the node runner.")
+        return view
+
+    @property
+    def presence(self) -> Any:
+        """First-join / last-leave room events across the cluster:
+        ``socketio.presence.on(callback(event, room, namespace))``."""
+        presence = getattr(self.server.manager, "presence", None)
+        if presence is None:
+            raise ConfigurationError("socketio.presence needs a message queue.")
+        return presence
+
+    def on_cluster_event(self, event: str, namespace: str = "/") -> Callable[[F], F]:
+        """Decorator: handle ``server_side_emit(event)`` from other nodes.
+
+        Unlike ``socketio.cluster.on``, it may be used at import time, before
+        the node runner joins the app to the bus. The return value is the ack.
+        """
+        def decorator(handler: F) -> F:
+            self.cluster_handlers.append((event, handler, namespace))
+            self._apply_cluster_registrations()
+            return handler
+
+        return decorator
+
+    def on_presence(self, callback: F) -> F:
+        """Decorator: ``callback(event, room, namespace)`` when a room gets its
+        first member (``"first_join"``) or loses its last (``"last_leave"``)
+        anywhere in the cluster. Usable at import time."""
+        self.presence_callbacks.append(callback)
+        self._apply_cluster_registrations()
+        return callback
+
+    def _apply_cluster_registrations(self) -> None:
+        manager = self.server.manager if self.server is not None else None
+        view = getattr(manager, "cluster", None)
+        if view is not None:
+            for event, handler, namespace in self.cluster_handlers:
+                view.on(event, handler, namespace=namespace)
+        presence = getattr(manager, "presence", None)
+        if presence is not None:
+            for callback in self.presence_callbacks:
+                if callback not in presence._callbacks:
+                    presence.on(callback)
 
     # -- handler registration ----------------------------------------------
 
@@ -360,6 +419,8 @@ class SocketIO:
         def ack_in_flask_context(*ack_args: Any) -> Any:
             return runner.run(callback, None, namespace, sid, *ack_args)
 
+        # keeps attributes such as the bus's ack timeout (cluster.bus.with_timeout)
+        functools.update_wrapper(ack_in_flask_context, callback)
         return ack_in_flask_context
 
 

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+import engineio
 import flask
 import socketio
 from socketio import packet as sio_packet
@@ -35,7 +36,7 @@ EXTENSION_OPTIONS = frozenset({
     "message_queue_options", "signing_secret", "session_store", "session_ttl",
     "session_key_prefix", "resume", "connection_state_recovery",
     "websocket_compression", "tcp_nodelay", "max_connections",
-    "max_events_per_second", "redis_url", "path", "resource", "resume_identity",
+    "max_events_per_second", "redis_url", "path", "resource", "resume_identity", "node_name",
 })
 DEFAULT_CHANNEL = "flask-socketio"
 
@@ -58,11 +59,11 @@ def default_async_mode() -> str:
 
 def build_manager(options: dict[str, Any], *, write_only: bool) -> Any:
     """The client manager for ``options``: a bus manager or a local one."""
+    from .bus import LocalManager, create_manager
+
     url = options.get("message_queue")
     if not url:
-        return socketio.Manager()
-    from .bus import create_manager
-
+        return LocalManager()
     return create_manager(
         url,
         channel=options.get("channel") or DEFAULT_CHANNEL,
@@ -70,6 +71,7 @@ def build_manager(options: dict[str, Any], *, write_only: bool) -> Any:
         signing_secret=options.get("signing_secret"),
         options=options.get("message_queue_options"),
         logger=logging.getLogger("cluster.bus"),
+        **({"node_name": options["node_name"]} if options.get("node_name") else {}),
     )
 
 
@@ -97,6 +99,24 @@ def create_server(ext: "SocketIO", app: "flask.Flask | None", options: dict[str,
     return server
 
 
+class RestorableIdServer(engineio.Server):
+    """python-engineio's server, able to hand out one chosen id next.
+
+    python-socketio draws every new sid from ``generate_id``; connection
+    state recovery sets the previous sid here right before the connect so
+    the recovered connection keeps it.
+    """
+
+    _restored_id: str | None = None
+
+    def restore_next_id(self, sid: str | None) -> None:
+        self._restored_id = sid
+
+    def generate_id(self) -> str:
+        sid, self._restored_id = self._restored_id, None
+        return sid if sid is not None else super().generate_id()
+
+
 class ClusterServer(socketio.Server):
     """A ``socketio.Server`` that knows the extension it serves.
 
@@ -117,6 +137,11 @@ class ClusterServer(socketio.Server):
             "malformed_packets": 0,
             "rate_limited_events": 0,
         }
+        self._listen_to_membership(self.manager)
+
+    def _listen_to_membership(self, manager: Any) -> None:
+        if hasattr(manager, "membership_listener"):
+            manager.membership_listener = self._note_room_change
 
     # -- bus ---------------------------------------------------------------
 
@@ -131,6 +156,9 @@ class ClusterServer(socketio.Server):
         self.options = dict(self.options, message_queue=url, **options)
         self.manager = build_manager(self.options, write_only=False)
         self.manager.set_server(self)
+        self._listen_to_membership(self.manager)
+        if self.extension is not None:
+            self.extension._apply_cluster_registrations()
         if self.extension is not None:
             from .connection_sessions import create_connection_sessions
 
@@ -219,15 +247,8 @@ class ClusterServer(socketio.Server):
 
     # -- rooms -------------------------------------------------------------
 
-    def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
-        super().enter_room(sid, room, namespace=namespace)
-        self._note_room_change(sid, namespace or "/", room, joined=True)
-
-    def leave_room(self, sid: str, room: str, namespace: str | None = None) -> None:
-        super().leave_room(sid, room, namespace=namespace)
-        self._note_room_change(sid, namespace or "/", room, joined=False)
-
     def _note_room_change(self, sid: str, namespace: str, room: str, joined: bool) -> None:
+        """Membership listener of the manager: keeps resumable rooms current."""
         sessions = self.extension.sessions if self.extension is not None else None
         if sessions is None:
             return
@@ -238,6 +259,31 @@ class ClusterServer(socketio.Server):
         # (before its ack); anywhere else the change is saved now
         in_handler = flask.has_request_context() and getattr(flask.request, "sid", None) == sid
         sessions.on_rooms_changed(sid, namespace, environ, room, joined, in_handler)
+
+    # -- connect -----------------------------------------------------------
+
+    def _engineio_server_class(self) -> type:
+        return RestorableIdServer
+
+    def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        namespace = namespace or "/"
+        sessions = self.extension.sessions if self.extension is not None else None
+        environ = self.environ.get(eio_sid)
+        restore_sid = None
+        if sessions is not None and environ is not None:
+            # bind (create or resume) the session before the sid is chosen,
+            # so a recovered connection can get its old sid back
+            restore_sid = sessions.prepare(namespace, environ, data)
+        if restore_sid is not None and self.manager.is_connected(restore_sid, namespace):
+            restore_sid = None  # never two live connections with one sid
+        if restore_sid is None:
+            super()._handle_connect(eio_sid, namespace, data)
+            return
+        self.eio.restore_next_id(restore_sid)
+        try:
+            super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            self.eio.restore_next_id(None)
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -36,13 +36,14 @@ from .errors import (BusConfigurationError, BusError, BusPublishError,
                      ClusterRequestTimeout)
 from .kombu_manager import KombuManager
 from .manager import ClusterManager
+from .membership import LocalManager, MembershipEvents
 from .presence import Presence
 from .redis_manager import SCHEMES as REDIS_SCHEMES, RedisManager
 from .stats import COUNTERS, GAUGES
 from .view import ClusterView
 
 __all__ = [
-    "create_manager", "ClusterManager", "RedisManager", "KombuManager",
+    "create_manager", "ClusterManager", "LocalManager", "MembershipEvents", "RedisManager", "KombuManager",
     "ClusterView", "Presence", "Codec", "TimedAck", "with_timeout",
     "COUNTERS", "GAUGES", "BusError", "BusConfigurationError",
     "BusSerializationError", "BusPublishError", "ClusterRequestError",

@@ -25,6 +25,7 @@ from socketio.packet import Packet
 from .acks import AckDeadlines
 from .codec import Codec
 from .errors import BusConfigurationError, BusPublishError
+from .membership import MembershipEvents
 from .nodes import NodeRegistry
 from .outbox import Outbox
 from .presence import Presence
@@ -36,7 +37,7 @@ from .view import ClusterView
 log = logging.getLogger("cluster.bus")
 
 
-class ClusterManager(ReceivingMixin, PubSubManager):
+class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
     """Base class of the cluster bus managers (do not use directly).
 
     :param channel: bus channel shared by all nodes and emitters.
@@ -254,6 +255,22 @@ class ClusterManager(ReceivingMixin, PubSubManager):
         if not self.write_only:
             self._handle_emit(message)  # this node's clients: no round trip
         self._publish(message, body=body)
+
+    def disconnect(self, sid: Any, namespace: str | None = None, **kwargs: Any) -> Any:
+        """Disconnect ``sid`` wherever it lives; a write-only emitter (no
+        server of its own) only publishes the request."""
+        if self.server is None and not kwargs.get("ignore_queue"):
+            self._publish({"method": "disconnect", "sid": sid,
+                           "namespace": namespace or "/", "host_id": self.host_id})
+            return None
+        return super().disconnect(sid, namespace=namespace, **kwargs)
+
+    def can_disconnect(self, sid: Any, namespace: str) -> Any:
+        if self.server is None:
+            self._publish({"method": "disconnect", "sid": sid,
+                           "namespace": namespace or "/", "host_id": self.host_id})
+            return False
+        return super().can_disconnect(sid, namespace)
 
     def _publish(self, data: dict[str, Any], volatile: bool = False,
                  body: str | None = None) -> bool:
