@@ -36,7 +36,7 @@ from session_store import (
     redact,
 )
 
-from .connection_state import MemoryConnectionState, RedisConnectionState
+from .connection_state import MemoryConnectionState, RedisConnectionState, empty_record
 
 if TYPE_CHECKING:
     from .extension import SocketIO
@@ -67,7 +67,11 @@ class BoundSession:
     # sids of the connection that was resumed, by namespace: with connection
     # state recovery the new connection takes them over
     previous_sids: dict[str, str] = field(default_factory=dict)
+    # offsets: the client's last one (CONNECT payload), and the stream's
+    # newest at connect per namespace, the start of a client that got nothing
     offset: str | None = None
+    base_offsets: dict[str, str] = field(default_factory=dict)
+    recovered: bool = False
 
 
 class ConnectionSessions:
@@ -109,6 +113,22 @@ class ConnectionSessions:
     def session_for(self, environ: Mapping[str, Any]) -> ForkedSession | None:
         bound = environ.get(ENVIRON_KEY)
         return bound.session if bound is not None else None
+
+    def recovery_offset(self, environ: Mapping[str, Any], namespace: str) -> str | None:
+        """Where the replay of a recovering connection starts."""
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None:
+            return None
+        return bound.offset or bound.base_offsets.get(namespace)
+
+    def mark_recovered(self, environ: Mapping[str, Any]) -> None:
+        bound = environ.get(ENVIRON_KEY)
+        if bound is not None:
+            bound.recovered = True
+
+    def is_recovered(self, environ: Mapping[str, Any]) -> bool:
+        bound = environ.get(ENVIRON_KEY)
+        return bool(bound is not None and bound.recovered)
 
     def is_resumed(self, environ: Mapping[str, Any]) -> bool:
         bound = environ.get(ENVIRON_KEY)
@@ -173,7 +193,8 @@ class ConnectionSessions:
         if bound.session_id is None or self.store is None:
             return
         try:
-            self.state.save(bound.session_id, {"sids": bound.sids, "rooms": bound.rooms},
+            self.state.save(bound.session_id, {"sids": bound.sids, "rooms": bound.rooms,
+                                               "base": bound.base_offsets},
                             self.store.lease_ttl)
         except Exception as exc:  # redis errors of the rooms record
             raise SessionStoreError(f"rooms record: {exc}") from exc
@@ -201,6 +222,13 @@ class ConnectionSessions:
         bound.sids[namespace] = sid
         if bound.resumed:
             self._restore_rooms(bound, sid, namespace)
+        if self.stable_resume_ids and not bound.recovered:
+            # a fresh start in this namespace: replay for a client that has
+            # received nothing yet starts from here
+            last = getattr(self.socketio.server.manager, "recovery_last_offset", None)
+            base = last() if callable(last) else None
+            if base is not None:
+                bound.base_offsets[namespace] = base
         if bound.session_id is not None:
             bound.rooms_dirty = True
             try:
@@ -267,11 +295,11 @@ class ConnectionSessions:
         except Exception as exc:  # a missing record only loses the rooms
             logger.warning("connection record of %s unavailable: %s",
                            redact(result.session_id), exc)
-            record = {"sids": {}, "rooms": {}}
+            record = empty_record()
         self.counters["resumed"] += 1
         return BoundSession(session=session, session_id=result.session_id, identity=identity,
                             resumed=True, rooms=record["rooms"],
-                            previous_sids=record["sids"])
+                            previous_sids=record["sids"], base_offsets=record["base"])
 
     def _held_by_a_live_connection(self, session_id: str) -> bool:
         if self.holds(session_id):
@@ -341,7 +369,12 @@ def create_connection_sessions(socketio: "SocketIO", options: Mapping[str, Any])
     session may be resumed after its connection ends; ``session_key_prefix``
     (default ``"sio:sess:"``) namespaces the keys.
     """
-    ttl = float(options.get("session_ttl") or DEFAULT_SESSION_TTL)
+    recovery = options.get("connection_state_recovery")
+    default_ttl = DEFAULT_SESSION_TTL
+    if isinstance(recovery, dict) and recovery.get("max_disconnection_duration"):
+        # a session must outlive the window in which its client may recover
+        default_ttl = float(recovery["max_disconnection_duration"])
+    ttl = float(options.get("session_ttl") or default_ttl)
     prefix = options.get("session_key_prefix") or DEFAULT_KEY_PREFIX
     identity_loader = options.get("resume_identity")
     store = options.get("session_store")

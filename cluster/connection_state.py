@@ -7,7 +7,8 @@ a long lease while connected, the resume window once the connection ends.
 
 Stored as one JSON string per session::
 
-    {"sids": {"<namespace>": "<sid>"}, "rooms": {"<namespace>": ["room", ...]}}
+    {"sids": {"<namespace>": "<sid>"}, "rooms": {"<namespace>": ["room", ...]},
+     "base": {"<namespace>": "<recovery offset at connect>"}}
 
 Only JSON is ever read back; anything else reads as an empty record.
 """
@@ -26,7 +27,7 @@ ConnectionRecord = dict[str, dict[str, Any]]
 
 
 def empty_record() -> ConnectionRecord:
-    return {"sids": {}, "rooms": {}}
+    return {"sids": {}, "rooms": {}, "base": {}}
 
 
 def _decode(raw: Any) -> ConnectionRecord:
@@ -37,10 +38,12 @@ def _decode(raw: Any) -> ConnectionRecord:
         return record
     if not isinstance(value, dict):
         return record
-    sids, rooms = value.get("sids"), value.get("rooms")
-    if isinstance(sids, dict):
-        record["sids"] = {ns: sid for ns, sid in sids.items()
-                          if isinstance(ns, str) and isinstance(sid, str)}
+    for key in ("sids", "base"):
+        mapping = value.get(key)
+        if isinstance(mapping, dict):
+            record[key] = {ns: text for ns, text in mapping.items()
+                           if isinstance(ns, str) and isinstance(text, str)}
+    rooms = value.get("rooms")
     if isinstance(rooms, dict):
         record["rooms"] = {
             ns: [room for room in members if isinstance(room, str)]

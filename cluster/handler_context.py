@@ -144,6 +144,9 @@ class HandlerRunner:
             # True when this connection resumed a session (after a reconnect)
             request.resumed = bool(  # type: ignore[attr-defined]
                 sessions is not None and sessions.is_resumed(environ))
+            # True when connection state recovery restored the sid and replayed
+            request.recovered = bool(  # type: ignore[attr-defined]
+                sessions is not None and sessions.is_recovered(environ))
             try:
                 result = handler(*call_args)
             except ConnectionRefusedError:

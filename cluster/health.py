@@ -27,7 +27,10 @@ class NodeState:
     def bus_ready(self) -> bool:
         manager = self.socketio.server.manager
         ready = getattr(manager, "ready", True)
-        return bool(ready() if callable(ready) else ready)
+        # a node that has not yet heard its peers' heartbeats could not ask
+        # them anything (who holds a session, cluster queries): not ready yet
+        knows_peers = getattr(manager, "knows_peers", True)
+        return bool(ready() if callable(ready) else ready) and bool(knows_peers)
 
     def is_ready(self) -> bool:
         return not self.draining and self.bus_ready()

@@ -368,7 +368,7 @@ class NodeProcess(ManagedProcess):
     caller's back), with ``PYTHONUNBUFFERED=1``, updated by ``env``.
     ``extra_args`` are appended to the command line. ``python`` defaults to
     the running interpreter, ``module`` to ``cluster`` (tests swap in a
-    stand-in). Ready once ``GET /healthz`` answers 200, within
+    stand-in). Ready once ``GET /readyz`` answers 200, within
     ``start_timeout`` seconds (20 by default: eventlet and Flask take a while
     to import on a busy machine).
     """
@@ -432,4 +432,5 @@ class NodeProcess(ManagedProcess):
             conn.close()
 
     def is_ready(self) -> bool:
-        return self.http_status("/healthz") == 200
+        # ready, not just alive: subscribed to the bus and aware of its peers
+        return self.http_status("/readyz") == 200

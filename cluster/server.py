@@ -25,6 +25,8 @@ import socketio
 from socketio import packet as sio_packet
 
 from .exceptions import ConfigurationError
+from .recovery import (PacketHold, RecoveryOptions, message_reaches, namespace_of, newer,
+                       offset_of, replay_packet)
 
 if TYPE_CHECKING:
     from .extension import SocketIO
@@ -64,6 +66,12 @@ def build_manager(options: dict[str, Any], *, write_only: bool) -> Any:
     url = options.get("message_queue")
     if not url:
         return LocalManager()
+    recovery = RecoveryOptions.from_option(options.get("connection_state_recovery"))
+    settings: dict[str, Any] = {}
+    if options.get("node_name"):
+        settings["node_name"] = options["node_name"]
+    if recovery is not None:
+        settings["recovery_window"] = recovery.max_disconnection_duration
     return create_manager(
         url,
         channel=options.get("channel") or DEFAULT_CHANNEL,
@@ -71,7 +79,7 @@ def build_manager(options: dict[str, Any], *, write_only: bool) -> Any:
         signing_secret=options.get("signing_secret"),
         options=options.get("message_queue_options"),
         logger=logging.getLogger("cluster.bus"),
-        **({"node_name": options["node_name"]} if options.get("node_name") else {}),
+        **settings,
     )
 
 
@@ -92,6 +100,7 @@ def create_server(ext: "SocketIO", app: "flask.Flask | None", options: dict[str,
     )
     server.extension = ext
     server.options = options
+    server.recovery = RecoveryOptions.from_option(options.get("connection_state_recovery"))
     server.socketio_path = (options.get("path") or options.get("resource") or "socket.io").strip("/")
     from .connection_sessions import create_connection_sessions
 
@@ -131,11 +140,16 @@ class ClusterServer(socketio.Server):
         self.options: dict[str, Any] = {}
         self.test_sinks: dict[str, Callable[[Any], None]] = {}
         self.socketio_path = "socket.io"
+        self.recovery: RecoveryOptions | None = None
+        self.packet_hold = PacketHold()
         self.max_events_per_second = max_events_per_second
         self._rate_buckets: dict[str, tuple[float, float]] = {}
         self.counters: dict[str, int] = {
             "malformed_packets": 0,
             "rate_limited_events": 0,
+            "recoveries": 0,
+            "recovery_failed": 0,
+            "replayed_packets": 0,
         }
         self._listen_to_membership(self.manager)
 
@@ -177,8 +191,15 @@ class ClusterServer(socketio.Server):
     # -- packets -----------------------------------------------------------
 
     def _send_packet(self, eio_sid: str, pkt: Any) -> None:
-        if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
-            self._add_resume_id(eio_sid, pkt.data)
+        if pkt.packet_type in (sio_packet.CONNECT, sio_packet.CONNECT_ERROR):
+            if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
+                self._add_resume_id(eio_sid, pkt.data)
+        elif self.packet_hold.holding(eio_sid):
+            self.packet_hold.hold(eio_sid, "pkt", pkt)
+            return
+        self._deliver_packet(eio_sid, pkt)
+
+    def _deliver_packet(self, eio_sid: str, pkt: Any) -> None:
         sink = self.test_sinks.get(eio_sid)
         if sink is None:
             super()._send_packet(eio_sid, pkt)
@@ -188,6 +209,12 @@ class ClusterServer(socketio.Server):
             sink(part)
 
     def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        if self.packet_hold.holding(eio_sid):
+            self.packet_hold.hold(eio_sid, "eio", eio_pkt)
+            return
+        self._deliver_eio_packet(eio_sid, eio_pkt)
+
+    def _deliver_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
         sink = self.test_sinks.get(eio_sid)
         if sink is None:
             super()._send_eio_packet(eio_sid, eio_pkt)
@@ -244,6 +271,9 @@ class ClusterServer(socketio.Server):
         resume_id = sessions.resume_id(environ)
         if resume_id is not None:
             data["pid"] = resume_id
+            if self.recovery is not None:
+                # tells cluster.Client that events end with their offset
+                data["offsets"] = True
 
     # -- rooms -------------------------------------------------------------
 
@@ -252,7 +282,10 @@ class ClusterServer(socketio.Server):
         sessions = self.extension.sessions if self.extension is not None else None
         if sessions is None:
             return
-        environ = self.get_environ(sid, namespace)
+        try:
+            environ = self.get_environ(sid, namespace)
+        except KeyError:  # the namespace's bookkeeping is being torn down
+            return
         if environ is None:  # the client lives on another node
             return
         # inside the client's own handler the runner saves after the handler
@@ -276,14 +309,72 @@ class ClusterServer(socketio.Server):
             restore_sid = sessions.prepare(namespace, environ, data)
         if restore_sid is not None and self.manager.is_connected(restore_sid, namespace):
             restore_sid = None  # never two live connections with one sid
-        if restore_sid is None:
-            super()._handle_connect(eio_sid, namespace, data)
-            return
-        self.eio.restore_next_id(restore_sid)
+        offset = None
+        if restore_sid is not None and sessions is not None and environ is not None:
+            offset = sessions.recovery_offset(environ, namespace)
+            readable = offset is not None and self._recovery_log_after(offset) is not None
+            if not readable:
+                # too old, or unknown: a resumed session, but not a recovery
+                self.counters["recovery_failed"] += 1
+                restore_sid = None
+        recovering = not (restore_sid is None or offset is None or sessions is None
+                          or environ is None)
+        if recovering:
+            sessions.mark_recovered(environ)  # type: ignore[union-attr]
+            self.eio.restore_next_id(restore_sid)
+        # what the connect handler emits is held until the CONNECT reply has
+        # gone out: clients then see "connected" before its first event (the
+        # official client buffers such events anyway; python-socketio's
+        # would dispatch them for a namespace it does not know yet)
+        self.packet_hold.start(eio_sid)
         try:
             super()._handle_connect(eio_sid, namespace, data)
         finally:
             self.eio.restore_next_id(None)
+            if recovering:
+                self._finish_recovery(eio_sid, restore_sid, namespace, offset)  # type: ignore[arg-type]
+            else:
+                self._release_held(eio_sid, namespace, covered=None)
+
+    def _recovery_log_after(self, offset: str) -> Any:
+        after = getattr(self.manager, "recovery_after", None)
+        return after(offset) if callable(after) else None
+
+    def _finish_recovery(self, eio_sid: str, sid: str, namespace: str, offset: str) -> None:
+        """Replay what the recovered connection missed, then what was held."""
+        covered: str | None = None
+        try:
+            if self.manager.is_connected(sid, namespace):
+                missed = self._recovery_log_after(offset) or []
+                rooms = self.manager.get_rooms(sid, namespace)
+                replayed = 0
+                for entry_offset, message in missed:
+                    if message_reaches(message, sid, namespace, rooms):
+                        self._deliver_packet(
+                            eio_sid, replay_packet(self, message, entry_offset, namespace))
+                        replayed += 1
+                    covered = entry_offset
+                self.counters["recoveries"] += 1
+                self.counters["replayed_packets"] += replayed
+                logger.info("connection %s recovered, %d missed packet(s) replayed",
+                            sid[:8], replayed)
+        finally:
+            self._release_held(eio_sid, namespace, covered)
+
+    def _release_held(self, eio_sid: str, namespace: str, covered: str | None) -> None:
+        """Send what was held during a connect; drop it if the connect failed."""
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        connected = sid is not None and self.manager.is_connected(sid, namespace)
+        for kind, item in self.packet_hold.release(eio_sid):
+            if not connected and namespace_of(self, kind, item) == namespace:
+                continue  # refused: its connect handler's emits go nowhere
+            held_offset = offset_of(self, kind, item)
+            if covered is not None and held_offset is not None and not newer(held_offset, covered):
+                continue  # the replay already delivered it
+            if kind == "pkt":
+                self._deliver_packet(eio_sid, item)
+            else:
+                self._deliver_eio_packet(eio_sid, item)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -293,6 +384,9 @@ class ClusterServer(socketio.Server):
             sid, environ = args[0], args[1]
             auth = args[2] if len(args) > 2 else None
             sessions.on_connect(sid, namespace, environ, auth)
+            if self.recovery is not None and self.recovery.skip_connect_handler \
+                    and sessions.is_recovered(environ):
+                return True
             try:
                 result = super()._trigger_event(event, namespace, *args)
             except BaseException:

@@ -182,7 +182,7 @@ class Codec:
         msg = f"v1\n{src}\n{seq}\n{ts}\n{body}".encode()
         return hmac.new(self.secret or b"", msg, hashlib.sha256).hexdigest()
 
-    def open(self, raw: Any) -> tuple[dict[str, Any], int | None]:
+    def open(self, raw: Any, archived: bool = False) -> tuple[dict[str, Any], int | None]:
         """Return ``(message, sent_at_ms)`` or raise :class:`Dropped`."""
         try:
             if isinstance(raw, (bytes, bytearray, memoryview)):
@@ -194,7 +194,7 @@ class Codec:
             raise Dropped("dropped_malformed", "not a JSON object")
         ts: int | None
         if self.signed:
-            message, ts = self._verify(outer)
+            message, ts = self._verify(outer, archived)
         else:
             if "sig" in outer and "body" in outer:
                 # a signed peer while we have no secret: cannot verify it
@@ -206,7 +206,15 @@ class Codec:
         _check(message)
         return message, ts
 
-    def _verify(self, outer: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    def open_archived(self, raw: Any) -> tuple[dict[str, Any], int | None]:
+        """Open a message read back from the recovery stream.
+
+        The signature is checked as for live messages, but not the age or
+        the sequence number: replaying the past is the point here.
+        """
+        return self.open(raw, archived=True)
+
+    def _verify(self, outer: dict[str, Any], archived: bool = False) -> tuple[dict[str, Any], int]:
         if "sig" not in outer:
             raise Dropped("dropped_unsigned", "message is not signed")
         src, seq, ts, sig, body = (outer.get(k) for k in
@@ -217,6 +225,8 @@ class Codec:
             raise Dropped("dropped_malformed", "bad signed envelope")
         if not hmac.compare_digest(self._sign(src, seq, ts, body), sig):
             raise Dropped("dropped_bad_signature", "signature mismatch")
+        if archived:
+            return self._body(body), ts
         now = _now_ms()
         if abs(now - ts) > self.max_age_ms:
             raise Dropped("dropped_replayed", f"message {now - ts} ms old")
@@ -226,13 +236,17 @@ class Codec:
         self._last_seq[src] = (seq, now)
         if len(self._last_seq) > 4096:
             self._forget_old_sources(now)
+        return self._body(body), ts
+
+    @staticmethod
+    def _body(body: str) -> dict[str, Any]:
         try:
             message = std_json.loads(body)
         except (ValueError, RecursionError):
             raise Dropped("dropped_malformed", "signed body is not JSON") from None
         if not isinstance(message, dict):
             raise Dropped("dropped_malformed", "signed body not an object")
-        return message, ts
+        return message
 
     def _forget_old_sources(self, now: int) -> None:
         # a source silent for longer than max_age cannot be replayed anyway

@@ -52,6 +52,10 @@ class KombuManager(ClusterManager):
                 "pip install kombu")
         super().__init__(channel=channel, write_only=write_only,
                          logger=logger, json=json, **kwargs)
+        if self.recovery_window:
+            raise BusConfigurationError(
+                "Connection state recovery needs a Redis bus (it keeps recent emits in a "
+                "Redis Stream); use a redis:// message queue or turn recovery off.")
         self.url = url[len("kombu+"):] if url.startswith("kombu+") else url
         self.connection_options = dict(connection_options or {})
         self.connection_options.setdefault("connect_timeout", 2)

@@ -82,7 +82,8 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
                  heartbeat_interval: float = 1.0,
                  node_timeout: float | None = None,
                  max_message_age: float = 60.0, publish_timeout: float = 5.0,
-                 resume_wait: float = 3.0) -> None:
+                 resume_wait: float = 3.0, recovery_window: float | None = None,
+                 recovery_max_entries: int = 100_000) -> None:
         super().__init__(channel=channel, write_only=write_only,
                          logger=logger, json=json)
         for key, value in (("buffer_size", buffer_size), ("max_batch", max_batch),
@@ -102,6 +103,9 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         self.node_timeout = node_timeout or 3 * heartbeat_interval + 0.5
         self.publish_timeout = publish_timeout
         self.resume_wait = resume_wait
+        #: connection state recovery: seconds of emits kept in a stream
+        self.recovery_window = recovery_window
+        self.recovery_max_entries = recovery_max_entries
         self._codec = Codec(signing_secret, self.json, max_message_age)
         self._stats = BusStats()
         self._runtime = Runtime()
@@ -114,6 +118,7 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         self._closed = False
         self._subscribed = False
         self._subscribed_at = 0.0
+        self._first_subscribed_at = 0.0
         self._ever_subscribed = False
         self._last_received = time.monotonic()
         self._pub_lock = threading.Lock()
@@ -144,8 +149,7 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
             self.server.manager_initialized = True
             self._check_monkey_patched()
         self._outbox = Outbox(
-            self._runtime, self._send_batch,
-            lambda body: self._codec.seal(body, self.host_id), self._stats,
+            self._runtime, self._seal_and_send, lambda body: body, self._stats,
             self._get_logger(), connect=self._connect_publisher,
             before_resume=self._wait_for_peers, max_size=self.buffer_size,
             max_batch=self.max_batch, max_backoff=self.max_backoff)
@@ -178,6 +182,17 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
             self._close_transport()
         except Exception:  # closing a dead connection may fail; irrelevant
             pass
+
+    @property
+    def knows_peers(self) -> bool:
+        """True once subscribed for longer than a heartbeat interval.
+
+        Until then a fresh node has not heard the other nodes' heartbeats,
+        so cluster-wide queries would ask nobody; a node reports ready only
+        after this.
+        """
+        return bool(self._ever_subscribed and time.monotonic() - self._first_subscribed_at
+                    > self.heartbeat_interval * 1.5)
 
     @property
     def ready(self) -> bool:
@@ -252,9 +267,43 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
             if ack_id is not None:
                 self.callbacks.get(room, {}).pop(ack_id, None)
             raise
+        if ack_id is None and self.recovery_window:
+            # one script appends to the recovery stream and publishes: the
+            # returned offset goes with the packet to every client
+            offset = self._append_for_recovery(body)
+            if offset is not None:
+                message["offset"] = offset
+                self._stats.incr("published")
+                if not self.write_only:
+                    self._handle_emit(message)
+                return
         if not self.write_only:
             self._handle_emit(message)  # this node's clients: no round trip
         self._publish(message, body=body)
+
+    def _seal_and_send(self, bodies: list[Any]) -> None:
+        # sealing (which numbers signed messages) and sending happen under
+        # one lock shared with the recovery script, so messages leave in the
+        # order of their sequence numbers whichever path sends them
+        with self._pub_lock:
+            self._send_batch([self._codec.seal(body, self.host_id) for body in bodies])
+
+    def _append_for_recovery(self, body: str) -> str | None:
+        """Log and publish ``body`` for recovery; None when not supported."""
+        return None
+
+    def _handle_emit(self, message: dict[str, Any]) -> None:
+        offset = message.get("offset")
+        if isinstance(offset, str):
+            # the offset rides as the event's last argument, where
+            # socket.io's client (and cluster.Client) read it
+            data = list(message["data"])
+            if message.get("binary"):
+                data[0] = [*data[0], offset]
+            else:
+                data.append(offset)
+            message = dict(message, data=data)
+        super()._handle_emit(message)
 
     def disconnect(self, sid: Any, namespace: str | None = None, **kwargs: Any) -> Any:
         """Disconnect ``sid`` wherever it lives; a write-only emitter (no

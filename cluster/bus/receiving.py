@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .recovery_log import split_published
 from .codec import CLUSTER_METHODS, Codec, Dropped
 from .runtime import Backoff, Runtime
 
@@ -37,6 +38,7 @@ class ReceivingMixin:
         _subscribed: bool
         _ever_subscribed: bool
         _subscribed_at: float
+        _first_subscribed_at: float
         _last_received: float
         _last_drop_log: float
         _codec: Codec
@@ -71,12 +73,15 @@ class ReceivingMixin:
         """Check and apply one raw bus message; never raises."""
         self._stats.incr("received")
         self._last_received = time.monotonic()
+        offset, raw = split_published(raw)
         try:
             message, sent_ms = self._codec.open(raw)
         except Dropped as drop:
             self._stats.incr(drop.reason)
             self._log_drop(drop)
             return
+        if offset is not None and message.get("method") == "emit":
+            message["offset"] = offset
         method, host = message["method"], message.get("host_id")
         try:
             if method == "callback":
@@ -141,6 +146,8 @@ class ReceivingMixin:
         if self._ever_subscribed and not self._subscribed:
             self._stats.incr("reconnects")
             self._get_logger().warning("Cluster bus subscription restored")
+        if not self._ever_subscribed:
+            self._first_subscribed_at = time.monotonic()
         self._ever_subscribed = True
         self._subscribed = True
         self._subscribed_at = self._last_received = time.monotonic()

@@ -32,6 +32,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .recovery_log import RecoveryLog
 from .errors import BusConfigurationError
 from .manager import ClusterManager
 from .runtime import Backoff
@@ -107,6 +108,47 @@ class RedisManager(ClusterManager):
         self._pub: redis.Redis | None = None
         self._sentinel: Any = None
         self._master: tuple[str, int] | None = None
+        self.recovery_log: RecoveryLog | None = None
+        if self.recovery_window:
+            self.recovery_log = RecoveryLog(channel, self._codec, self.recovery_window,
+                                            self.recovery_max_entries, sharded=self.sharded)
+
+    # -- connection state recovery -------------------------------------------
+    def _append_for_recovery(self, body: str) -> str | None:
+        log = self.recovery_log
+        if log is None or (self._outbox is not None and not self._outbox.healthy):
+            return None  # during an outage emits go through the outbox, unlogged
+        with self._pub_lock:
+            try:
+                return log.append(self._publisher(), self._codec.seal(body, self.host_id))
+            except Exception as exc:  # fall back to the outbox, which retries
+                self._stats.incr("publish_errors")
+                self._get_logger().warning("recovery log append failed (%s: %s)",
+                                           type(exc).__name__, exc)
+                self._close_publisher()
+                return None
+
+    def recovery_last_offset(self) -> str | None:
+        """The newest offset in the recovery stream (None if unavailable)."""
+        if self.recovery_log is None:
+            return None
+        with self._pub_lock:
+            try:
+                return self.recovery_log.last_offset(self._publisher())
+            except Exception as exc:
+                self._get_logger().warning("recovery log unreadable (%s)", exc)
+                return None
+
+    def recovery_after(self, offset: str) -> list[tuple[str, dict[str, Any]]] | None:
+        """Messages logged after ``offset`` (None: cannot recover from it)."""
+        if self.recovery_log is None:
+            return None
+        with self._pub_lock:
+            try:
+                return self.recovery_log.after(self._publisher(), offset)
+            except Exception as exc:
+                self._get_logger().warning("recovery log unreadable (%s)", exc)
+                return None
 
     def _check_options(self) -> None:
         # redis-py only looks at connection options when it first connects,

@@ -22,7 +22,10 @@ NODE_NAME = os.environ.get("NODE_NAME", "node")
 
 app = Flask(__name__)
 app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "test-secret-key")
-socketio = SocketIO(app)
+# RECOVERY_WINDOW turns connection state recovery on (tests of cluster.recovery)
+_recovery_window = os.environ.get("RECOVERY_WINDOW")
+socketio = SocketIO(app, connection_state_recovery=(
+    {"max_disconnection_duration": float(_recovery_window)} if _recovery_window else None))
 login_manager = LoginManager(app)
 
 USERS = {"alice": "Alice Liddell", "bob": "Bob Marley"}
@@ -121,6 +124,7 @@ def on_connect(auth: dict[str, Any] | None) -> Any:
         "http_value": session.get("http_value"),
         "rooms": rooms(),
         "resumed": request.resumed,
+        "recovered": request.recovered,
     })
     return None
 

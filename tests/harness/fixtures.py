@@ -136,7 +136,7 @@ def node_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Nod
     ``message_queue`` defaults to the ``redis_url`` fixture (requested only
     then, so single-node tests with ``message_queue=None`` need no Redis).
     Nodes of one call start in parallel; names continue across calls
-    (``node1``, ``node2``, ...). Each waits up to 20 s for ``/healthz``.
+    (``node1``, ``node2``, ...). Each waits up to 20 s for ``/readyz``.
     """
     nodes: list[NodeProcess] = []
     rootdir = request.config.rootpath  # nodes import ``tests.apps...`` from here
