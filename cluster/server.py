@@ -134,6 +134,9 @@ class ClusterServer(socketio.Server):
         limit. The burst allowance is twice the rate.
     """
 
+    manager: Any
+    manager_initialized: bool
+
     def __init__(self, *args: Any, max_events_per_second: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.extension: SocketIO | None = None

@@ -139,7 +139,7 @@ class SocketIOTestClient:
         query = "&".join(part for part in (query, urlencode({"EIO": 4, "transport": "polling"})) if part)
         builder = EnvironBuilder(
             path="/" + self.socketio.server.socketio_path + "/",
-            query_string=query, headers=headers or {},
+            query_string=query, headers=list((headers or {}).items()),
         )
         try:
             environ = builder.get_environ()

@@ -19,6 +19,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .runtime import Backoff, Runtime
 from .stats import BusStats
@@ -42,7 +43,7 @@ class Outbox:
     """
 
     def __init__(self, runtime: Runtime, send_batch: Callable[[list[bytes]], None],
-                 seal: Callable[[str], bytes], stats: BusStats,
+                 seal: Callable[[str], Any], stats: BusStats,
                  logger: logging.Logger, *,
                  connect: Callable[[], None] | None = None,
                  before_resume: Callable[[], None] | None = None,

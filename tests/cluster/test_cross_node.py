@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 import pytest
 import requests
-import socketio
 
 WAIT = 10
 

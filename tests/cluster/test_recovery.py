@@ -9,7 +9,6 @@ from typing import Any
 
 import socketio
 
-from cluster import Client
 from tests.cluster.test_session_resume import Peer, _wait_reconnected
 
 RECOVERY = {"RECOVERY_WINDOW": "60"}

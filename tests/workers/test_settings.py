@@ -37,7 +37,7 @@ def test_every_variable() -> None:
 def test_broker_defaults_to_the_bus_url() -> None:
     assert WorkerSettings.from_env({"REDIS_URL": "redis://r/0"}).celery_broker == "redis://r/0"
     with pytest.raises(ConfigurationError, match="CELERY_BROKER_URL"):
-        WorkerSettings.from_env({}).celery_broker
+        _ = WorkerSettings.from_env({}).celery_broker
 
 
 def test_require_message_queue_names_the_fix() -> None:
