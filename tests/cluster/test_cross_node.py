@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any, Callable
 
 import pytest
@@ -173,3 +174,21 @@ def test_sticky_cookie_keeps_polling_on_one_node(two_nodes: list[Any], haproxy_f
     assert len(nodes) == 1
     fresh = {requests.get(proxy.url + "/node", timeout=5).json()["node"] for _ in range(6)}
     assert len(fresh) == 2
+
+
+def test_flask_socketio_style_external_emitter(two_nodes: list[Any], sio_client_factory: Any,
+                                               redis_url: str) -> None:
+    """``SocketIO(message_queue=URL)`` without an app emits from any process."""
+    from cluster import SocketIO
+
+    member = _connect(sio_client_factory, two_nodes[1])
+    member.call("join", "from-outside")
+    external = SocketIO(message_queue=redis_url)
+    external.emit("room_message", {"text": "external", "node": "none", "from": None},
+                  to="from-outside")
+    assert member.next("room_message")["text"] == "external"
+    external.server.disconnect(member.sid)  # a write-only disconnect works too
+    deadline = time.monotonic() + WAIT
+    while member.client.connected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not member.client.connected

@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from tests.cluster.test_session_resume import Peer, _wait_reconnected
+from tests.harness.peers import Peer, wait_reconnected
 
 
 def test_sigterm_moves_clients_to_another_node_with_their_sessions(
@@ -33,7 +33,7 @@ def test_sigterm_moves_clients_to_another_node_with_their_sessions(
     except requests.ConnectionError:
         pass
 
-    welcome = _wait_reconnected(peer, old_sid)
+    welcome = wait_reconnected(peer, old_sid)
     assert welcome["node"] == other.name
     assert welcome["resumed"] is True
     assert "movers" in welcome["rooms"]

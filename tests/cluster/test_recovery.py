@@ -3,66 +3,14 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from typing import Any
 
 import socketio
 
-from tests.cluster.test_session_resume import Peer, _wait_reconnected
+from tests.harness.peers import Peer, Stream, record_room_messages, wait_for_texts, wait_reconnected
 
 RECOVERY = {"RECOVERY_WINDOW": "60"}
-
-
-def _record(peer: Peer) -> list[str]:
-    """Collect the texts of room messages (kept apart from other events)."""
-    texts: list[str] = []
-    peer.client.on("room_message", lambda message: texts.append(message["text"]))
-    return texts
-
-
-def _texts(texts: list[str], count: int, timeout: float = 15) -> list[str]:
-    """Wait until ``count`` texts arrived, or none arrived for 1.5 s."""
-    deadline = time.monotonic() + timeout
-    seen, quiet_since = len(texts), time.monotonic()
-    while len(texts) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-        if len(texts) != seen:
-            seen, quiet_since = len(texts), time.monotonic()
-        elif time.monotonic() - quiet_since > 1.5:
-            break
-    time.sleep(0.2)  # and nothing more (a duplicate) after that
-    return list(texts)
-
-
-class Stream:
-    """Emits numbered room messages from a client until stopped."""
-
-    def __init__(self, sender: Peer, room: str) -> None:
-        self.sender, self.room, self.sent = sender, room, 0
-        # texts whose ack was lost with the sender's node: sent or not, unknown
-        self.uncertain: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sender.call("to_room", {"room": self.room, "text": f"m{self.sent:04d}"})
-            except socketio.exceptions.BadNamespaceError:
-                # the sender's own node is restarting: nothing was sent, retry
-                time.sleep(0.05)
-                continue
-            except socketio.exceptions.TimeoutError:
-                self.uncertain.add(f"m{self.sent:04d}")
-            self.sent += 1
-            time.sleep(0.02)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        return self.sent
 
 
 def test_sigkilled_node_client_recovers_everything_in_order(
@@ -70,7 +18,7 @@ def test_sigkilled_node_client_recovers_everything_in_order(
     nodes = node_factory(count=2, env=RECOVERY)
     proxy = haproxy_factory(nodes)
     listener = Peer(sio_client_factory, proxy.url)
-    received = _record(listener)
+    received = record_room_messages(listener)
     listener.call("join", "feed")
     listener.call("session_set", {"kept": "yes"})
     doomed = next(n for n in nodes if n.name == listener.welcome["node"])
@@ -80,14 +28,14 @@ def test_sigkilled_node_client_recovers_everything_in_order(
     time.sleep(0.5)
     old_sid = listener.client.get_sid()
     doomed.kill(signal.SIGKILL)
-    welcome = _wait_reconnected(listener, old_sid)
+    welcome = wait_reconnected(listener, old_sid)
     time.sleep(0.5)
     sent = stream.stop()
     assert welcome["recovered"] is True and welcome["node"] == survivor.name
     assert listener.client.recovered is True
     assert listener.client.get_sid() == old_sid
     assert listener.get("kept") == "yes"
-    texts = _texts(received, sent)
+    texts = wait_for_texts(received, sent)
     assert texts == [f"m{i:04d}" for i in range(sent)]
 
 
@@ -96,7 +44,7 @@ def test_drained_node_rolling_restart_misses_nothing(
     nodes = node_factory(count=2, env=RECOVERY)
     proxy = haproxy_factory(nodes)
     listeners = [Peer(sio_client_factory, proxy.url) for _ in range(3)]
-    records = [_record(listener) for listener in listeners]
+    records = [record_room_messages(listener) for listener in listeners]
     for listener in listeners:
         listener.call("join", "feed")
     sender = Peer(sio_client_factory, proxy.url, cls=socketio.Client,
@@ -111,7 +59,7 @@ def test_drained_node_rolling_restart_misses_nothing(
     sent = stream.stop()
     assert sent > 50  # the stream ran through both restarts
     expected = {f"m{i:04d}" for i in range(sent)}
-    received = [_texts(record, sent) for record in records]
+    received = [wait_for_texts(record, sent) for record in records]
     for texts in received:
         missing = sorted(expected - set(texts) - stream.uncertain)
         assert not missing, f"missing {missing[:10]}"

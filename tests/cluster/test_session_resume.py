@@ -11,54 +11,7 @@ import redis
 import requests
 import socketio
 
-from cluster import Client
-
-WAIT = 10
-
-
-class Peer:
-    """A client and the events it received."""
-
-    def __init__(self, factory: Any, url: str, cls: type = Client, auth: Any = None,
-                 http: requests.Session | None = None, **kwargs: Any) -> None:
-        self.events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
-        options: dict[str, Any] = {"reconnection_delay": 0.2, "reconnection_delay_max": 0.5}
-        options.update(kwargs)
-        if http is not None:
-            options["http_session"] = http
-        self.client = factory(cls=cls, **options)
-        self.client.on("*", lambda event, *args: self.events.put((event, args)))
-        self.client.connect(url, auth=auth, transports=["websocket"], wait_timeout=WAIT)
-        self.welcome = self.next("welcome")
-
-    def next(self, name: str, timeout: float = WAIT) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {name!r} event within {timeout}s")
-            try:
-                event, args = self.events.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if event == name:
-                return args[0] if len(args) == 1 else list(args)
-
-    def call(self, event: str, data: Any = None) -> Any:
-        return self.client.call(event, data, timeout=WAIT)
-
-    def get(self, key: str) -> Any:
-        return self.call("session_get", key)["value"]
-
-
-def _wait_reconnected(peer: Peer, old_sid: str) -> Any:
-    welcome = peer.next("welcome", timeout=20)
-    # the connect handler's welcome comes just before the CONNECT reply
-    deadline = time.monotonic() + WAIT
-    while "/" not in peer.client.namespaces and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert peer.client.get_sid() != old_sid or welcome["resumed"]
-    return welcome
+from tests.harness.peers import WAIT, Peer, wait_reconnected
 
 
 def test_session_and_rooms_survive_a_sigkilled_node(node_factory: Any, haproxy_factory: Any,
@@ -75,7 +28,7 @@ def test_session_and_rooms_survive_a_sigkilled_node(node_factory: Any, haproxy_f
 
     old_sid = peer.client.get_sid()
     doomed.kill(signal.SIGKILL)
-    welcome = _wait_reconnected(peer, old_sid)
+    welcome = wait_reconnected(peer, old_sid)
     assert welcome["node"] == survivor.name
     assert welcome["resumed"] is True
     assert "survivors" in welcome["rooms"]

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.cluster.test_recovery import RECOVERY, Stream
-from tests.cluster.test_session_resume import Peer
+from tests.cluster.test_recovery import RECOVERY
+from tests.harness.peers import Peer, Stream
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "recovery_client.mjs"
