@@ -153,3 +153,28 @@ def test_resume_ids_are_random_and_never_logged_in_full(node_factory: Any,
     log = node.log_text()
     assert "resume" in log  # the refusal was logged...
     assert "Z" * 32 not in log and not any(pid in log for pid in pids)  # ...redacted
+
+
+def test_redis_down_at_connect_gives_a_working_unpersisted_session(
+        node_factory: Any, sio_client_factory: Any, redis_server: Any) -> None:
+    (node,) = node_factory()
+    redis_server.kill()
+    try:
+        peer = Peer(sio_client_factory, node.url)
+        assert peer.welcome["resumed"] is False
+        peer.call("session_set", {"while": "redis is down"})
+        assert peer.get("while") == "redis is down"
+        assert peer.client.pid() is None  # nothing to resume: it was never stored
+        metrics = requests.get(node.url + "/metrics", timeout=5).text
+        assert 'socketio_sessions_total{kind="store_errors"}' in metrics
+        assert 'socketio_sessions_total{kind="store_errors"} 0.0' not in metrics
+        assert requests.get(node.url + "/readyz", timeout=5).status_code == 503
+    finally:
+        redis_server.start()
+    # Redis is back: new connections are persisted again
+    deadline = time.monotonic() + WAIT
+    while requests.get(node.url + "/readyz", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "the node never became ready again"
+        time.sleep(0.1)
+    later = Peer(sio_client_factory, node.url)
+    assert later.client.pid() is not None
