@@ -18,9 +18,7 @@ import os
 import re
 import socket
 import struct
-import time
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -97,7 +95,7 @@ class RawSocketIOClient:
         self.connect_reply: dict[str, Any] = {}
         self.ack_id = 0
 
-    def connect(self) -> RawSocketIOClient:
+    def connect(self) -> Self:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
@@ -128,7 +126,7 @@ class RawSocketIOClient:
             self.sock.close()
             self.sock = None
 
-    def __enter__(self) -> RawSocketIOClient:
+    def __enter__(self) -> Self:
         return self.connect()
 
     def __exit__(self, *exc: object) -> None:
@@ -255,7 +253,7 @@ def metrics_gauge(host: str, port: int, name: str, timeout: float = 5.0) -> floa
     finally:
         conn.close()
     for line in body.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{}"):
+        if line.startswith((name + " ", name + "{}")):
             return float(line.rsplit(" ", 1)[1])
     return None
 
@@ -263,7 +261,7 @@ def metrics_gauge(host: str, port: int, name: str, timeout: float = 5.0) -> floa
 def percentile(values: list[float], fraction: float) -> float:
     """Nearest-rank percentile of ``values`` (not empty)."""
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))
+    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
     return ordered[rank]
 
 
@@ -275,8 +273,11 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
     out = [line(headers), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
     return "\n".join(out)
@@ -285,8 +286,3 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 def repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def deadline_iter(seconds: float) -> Iterator[float]:
-    end = time.monotonic() + seconds
-    while (now := time.monotonic()) < end:
-        yield end - now

@@ -177,7 +177,7 @@ def fresh_client_check(port: int, timeout: float) -> str:
         with RawSocketIOClient(HOST, port, timeout=timeout) as client:
             ack_id = client.emit("context")
             while True:
-                kind, key, args = parse_message(client.recv())
+                kind, key, _args = parse_message(client.recv())
                 if kind == "ack" and key == ack_id:
                     elapsed = (time.perf_counter() - start) * 1000
                     return f"connected and acked in {elapsed:.0f} ms (sid {client.sid})"
@@ -254,7 +254,7 @@ async def close_all(conns: list[Connection]) -> None:
 async def run_one(label: str, extra_args: list[str], args: argparse.Namespace, logdir: str,
                   *, hold: float, stall_seconds: float, probe_timeout: float) -> RunResult:
     result = RunResult(label, args.connections)
-    node = NodeProcess(APP, name=label, extra_args=extra_args, cwd=repo_root(),
+    node = NodeProcess(args.app, name=label, extra_args=extra_args, cwd=repo_root(),
                        log_path=os.path.join(logdir, f"{label}.log"))
     conns: list[Connection] = []
     try:
@@ -325,6 +325,7 @@ def report(r: RunResult) -> None:
 
 async def amain(args: argparse.Namespace) -> int:
     logdir = tempfile.mkdtemp(prefix="bench-many-ws-")
+    print(f"app: {args.app}")
     results = []
     started = time.monotonic()
     if not args.skip_main:
@@ -351,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=10_000,
                         help="websocket connections to open (default: 10000)")
+    parser.add_argument("--app", default=APP, metavar="MODULE:ATTR",
+                        help=f"the application the nodes serve (default: {APP}; "
+                             "benchmarks.idle_app:socketio has an O(1) connect handler)")
     parser.add_argument("--hold", type=float, default=30.0,
                         help="seconds to hold them open (default: 30)")
     parser.add_argument("--concurrency", type=int, default=200,
@@ -376,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{FD_MARGIN} are kept for the rest. Using {usable}. Raise the hard limit "
               "(ulimit -Hn, /etc/security/limits.conf, systemd LimitNOFILE) to go further.")
         args.connections = usable
-    low, high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as port_range:
+        low, high = (int(x) for x in port_range.read().split())
     if args.connections > high - low + 1:
         print(f"note: only {high - low + 1} ephemeral ports ({low}-{high}) for connections to "
               "one 127.0.0.1 port; opening more will fail with EADDRNOTAVAIL")

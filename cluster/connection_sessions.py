@@ -174,6 +174,10 @@ class ConnectionSessions:
         bound = environ.get(ENVIRON_KEY) if environ is not None else None
         if bound is None or bound.session_id is None or room == sid:
             return
+        if namespace not in bound.sids:
+            # leaving the namespace: these are the disconnect's own room exits,
+            # and the rooms are exactly what a resume must restore
+            return
         rooms = bound.rooms.setdefault(namespace, [])
         if joined and room not in rooms:
             rooms.append(room)
@@ -258,8 +262,8 @@ class ConnectionSessions:
                                      identity=identity)
                 self.counters["persisted"] += 1
                 reuse = None
-            assert bound.session_id is not None  # noqa: S101 - set on both paths
-            bound.resume_id = store.issue_resume(bound.session_id, identity, reuse=reuse)
+            session_id = bound.session_id or ""  # set on both paths above
+            bound.resume_id = store.issue_resume(session_id, identity, reuse=reuse)
         except SessionStoreError as exc:
             self.counters["store_errors"] += 1
             logger.error("session store unavailable at connect (%s); this connection gets "
@@ -273,7 +277,8 @@ class ConnectionSessions:
 
     def _resume(self, pid: Any, identity: str | None) -> BoundSession | None:
         store = self.store
-        assert store is not None  # noqa: S101
+        if store is None:
+            return None
         result = store.claim_resume(pid, identity)
         if not result.granted or result.session_id is None:
             self.counters["resume_refused"] += 1
