@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                       else None,
                       help="seconds a disconnected client's session (and rooms) can be resumed "
                            "on any node (default: $SESSION_TTL, else the app's setting, else 120)")
+    node.add_argument("--recovery-window", type=float,
+                      default=float(os.environ["CONNECTION_STATE_RECOVERY"])
+                      if os.environ.get("CONNECTION_STATE_RECOVERY") else None,
+                      help="turn connection state recovery on with this maximum disconnection "
+                           "duration in seconds (default: $CONNECTION_STATE_RECOVERY, else the "
+                           "app's connection_state_recovery setting, else off)")
     node.add_argument("--max-connections", type=int, default=None,
                       help="concurrent connections this node accepts (default: 100000; "
                            "eventlet's own default of 1024 silently hangs connection 1025)")
@@ -135,6 +141,10 @@ def run_node(args: argparse.Namespace) -> int:
             "session_ttl": args.session_ttl,
         }
         socketio.server_options.update({k: v for k, v in overrides.items() if v is not None})
+        if args.recovery_window is not None:
+            recovery = dict(socketio.server_options.get("connection_state_recovery") or {})
+            recovery["max_disconnection_duration"] = args.recovery_window
+            socketio.server_options["connection_state_recovery"] = recovery
         if args.message_queue:
             bus_options = {}
             if args.channel:

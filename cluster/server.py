@@ -171,6 +171,7 @@ class ClusterServer(socketio.Server):
                 "to the node runner instead."
             )
         self.options = dict(self.options, message_queue=url, **options)
+        self.recovery = RecoveryOptions.from_option(self.options.get("connection_state_recovery"))
         self.manager = build_manager(self.options, write_only=False)
         self.manager.set_server(self)
         self._listen_to_membership(self.manager)

@@ -98,6 +98,10 @@ class Emitter:
                             returns, the message is on the bus.
     :param options: driver options (redis-py or ``kombu.Connection``
                     keyword arguments), as for the nodes.
+    :param recovery_window: the nodes' connection state recovery window in
+                            seconds: emits are then logged in the recovery
+                            stream like the nodes' own, so a client that was
+                            away gets them replayed. ``None`` (default): off.
 
     The bus connection opens on the first call and is re-opened in a forked
     child (Celery's prefork pool forks after import), so one module-level
@@ -111,7 +115,8 @@ class Emitter:
     def __init__(self, url: str, *, channel: str = DEFAULT_CHANNEL,
                  signing_secret: str | bytes | None = None,
                  namespace: str = "/", publish_timeout: float = 5.0,
-                 options: Mapping[str, Any] | None = None) -> None:
+                 options: Mapping[str, Any] | None = None,
+                 recovery_window: float | None = None) -> None:
         if not isinstance(url, str) or not url.strip():
             raise ConfigurationError(
                 "Emitter needs the message queue URL the socket nodes use, "
@@ -127,6 +132,7 @@ class Emitter:
         self.publish_timeout = publish_timeout
         self._secret = signing_secret
         self._options = dict(options or {})
+        self.recovery_window = recovery_window
         self._lock = threading.Lock()
         self._manager: ClusterManager | None = None
         self._pid = 0
@@ -137,6 +143,7 @@ class Emitter:
         """An emitter for ``settings`` (keyword arguments override)."""
         kwargs.setdefault("channel", settings.channel)
         kwargs.setdefault("signing_secret", settings.signing_secret)
+        kwargs.setdefault("recovery_window", settings.recovery_window)
         return cls(settings.require_message_queue(), **kwargs)
 
     @classmethod
@@ -158,7 +165,8 @@ class Emitter:
                     self._manager = create_manager(
                         self.url, channel=self.channel, write_only=True,
                         signing_secret=self._secret, options=dict(self._options),
-                        logger=log, publish_timeout=self.publish_timeout)
+                        logger=log, publish_timeout=self.publish_timeout,
+                        recovery_window=self.recovery_window)
                 self._pid = pid
             return self._manager
 

@@ -18,6 +18,9 @@ variable                    meaning (default)
                             clients through the emitter, not through results)
 ``CELERY_QUEUE``            the queue tasks are sent to and workers consume
                             (``celery``)
+``CONNECTION_STATE_RECOVERY``  seconds of the nodes' recovery window: emits
+                            are then logged for recovering clients, like the
+                            nodes' own (none: recovery off)
 ==========================  ==================================================
 """
 from __future__ import annotations
@@ -42,6 +45,20 @@ def _get(environ: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
+def _seconds(environ: Mapping[str, str], name: str) -> float | None:
+    value = _get(environ, name)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name}={value!r}: expected a number of seconds, e.g. {name}=120.") from None
+    if seconds <= 0:
+        raise ConfigurationError(f"{name}={value!r}: must be a positive number of seconds.")
+    return seconds
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """Where emitters publish and where Celery takes its tasks from.
@@ -54,6 +71,9 @@ class WorkerSettings:
     :param broker_url: Celery broker; ``None`` means "the bus URL".
     :param result_backend: Celery result backend, ``None`` (results off).
     :param queue: Celery queue name, ``"celery"``.
+    :param recovery_window: the nodes' connection state recovery window in
+                            seconds, so worker emits are recoverable too;
+                            ``None`` (recovery off).
     """
 
     message_queue: str | None = None
@@ -62,6 +82,7 @@ class WorkerSettings:
     broker_url: str | None = None
     result_backend: str | None = None
     queue: str = "celery"
+    recovery_window: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
@@ -75,6 +96,7 @@ class WorkerSettings:
             broker_url=_get(env, "CELERY_BROKER_URL"),
             result_backend=_get(env, "CELERY_RESULT_BACKEND"),
             queue=_get(env, "CELERY_QUEUE") or "celery",
+            recovery_window=_seconds(env, "CONNECTION_STATE_RECOVERY"),
         )
 
     def with_overrides(self, **changes: Any) -> "WorkerSettings":
