@@ -112,3 +112,36 @@ def test_a_live_connections_pid_cannot_be_taken_over(
     assert thief.welcome["resumed"] is False
     assert thief.get("secret") is None
     assert owner.get("secret") == "owner"
+
+
+def test_options_parse_like_socketio_and_reject_typos() -> None:
+    import pytest
+
+    from cluster.recovery import RecoveryOptions
+
+    assert RecoveryOptions.from_option(None) is None
+    assert RecoveryOptions.from_option(True) == RecoveryOptions(120.0, False)
+    assert RecoveryOptions.from_option({"max_disconnection_duration": 30,
+                                        "skip_connect_handler": True}) == RecoveryOptions(30.0, True)
+    with pytest.raises(TypeError, match="maxDisconnectionDuration|unknown"):
+        RecoveryOptions.from_option({"maxDisconnectionDuration": 30})
+    with pytest.raises(ValueError, match="positive"):
+        RecoveryOptions.from_option({"max_disconnection_duration": 0})
+
+
+def test_replay_filter_follows_rooms_skip_sid_and_namespace() -> None:
+    from cluster.recovery import message_reaches
+
+    def emit(**fields: Any) -> dict[str, Any]:
+        return {"method": "emit", "namespace": "/", "room": None, "skip_sid": None, **fields}
+
+    rooms = ["feed", "sid1"]
+    assert message_reaches(emit(), "sid1", "/", rooms)
+    assert message_reaches(emit(room="feed"), "sid1", "/", rooms)
+    assert message_reaches(emit(room="sid1"), "sid1", "/", rooms)
+    assert message_reaches(emit(room=["x", "feed"]), "sid1", "/", rooms)
+    assert not message_reaches(emit(room="other"), "sid1", "/", rooms)
+    assert not message_reaches(emit(skip_sid="sid1"), "sid1", "/", rooms)
+    assert not message_reaches(emit(skip_sid=["a", "sid1"]), "sid1", "/", rooms)
+    assert not message_reaches(emit(namespace="/chat"), "sid1", "/", rooms)
+    assert not message_reaches({"method": "close_room", "room": "feed"}, "sid1", "/", rooms)
