@@ -272,7 +272,7 @@ class ConnectionSessions:
         if isinstance(auth, dict) and isinstance(auth.get("offset"), str):
             bound.offset = auth["offset"]
         environ[ENVIRON_KEY] = bound
-        self.local[bound.session_id] = environ
+        self.local[session_id] = environ
         return bound
 
     def _resume(self, pid: Any, identity: str | None) -> BoundSession | None:

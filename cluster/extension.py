@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from typing import Any, Callable, TypeVar
 
 import flask
@@ -53,6 +52,19 @@ class SocketIO:
     :param signing_secret: shared secret; when set, every bus message is
         signed and unsigned or wrongly signed messages are dropped. Default
         ``None`` (no signing).
+    :param connection_state_recovery: ``{"max_disconnection_duration": 120,
+        "skip_connect_handler": False}`` turns Socket.IO's connection state
+        recovery on (needs a Redis bus); ``None`` (default) leaves it off.
+    :param session_store: where forked sessions persist so a reconnect to any
+        node resumes them: default Redis when ``message_queue`` is a Redis
+        URL, else only in the connection; ``"memory"`` or a
+        ``session_store.SessionStore`` otherwise.
+    :param session_ttl: seconds a session stays resumable after its
+        connection ends (default 120, or the recovery window).
+    :param resume_identity: ``f(auth) -> str | None``, the identity a resume
+        id is bound to; default Flask-Login's user id from the HTTP session.
+    :param max_events_per_second: per-connection rate limit of incoming
+        events (default ``None``: no limit).
     :param websocket_compression: accept permessage-deflate when a client
         offers it. Default ``False``: browsers always offer it, and it costs
         2.5-3x CPU and memory per delivery.
@@ -349,38 +361,12 @@ class SocketIO:
         run_app(self, app or self.app, host=host, port=port, **kwargs)
 
     def drain(self, grace_seconds: float = 10.0) -> None:
-        """Stop taking part: report not-ready, send every local client away.
+        """Stop taking part: report not-ready, let running handlers finish
+        (up to ``grace_seconds``), then send every local client away so it
+        reconnects to another node and resumes there. SIGTERM does this."""
+        from .node_server import drain_node
 
-        In order: ``/readyz`` turns 503; handlers already running get up to
-        ``grace_seconds`` to finish (their session writes are write-through,
-        so once they return nothing is pending); every client is then closed
-        at the Engine.IO level, not with a Socket.IO DISCONNECT (which tells
-        clients not to come back), so they reconnect through the load
-        balancer to another node and resume there; finally the bus publishes
-        what is still queued and says goodbye.
-        """
-        deadline = time.monotonic() + grace_seconds
-        self.node_state.draining = True
-        if not self.runner.wait_idle(timeout=max(0.0, deadline - time.monotonic())):
-            logger.warning("drain: %d handler(s) still running after %.1f s; closing anyway",
-                           self.runner.in_flight, grace_seconds)
-        eio = self.server.eio
-        closed = 0
-        for eio_sid, eio_socket in list(getattr(eio, "sockets", {}).items()):
-            try:
-                # abort: no Engine.IO CLOSE packet, which clients take as
-                # "do not reconnect"; a dropped transport makes them retry
-                eio_socket.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
-                closed += 1
-            except Exception:  # a socket closing under us is fine here
-                logger.debug("connection %s already gone while draining", eio_sid[:8])
-            eio.sockets.pop(eio_sid, None)
-        logger.info("drain: closed %d connection(s); they reconnect to other nodes", closed)
-        if self.sessions is not None:
-            self.sessions.flush(timeout=max(0.0, deadline - time.monotonic()))
-        close = getattr(self.server.manager, "close", None)
-        if callable(close):
-            close(timeout=max(0.5, deadline - time.monotonic()))
+        drain_node(self, grace_seconds)
 
     def stop(self) -> None:
         """Stop a server started with :meth:`run`."""

@@ -22,6 +22,7 @@ import logging
 import resource
 import signal
 import socket
+import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 if TYPE_CHECKING:
@@ -151,11 +152,46 @@ def serve_eventlet(socketio: "SocketIO", wsgi_app: Callable[..., Any], host: str
     logger.info("Node stopped")
 
 
+def drain_node(socketio: "SocketIO", grace_seconds: float) -> None:
+    """Take a node out of the cluster without losing anything.
+
+    In order: ``/readyz`` turns 503 and new Socket.IO connections are
+    refused; handlers already running get up to ``grace_seconds`` to finish
+    (their session writes are write-through, so once they return nothing is
+    pending); every client is then closed at the Engine.IO level, not with a
+    Socket.IO DISCONNECT (which tells clients not to come back), so they
+    reconnect through the load balancer to another node and resume or
+    recover there; finally the bus publishes what is still queued and says
+    goodbye.
+    """
+    deadline = time.monotonic() + grace_seconds
+    socketio.node_state.draining = True
+    runner = socketio.runner
+    if not runner.wait_idle(timeout=max(0.0, deadline - time.monotonic())):
+        logger.warning("drain: %d handler(s) still running after %.1f s; closing anyway",
+                       runner.in_flight, grace_seconds)
+    eio = socketio.server.eio
+    closed = 0
+    for eio_sid, eio_socket in list(getattr(eio, "sockets", {}).items()):
+        try:
+            # abort: no Engine.IO CLOSE packet, which clients take as "do not
+            # reconnect"; a dropped transport makes them retry
+            eio_socket.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
+            closed += 1
+        except Exception:  # a socket closing under us is fine here
+            logger.debug("connection %s already gone while draining", eio_sid[:8])
+        eio.sockets.pop(eio_sid, None)
+    logger.info("drain: closed %d connection(s); they reconnect to other nodes", closed)
+    if socketio.sessions is not None:
+        socketio.sessions.flush(timeout=max(0.0, deadline - time.monotonic()))
+    close = getattr(socketio.server.manager, "close", None)
+    if callable(close):
+        close(timeout=max(0.5, deadline - time.monotonic()))
+
+
 def shutdown_node(socketio: "SocketIO", *, drain_seconds: float) -> None:
     """Disconnect every local client and flush what must survive the node."""
-    drain = getattr(socketio, "drain", None)
-    if callable(drain):
-        drain(drain_seconds)
+    drain_node(socketio, drain_seconds)
     socketio.server.shutdown()
 
 

@@ -104,6 +104,7 @@ def create_server(ext: "SocketIO", app: "flask.Flask | None", options: dict[str,
     server.socketio_path = (options.get("path") or options.get("resource") or "socket.io").strip("/")
     from .connection_sessions import create_connection_sessions
 
+    ext.server = server  # the session binding registers on its manager
     ext.sessions = create_connection_sessions(ext, options)
     return server
 
@@ -176,10 +177,9 @@ class ClusterServer(socketio.Server):
         self.manager.set_server(self)
         self._listen_to_membership(self.manager)
         if self.extension is not None:
-            self.extension._apply_cluster_registrations()
-        if self.extension is not None:
             from .connection_sessions import create_connection_sessions
 
+            self.extension._apply_cluster_registrations()
             self.extension.sessions = create_connection_sessions(self.extension, self.options)
 
     def initialize_manager(self) -> None:
