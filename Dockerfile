@@ -14,8 +14,9 @@ COPY session_store ./session_store
 COPY workers ./workers
 COPY demo ./demo
 RUN pip install ".[demo]" \
-    && useradd --system --home-dir /app --shell /usr/sbin/nologin socketio
-USER socketio
+    && useradd --system --uid 999 --home-dir /app --shell /usr/sbin/nologin socketio
+# numeric, so Kubernetes can check runAsNonRoot (the Helm chart runs as 999)
+USER 999
 
 EXPOSE 5000
 HEALTHCHECK --interval=5s --timeout=3s --retries=12 \

@@ -2,66 +2,14 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import requests
+import socketio
 
-WAIT = 10
-
-
-class Recorder:
-    """A python-socketio client that queues every event it receives."""
-
-    def __init__(self, factory: Callable[..., Any], url: str, transports: list[str] | None = None,
-                 auth: dict[str, Any] | None = None, **client_kwargs: Any) -> None:
-        self.client = factory(**client_kwargs)
-        self.events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
-        self.answers: list[Any] = []
-
-        @self.client.on("*")
-        def any_event(event: str, *args: Any) -> None:
-            self.events.put((event, args[0] if len(args) == 1 else list(args)))
-
-        @self.client.on("question")
-        def on_question(question: str) -> str:
-            self.answers.append(question)
-            return f"answer to {question}"
-
-        self.client.connect(url, transports=transports or ["websocket"], auth=auth,
-                            wait_timeout=WAIT)
-        self.welcome = self.next("welcome")
-
-    @property
-    def sid(self) -> str:
-        return self.client.get_sid()
-
-    def call(self, event: str, data: Any = None) -> Any:
-        return self.client.call(event, data, timeout=WAIT)
-
-    def next(self, name: str, timeout: float = WAIT) -> Any:
-        deadline = threading.Event()
-        while True:
-            try:
-                event, data = self.events.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no {name!r} event within {timeout}s") from None
-            if event == name:
-                return data
-            if deadline.is_set():  # pragma: no cover
-                break
-
-    def none_of(self, name: str, wait: float = 1.0) -> bool:
-        try:
-            while True:
-                event, _ = self.events.get(timeout=wait)
-                if event == name:
-                    return False
-        except queue.Empty:
-            return True
+from tests.harness.peers import WAIT, Peer
 
 
 @pytest.fixture()
@@ -69,8 +17,8 @@ def two_nodes(node_factory: Any) -> list[Any]:
     return node_factory(count=2)
 
 
-def _connect(sio_client_factory: Any, node: Any, **kwargs: Any) -> Recorder:
-    return Recorder(sio_client_factory, node.url, **kwargs)
+def _connect(sio_client_factory: Any, node: Any, **kwargs: Any) -> Peer:
+    return Peer(sio_client_factory, node.url, cls=socketio.Client, **kwargs)
 
 
 def test_clients_land_on_the_nodes_they_target(two_nodes: list[Any], sio_client_factory: Any) -> None:
@@ -159,7 +107,7 @@ def test_transports_through_haproxy(two_nodes: list[Any], haproxy_factory: Any,
     proxy = haproxy_factory(two_nodes)
     listener = _connect(sio_client_factory, two_nodes[1])
     listener.call("join", "proxied")
-    client = Recorder(sio_client_factory, proxy.url, transports=transports)
+    client = Peer(sio_client_factory, proxy.url, cls=socketio.Client, transports=transports)
     assert client.call("join", "proxied")["rooms"] == sorted(["proxied", client.sid])
     client.call("to_room", {"room": "proxied", "text": "through haproxy"})
     assert listener.next("room_message")["text"] == "through haproxy"

@@ -83,10 +83,7 @@ def test_recovery_disabled_behaves_as_plain_socketio(
     assert again.client.get_sid() != old_sid
     # no offsets: events carry exactly what the handler emitted
     again.call("to_room", {"room": "plain", "text": "x"})
-    event, args = again.events.get(timeout=5)
-    while event != "room_message":
-        event, args = again.events.get(timeout=5)
-    assert len(args) == 1
+    assert again.next("room_message") == {"from": again.sid, "node": second.name, "text": "x"}
 
 
 def test_unknown_offset_gives_a_resumed_but_unrecovered_connection(

@@ -17,19 +17,46 @@ WAIT = 10
 
 
 class Peer:
-    """A client and the events it received."""
+    """A client that queues every event it receives (``(event, data)``, data
+    being the one argument or the list of them), answers ``question`` events,
+    and waits for its connect handler's ``welcome``.
+
+    ``cls`` defaults to :class:`cluster.Client` with a fast reconnection;
+    ``headers`` can pin a node through HAProxy's ``SERVERID`` cookie.
+    """
 
     def __init__(self, factory: Any, url: str, cls: type = Client, auth: Any = None,
-                 http: requests.Session | None = None, **kwargs: Any) -> None:
+                 http: requests.Session | None = None, transports: list[str] | None = None,
+                 headers: dict[str, str] | None = None, **kwargs: Any) -> None:
         self.events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+        self.answers: list[Any] = []
+        self.disconnected = threading.Event()
         options: dict[str, Any] = {"reconnection_delay": 0.2, "reconnection_delay_max": 0.5}
         options.update(kwargs)
         if http is not None:
             options["http_session"] = http
         self.client = factory(cls=cls, **options)
-        self.client.on("*", lambda event, *args: self.events.put((event, args)))
-        self.client.connect(url, auth=auth, transports=["websocket"], wait_timeout=WAIT)
+
+        @self.client.on("*")
+        def any_event(event: str, *args: Any) -> None:
+            self.events.put((event, args[0] if len(args) == 1 else list(args)))
+
+        @self.client.on("question")
+        def on_question(question: Any) -> str:
+            self.answers.append(question)
+            return f"answer to {question}"
+
+        @self.client.on("disconnect")
+        def on_disconnect(*_: Any) -> None:
+            self.disconnected.set()
+
+        self.client.connect(url, auth=auth, headers=headers or {},
+                            transports=transports or ["websocket"], wait_timeout=WAIT)
         self.welcome = self.next("welcome")
+
+    @property
+    def sid(self) -> str:
+        return self.client.get_sid()
 
     def next(self, name: str, timeout: float = WAIT) -> Any:
         deadline = time.monotonic() + timeout
@@ -38,11 +65,20 @@ class Peer:
             if remaining <= 0:
                 raise AssertionError(f"no {name!r} event within {timeout}s")
             try:
-                event, args = self.events.get(timeout=remaining)
+                event, data = self.events.get(timeout=remaining)
             except queue.Empty:
                 continue
             if event == name:
-                return args[0] if len(args) == 1 else list(args)
+                return data
+
+    def none_of(self, name: str, wait: float = 1.0) -> bool:
+        """True when no ``name`` event arrives within ``wait`` seconds."""
+        try:
+            while True:
+                if self.events.get(timeout=wait)[0] == name:
+                    return False
+        except queue.Empty:
+            return True
 
     def call(self, event: str, data: Any = None) -> Any:
         return self.client.call(event, data, timeout=WAIT)
@@ -53,7 +89,8 @@ class Peer:
 
 def wait_reconnected(peer: Peer, old_sid: str) -> Any:
     welcome = peer.next("welcome", timeout=20)
-    # the connect handler's welcome comes just before the CONNECT reply
+    # the welcome follows the CONNECT reply, but the client's own bookkeeping
+    # of the namespace may lag the dispatch of the event by a moment
     deadline = time.monotonic() + WAIT
     while "/" not in peer.client.namespaces and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -9,11 +9,13 @@ import queue
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import socketio
+
+from tests.harness.peers import Peer
 from tests.workers.conftest import CLUSTER_WORKER, SIGNING_SECRET
 
 WAIT = 15  # every wait is bounded; a Celery task round trip takes < 1 s
@@ -21,43 +23,14 @@ APP = "tests.apps.worker_app:socketio"
 ROOT = str(Path(__file__).resolve().parents[2])
 
 
-class Client:
+class Client(Peer):
     """A python-socketio client pinned to one node through HAProxy's cookie,
     queueing every event it receives."""
 
     def __init__(self, factory: Callable[..., Any], url: str, node: str | None = None) -> None:
-        self.client = factory(reconnection=False)
-        self.events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
-        self.disconnected = threading.Event()
-
-        @self.client.on("*")
-        def any_event(event: str, *args: Any) -> None:
-            self.events.put((event, args[0] if len(args) == 1 else list(args)))
-
-        @self.client.on("disconnect")
-        def on_disconnect(*_: Any) -> None:
-            self.disconnected.set()
-
-        headers = {"Cookie": f"SERVERID={node}"} if node else {}
-        self.client.connect(url, headers=headers, transports=["polling", "websocket"],
-                            wait_timeout=WAIT)
-        self.welcome = self.next("welcome")
-
-    @property
-    def sid(self) -> str:
-        return self.client.get_sid()
-
-    def call(self, event: str, data: Any = None) -> Any:
-        return self.client.call(event, data, timeout=WAIT)
-
-    def next(self, name: str, timeout: float = WAIT) -> Any:
-        try:
-            while True:
-                event, data = self.events.get(timeout=timeout)
-                if event == name:
-                    return data
-        except queue.Empty:
-            raise AssertionError(f"no {name!r} event within {timeout} s") from None
+        super().__init__(factory, url, cls=socketio.Client, reconnection=False,
+                         headers={"Cookie": f"SERVERID={node}"} if node else None,
+                         transports=["polling", "websocket"])
 
     def job_events(self, job_id: str, timeout: float = WAIT) -> list[tuple[str, Any]]:
         """Events of one job, in arrival order, up to its result or error."""
@@ -71,14 +44,6 @@ class Client:
                         return seen
         except queue.Empty:
             raise AssertionError(f"job {job_id} incomplete after {timeout} s: {seen}") from None
-
-    def none_of(self, name: str, wait: float = 1.0) -> bool:
-        try:
-            while True:
-                if self.events.get(timeout=wait)[0] == name:
-                    return False
-        except queue.Empty:
-            return True
 
 
 def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
