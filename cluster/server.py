@@ -316,7 +316,7 @@ class ClusterServer(socketio.Server):
         offset = None
         if restore_sid is not None and sessions is not None and environ is not None:
             offset = sessions.recovery_offset(environ, namespace)
-            readable = offset is not None and self._recovery_log_after(offset) is not None
+            readable = offset is not None and self._recovery_log_readable(offset)
             if not readable:
                 # too old, or unknown: a resumed session, but not a recovery
                 self.counters["recovery_failed"] += 1
@@ -339,6 +339,10 @@ class ClusterServer(socketio.Server):
                 self._finish_recovery(eio_sid, restore_sid, namespace, offset)  # type: ignore[arg-type]
             else:
                 self._release_held(eio_sid, namespace, covered=None)
+
+    def _recovery_log_readable(self, offset: str) -> bool:
+        readable = getattr(self.manager, "recovery_readable", None)
+        return bool(readable(offset)) if callable(readable) else False
 
     def _recovery_log_after(self, offset: str) -> Any:
         after = getattr(self.manager, "recovery_after", None)

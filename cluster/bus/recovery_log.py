@@ -91,6 +91,18 @@ class RecoveryLog:
         entry_id = entries[0][0]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
+    def readable(self, client: Any, offset: Any) -> bool:
+        """Whether everything after ``offset`` is still in the stream (one
+        cheap read: the oldest entry), i.e. whether a replay can be trusted."""
+        if not isinstance(offset, str) or not OFFSET_RE.match(offset):
+            return False
+        if offset == "0-0":
+            return True
+        oldest = client.xrange(self.key, count=1)
+        if oldest:
+            return not _older(offset, _text(oldest[0][0]))
+        return _age_ms(offset) <= self.window_ms
+
     def after(self, client: Any, offset: str, limit: int = 10_000
               ) -> list[tuple[str, dict[str, Any]]] | None:
         """Messages appended after ``offset``, oldest first.
@@ -99,14 +111,8 @@ class RecoveryLog:
         what the stream still holds (then packets may have been trimmed and
         recovery must not pretend otherwise).
         """
-        if not isinstance(offset, str) or not OFFSET_RE.match(offset):
+        if not self.readable(client, offset):
             return None
-        if offset != "0-0":
-            oldest = client.xrange(self.key, count=1)
-            if oldest and _older(offset, _text(oldest[0][0])):
-                return None
-            if not oldest and _age_ms(offset) > self.window_ms:
-                return None
         entries = client.xrange(self.key, min="(" + offset, count=limit)
         messages = []
         for entry_id, fields in entries:

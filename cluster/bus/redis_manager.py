@@ -139,6 +139,17 @@ class RedisManager(ClusterManager):
                 self._get_logger().warning("recovery log unreadable (%s)", exc)
                 return None
 
+    def recovery_readable(self, offset: str) -> bool:
+        """Whether a replay from ``offset`` can be trusted (nothing trimmed)."""
+        if self.recovery_log is None:
+            return False
+        with self._pub_lock:
+            try:
+                return self.recovery_log.readable(self._publisher(), offset)
+            except Exception as exc:
+                self._get_logger().warning("recovery log unreadable (%s)", exc)
+                return False
+
     def recovery_after(self, offset: str) -> list[tuple[str, dict[str, Any]]] | None:
         """Messages logged after ``offset`` (None: cannot recover from it)."""
         if self.recovery_log is None:

@@ -68,3 +68,12 @@ def test_messages_without_an_offset_pass_through_untouched() -> None:
     assert split_published(b'{"method":"emit"}') == (None, b'{"method":"emit"}')
     assert split_published(b"@bogus@{}") == (None, b"@bogus@{}")
     assert split_published(b"@12-3@{}") == ("12-3", b"{}")
+
+
+def test_readable_checks_only_the_oldest_entry(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    log = RecoveryLog("chan4", Codec(), window=60)
+    first = log.append(client, Codec().seal(_message(1), "h"))
+    assert log.readable(client, first) and log.readable(client, "0-0")
+    assert not log.readable(client, "1-0") and not log.readable(client, None)
+    assert not log.readable(client, "nope")
