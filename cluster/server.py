@@ -36,7 +36,7 @@ logger = logging.getLogger("cluster.server")
 EXTENSION_OPTIONS = frozenset({
     "manage_session", "message_queue", "channel", "write_only",
     "message_queue_options", "signing_secret", "session_store", "session_ttl",
-    "session_key_prefix", "resume", "connection_state_recovery",
+    "session_key_prefix", "connection_state_recovery",
     "websocket_compression", "tcp_nodelay", "max_connections",
     "max_events_per_second", "redis_url", "path", "resource", "resume_identity", "node_name",
 })
