@@ -128,38 +128,32 @@ class RedisManager(ClusterManager):
                 self._close_publisher()
                 return None
 
-    def recovery_last_offset(self) -> str | None:
-        """The newest offset in the recovery stream (None if unavailable)."""
+    def _read_recovery_log(self, read: Any, *args: Any, default: Any) -> Any:
+        """Run one read of the recovery log on the publisher connection;
+        ``default`` when recovery is off or Redis fails (logged)."""
         if self.recovery_log is None:
-            return None
+            return default
         with self._pub_lock:
             try:
-                return self.recovery_log.last_offset(self._publisher())
+                return read(self._publisher(), *args)
             except Exception as exc:
                 self._get_logger().warning("recovery log unreadable (%s)", exc)
-                return None
+                return default
+
+    def recovery_last_offset(self) -> str | None:
+        """The newest offset in the recovery stream (None if unavailable)."""
+        log = self.recovery_log
+        return self._read_recovery_log(log and log.last_offset, default=None)
 
     def recovery_readable(self, offset: str) -> bool:
         """Whether a replay from ``offset`` can be trusted (nothing trimmed)."""
-        if self.recovery_log is None:
-            return False
-        with self._pub_lock:
-            try:
-                return self.recovery_log.readable(self._publisher(), offset)
-            except Exception as exc:
-                self._get_logger().warning("recovery log unreadable (%s)", exc)
-                return False
+        log = self.recovery_log
+        return bool(self._read_recovery_log(log and log.readable, offset, default=False))
 
     def recovery_after(self, offset: str) -> list[tuple[str, dict[str, Any]]] | None:
         """Messages logged after ``offset`` (None: cannot recover from it)."""
-        if self.recovery_log is None:
-            return None
-        with self._pub_lock:
-            try:
-                return self.recovery_log.after(self._publisher(), offset)
-            except Exception as exc:
-                self._get_logger().warning("recovery log unreadable (%s)", exc)
-                return None
+        log = self.recovery_log
+        return self._read_recovery_log(log and log.after, offset, default=None)
 
     def _check_options(self) -> None:
         # redis-py only looks at connection options when it first connects,
