@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--max-connections", type=int, default=None,
                       help="concurrent connections this node accepts (default: 100000; "
                            "eventlet's own default of 1024 silently hangs connection 1025)")
+    node.add_argument("--max-backlog", type=int,
+                      default=int(os.environ["CLUSTER_MAX_BACKLOG"])
+                      if os.environ.get("CLUSTER_MAX_BACKLOG") else None,
+                      help="bytes a client may leave unread before it is disconnected, logged "
+                           "and counted as a slow consumer (default: $CLUSTER_MAX_BACKLOG, "
+                           "else 1048576)")
     nodelay = node.add_mutually_exclusive_group()
     nodelay.add_argument("--tcp-nodelay", dest="tcp_nodelay", action="store_true", default=None,
                          help="set TCP_NODELAY on the listening socket (the default): small "
@@ -139,6 +145,7 @@ def run_node(args: argparse.Namespace) -> int:
             "tcp_nodelay": args.tcp_nodelay,
             "websocket_compression": args.websocket_compression,
             "session_ttl": args.session_ttl,
+            "max_backlog": args.max_backlog,
         }
         socketio.server_options.update({k: v for k, v in overrides.items() if v is not None})
         if args.recovery_window is not None:

@@ -70,6 +70,10 @@ class SocketIO:
         2.5-3x CPU and memory per delivery.
     :param tcp_nodelay: set ``TCP_NODELAY`` on the listening socket (default
         ``True``: without it back-to-back frames wait on Nagle's algorithm).
+    :param max_backlog: bytes a client may leave unread (frames the node
+        could not hand to its socket yet) before it is disconnected, logged
+        and counted as ``slow_consumers``. Default 1 MiB: a stalled or
+        hostile reader cannot grow the node's memory beyond that.
     :param max_connections: concurrent connections one node serves under
         eventlet. Default 100,000 (eventlet's own default is 1,024, after which
         new connections silently hang).

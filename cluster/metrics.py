@@ -45,6 +45,15 @@ class NodeCollector:
             server_counters.add_metric([name], value)
         yield server_counters
 
+        transport_stats = getattr(server.eio, "transport_stats", None)
+        if callable(transport_stats):
+            transport = CounterMetricFamily(
+                "socketio_websocket", "Websocket sends and the frames they carried "
+                "(frames/writes is the coalescing ratio)", labels=["kind"])
+            for name, value in sorted(transport_stats().items()):
+                transport.add_metric([name], value)
+            yield transport
+
         stats = getattr(server.manager, "stats", None)
         if callable(stats):
             bus = GaugeMetricFamily("socketio_bus", "Cluster bus figures", labels=["kind"])

@@ -130,6 +130,8 @@ def serve_eventlet(socketio: "SocketIO", wsgi_app: Callable[..., Any], host: str
 
     options = socketio.server_options
     raise_open_file_limit()
+    if options.get("max_backlog") is not None:
+        socketio.server.eio.set_max_backlog(options["max_backlog"])
     socketio.server.initialize_manager()
     sock = listen(host, port, tcp_nodelay=options.get("tcp_nodelay", True))
     stop_requested = watch_stop_signals(socketio)

@@ -19,11 +19,11 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-import engineio
 import flask
 import socketio
 from socketio import packet as sio_packet
 
+from .engine import ClusterEngineServer
 from .exceptions import ConfigurationError
 from .recovery import (PacketHold, RecoveryOptions, message_reaches, namespace_of, newer,
                        offset_of, replay_packet)
@@ -38,7 +38,7 @@ EXTENSION_OPTIONS = frozenset({
     "message_queue_options", "signing_secret", "session_store", "session_ttl",
     "session_key_prefix", "connection_state_recovery",
     "websocket_compression", "tcp_nodelay", "max_connections",
-    "max_events_per_second", "redis_url", "path", "resource", "resume_identity", "node_name",
+    "max_events_per_second", "max_backlog", "redis_url", "path", "resource", "resume_identity", "node_name",
 })
 DEFAULT_CHANNEL = "flask-socketio"
 
@@ -96,6 +96,7 @@ def create_server(ext: "SocketIO", app: "flask.Flask | None", options: dict[str,
     server = ClusterServer(
         client_manager=build_manager(options, write_only=write_only),
         max_events_per_second=options.get("max_events_per_second"),
+        max_backlog=options.get("max_backlog"),
         **server_kwargs,
     )
     server.extension = ext
@@ -109,24 +110,6 @@ def create_server(ext: "SocketIO", app: "flask.Flask | None", options: dict[str,
     return server
 
 
-class RestorableIdServer(engineio.Server):
-    """python-engineio's server, able to hand out one chosen id next.
-
-    python-socketio draws every new sid from ``generate_id``; connection
-    state recovery sets the previous sid here right before the connect so
-    the recovered connection keeps it.
-    """
-
-    _restored_id: str | None = None
-
-    def restore_next_id(self, sid: str | None) -> None:
-        self._restored_id = sid
-
-    def generate_id(self) -> str:
-        sid, self._restored_id = self._restored_id, None
-        return sid if sid is not None else super().generate_id()
-
-
 class ClusterServer(socketio.Server):
     """A ``socketio.Server`` that knows the extension it serves.
 
@@ -138,8 +121,9 @@ class ClusterServer(socketio.Server):
     manager: Any
     manager_initialized: bool
 
-    def __init__(self, *args: Any, max_events_per_second: float | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, max_events_per_second: float | None = None,
+                 max_backlog: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, max_backlog=max_backlog, **kwargs)
         self.extension: SocketIO | None = None
         self.options: dict[str, Any] = {}
         self.test_sinks: dict[str, Callable[[Any], None]] = {}
@@ -155,6 +139,9 @@ class ClusterServer(socketio.Server):
             "recovery_failed": 0,
             "replayed_packets": 0,
         }
+        # one dict: the transport counts its slow consumers in it too
+        self.counters.update(self.eio.counters)
+        self.eio.counters = self.counters
         self._listen_to_membership(self.manager)
 
     def _listen_to_membership(self, manager: Any) -> None:
@@ -219,6 +206,14 @@ class ClusterServer(socketio.Server):
         self._deliver_eio_packet(eio_sid, eio_pkt)
 
     def _deliver_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        # the hot path of every broadcast, once per recipient: straight to
+        # the socket (python-engineio's send_packet adds a lookup that also
+        # prunes closed sockets, and a log call); anything unusual goes the
+        # long way
+        eio_socket = self.eio.sockets.get(eio_sid)
+        if eio_socket is not None and not eio_socket.closed and not self.test_sinks:
+            eio_socket.send(eio_pkt)
+            return
         sink = self.test_sinks.get(eio_sid)
         if sink is None:
             super()._send_eio_packet(eio_sid, eio_pkt)
@@ -300,7 +295,7 @@ class ClusterServer(socketio.Server):
     # -- connect -----------------------------------------------------------
 
     def _engineio_server_class(self) -> type:
-        return RestorableIdServer
+        return ClusterEngineServer
 
     def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         namespace = namespace or "/"

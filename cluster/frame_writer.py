@@ -1,0 +1,217 @@
+"""Writing websocket frames: coalesced, non-blocking, with a bounded backlog.
+
+python-engineio gives every websocket a writer green thread that takes one
+packet at a time from a queue (a ``get`` with a timeout: a timer created and
+cancelled per packet) and writes each frame with its own ``sendall``. With
+``TCP_NODELAY`` on, each frame is then its own TCP segment. On a node that
+fans out to thousands of sockets that writer loop was most of the CPU.
+
+Here a frame is appended to its socket's :class:`FrameWriter` instead. The
+first frame of a turn of the event loop asks the node's :class:`Flusher` for
+one callback at the end of that turn, which writes each socket that got
+frames with *one* non-blocking ``send`` of everything it has pending. An
+event and its ack still leave at once (latency stays sub-millisecond with
+``TCP_NODELAY``), while a burst of broadcasts leaves as a few large writes.
+
+A socket whose kernel buffer is full keeps the rest and gets a green thread
+that waits until it can write again; everyone else goes on. What a client
+does not read piles up only to ``max_backlog`` bytes: past that the client
+is disconnected (``on_overflow``), so one stalled or hostile reader cannot
+grow the node's memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Any, Callable
+
+logger = logging.getLogger("cluster.transport")
+
+#: pending bytes at which a socket is written at once rather than at the end
+#: of the turn: bounds what a long burst without a yield holds per socket
+FLUSH_AT_BYTES = 64 * 1024
+#: default of ``max_backlog``: unsent bytes a client may leave behind
+DEFAULT_MAX_BACKLOG = 1024 * 1024
+
+
+class Flusher:
+    """Writes every :class:`FrameWriter` that got frames, once per hub turn.
+
+    One eventlet timer per turn (not per frame, not per socket) runs
+    :meth:`run` in the hub once the running green thread yields. It only
+    does non-blocking sends, which is all the hub may do.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: list[FrameWriter] = []
+        self._armed = False
+        self._hub: Any = None
+        #: ``writes`` (send calls) and ``frames`` (frames they carried)
+        self.counters = {"writes": 0, "frames": 0}
+
+    def schedule(self, writer: "FrameWriter") -> None:
+        self._dirty.append(writer)
+        if not self._armed:
+            self._armed = True
+            if self._hub is None:
+                from eventlet.hubs import get_hub
+
+                self._hub = get_hub()
+            self._hub.schedule_call_global(0, self.run)
+
+    def run(self) -> None:
+        self._armed = False
+        dirty, self._dirty = self._dirty, []
+        for writer in dirty:
+            try:
+                writer.flush()
+            except Exception:  # one socket's failure must not stop the others
+                logger.exception("websocket flush failed")
+
+
+class FrameWriter:
+    """The outgoing side of one websocket: pending frames and their socket.
+
+    :param sock: the connection's green socket; writes go to the real socket
+        beneath it, non-blocking.
+    :param flusher: the node's :class:`Flusher`.
+    :param max_backlog: unsent bytes tolerated before ``on_overflow`` is
+        called (default 1 MiB, :data:`DEFAULT_MAX_BACKLOG`).
+    :param on_overflow: called once, from a green thread of its own, when the
+        backlog is exceeded; the pending frames are dropped and nothing more
+        is written by then.
+    """
+
+    __slots__ = ("_fd", "_flusher", "_pending", "_pending_bytes", "_scheduled",
+                 "_draining", "closed", "max_backlog", "_on_overflow")
+
+    def __init__(self, sock: Any, flusher: Flusher, *, max_backlog: int = DEFAULT_MAX_BACKLOG,
+                 on_overflow: Callable[[int], None] | None = None) -> None:
+        self._fd = getattr(sock, "fd", sock)  # eventlet's GreenSocket wraps the real one
+        self._flusher = flusher
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._scheduled = False
+        self._draining = False
+        self.closed = False
+        self.max_backlog = max_backlog
+        self._on_overflow = on_overflow
+
+    @property
+    def backlog(self) -> int:
+        """Bytes accepted but not yet handed to the kernel."""
+        return self._pending_bytes
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` (one or more whole frames) for this socket."""
+        if self.closed:
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._draining:
+            # the drain thread writes it once the kernel takes more
+            if self._pending_bytes > self.max_backlog:
+                self._overflow()
+        elif self._pending_bytes >= FLUSH_AT_BYTES:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._flusher.schedule(self)
+
+    def flush(self) -> None:
+        """Hand everything pending to the kernel with one non-blocking send."""
+        self._scheduled = False
+        if self.closed or self._draining or not self._pending:
+            return
+        if not self._send_pending():
+            return
+        if self._pending:
+            if self._pending_bytes > self.max_backlog:
+                self._overflow()
+                return
+            self._draining = True
+            from eventlet import spawn_n
+
+            spawn_n(self._drain)
+
+    def _send_pending(self) -> bool:
+        """One send of all pending bytes; False when the socket broke."""
+        pending = self._pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        try:
+            sent = self._fd.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._broken(exc)
+            return False
+        counters = self._flusher.counters
+        counters["writes"] += 1
+        counters["frames"] += len(pending)
+        if sent >= len(data):
+            self._pending = []
+            self._pending_bytes = 0
+        else:
+            rest = data[sent:]
+            self._pending = [rest]
+            self._pending_bytes = len(rest)
+        return True
+
+    def _drain(self) -> None:
+        # a green thread, only while the kernel buffer is full: waits for room
+        from eventlet.hubs import trampoline
+
+        try:
+            while self._pending and not self.closed:
+                try:
+                    trampoline(self._fd.fileno(), write=True)
+                except Exception as exc:  # closed under us
+                    self._broken(exc)
+                    return
+                if not self._send_pending():
+                    return
+        finally:
+            self._draining = False
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait (green) up to ``timeout`` s until nothing is pending."""
+        import time
+
+        from eventlet import sleep
+
+        deadline = time.monotonic() + timeout
+        self.flush()
+        while self._pending and not self.closed and time.monotonic() < deadline:
+            sleep(0.005)
+        return not self._pending
+
+    def close(self) -> None:
+        """Stop writing and shut the connection down (the reader sees EOF)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._pending = []
+        self._pending_bytes = 0
+        try:
+            self._fd.shutdown(socket.SHUT_RDWR)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTCONN, errno.EBADF):
+                logger.debug("websocket shutdown: %s", exc)
+
+    def _overflow(self) -> None:
+        backlog = self._pending_bytes
+        self.close()
+        if self._on_overflow is not None:
+            from eventlet import spawn_n
+
+            # not here: this may run inside the hub, and the disconnect
+            # handlers it leads to may block
+            spawn_n(self._on_overflow, backlog)
+
+    def _broken(self, exc: BaseException) -> None:
+        if not isinstance(exc, OSError) or exc.errno not in (
+                errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
+            logger.debug("websocket write failed: %s", exc)
+        self.close()  # the reader sees EOF and runs the disconnect
