@@ -27,7 +27,7 @@ from .codec import Codec
 from .errors import BusConfigurationError, BusPublishError
 from .membership import MembershipEvents
 from .nodes import NodeRegistry
-from .outbox import Outbox
+from .outbox import Outbox, Ticket
 from .presence import Presence
 from .receiving import ReceivingMixin
 from .runtime import Backoff, Runtime
@@ -122,7 +122,9 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         self._ever_subscribed = False
         self._last_received = time.monotonic()
         self._pub_lock = threading.Lock()
-        self._pub_ok = False
+        #: seconds an emit waits for its recovery offset before it is
+        #: delivered locally without one (it is still logged later)
+        self.offset_wait = min(2.0, publish_timeout)
         self._last_drop_log = 0.0
         self._last_backend_check = 0.0
         #: cluster-wide queries and commands (see :class:`ClusterView`)
@@ -148,16 +150,19 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         if self.server is not None:
             self.server.manager_initialized = True
             self._check_monkey_patched()
-        self._outbox = Outbox(
-            self._runtime, self._seal_and_send, lambda body: body, self._stats,
-            self._get_logger(), connect=self._connect_publisher,
-            before_resume=self._wait_for_peers, max_size=self.buffer_size,
-            max_batch=self.max_batch, max_backoff=self.max_backoff)
+        self._outbox = self._make_outbox()
         self._runtime.spawn(self._outbox.run)
         self.thread = self._runtime.spawn(self._thread)
         self._runtime.spawn(self._ticker)
         self._get_logger().info("%s bus initialized (node %s, channel %r)",
                                 self.name, self.node_name, self.channel)
+
+    def _make_outbox(self) -> Outbox:
+        return Outbox(
+            self._runtime, self._seal_and_send, self._stats,
+            self._get_logger(), connect=self._connect_publisher,
+            before_resume=self._wait_for_peers, max_size=self.buffer_size,
+            max_batch=self.max_batch, max_backoff=self.max_backoff)
 
     def _check_monkey_patched(self) -> None:
         if self._runtime.async_mode == "eventlet":
@@ -200,7 +205,7 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         if self._closed:
             return False
         if self.write_only:
-            return self._pub_ok
+            return bool(self._outbox is not None and self._outbox.healthy)
         return bool(self._subscribed and self._outbox is not None
                     and self._outbox.healthy)
 
@@ -267,30 +272,49 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
             if ack_id is not None:
                 self.callbacks.get(room, {}).pop(ack_id, None)
             raise
-        if ack_id is None and self.recovery_window:
-            # one script appends to the recovery stream and publishes: the
-            # returned offset goes with the packet to every client
-            offset = self._append_for_recovery(body)
-            if offset is not None:
-                message["offset"] = offset
-                self._stats.incr("published")
-                if not self.write_only:
-                    self._handle_emit(message)
-                return
-        if not self.write_only:
-            self._handle_emit(message)  # this node's clients: no round trip
-        self._publish(message, body=body)
+        logged = ack_id is None and self.logs_recovery
+        if self.write_only:
+            self._publish(message, body=body, logged=logged)
+            return
+        if logged:
+            message = self._with_offset(message, body)
+        self._handle_emit(message)  # this node's clients: no round trip
+        if not logged:
+            self._publish(message, body=body)
 
-    def _seal_and_send(self, bodies: list[Any]) -> None:
+    @property
+    def logs_recovery(self) -> bool:
+        """Whether emits are logged for connection state recovery."""
+        return bool(self.recovery_window) and self._supports_recovery_log()
+
+    def _with_offset(self, message: dict[str, Any], body: str) -> dict[str, Any]:
+        """Queue a logged emit and wait for its offset (one batched round
+        trip, shared with concurrent emits); during an outage it is logged
+        when the bus returns and delivered here without an offset now."""
+        outbox = self._outbox
+        if outbox is None:
+            self.initialize()
+            outbox = self._outbox
+        assert outbox is not None
+        ticket = Ticket(self._runtime) if outbox.healthy else None
+        if not self._publish(message, body=body, logged=True, ticket=ticket) or ticket is None:
+            return message
+        offset = ticket.wait(self.offset_wait)
+        if offset is None:
+            self._stats.incr("delivered_unlogged")
+            return message
+        return dict(message, offset=offset)
+
+    def _seal_and_send(self, bodies: list[str], logged: list[bool]) -> list[str | None]:
         # sealing (which numbers signed messages) and sending happen under
-        # one lock shared with the recovery script, so messages leave in the
-        # order of their sequence numbers whichever path sends them
+        # one lock, so messages leave in the order of their sequence numbers
+        # whichever thread sends them (write-only emitters may be threaded)
         with self._pub_lock:
-            self._send_batch([self._codec.seal(body, self.host_id) for body in bodies])
-
-    def _append_for_recovery(self, body: str) -> str | None:
-        """Log and publish ``body`` for recovery; None when not supported."""
-        return None
+            payloads = [self._codec.seal(body, self.host_id) for body in bodies]
+            if any(logged):
+                return self._send_logged_batch(payloads, logged)
+            self._send_batch(payloads)
+            return [None] * len(payloads)
 
     def _handle_emit(self, message: dict[str, Any]) -> None:
         offset = message.get("offset")
@@ -322,54 +346,46 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         return super().can_disconnect(sid, namespace)
 
     def _publish(self, data: dict[str, Any], volatile: bool = False,
-                 body: str | None = None) -> bool:
-        """Queue one bus message (the seam unit tests mock).
+                 body: str | None = None, *, logged: bool = False,
+                 ticket: Ticket | None = None) -> bool:
+        """Queue one bus message: the one way out (the seam unit tests mock).
 
         ``body`` is ``data`` already serialized by the caller; otherwise it
         is serialized here, raising at the caller if it cannot be.
+        ``logged`` appends it to the recovery stream as it is published;
+        ``ticket`` receives its offset. Write-only managers publish before
+        returning.
         """
-        return self._send(body if body is not None else self._codec.dumps(data),
-                          volatile)
-
-    def _send(self, body: str, volatile: bool = False) -> bool:
+        if body is None:
+            body = self._codec.dumps(data)
         if self.write_only:
-            self._publish_now(body)
+            self._publish_now(body, logged)
             return True
         if self._outbox is None:
             self.initialize()
         assert self._outbox is not None
-        return self._outbox.put(body, volatile)
+        return self._outbox.put(body, volatile, logged=logged, ticket=ticket)
 
-    def _publish_now(self, body: str) -> None:
-        deadline = time.monotonic() + self.publish_timeout
-        backoff = Backoff(cap=self.max_backoff)
-        with self._pub_lock:
-            if deadline - self._last_backend_check > self.heartbeat_interval:
-                # no ticker in write-only mode: follow failovers from here
-                self._last_backend_check = deadline
-                self._check_backend_safely()
-            while True:
-                try:
-                    if not self._pub_ok:
-                        self._connect_publisher()
-                    self._send_batch([self._codec.seal(body, self.host_id)])
-                except BusConfigurationError:
-                    raise
-                except Exception as exc:
-                    self._pub_ok = False
-                    self._stats.incr("publish_errors")
-                    if time.monotonic() >= deadline:
-                        raise BusPublishError(
-                            f"Could not publish to the cluster bus within "
-                            f"{self.publish_timeout} s ({type(exc).__name__}:"
-                            f" {exc}). Check that the message queue is "
-                            f"running and reachable from this process."
-                        ) from exc
-                    time.sleep(backoff.next())
-                    continue
-                self._pub_ok = True
-                self._stats.incr("published")
-                return
+    def _publish_now(self, body: str, logged: bool) -> None:
+        """Write-only: publish before returning, through the same outbox."""
+        if self._outbox is None:
+            self._outbox = self._make_outbox()
+        now = time.monotonic()
+        if now - self._last_backend_check > self.heartbeat_interval:
+            # no ticker in write-only mode: follow failovers from here
+            self._last_backend_check = now
+            self._check_backend_safely()
+        try:
+            self._outbox.publish_now(body, logged=logged, timeout=self.publish_timeout,
+                                     connect=self._connect_publisher)
+        except BusConfigurationError:
+            raise
+        except Exception as exc:
+            raise BusPublishError(
+                f"Could not publish to the cluster bus within "
+                f"{self.publish_timeout} s ({type(exc).__name__}: {exc}). "
+                f"Check that the message queue is running and reachable "
+                f"from this process.") from exc
 
     def _wait_for_peers(self) -> None:
         """Hold the outage buffer until the known nodes resubscribed.
@@ -467,6 +483,16 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
 
     def _send_batch(self, payloads: list[bytes]) -> None:
         raise NotImplementedError
+
+    def _supports_recovery_log(self) -> bool:
+        """Backends with a recovery stream (Redis) say True."""
+        return False
+
+    def _send_logged_batch(self, payloads: list[bytes], logged: list[bool]) -> list[str | None]:
+        """Publish ``payloads`` in one round trip, appending ``logged`` ones
+        to the recovery stream; their offsets (None for the others)."""
+        self._send_batch(payloads)
+        return [None] * len(payloads)
 
     def _subscriber_count(self) -> int | None:
         return None

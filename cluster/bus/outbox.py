@@ -1,8 +1,18 @@
 """The single publisher: one queue, one connection, pipelined batches.
 
-Every message a node publishes goes through one :class:`Outbox`. Callers only
-append to a deque (no pool checkout, no I/O), and one background task drains
-it in batches written with one round trip each. This is what lets a burst of
+Every message a node or an emitter publishes goes through one
+:class:`Outbox`: emits from handlers, workers and cluster commands, with or
+without the bus. On a node callers only append to a deque (no pool
+checkout, no I/O), and one background task drains it in batches written
+with one round trip each; a write-only emitter (no background task: Celery
+workers) sends through :meth:`Outbox.publish_now`, the same send function
+and the same retry policy.
+
+With connection state recovery an item can be *logged*: appended to the
+recovery stream by the batch that publishes it, which returns the item's
+offset to whoever waits on its :class:`Ticket`. A logged emit buffered
+during an outage is logged (in order) when the bus returns, so a client
+recovering later is replayed what it missed. This is what lets a burst of
 thousands of concurrent emits go out in full: python-socketio's RedisManager
 checks a connection out of redis-py's pool per emit, runs out of connections
 under load and then rebuilds its client, losing messages.
@@ -25,12 +35,44 @@ from .runtime import Backoff, Runtime
 from .stats import BusStats
 
 
+class Ticket:
+    """The offset of one logged item, once its batch was written.
+
+    ``wait`` returns ``None`` when the item could not be logged in time (the
+    bus failed or is slow): the caller then delivers locally without an
+    offset, and the item stays queued to be logged when the bus returns.
+    """
+
+    __slots__ = ("_event", "offset")
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._event = runtime.event()
+        self.offset: str | None = None
+
+    def resolve(self, offset: str | None) -> None:
+        self.offset = offset
+        self._event.set()
+
+    def wait(self, timeout: float) -> str | None:
+        self._event.wait(timeout)
+        return self.offset
+
+
+class _Item:
+    __slots__ = ("body", "volatile", "logged", "ticket")
+
+    def __init__(self, body: str, volatile: bool, logged: bool, ticket: Ticket | None) -> None:
+        self.body, self.volatile, self.logged, self.ticket = body, volatile, logged, ticket
+
+
 class Outbox:
     """Bounded publish queue drained by one background task.
 
-    :param send_batch: writes a list of wire payloads in one round trip;
-                       raises on any failure (the whole batch is retried).
-    :param seal: turns a queued body into its wire form at send time.
+    :param send_batch: ``send_batch(bodies, logged)`` writes serialized
+                       messages in one round trip (``logged[i]``: append
+                       item ``i`` to the recovery stream too) and returns
+                       their offsets (``None`` for unlogged ones); raises on
+                       any failure (the whole batch is retried).
     :param connect: opens the publisher connection; called once at start
                     (retried with backoff) so readiness does not wait for
                     the first message.
@@ -42,8 +84,9 @@ class Outbox:
     :param max_backoff: cap of the retry delay in seconds. Default 1.0.
     """
 
-    def __init__(self, runtime: Runtime, send_batch: Callable[[list[bytes]], None],
-                 seal: Callable[[str], Any], stats: BusStats,
+    def __init__(self, runtime: Runtime,
+                 send_batch: Callable[[list[str], list[bool]], list[str | None]],
+                 stats: BusStats,
                  logger: logging.Logger, *,
                  connect: Callable[[], None] | None = None,
                  before_resume: Callable[[], None] | None = None,
@@ -51,7 +94,6 @@ class Outbox:
                  max_backoff: float = 1.0) -> None:
         self.runtime = runtime
         self.send_batch = send_batch
-        self.seal = seal
         self.stats = stats
         self.logger = logger
         self.connect = connect
@@ -61,7 +103,7 @@ class Outbox:
         self.max_backoff = max_backoff
         self.healthy = False
         self.failed_since: float | None = None
-        self._queue: collections.deque[tuple[str, bool]] = collections.deque()
+        self._queue: collections.deque[_Item] = collections.deque()
         self._in_flight = 0
         self._wakeup = runtime.event()
         self._closed = False
@@ -70,8 +112,13 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._queue) + self._in_flight
 
-    def put(self, body: str, volatile: bool = False) -> bool:
-        """Queue one message; False when it was refused (and counted)."""
+    def put(self, body: str, volatile: bool = False, *, logged: bool = False,
+            ticket: Ticket | None = None) -> bool:
+        """Queue one message; False when it was refused (and counted).
+
+        ``logged``: append it to the recovery stream when it is published;
+        ``ticket`` then receives its offset.
+        """
         if volatile and not self.healthy:
             return False
         if len(self) >= self.max_size:
@@ -79,9 +126,35 @@ class Outbox:
                 self.stats.incr("dropped_buffer_full")
                 self._log_drop()
             return False
-        self._queue.append((body, volatile))
+        self._queue.append(_Item(body, volatile, logged, ticket))
         self._wakeup.set()
         return True
+
+    def publish_now(self, body: str, *, logged: bool, timeout: float,
+                    connect: Callable[[], None]) -> str | None:
+        """Send one message synchronously (write-only emitters).
+
+        Retries with the same capped backoff as the queue, reconnecting with
+        ``connect``, and raises the last error once ``timeout`` seconds
+        passed without success. Returns the offset of a logged message.
+        """
+        deadline = time.monotonic() + timeout
+        backoff = Backoff(cap=self.max_backoff)
+        while True:
+            try:
+                if not self.healthy:
+                    connect()
+                offsets = self.send_batch([body], [logged])
+            except Exception:
+                self.healthy = False
+                self.stats.incr("publish_errors")
+                if time.monotonic() + backoff.initial >= deadline:
+                    raise
+                time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
+                continue
+            self.healthy = True
+            self.stats.incr("published")
+            return offsets[0] if offsets else None
 
     def _log_drop(self) -> None:
         now = time.monotonic()
@@ -116,7 +189,7 @@ class Outbox:
                     return
                 self._wakeup.wait(1.0)
                 continue
-            batch: list[tuple[str, bool]] = []
+            batch: list[_Item] = []
             while self._queue and len(batch) < self.max_batch:
                 batch.append(self._queue.popleft())
             self._in_flight = len(batch)
@@ -126,20 +199,26 @@ class Outbox:
             finally:
                 self._in_flight = 0
 
-    def _send_with_retry(self, batch: list[tuple[str, bool]]) -> bool:
+    def _send_with_retry(self, batch: list[_Item]) -> bool:
         backoff = Backoff(cap=self.max_backoff)
         while True:
             try:
                 if not self.healthy and self.failed_since is not None \
                         and self.before_resume is not None:
                     self.before_resume()
+                offsets: list[str | None] = []
                 if batch:
-                    self.send_batch([self.seal(body) for body, _ in batch])
+                    offsets = self.send_batch([item.body for item in batch],
+                                              [item.logged for item in batch])
                 elif self.connect is not None:
                     self.connect()  # only volatile messages were lost: probe
                 else:
-                    self.send_batch([])
+                    self.send_batch([], [])
             except Exception as exc:  # any driver error means "retry later"
+                # whoever waits for an offset delivers without one now; the
+                # items stay queued and are logged once the bus is back
+                self._release_tickets(batch)
+                self._release_tickets(self._queue)
                 self.stats.incr("publish_errors")
                 if self.healthy or self.failed_since is None:
                     self.failed_since = time.monotonic()
@@ -149,7 +228,7 @@ class Outbox:
                         type(exc).__name__, exc, self.max_size,
                         self.max_backoff)
                 self.healthy = False
-                batch[:] = [item for item in batch if not item[1]]
+                batch[:] = [item for item in batch if not item.volatile]
                 self._in_flight = len(batch)
                 if self._closed:
                     self.stats.incr("dropped_unpublished",
@@ -166,7 +245,17 @@ class Outbox:
             self.healthy = True
             self.failed_since = None
             self.stats.incr("published", len(batch))
+            for item, offset in zip(batch, offsets or [None] * len(batch)):
+                if item.ticket is not None:
+                    item.ticket.resolve(offset)
             return True
+
+    @staticmethod
+    def _release_tickets(items: Any) -> None:
+        for item in items:
+            if item.ticket is not None:
+                ticket, item.ticket = item.ticket, None
+                ticket.resolve(None)
 
     def mark_healthy(self) -> None:
         """Record a successful connect made outside the loop (start-up)."""
@@ -180,6 +269,7 @@ class Outbox:
             self.runtime.sleep(0.01)
         self._closed = True
         self._wakeup.set()
+        self._release_tickets(self._queue)
         left = len(self._queue)
         if left:
             self.stats.incr("dropped_unpublished", left)

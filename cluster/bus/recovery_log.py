@@ -18,6 +18,7 @@ signature check.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from typing import Any
@@ -72,16 +73,38 @@ class RecoveryLog:
         self.max_entries = int(max_entries)
         self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self._scripts: dict[int, Any] = {}
+        self.sha = hashlib.sha1(_APPEND.encode()).hexdigest()
 
-    def append(self, client: Any, payload: bytes) -> str:
-        """Append and publish ``payload`` atomically; returns its offset."""
+    def append(self, client: Any, payload: bytes) -> Any:
+        """Append and publish ``payload`` atomically; returns its offset.
+
+        ``client`` may be a pipeline: the call is then queued (as EVALSHA,
+        so load the script first with :meth:`load_script`) and the offset is
+        in the pipeline's reply (see :meth:`offset_from`).
+        """
+        args = [self.channel, payload, self.window_ms, self.max_entries,
+                self.publish_command]
+        if hasattr(client, "execute"):
+            # not redis-py's Script: in a pipeline it checks SCRIPT EXISTS
+            # first, a second round trip per batch
+            return client.evalsha(self.sha, 1, self.key, *args)
+        return self.offset_from(self._script(client)(keys=[self.key], args=args))
+
+    def load_script(self, client: Any) -> None:
+        """Load the append script into ``client``'s server (once per connection)."""
+        client.script_load(_APPEND)
+
+    def _script(self, client: Any) -> Any:
         script = self._scripts.get(id(client))
         if script is None:
             script = client.register_script(_APPEND)
             self._scripts = {id(client): script}
-        offset = script(keys=[self.key], args=[self.channel, payload, self.window_ms,
-                                               self.max_entries, self.publish_command])
-        return offset.decode() if isinstance(offset, bytes) else str(offset)
+        return script
+
+    @staticmethod
+    def offset_from(reply: Any) -> str:
+        """The offset in the script's reply."""
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def last_offset(self, client: Any) -> str:
         """The newest offset, or ``"0-0"`` when the stream is empty."""

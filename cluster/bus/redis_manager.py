@@ -114,19 +114,30 @@ class RedisManager(ClusterManager):
                                             self.recovery_max_entries, sharded=self.sharded)
 
     # -- connection state recovery -------------------------------------------
-    def _append_for_recovery(self, body: str) -> str | None:
+    def _supports_recovery_log(self) -> bool:
+        return self.recovery_log is not None
+
+    def _send_logged_batch(self, payloads: list[bytes], logged: list[bool]) -> list[str | None]:
+        """One pipeline: logged payloads go through the recovery script
+        (stream append + publish), the others are plain publishes."""
         log = self.recovery_log
-        if log is None or (self._outbox is not None and not self._outbox.healthy):
-            return None  # during an outage emits go through the outbox, unlogged
-        with self._pub_lock:
-            try:
-                return log.append(self._publisher(), self._codec.seal(body, self.host_id))
-            except Exception as exc:  # fall back to the outbox, which retries
-                self._stats.incr("publish_errors")
-                self._get_logger().warning("recovery log append failed (%s: %s)",
-                                           type(exc).__name__, exc)
-                self._close_publisher()
-                return None
+        if log is None:
+            self._send_batch(payloads)
+            return [None] * len(payloads)
+        pipe = self._publisher().pipeline(transaction=False)
+        command = pipe.spublish if self.sharded else pipe.publish
+        for payload, append in zip(payloads, logged):
+            if append:
+                log.append(pipe, payload)
+            else:
+                command(self.channel, payload)
+        try:
+            replies = pipe.execute()
+        except Exception:
+            self._close_publisher()  # reconnect (and rediscover) next time
+            raise
+        return [log.offset_from(reply) if append else None
+                for reply, append in zip(replies, logged)]
 
     def _read_recovery_log(self, read: Any, *args: Any, default: Any) -> Any:
         """Run one read of the recovery log on the publisher connection;
@@ -241,6 +252,8 @@ class RedisManager(ClusterManager):
         self._close_publisher()
         client = self._client()
         client.ping()
+        if self.recovery_log is not None:
+            self.recovery_log.load_script(client)
         self._pub = client
 
     def _close_publisher(self) -> None:

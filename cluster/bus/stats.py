@@ -14,6 +14,9 @@ Counters
     dropped_replayed      correctly signed but too old or already seen
     dropped_buffer_full   emits refused because the outage buffer was full
     dropped_unpublished   messages still buffered when the manager closed
+    delivered_unlogged    recovery-logged emits delivered on this node
+                          without their offset (the bus was slow or down;
+                          they are logged once it is back)
     handler_errors        valid messages whose local handling raised
     reconnects            successful re-connections after a bus failure
     acks_expired          ack callbacks removed because no answer came in time
@@ -36,7 +39,8 @@ import threading
 COUNTERS = (
     "published", "publish_errors", "received", "dropped_malformed",
     "dropped_unsigned", "dropped_bad_signature", "dropped_replayed",
-    "dropped_buffer_full", "dropped_unpublished", "handler_errors",
+    "dropped_buffer_full", "dropped_unpublished", "delivered_unlogged",
+    "handler_errors",
     "reconnects", "acks_expired", "requests_timed_out", "lag_samples",
 )
 GAUGES = ("buffered", "ready", "live_nodes", "pending_acks", "lag_seconds",

@@ -142,3 +142,40 @@ def test_replay_filter_follows_rooms_skip_sid_and_namespace() -> None:
     assert not message_reaches(emit(skip_sid=["a", "sid1"]), "sid1", "/", rooms)
     assert not message_reaches(emit(namespace="/chat"), "sid1", "/", rooms)
     assert not message_reaches({"method": "close_room", "room": "feed"}, "sid1", "/", rooms)
+
+
+def test_an_emit_made_during_a_redis_outage_is_replayed_to_a_recovering_client(
+        node_factory: Any, redis_server: Any, sio_client_factory: Any) -> None:
+    # the emit goes through the one publisher while Redis is frozen: it is
+    # buffered, logged in the recovery stream when Redis is back, and a
+    # client that recovers afterwards is replayed it
+    sender_node, listener_node = node_factory(count=2, env=RECOVERY)
+    listener = Peer(sio_client_factory, listener_node.url, reconnection=False)
+    received = record_room_messages(listener)
+    listener.call("join", "feed")
+    sender = Peer(sio_client_factory, sender_node.url, cls=socketio.Client)
+    sender.call("to_room", {"room": "feed", "text": "before"})
+    assert wait_for_texts(received, 1) == ["before"]
+    old_sid = listener.client.get_sid()
+    listener_node.kill(signal.SIGKILL)
+    assert listener.disconnected.wait(10)
+    redis_server.kill(signal.SIGSTOP)  # an outage that keeps Redis's data
+    try:
+        assert sender.call("to_room", {"room": "feed", "text": "during the outage"}) \
+            == sender_node.name
+    finally:
+        redis_server.kill(signal.SIGCONT)
+    client = redis_server.client(socket_timeout=5)
+    try:
+        deadline = time.monotonic() + 20
+        while not any(b"during the outage" in fields[b"p"] for _, fields
+                      in client.xrange("{flask-socketio}:recovery")):
+            assert time.monotonic() < deadline, "the outage emit was never logged"
+            time.sleep(0.1)
+    finally:
+        client.close()
+    listener.client.connect(sender_node.url, transports=["websocket"], wait_timeout=10)
+    welcome = listener.next("welcome", timeout=20)
+    assert welcome["recovered"] is True
+    assert listener.client.recovered is True and listener.client.get_sid() == old_sid
+    assert wait_for_texts(received, 2) == ["before", "during the outage"]
