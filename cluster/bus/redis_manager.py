@@ -37,6 +37,9 @@ from .errors import BusConfigurationError
 from .manager import ClusterManager
 from .runtime import Backoff
 
+#: bus messages handled back to back before the listener yields
+LISTEN_BURST = 64
+
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel",
            "redis+cluster", "rediss+cluster")
 
@@ -320,8 +323,20 @@ class RedisManager(ClusterManager):
                 client, pubsub = self._subscribe()
                 self._on_subscribed()
                 backoff.reset()
+                burst = 0
                 while not self._closed:
-                    message = pubsub.get_message(timeout=1.0)
+                    # messages already read off the socket are taken without
+                    # yielding (timeout 0), up to LISTEN_BURST: the frames
+                    # they produce then leave in one write per client at the
+                    # end of the burst, so a busy node coalesces by itself
+                    # while an idle one still delivers each message at once
+                    message = pubsub.get_message(timeout=0 if burst else 1.0)
+                    if message is None and burst:
+                        burst = 0
+                        continue
+                    burst = burst + 1 if burst < LISTEN_BURST else 0
+                    if burst == 0:
+                        self._runtime.sleep(0)  # let handlers and the flush run
                     if self._stale(client):
                         raise ConnectionError("the Redis master changed")
                     if message is None:
