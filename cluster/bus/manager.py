@@ -121,7 +121,10 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         self._first_subscribed_at = 0.0
         self._ever_subscribed = False
         self._last_received = time.monotonic()
-        self._pub_lock = threading.Lock()
+        # reentrant: a write-only publish holds it across its retries (so
+        # one thread's reconnect cannot cut another's send) and the send
+        # itself takes it again
+        self._pub_lock = threading.RLock()
         #: seconds an emit waits for its recovery offset before it is
         #: delivered locally without one (it is still logged later)
         self.offset_wait = min(2.0, publish_timeout)
@@ -297,9 +300,9 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
             outbox = self._outbox
         assert outbox is not None
         ticket = Ticket(self._runtime) if outbox.healthy else None
-        if not self._publish(message, body=body, logged=True, ticket=ticket) or ticket is None:
-            return message
-        offset = ticket.wait(self.offset_wait)
+        if not self._publish(message, body=body, logged=True, ticket=ticket):
+            return message  # the outage buffer is full: refused and counted
+        offset = ticket.wait(self.offset_wait) if ticket is not None else None
         if offset is None:
             self._stats.incr("delivered_unlogged")
             return message
@@ -376,8 +379,9 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
             self._last_backend_check = now
             self._check_backend_safely()
         try:
-            self._outbox.publish_now(body, logged=logged, timeout=self.publish_timeout,
-                                     connect=self._connect_publisher)
+            with self._pub_lock:
+                self._outbox.publish_now(body, logged=logged, timeout=self.publish_timeout,
+                                         connect=self._connect_publisher)
         except BusConfigurationError:
             raise
         except Exception as exc:
