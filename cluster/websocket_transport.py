@@ -38,6 +38,28 @@ FLUSHER = Flusher()
 PING_FRAME = frame(b"2")
 
 
+class _SpentQueue:
+    """Stands in for python-engineio's packet queue (an eventlet queue with
+    its events and locks, ~2 KiB) once the socket writes frames itself."""
+
+    __slots__ = ("_empty",)
+
+    def __init__(self, empty: type[Exception]) -> None:
+        self._empty = empty
+
+    def put(self, item: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._empty()
+
+    def task_done(self) -> None:
+        pass
+
+    def join(self, *args: Any) -> None:
+        pass
+
+
 def _packet_size(pkt: Any) -> int:
     data = pkt.data
     return len(data) + 2 if isinstance(data, (str, bytes, bytearray)) else 64
@@ -181,6 +203,8 @@ class ClusterSocket(compat.EngineSocketSeam):
                     return []
                 writer.write(self._frame(pkt))
             self.frame_writer = writer
+            # nothing reads the queue from now on: free it
+            self.queue = _SpentQueue(server.get_queue_empty_exception())
             self._read_loop(receive_frame)
         finally:
             if self.frame_writer is writer:
