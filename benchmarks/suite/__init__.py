@@ -1,0 +1,15 @@
+"""The fan-out benchmark suite against the peers (``python -m benchmarks.fanout``).
+
+========================  ===================================================
+module                    what
+========================  ===================================================
+:mod:`.procs`             child processes in their own process groups, Redis,
+                          free ports, /proc readers, the open-file limit
+:mod:`.targets`           the targets (this project, Flask-SocketIO, Node
+                          socket.io) and how to start N nodes of each
+:mod:`.loadgen`           driving ``benchmarks/node/loadgen.mjs``
+:mod:`.measures`          one function per measurement
+:mod:`.report`            machine and versions, JSON, Markdown, the PNG plot
+:mod:`.celery_sender`     the process that sends Celery tasks and Emitter emits
+========================  ===================================================
+"""
