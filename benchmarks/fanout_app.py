@@ -29,7 +29,9 @@ from cluster import SocketIO, emit, join_room
 
 app = Flask(__name__)
 app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "bench-secret-key")
-socketio = SocketIO(app)
+# each publisher socket sends hundreds of events/s, far past the node's default
+# per-connection rate limit (100/s, meant for browsers); the peers have none
+socketio = SocketIO(app, max_events_per_second=None)
 
 
 @socketio.on("join")

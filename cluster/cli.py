@@ -3,7 +3,8 @@
 ``node`` serves one socket node; ``local`` starts a whole local cluster
 (Redis, N nodes, HAProxy). Environment variables are read here, once, and
 nowhere else: ``MESSAGE_QUEUE_URL`` (then ``REDIS_URL``) for the bus,
-``CLUSTER_SIGNING_SECRET`` for message signing.
+``CLUSTER_SIGNING_SECRET`` for message signing, ``CLUSTER_*`` for the limits
+(see ``--help``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,47 @@ def build_parser() -> argparse.ArgumentParser:
                       help="bytes a client may leave unread before it is disconnected, logged "
                            "and counted as a slow consumer (default: $CLUSTER_MAX_BACKLOG, "
                            "else 1048576)")
+    # per-connection limits (cluster.limits); argparse converts the string
+    # defaults taken from the environment with the flag's type
+    node.add_argument("--max-events-per-second", type=float, metavar="N",
+                      default=os.environ.get("CLUSTER_MAX_EVENTS_PER_SECOND") or None,
+                      help="per-connection rate limit of incoming events, bursts of twice "
+                           "that; excess events are dropped and counted, a client sending "
+                           "10x the rate for 3 s is disconnected; 0 switches the limit off "
+                           "(default: $CLUSTER_MAX_EVENTS_PER_SECOND, else the app's setting, "
+                           "else 100)")
+    node.add_argument("--max-rooms-per-connection", type=int, metavar="N",
+                      default=os.environ.get("CLUSTER_MAX_ROOMS_PER_CONNECTION") or None,
+                      help="rooms one connection may be in per namespace; join_room past it "
+                           "raises RoomLimitExceeded (default: "
+                           "$CLUSTER_MAX_ROOMS_PER_CONNECTION, else the app's setting, else "
+                           "1000)")
+    node.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                      default=os.environ.get("CLUSTER_CONNECT_TIMEOUT") or None,
+                      help="close a connection that has not completed a Socket.IO CONNECT "
+                           "within this time; refused ones are closed after their "
+                           "CONNECT_ERROR (default: $CLUSTER_CONNECT_TIMEOUT, else the app's "
+                           "setting, else 45)")
+    node.add_argument("--max-replay-packets", type=int, metavar="N",
+                      default=os.environ.get("CLUSTER_MAX_REPLAY_PACKETS") or None,
+                      help="connection state recovery replays at most this many missed "
+                           "packets; past it the client gets a plain resume (default: "
+                           "$CLUSTER_MAX_REPLAY_PACKETS, else the app's setting, else 2000)")
+    node.add_argument("--max-replay-bytes", type=int, metavar="BYTES",
+                      default=os.environ.get("CLUSTER_MAX_REPLAY_BYTES") or None,
+                      help="the same bound in bytes; keep it below --max-backlog (default: "
+                           "$CLUSTER_MAX_REPLAY_BYTES, else the app's setting, else 524288)")
+    node.add_argument("--http-header-timeout", type=float, metavar="SECONDS",
+                      default=os.environ.get("CLUSTER_HTTP_HEADER_TIMEOUT") or None,
+                      help="seconds a client has to send a complete HTTP request head; 0 "
+                           "switches it off (default: $CLUSTER_HTTP_HEADER_TIMEOUT, else the "
+                           "app's setting, else 10)")
+    node.add_argument("--http-idle-timeout", type=float, metavar="SECONDS",
+                      default=os.environ.get("CLUSTER_HTTP_IDLE_TIMEOUT") or None,
+                      help="seconds a kept-alive HTTP connection, a request body or a response "
+                           "may stay silent; websockets use their ping timeout instead; 0 "
+                           "switches it off (default: $CLUSTER_HTTP_IDLE_TIMEOUT, else the "
+                           "app's setting, else 60)")
     nodelay = node.add_mutually_exclusive_group()
     nodelay.add_argument("--tcp-nodelay", dest="tcp_nodelay", action="store_true", default=None,
                          help="set TCP_NODELAY on the listening socket (the default): small "
@@ -136,6 +178,7 @@ def run_node(args: argparse.Namespace) -> int:
     )
     from .app_loader import load_socketio
     from .exceptions import ClusterError
+    from .limits import Limits
     from .node_server import serve_eventlet
 
     try:
@@ -146,8 +189,20 @@ def run_node(args: argparse.Namespace) -> int:
             "websocket_compression": args.websocket_compression,
             "session_ttl": args.session_ttl,
             "max_backlog": args.max_backlog,
+            "http_header_timeout": args.http_header_timeout,
+            "http_idle_timeout": args.http_idle_timeout,
         }
+        limits = {
+            "max_events_per_second": args.max_events_per_second,
+            "max_rooms_per_connection": args.max_rooms_per_connection,
+            "connect_timeout": args.connect_timeout,
+            "max_replay_packets": args.max_replay_packets,
+            "max_replay_bytes": args.max_replay_bytes,
+        }
+        overrides.update(limits)
         socketio.server_options.update({k: v for k, v in overrides.items() if v is not None})
+        if any(value is not None for value in limits.values()):
+            socketio.server.set_limits(Limits.from_options(socketio.server_options))
         if args.recovery_window is not None:
             recovery = dict(socketio.server_options.get("connection_state_recovery") or {})
             recovery["max_disconnection_duration"] = args.recovery_window

@@ -85,6 +85,11 @@ def websocket_compressed(ws: Any) -> bool:
     return "permessage-deflate" in (getattr(ws, "extensions", None) or {})
 
 
+def websocket_deflate_options(ws: Any) -> dict[str, Any] | None:
+    """The permessage-deflate parameters eventlet negotiated, if any."""
+    return (getattr(ws, "extensions", None) or {}).get("permessage-deflate")
+
+
 def compressed_frame(ws: Any, payload: str | bytes) -> bytes:
     """A frame of ``payload`` compressed with ``ws``'s own deflate context
     (context takeover makes compressed frames differ per socket)."""

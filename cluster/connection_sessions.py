@@ -7,10 +7,15 @@ on the node holding it and share that one object.
 
 With a store (Redis in a cluster) the fork is also persisted:
 
-- at connect it is created from the HTTP session, or, when the CONNECT
+- at connect it is forked from the HTTP session, or, when the CONNECT
   payload carries a valid resume id (``pid``), loaded from the store, the
   rooms of the old connection re-joined, and ``request.resumed`` set;
-- every change is written through before the ack or the next event;
+- it is written to the store only once the connection exists, when the
+  CONNECT reply goes out: a CONNECT that is refused, or aimed at a
+  namespace that does not exist, leaves nothing in Redis nor in the node
+  (a resumed session it claimed goes back to how it was);
+- every change is written through before the ack or the next event; a room
+  join or leave is one set operation in Redis;
 - each connection gets a fresh single-use resume id, bound to the identity
   (Flask-Login's user id, or what ``resume_identity`` returns), sent to the
   client as ``pid`` in the CONNECT reply;
@@ -23,20 +28,12 @@ in-process fork (counted and logged); it just cannot be resumed later.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from session_store import (
-    ForkedSession,
-    MemorySessionStore,
-    RedisSessionStore,
-    SessionNotFound,
-    SessionStore,
-    SessionStoreError,
-    redact,
-)
+from session_store import ForkedSession, SessionNotFound, SessionStore, SessionStoreError, redact
 
-from .connection_state import MemoryConnectionState, RedisConnectionState, empty_record
+from .bound_session import BoundSession
+from .connection_state import empty_record
 
 if TYPE_CHECKING:
     from .extension import SocketIO
@@ -48,30 +45,6 @@ ENVIRON_KEY = "cluster.connection_session"
 # connection of yours hold it? A silent node is taken as holding nothing.
 HOLDER_QUERY = "cluster:holds-session"
 HOLDER_TIMEOUT = 0.5
-DEFAULT_SESSION_TTL = 120.0
-DEFAULT_KEY_PREFIX = "sio:sess:"
-
-
-@dataclass
-class BoundSession:
-    """What a connection holds: its fork, where it is stored, its rooms."""
-
-    session: ForkedSession
-    session_id: str | None = None
-    resume_id: str | None = None
-    identity: str | None = None
-    resumed: bool = False
-    sids: dict[str, str] = field(default_factory=dict)
-    rooms: dict[str, list[str]] = field(default_factory=dict)
-    rooms_dirty: bool = False
-    # sids of the connection that was resumed, by namespace: with connection
-    # state recovery the new connection takes them over
-    previous_sids: dict[str, str] = field(default_factory=dict)
-    # offsets: the client's last one (CONNECT payload), and the stream's
-    # newest at connect per namespace, the start of a client that got nothing
-    offset: str | None = None
-    base_offsets: dict[str, str] = field(default_factory=dict)
-    recovered: bool = False
 
 
 class ConnectionSessions:
@@ -108,7 +81,7 @@ class ConnectionSessions:
         bound = environ.get(ENVIRON_KEY) if environ is not None else None
         return bool(bound is not None and bound.sids)
 
-    # -- used by the handler runner ------------------------------------------
+    # -- used by the handler runner and the server ----------------------------
 
     def session_for(self, environ: Mapping[str, Any]) -> ForkedSession | None:
         bound = environ.get(ENVIRON_KEY)
@@ -120,6 +93,16 @@ class ConnectionSessions:
         if bound is None:
             return None
         return bound.offset or bound.base_offsets.get(namespace)
+
+    def recovery_start(self, environ: Mapping[str, Any], namespace: str) -> str | None:
+        """The session's recorded start in ``namespace``: no replay before it."""
+        bound = environ.get(ENVIRON_KEY)
+        return bound.base_offsets.get(namespace) if bound is not None else None
+
+    def saved_rooms(self, environ: Mapping[str, Any], namespace: str) -> list[str]:
+        """The rooms a resumed connection gets back in ``namespace``."""
+        bound = environ.get(ENVIRON_KEY)
+        return sorted(bound.rooms.get(namespace, ())) if bound is not None else []
 
     def mark_recovered(self, environ: Mapping[str, Any]) -> None:
         bound = environ.get(ENVIRON_KEY)
@@ -150,13 +133,13 @@ class ConnectionSessions:
     def save(self, environ: Mapping[str, Any], session: Any) -> None:
         """Write the handler's changes (session and rooms) through to the store."""
         bound = environ.get(ENVIRON_KEY)
-        if bound is None or bound.session_id is None or self.store is None:
-            return
+        if bound is None or not bound.accepted or bound.session_id is None \
+                or self.store is None:
+            return  # not accepted yet: accept() writes everything at once
         try:
             if isinstance(session, ForkedSession) and session.modified:
                 self.store.save(bound.session_id, session)
-            if bound.rooms_dirty:
-                self._save_rooms(bound)
+            self._flush_rooms(bound)
         except SessionNotFound:
             logger.warning("session %s expired in the store while connected; changes stay "
                            "in this connection only", redact(bound.session_id))
@@ -169,48 +152,67 @@ class ConnectionSessions:
     # -- rooms ---------------------------------------------------------------
 
     def on_rooms_changed(self, sid: str, namespace: str, environ: Mapping[str, Any] | None,
-                         room: str, joined: bool, in_handler: bool) -> None:
+                         room: Any, joined: bool, in_handler: bool) -> None:
         """Track a local membership change; persisted now or after the handler."""
         bound = environ.get(ENVIRON_KEY) if environ is not None else None
-        if bound is None or bound.session_id is None or room == sid:
+        if bound is None or self.store is None or room == sid or not isinstance(room, str):
             return
         if namespace not in bound.sids:
             # leaving the namespace: these are the disconnect's own room exits,
             # and the rooms are exactly what a resume must restore
             return
-        rooms = bound.rooms.setdefault(namespace, [])
-        if joined and room not in rooms:
-            rooms.append(room)
-        elif not joined and room in rooms:
-            rooms.remove(room)
-        else:
-            return
-        bound.rooms_dirty = True
-        if not in_handler:
+        if not bound.note_room(namespace, room, joined):
+            return  # e.g. a resumed connection re-entering its saved rooms
+        if not in_handler and bound.accepted:
             try:
-                self._save_rooms(bound)
+                self._flush_rooms(bound)
             except SessionStoreError as exc:
                 self.counters["store_errors"] += 1
                 logger.error("could not persist rooms of %s: %s", redact(bound.session_id), exc)
 
-    def _save_rooms(self, bound: BoundSession) -> None:
+    def _flush_rooms(self, bound: BoundSession) -> None:
+        """Write the pending joins and leaves: one set operation each."""
+        if not bound.room_changes or bound.session_id is None or self.store is None:
+            return
+        changes = bound.take_room_changes()
+        added = [key for key, joined in changes.items() if joined]
+        removed = [key for key, joined in changes.items() if not joined]
+        try:
+            self.state.change_rooms(bound.session_id, added, removed, self.store.lease_ttl)
+        except Exception as exc:  # redis errors of the rooms set
+            bound.put_back_room_changes(changes)
+            raise SessionStoreError(f"rooms of the connection: {exc}") from exc
+
+    def _write_record(self, bound: BoundSession) -> None:
         if bound.session_id is None or self.store is None:
             return
         try:
-            self.state.save(bound.session_id, {"sids": bound.sids, "rooms": bound.rooms,
-                                               "base": bound.base_offsets},
+            self.state.save(bound.session_id, {"sids": bound.sids, "base": bound.base_offsets},
                             self.store.lease_ttl)
-        except Exception as exc:  # redis errors of the rooms record
-            raise SessionStoreError(f"rooms record: {exc}") from exc
-        bound.rooms_dirty = False
+        except Exception as exc:  # redis errors of the connection record
+            raise SessionStoreError(f"connection record: {exc}") from exc
+        self._flush_rooms(bound)
+
+    def _restore_rooms(self, bound: BoundSession, sid: str, namespace: str) -> None:
+        server = self.socketio.server
+        cap = server.limits.max_rooms_per_connection
+        rooms, dropped = bound.rooms_to_restore(namespace, cap)
+        if dropped:
+            # saved under a higher max_rooms_per_connection: keep what fits
+            logger.warning("connection %s had %d rooms in %s; max_rooms_per_connection=%d "
+                           "restores the first %d", sid[:8], len(rooms) + dropped, namespace,
+                           cap, cap)
+        for room in rooms:
+            server.manager.enter_room(sid, namespace, room)
 
     # -- lifecycle hooks of the server ---------------------------------------
 
     def prepare(self, namespace: str, environ: dict[str, Any], auth: Any) -> str | None:
         """Bind the connection's session before its sid exists.
 
-        Returns the sid to restore when the connection resumes one that had
-        a sid in ``namespace`` (used with connection state recovery).
+        Nothing is written yet (see :meth:`accept`). Returns the sid to
+        restore when the connection resumes one that had a sid in
+        ``namespace`` (used with connection state recovery).
         """
         bound = environ.get(ENVIRON_KEY)
         if bound is None and self.store is not None:
@@ -227,52 +229,147 @@ class ConnectionSessions:
         if bound.resumed:
             self._restore_rooms(bound, sid, namespace)
         if self.stable_resume_ids and not bound.recovered:
-            # a fresh start in this namespace: replay for a client that has
-            # received nothing yet starts from here
+            # a fresh start in this namespace: the client has received nothing
+            # before this offset, so no replay may start earlier
             last = getattr(self.socketio.server.manager, "recovery_last_offset", None)
             base = last() if callable(last) else None
             if base is not None:
                 bound.base_offsets[namespace] = base
-        if bound.session_id is not None:
-            bound.rooms_dirty = True
+            else:  # start unknown (Redis down): no recovery from this session
+                bound.base_offsets.pop(namespace, None)
+        if bound.accepted and bound.session_id is not None and self.store is not None:
+            # a later namespace of an accepted connection
             try:
-                self._save_rooms(bound)
+                if bound.expiring:
+                    self.store.persist(bound.session_id)
+                    bound.expiring = False
+                    self.local[bound.session_id] = environ
+                self._write_record(bound)
             except SessionStoreError as exc:
                 self.counters["store_errors"] += 1
                 logger.error("could not record connection %s: %s", redact(bound.session_id), exc)
 
-    def _bind(self, environ: dict[str, Any], auth: Any) -> BoundSession | None:
+    def accept(self, environ: dict[str, Any]) -> str | None:
+        """The connection exists (its CONNECT reply goes out now): persist it.
+
+        Writes the new session (with what the connect handler put in it), or
+        renews the resumed one, issues the resume id and records the sids
+        and rooms. Returns the resume id for the reply's ``pid``; ``None``
+        without a store, or when the store is down (the connection then has
+        an in-process session that cannot be resumed).
+        """
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None:
+            return None
+        if bound.accepted or self.store is None:
+            return bound.resume_id
+        bound.accepted = True
         store = self.store
+        if bound.session_id is None:
+            try:
+                mark = bound.session.change_mark
+                handle = store.create(dict(bound.session), bound.identity)
+            except SessionStoreError as exc:
+                self.counters["store_errors"] += 1
+                self.counters["forked"] += 1
+                logger.error("session store unavailable at connect (%s); this connection gets "
+                             "an in-process session that cannot be resumed", exc)
+                return None
+            bound.session.mark_saved(through=mark)
+            bound.session_id = handle.session_id
+            self.counters["persisted"] += 1
+        self.local[bound.session_id] = environ
+        try:
+            if bound.resumed:
+                store.persist(bound.session_id)  # the connected lease
+                if bound.session.modified:
+                    store.save(bound.session_id, bound.session)
+            reuse = bound.claimed_pid if self.stable_resume_ids else None
+            bound.resume_id = store.issue_resume(bound.session_id, bound.identity, reuse=reuse)
+            bound.claimed_pid = None
+            self._write_record(bound)
+        except SessionStoreError as exc:
+            self.counters["store_errors"] += 1
+            logger.error("could not record connection %s (%s); it may not be resumable",
+                         redact(bound.session_id), exc)
+        return bound.resume_id
+
+    def settle(self, namespace: str, environ: dict[str, Any], connected: bool) -> None:
+        """After a CONNECT to ``namespace``: a failed one leaves nothing behind.
+
+        A CONNECT that was refused, aimed at an unknown namespace, or that
+        failed otherwise, on a connection in no other namespace, drops the
+        binding; a session it claimed to resume goes back to how it was.
+        """
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None:
+            return
+        if connected:
+            bound.connected_once = True
+            return
+        if bound.sids or bound.connected_once:
+            return  # the binding belongs to a connection that exists
+        environ.pop(ENVIRON_KEY, None)
+        if bound.session_id is None or self.store is None:
+            return
+        try:
+            if bound.accepted and not bound.resumed:
+                # always_connect: the CONNECT reply went out before the refusal
+                self.local.pop(bound.session_id, None)
+                self.store.delete(bound.session_id)
+                self.state.delete(bound.session_id)
+            elif bound.resumed:
+                self._unclaim(bound)
+        except SessionStoreError as exc:
+            self.counters["store_errors"] += 1
+            logger.error("could not release refused session %s: %s",
+                         redact(bound.session_id), exc)
+        except Exception as exc:  # the connection record's own redis errors
+            self.counters["store_errors"] += 1
+            logger.error("could not release refused connection %s: %s",
+                         redact(bound.session_id), exc)
+
+    def _unclaim(self, bound: BoundSession) -> None:
+        store, session_id = self.store, bound.session_id
+        if store is None or session_id is None:
+            return
+        self.local.pop(session_id, None)
+        pid = bound.claimed_pid
+        if self.stable_resume_ids and pid is not None:
+            # the client keeps its pid and may come back with it: re-arm it
+            # (with the TTL the session still has) instead of spending it
+            try:
+                store.issue_resume(session_id, bound.identity, reuse=pid)
+            except SessionNotFound:
+                pass  # expired meanwhile: nothing to give back
+        else:
+            # its resume id is spent: nothing could resume the session again
+            store.delete(session_id)
+            self.state.delete(session_id)
+
+    def _bind(self, environ: dict[str, Any], auth: Any) -> BoundSession | None:
         app = self.socketio.app
-        if app is None or store is None:
+        if app is None or self.store is None:
             return None
         with app.request_context(environ) as context:
             http_session = dict(context.session)
             identity = self._identity(auth, http_session)
         pid = auth.get("pid") if isinstance(auth, dict) else None
         bound: BoundSession | None = None
-        try:
-            if pid is not None:
+        if pid is not None:
+            try:
                 bound = self._resume(pid, identity)
-            if bound is not None:
-                reuse = pid if self.stable_resume_ids else None
-            else:
-                handle = store.create(http_session, identity)
-                bound = BoundSession(session=handle.session, session_id=handle.session_id,
-                                     identity=identity)
-                self.counters["persisted"] += 1
-                reuse = None
-            session_id = bound.session_id or ""  # set on both paths above
-            bound.resume_id = store.issue_resume(session_id, identity, reuse=reuse)
-        except SessionStoreError as exc:
-            self.counters["store_errors"] += 1
-            logger.error("session store unavailable at connect (%s); this connection gets "
-                         "an in-process session that cannot be resumed", exc)
-            return None
+            except SessionStoreError as exc:
+                self.counters["store_errors"] += 1
+                logger.error("session store unavailable at connect (%s); the resume id is "
+                             "not checked and this connection gets a new session", exc)
+        if bound is None:
+            # in the process only until the connection is accepted
+            bound = BoundSession(session=ForkedSession(http_session, new=True),
+                                 identity=identity)
         if isinstance(auth, dict) and isinstance(auth.get("offset"), str):
             bound.offset = auth["offset"]
         environ[ENVIRON_KEY] = bound
-        self.local[session_id] = environ
         return bound
 
     def _resume(self, pid: Any, identity: str | None) -> BoundSession | None:
@@ -294,7 +391,6 @@ class ConnectionSessions:
         if session is None:
             self.counters["resume_refused"] += 1
             return None
-        store.persist(result.session_id)
         try:
             record = self.state.load(result.session_id)
         except Exception as exc:  # a missing record only loses the rooms
@@ -303,7 +399,8 @@ class ConnectionSessions:
             record = empty_record()
         self.counters["resumed"] += 1
         return BoundSession(session=session, session_id=result.session_id, identity=identity,
-                            resumed=True, rooms=record["rooms"],
+                            resumed=True, claimed_pid=pid,
+                            rooms={ns: set(rooms) for ns, rooms in record["rooms"].items()},
                             previous_sids=record["sids"], base_offsets=record["base"])
 
     def _held_by_a_live_connection(self, session_id: str) -> bool:
@@ -322,11 +419,6 @@ class ConnectionSessions:
         except ClusterRequestError:
             return False
         return any(answer is True for answer in answers)
-
-    def _restore_rooms(self, bound: BoundSession, sid: str, namespace: str) -> None:
-        server = self.socketio.server
-        for room in list(bound.rooms.get(namespace, [])):
-            server.manager.enter_room(sid, namespace, room)
 
     def _identity(self, auth: Any, http_session: Mapping[str, Any]) -> str | None:
         if self.identity_loader is not None:
@@ -349,11 +441,13 @@ class ConnectionSessions:
         if bound is None:
             return
         bound.sids.pop(namespace, None)
-        if bound.sids or bound.session_id is None or self.store is None:
+        if bound.sids or not bound.accepted or bound.session_id is None or self.store is None:
             return
         self.local.pop(bound.session_id, None)
+        bound.expiring = True
         # the last namespace of the connection is gone: the resume window opens
         try:
+            self._flush_rooms(bound)
             self.store.expire(bound.session_id)
             self.state.expire(bound.session_id, self.store.ttl)
         except SessionStoreError as exc:
@@ -363,43 +457,3 @@ class ConnectionSessions:
         except Exception as exc:  # the rooms record's own redis errors
             self.counters["store_errors"] += 1
             logger.error("could not expire rooms of %s: %s", redact(bound.session_id), exc)
-
-
-def create_connection_sessions(socketio: "SocketIO", options: Mapping[str, Any]) -> ConnectionSessions:
-    """The session binding for the extension's options.
-
-    ``session_store``: a :class:`session_store.SessionStore`, ``"memory"``,
-    or ``None`` (default: Redis when the bus URL is a Redis URL, else
-    in-connection forks only). ``session_ttl`` (default 120 s) is how long a
-    session may be resumed after its connection ends; ``session_key_prefix``
-    (default ``"sio:sess:"``) namespaces the keys.
-    """
-    recovery = options.get("connection_state_recovery")
-    default_ttl = DEFAULT_SESSION_TTL
-    if isinstance(recovery, dict) and recovery.get("max_disconnection_duration"):
-        # a session must outlive the window in which its client may recover
-        default_ttl = float(recovery["max_disconnection_duration"])
-    ttl = float(options.get("session_ttl") or default_ttl)
-    prefix = options.get("session_key_prefix") or DEFAULT_KEY_PREFIX
-    identity_loader = options.get("resume_identity")
-    store = options.get("session_store")
-    if store is None:
-        url = options.get("redis_url") or options.get("message_queue")
-        if isinstance(url, str) and url.split(":", 1)[0] in ("redis", "rediss", "unix"):
-            store = RedisSessionStore(url, key_prefix=prefix, ttl=ttl,
-                                      redis_options=options.get("message_queue_options"))
-    elif store == "memory":
-        store = MemorySessionStore(key_prefix=prefix, ttl=ttl)
-    if store is None:
-        return ConnectionSessions(socketio, identity_loader=identity_loader)
-    if isinstance(store, RedisSessionStore):
-        state: Any = RedisConnectionState(store.redis, store.key_prefix)
-    else:
-        state = MemoryConnectionState()
-    sessions = ConnectionSessions(socketio, store=store, state=state,
-                                  identity_loader=identity_loader,
-                                  stable_resume_ids=bool(options.get("connection_state_recovery")))
-    cluster = getattr(socketio.server.manager, "cluster", None) if socketio.server else None
-    if cluster is not None:
-        cluster.on(HOLDER_QUERY, sessions.holds)
-    return sessions

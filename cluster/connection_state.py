@@ -5,12 +5,21 @@ needs besides its forked session (its sid and rooms in each namespace) lives
 here, under the same key prefix and with the same TTL rules as the session:
 a long lease while connected, the resume window once the connection ends.
 
-Stored as one JSON string per session::
+Two Redis keys per session:
 
-    {"sids": {"<namespace>": "<sid>"}, "rooms": {"<namespace>": ["room", ...]},
-     "base": {"<namespace>": "<recovery offset at connect>"}}
+- ``<prefix>conn:<session id>``, a JSON string written at connect (it
+  changes only then)::
 
-Only JSON is ever read back; anything else reads as an empty record.
+      {"sids": {"<namespace>": "<sid>"},
+       "base": {"<namespace>": "<recovery offset at connect>"}}
+
+- ``<prefix>conn:<session id>:rooms``, a set of ``["<namespace>", "<room>"]``
+  JSON members. A join is one ``SADD`` and a leave one ``SREM``, whatever
+  the number of rooms the connection is in (rewriting one record per join
+  made a join at 4,000 rooms write 41 KB).
+
+Records written by earlier versions (rooms inside the JSON) still load.
+Only JSON is ever read back; anything else reads as empty.
 """
 
 from __future__ import annotations
@@ -19,11 +28,12 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Iterable
 
 logger = logging.getLogger("cluster.sessions")
 
 ConnectionRecord = dict[str, dict[str, Any]]
+RoomKey = tuple[str, str]  # (namespace, room)
 
 
 def empty_record() -> ConnectionRecord:
@@ -43,7 +53,7 @@ def _decode(raw: Any) -> ConnectionRecord:
         if isinstance(mapping, dict):
             record[key] = {ns: text for ns, text in mapping.items()
                            if isinstance(ns, str) and isinstance(text, str)}
-    rooms = value.get("rooms")
+    rooms = value.get("rooms")  # the layout before the rooms set
     if isinstance(rooms, dict):
         record["rooms"] = {
             ns: [room for room in members if isinstance(room, str)]
@@ -53,8 +63,31 @@ def _decode(raw: Any) -> ConnectionRecord:
     return record
 
 
+def encode_member(namespace: str, room: str) -> str:
+    return json.dumps([namespace, room])
+
+
+def _add_members(record: ConnectionRecord, members: Iterable[Any]) -> ConnectionRecord:
+    rooms: dict[str, list[str]] = record["rooms"]
+    for raw in members:
+        try:
+            value = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(value, list) and len(value) == 2 \
+                and all(isinstance(part, str) for part in value):
+            namespace_rooms = rooms.setdefault(value[0], [])
+            if value[1] not in namespace_rooms:
+                namespace_rooms.append(value[1])
+    return record
+
+
+def _ms(ttl: float) -> int:
+    return max(1, int(ttl * 1000))
+
+
 class RedisConnectionState:
-    """Connection records in Redis (``<prefix>conn:<session id>``)."""
+    """Connection records and room sets in Redis (see the module doc)."""
 
     def __init__(self, redis_client: Any, key_prefix: str) -> None:
         self.redis = redis_client
@@ -63,16 +96,48 @@ class RedisConnectionState:
     def key(self, session_id: str) -> str:
         return f"{self.key_prefix}conn:{session_id}"
 
+    def rooms_key(self, session_id: str) -> str:
+        return f"{self.key_prefix}conn:{session_id}:rooms"
+
     def save(self, session_id: str, record: ConnectionRecord, ttl: float) -> None:
-        self.redis.set(self.key(session_id), json.dumps(record, sort_keys=True),
-                       px=max(1, int(ttl * 1000)))
+        """Write the sids and base offsets (not the rooms) and renew both TTLs."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.key(session_id),
+                 json.dumps({"sids": record["sids"], "base": record["base"]}, sort_keys=True),
+                 px=_ms(ttl))
+        pipe.pexpire(self.rooms_key(session_id), _ms(ttl))
+        pipe.execute()
+
+    def change_rooms(self, session_id: str, added: list[RoomKey], removed: list[RoomKey],
+                     ttl: float) -> None:
+        """Apply joins and leaves: O(changes) in one round trip."""
+        if not added and not removed:
+            return
+        key = self.rooms_key(session_id)
+        pipe = self.redis.pipeline(transaction=False)
+        if added:
+            pipe.sadd(key, *(encode_member(ns, room) for ns, room in added))
+        if removed:
+            pipe.srem(key, *(encode_member(ns, room) for ns, room in removed))
+        pipe.pexpire(key, _ms(ttl))  # a set created by SADD has no TTL yet
+        pipe.execute()
 
     def load(self, session_id: str) -> ConnectionRecord:
-        raw = self.redis.get(self.key(session_id))
-        return _decode(raw) if raw is not None else empty_record()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.key(session_id))
+        pipe.smembers(self.rooms_key(session_id))
+        raw, members = pipe.execute()
+        record = _decode(raw) if raw is not None else empty_record()
+        return _add_members(record, members or ())
 
     def expire(self, session_id: str, ttl: float) -> None:
-        self.redis.pexpire(self.key(session_id), max(1, int(ttl * 1000)))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.pexpire(self.key(session_id), _ms(ttl))
+        pipe.pexpire(self.rooms_key(session_id), _ms(ttl))
+        pipe.execute()
+
+    def delete(self, session_id: str) -> None:
+        self.redis.delete(self.key(session_id), self.rooms_key(session_id))
 
 
 class MemoryConnectionState:
@@ -80,22 +145,45 @@ class MemoryConnectionState:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: dict[str, tuple[str, float]] = {}
+        self._items: dict[str, tuple[str, set[RoomKey], float]] = {}
+
+    def _live(self, session_id: str) -> tuple[str, set[RoomKey], float] | None:
+        item = self._items.get(session_id)
+        if item is not None and item[2] < time.monotonic():
+            del self._items[session_id]
+            return None
+        return item
 
     def save(self, session_id: str, record: ConnectionRecord, ttl: float) -> None:
         with self._lock:
-            self._items[session_id] = (json.dumps(record), time.monotonic() + ttl)
+            item = self._live(session_id)
+            rooms = item[1] if item is not None else set()
+            raw = json.dumps({"sids": record["sids"], "base": record["base"]})
+            self._items[session_id] = (raw, rooms, time.monotonic() + ttl)
+
+    def change_rooms(self, session_id: str, added: list[RoomKey], removed: list[RoomKey],
+                     ttl: float) -> None:
+        with self._lock:
+            item = self._live(session_id)
+            raw, rooms = (item[0], item[1]) if item is not None else ("{}", set())
+            rooms.update(added)
+            rooms.difference_update(removed)
+            self._items[session_id] = (raw, rooms, time.monotonic() + ttl)
 
     def load(self, session_id: str) -> ConnectionRecord:
         with self._lock:
-            item = self._items.get(session_id)
-            if item is None or item[1] < time.monotonic():
-                self._items.pop(session_id, None)
+            item = self._live(session_id)
+            if item is None:
                 return empty_record()
-            return _decode(item[0])
+            record = _decode(item[0])
+            return _add_members(record, (encode_member(ns, room) for ns, room in item[1]))
 
     def expire(self, session_id: str, ttl: float) -> None:
         with self._lock:
-            item = self._items.get(session_id)
+            item = self._live(session_id)
             if item is not None:
-                self._items[session_id] = (item[0], time.monotonic() + ttl)
+                self._items[session_id] = (item[0], item[1], time.monotonic() + ttl)
+
+    def delete(self, session_id: str) -> None:
+        with self._lock:
+            self._items.pop(session_id, None)

@@ -5,7 +5,9 @@ The tree::
     ClusterError
     ├── ConfigurationError      the extension or the runner was set up wrongly
     ├── AppLoadError            ``--app MODULE:ATTR`` could not be resolved
-    └── NotInHandlerError       a context function was called outside a handler
+    ├── NotInHandlerError       a context function was called outside a handler
+    └── LimitExceeded           a per-connection limit of cluster.limits
+        └── RoomLimitExceeded   join_room past max_rooms_per_connection
 
 ``ConnectionRefusedError`` is python-socketio's own class, re-exported so that
 ``from cluster import ConnectionRefusedError`` behaves exactly like
@@ -21,7 +23,9 @@ __all__ = [
     "ClusterError",
     "ConfigurationError",
     "ConnectionRefusedError",
+    "LimitExceeded",
     "NotInHandlerError",
+    "RoomLimitExceeded",
 ]
 
 
@@ -51,4 +55,27 @@ class NotInHandlerError(ClusterError, RuntimeError):
             "there is no current connection. Call it from a handler, or pass "
             "the target explicitly (to=/sid=/namespace=), or use the "
             "SocketIO object's method of the same name."
+        )
+
+
+class LimitExceeded(ClusterError):
+    """A connection reached one of the node's per-connection limits."""
+
+
+class RoomLimitExceeded(LimitExceeded):
+    """``join_room`` would put a connection in more rooms than allowed.
+
+    Raised in the handler that called ``join_room``; the connection stays
+    in the rooms it had. ``sid``, ``namespace`` and ``limit`` say which.
+    """
+
+    def __init__(self, sid: str, namespace: str, limit: int) -> None:
+        self.sid = sid
+        self.namespace = namespace
+        self.limit = limit
+        super().__init__(
+            f"Connection {sid[:8]} is already in {limit} rooms of namespace "
+            f"{namespace!r}, the max_rooms_per_connection limit. Leave rooms first, or "
+            "raise the limit with SocketIO(max_rooms_per_connection=...) or "
+            "--max-rooms-per-connection if the application needs more."
         )

@@ -22,7 +22,8 @@ from .exceptions import ConfigurationError
 from .handler_context import HandlerRunner
 from .health import HealthMiddleware, NodeState
 from .node_server import DeclineCompressionMiddleware
-from .server import ClusterServer, create_server
+from .server import ClusterServer
+from .server_setup import create_server
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,7 +65,27 @@ class SocketIO:
     :param resume_identity: ``f(auth) -> str | None``, the identity a resume
         id is bound to; default Flask-Login's user id from the HTTP session.
     :param max_events_per_second: per-connection rate limit of incoming
-        events (default ``None``: no limit).
+        events. Default 100 a second with bursts of 200: far above what a
+        person types, far below a flood. Excess events are dropped and
+        counted (``rate_limited_events``), logged at most once per
+        connection every 10 s; a client sending 10x the rate for 3 s is
+        disconnected (``flood_disconnects``). ``None`` or ``0`` switches the
+        limit off.
+    :param max_rooms_per_connection: rooms one connection may be in per
+        namespace, its own room not counted (default 1,000). ``join_room``
+        past it raises :class:`cluster.exceptions.RoomLimitExceeded` in the
+        handler that called it.
+    :param connect_timeout: seconds an Engine.IO connection has to complete
+        a Socket.IO CONNECT before it is closed (default 45, as socket.io);
+        a connection whose CONNECT was refused is closed a second after the
+        CONNECT_ERROR, one that left its last namespace gets the timeout
+        again.
+    :param max_replay_packets: connection state recovery replays at most
+        this many missed packets (default 2,000); a client that missed more
+        gets a plain resume (session and rooms, no replay), logged and
+        counted (``recovery_over_limit``).
+    :param max_replay_bytes: the same bound in bytes (default 512 KiB; keep
+        it below ``max_backlog``, or a replay to a slow client is cut).
     :param websocket_compression: accept permessage-deflate when a client
         offers it. Default ``False``: browsers always offer it, and it costs
         2.5-3x CPU and memory per delivery.
@@ -74,6 +95,11 @@ class SocketIO:
         could not hand to its socket yet) before it is disconnected, logged
         and counted as ``slow_consumers``. Default 1 MiB: a stalled or
         hostile reader cannot grow the node's memory beyond that.
+    :param http_header_timeout: seconds a client has to send a complete HTTP
+        request head (default 10); ``0`` or ``None`` switches it off.
+    :param http_idle_timeout: seconds a kept-alive HTTP connection, a
+        request body or a response may stay silent (default 60); upgraded
+        websockets use their ping timeout instead.
     :param max_connections: concurrent connections one node serves under
         eventlet. Default 100,000 (eventlet's own default is 1,024, after which
         new connections silently hang).

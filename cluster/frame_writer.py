@@ -200,10 +200,16 @@ class FrameWriter:
             sleep(0.005)
         return not self._pending
 
-    def close(self) -> None:
-        """Stop writing and shut the connection down (the reader sees EOF)."""
+    def close(self, flush: bool = True) -> None:
+        """Stop writing and shut the connection down (the reader sees EOF).
+
+        ``flush``: first hand what is pending (a close frame, say) to the
+        kernel if it takes it without waiting.
+        """
         if self.closed:
             return
+        if flush and self._pending and not self._draining:
+            self._send_pending()
         self.closed = True
         self._pending = []
         self._pending_bytes = 0
@@ -215,7 +221,7 @@ class FrameWriter:
 
     def _overflow(self) -> None:
         backlog = self._pending_bytes
-        self.close()
+        self.close(flush=False)
         if self._on_overflow is not None:
             from eventlet import spawn_n
 
@@ -227,4 +233,4 @@ class FrameWriter:
         if not isinstance(exc, OSError) or exc.errno not in (
                 errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
             logger.debug("websocket write failed: %s", exc)
-        self.close()  # the reader sees EOF and runs the disconnect
+        self.close(flush=False)  # the reader sees EOF and runs the disconnect

@@ -11,6 +11,11 @@ Defaults a user would otherwise find the hard way:
   after a first waits for the peer's delayed ACK (~40 ms).
 - permessage-deflate is declined unless ``websocket_compression=True``
   (see :class:`DeclineCompressionMiddleware`).
+- ``http_header_timeout`` (default 10 s) and ``http_idle_timeout`` (default
+  60 s): without them (eventlet's ``socket_timeout=None``) a connection that
+  never completes its request head is kept forever, and with 100,000
+  connections allowed one stranger can hold them all. See
+  :func:`http_protocol`.
 - SIGTERM/SIGINT stop the node: readiness turns false, the listener closes,
   clients are disconnected (they reconnect to another node) and pending
   session writes are flushed before the process exits.
@@ -25,6 +30,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from .exceptions import ConfigurationError
+
 if TYPE_CHECKING:
     import flask
 
@@ -34,6 +41,14 @@ logger = logging.getLogger("cluster.node")
 
 DEFAULT_MAX_CONNECTIONS = 100_000
 DEFAULT_BACKLOG = 2048
+#: seconds a client has to send a complete request head (HAProxy's
+#: ``timeout http-request`` in the shipped config is 10 s too)
+DEFAULT_HTTP_HEADER_TIMEOUT = 10.0
+#: seconds an HTTP connection may stay silent: between keep-alive requests,
+#: or with a request body or a response stuck; longer than a balancer's
+#: own keep-alive timeout, so that the balancer, not the node, closes
+#: first and never sends a request into a closing connection
+DEFAULT_HTTP_IDLE_TIMEOUT = 60.0
 
 
 class DeclineCompressionMiddleware:
@@ -80,20 +95,106 @@ def listen(host: str, port: int, *, tcp_nodelay: bool = True, backlog: int = DEF
     return sock
 
 
-def http_protocol() -> Any:
-    """eventlet's ``HttpProtocol`` with small per-connection buffers.
+def _timeout_option(options: dict[str, Any], key: str, default: float) -> float | None:
+    """``options[key]`` in seconds; ``None`` when switched off (None or 0)."""
+    value = options.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigurationError(
+            f"{key}={value!r}: use a number of seconds (default {default:g}), or None or 0 "
+            f"to switch the timeout off.")
+    return float(value) or None
 
-    eventlet keeps a buffered reader (8 KiB) and writer (16 KiB) for every
-    connection for its whole life, though a websocket uses neither after
-    its handshake: 24 KiB of each idle websocket's ~54 KiB. 2 KiB each still
-    holds an HTTP request head or a polling response in one read or write;
-    larger bodies bypass the buffers anyway.
+
+def http_protocol(header_timeout: float | None = DEFAULT_HTTP_HEADER_TIMEOUT,
+                  idle_timeout: float | None = DEFAULT_HTTP_IDLE_TIMEOUT) -> Any:
+    """eventlet's ``HttpProtocol`` with small buffers and request timeouts.
+
+    Buffers: eventlet keeps a buffered reader (8 KiB) and writer (16 KiB)
+    for every connection for its whole life, though a websocket uses
+    neither after its handshake: 24 KiB of each idle websocket's ~54 KiB.
+    2 KiB each still holds an HTTP request head or a polling response in
+    one read or write; larger bodies bypass the buffers anyway.
+
+    Timeouts (``None`` switches one off):
+
+    ``header_timeout``
+        a deadline for the whole request head, from the connection's accept
+        (first request) or from the first byte of the request (later ones
+        on a kept-alive connection) to its blank line. A deadline, not a
+        socket timeout: a socket timeout restarts with every byte, so a
+        client dribbling one byte every few seconds would never hit it.
+    ``idle_timeout``
+        how long a kept-alive connection may wait for its next request, and
+        (as eventlet's ``socket_timeout``, which restarts with every byte)
+        how long a request body or a response may stall.
+
+    Neither touches what the application does once the head is read: a
+    long-polling GET waits in python-engineio (up to ``ping_interval``)
+    without reading the socket, and an upgraded websocket sets its own
+    socket timeout (``ping_interval + ping_timeout``, see
+    :mod:`.websocket_transport`). eventlet offers only per-operation socket
+    timeouts (``socket_timeout``, a numeric ``keepalive``), hence the head
+    deadline here, as an ``eventlet.Timeout`` armed around the read of the
+    head and cancelled in :meth:`get_environ`, which eventlet calls once the
+    head is complete and before the application runs.
     """
+    import eventlet
     import eventlet.wsgi
 
     class NodeHttpProtocol(eventlet.wsgi.HttpProtocol):
         rbufsize = 2048
         wbufsize = 2048
+        _head_timer: Any = None
+        _requests = 0
+
+        def handle_one_request(self) -> None:
+            if self._requests and not self._next_request_arrives():
+                self.close_connection = 1
+                return
+            self._requests += 1
+            timer = self._head_timer = (
+                eventlet.Timeout(header_timeout) if header_timeout else None)
+            try:
+                super().handle_one_request()
+            except eventlet.Timeout as exc:
+                if exc is not timer:
+                    raise
+                self.close_connection = 1
+                # debug only: a flood of these must not flood the log
+                logger.debug("closed %s: no complete request head within %.1f s",
+                             self.client_address, header_timeout)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                self._head_timer = None
+
+        def get_environ(self) -> dict[str, Any]:
+            # the head is complete: the request now belongs to the application
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            environ: dict[str, Any] = super().get_environ()
+            return environ
+
+        def _next_request_arrives(self) -> bool:
+            """Wait (up to the idle timeout) for the next request's first byte."""
+            if self.rfile.closed:
+                return False
+            if not idle_timeout:
+                return True
+            timer = eventlet.Timeout(idle_timeout)
+            try:
+                return bool(self.rfile.peek(1))  # b"": the client closed
+            except eventlet.Timeout as exc:
+                if exc is not timer:
+                    raise
+                return False
+            except OSError:  # reset by the peer, or the socket timeout
+                return False
+            finally:
+                timer.cancel()
 
     return NodeHttpProtocol
 
@@ -151,13 +252,18 @@ def serve_eventlet(socketio: "SocketIO", wsgi_app: Callable[..., Any], host: str
     if options.get("max_backlog") is not None:
         socketio.server.eio.set_max_backlog(options["max_backlog"])
     socketio.server.initialize_manager()
+    header_timeout = _timeout_option(options, "http_header_timeout", DEFAULT_HTTP_HEADER_TIMEOUT)
+    idle_timeout = _timeout_option(options, "http_idle_timeout", DEFAULT_HTTP_IDLE_TIMEOUT)
     sock = listen(host, port, tcp_nodelay=options.get("tcp_nodelay", True))
     stop_requested = watch_stop_signals(socketio)
     server_thread = eventlet.spawn(
         eventlet.wsgi.server, sock, wsgi_app,
         max_size=options.get("max_connections", DEFAULT_MAX_CONNECTIONS),
         log_output=log_output, log=logging.getLogger("cluster.access"),
-        socket_timeout=None, debug=False, protocol=http_protocol(),
+        # per socket operation, restarted by every byte: bounds a stalled
+        # body or response; websockets replace it with their ping timeout
+        socket_timeout=idle_timeout, debug=False,
+        protocol=http_protocol(header_timeout, idle_timeout),
     )
     socketio.wsgi_server = server_thread
     logger.info("Node listening on http://%s:%s", host, port)

@@ -10,11 +10,21 @@ Socket.IO 4.6+ semantics, across the cluster:
   ``offset`` is replayed, in order, before anything new, and the official
   client reports ``socket.recovered === true``.
 
-The gap between "rooms restored" and "replay read" is closed by buffering:
-from the moment the recovering connection is registered, packets for it are
-held; the replay is read after the rooms are back, and held packets whose
-offset the replay already covered are dropped, so every packet arrives
-exactly once.
+Only the client's own history is replayed: the offset must be in the
+stream and no older than the session's recorded start (the stream's newest
+offset when the session first connected), and nothing after it may have
+been trimmed. The replay is read before the connection is accepted, bounded
+in packets (``max_replay_packets``, default 2,000) and bytes
+(``max_replay_bytes``, default 512 KiB); past a bound, or from an offset
+that cannot be trusted, the client gets a plain resume (its session and
+rooms, a new sid, ``recovered`` false), the reason is logged and counted
+(``recovery_failed``, ``recovery_over_limit``).
+
+The gap between "replay read" and "connection registered" is closed by
+buffering: from the moment the recovering connection is registered, packets
+for it are held; after the connect the few entries logged since the replay
+was read are read too, and held packets whose offset the replay already
+covered are dropped, so every packet arrives exactly once.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from socketio import packet as sio_packet
 from socketio.packet import Packet
@@ -107,7 +117,10 @@ def message_reaches(message: dict[str, Any], sid: str, namespace: str,
     target = message.get("room")
     if target is None:
         return True
-    member_of = set(rooms) | {sid}
+    if isinstance(rooms, (set, frozenset)) and sid in rooms:
+        member_of = rooms  # prepared by the caller: no copy per message
+    else:
+        member_of = set(rooms) | {sid}
     if isinstance(target, list):
         return any(room in member_of for room in target)
     return target in member_of
@@ -159,3 +172,99 @@ def newer(offset: str, than: str | None) -> bool:
     a_ms, a_seq = (int(part) for part in offset.split("-"))
     b_ms, b_seq = (int(part) for part in than.split("-"))
     return (a_ms, a_seq) > (b_ms, b_seq)
+
+
+# -- bounded replay ------------------------------------------------------------
+
+#: stream entries read per round trip while a replay is collected
+REPLAY_PAGE = 256
+#: entries a replay may scan (most may be for other rooms), per packet allowed
+SCAN_FACTOR = 10
+
+#: a page of the recovery stream: ``(offset, message or None, size in bytes)``
+#: (``None``: an entry that failed its signature check); ``None`` when the
+#: stream cannot be read
+PageReader = Callable[[str, int], "list[tuple[str, dict[str, Any] | None, int]] | None"]
+
+
+@dataclass
+class Replay:
+    """What a recovering connection is sent, read before it is accepted.
+
+    ``refused`` says why the connection gets a plain resume instead (then
+    nothing is sent); ``covered`` is the last offset read, so the packets
+    held meanwhile that it covers are not sent twice.
+    """
+
+    packets: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    covered: str | None = None
+    size: int = 0
+    scanned: int = 0
+    refused: str | None = None
+    #: refused for a bound (not because the log could not be read)
+    over_limit: bool = False
+
+
+def read_replay(read_page: PageReader, offset: str, sid: str, namespace: str,
+                rooms: Iterable[str], *, max_packets: int, max_bytes: int,
+                pause: Callable[[], Any] = lambda: None) -> Replay:
+    """Collect the packets after ``offset`` that reach ``sid``, within bounds.
+
+    At most ``max_packets`` packets and ``max_bytes`` bytes, scanning at most
+    ``SCAN_FACTOR * max_packets`` entries, a page at a time (``pause`` runs
+    between pages so the event loop serves others while a long log is
+    read). Past a bound the replay is refused rather than cut short: a
+    client missing part of its history must not be told it recovered.
+    """
+    replay = Replay()
+    members = frozenset(rooms) | {sid}
+    cursor = offset
+    max_scanned = SCAN_FACTOR * max_packets
+    while True:
+        page = read_page(cursor, REPLAY_PAGE)
+        if page is None:
+            replay.refused = "the recovery log is unreadable"
+            return replay
+        for entry_offset, message, size in page:
+            replay.scanned += 1
+            replay.covered = entry_offset
+            if message is not None and message_reaches(message, sid, namespace, members):
+                replay.packets.append((entry_offset, message))
+                replay.size += size
+                if len(replay.packets) > max_packets:
+                    replay.refused = f"more than max_replay_packets={max_packets} packets missed"
+                elif replay.size > max_bytes:
+                    replay.refused = f"more than max_replay_bytes={max_bytes} bytes missed"
+            elif replay.scanned > max_scanned:
+                replay.refused = (f"more than {max_scanned} logged packets to scan "
+                                  f"(SCAN_FACTOR x max_replay_packets)")
+            if replay.refused is not None:
+                replay.packets = []
+                replay.over_limit = True
+                return replay
+        if len(page) < REPLAY_PAGE:
+            return replay
+        cursor = page[-1][0]
+        pause()
+
+
+def trustworthy_offset(offset: Any, start: str | None, exists: Callable[[str], bool],
+                       readable: Callable[[str], bool]) -> str | None:
+    """Why a replay from ``offset`` cannot be trusted, or ``None`` if it can.
+
+    The offset must be one the server could have sent this session: no
+    older than the session's recorded ``start`` and present in the stream
+    (``start`` itself, where a client that received nothing resumes, need
+    not be), and nothing after it may have been trimmed.
+    """
+    if start is None:
+        return "the session has no recorded start"
+    if not isinstance(offset, str) or not OFFSET_RE.match(offset) or not OFFSET_RE.match(start):
+        return "malformed offset"
+    if newer(start, offset):
+        return "offset older than the session's start"
+    if offset != start and not exists(offset):
+        return "offset not in the recovery log"
+    if not readable(offset):
+        return "packets after the offset were trimmed"
+    return None

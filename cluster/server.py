@@ -3,10 +3,13 @@
 :class:`ClusterServer` adds to the stock server:
 
 - the forked session's lifecycle: bound at connect (a new fork, or a resume),
-  released when a connect is refused, expired when the connection ends;
+  persisted only once the connection exists (nothing is left by a refused
+  CONNECT or one to an unknown namespace), expired when the connection ends;
 - a clear, counted rejection of malformed packets (the client is
   disconnected, as socket.io does on a parse error) instead of a traceback;
-- a per-connection event rate limit (off unless ``max_events_per_second``);
+- the per-connection limits of :mod:`cluster.limits`: an event rate limit
+  (on by default, 100/s), a cap on rooms per connection, a connect timeout,
+  and bounded recovery replays;
 - swapping the client manager before the first connection, so the node
   runner can join an already-built application to the bus;
 - in-process delivery to :class:`cluster.testing.SocketIOTestClient`.
@@ -15,7 +18,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -23,10 +25,12 @@ import flask
 import socketio
 from socketio import packet as sio_packet
 
+from .connect_deadlines import ConnectDeadlines
 from .engine import ClusterEngineServer
-from .exceptions import ConfigurationError
-from .recovery import (PacketHold, RecoveryOptions, message_reaches, namespace_of, newer,
-                       offset_of, replay_packet)
+from .exceptions import ConfigurationError, RoomLimitExceeded
+from .limits import ALLOW, FLOOD, FLOOD_FACTOR, FLOOD_SECONDS, Limits, RateLimiter
+from .recovery import PacketHold, RecoveryOptions
+from .recovery_flow import RecoveryFlow
 
 if TYPE_CHECKING:
     from .extension import SocketIO
@@ -38,91 +42,26 @@ EXTENSION_OPTIONS = frozenset({
     "message_queue_options", "signing_secret", "session_store", "session_ttl",
     "session_key_prefix", "connection_state_recovery",
     "websocket_compression", "tcp_nodelay", "max_connections",
-    "max_events_per_second", "max_backlog", "redis_url", "path", "resource", "resume_identity", "node_name",
+    "max_events_per_second", "max_backlog", "redis_url", "path", "resource", "resume_identity",
+    "node_name", "max_rooms_per_connection", "connect_timeout", "max_replay_packets",
+    "max_replay_bytes", "http_header_timeout", "http_idle_timeout",
 })
-DEFAULT_CHANNEL = "flask-socketio"
-
-
-def default_async_mode() -> str:
-    """``eventlet`` when eventlet has patched the process, else ``threading``.
-
-    The node runner monkey-patches before importing the application, so the
-    same module serves production under eventlet and unit tests (or
-    ``flask run``) with threads, without an ``async_mode`` argument.
-    """
-    if "eventlet" not in sys.modules:
-        # not imported means not patched; importing it here would only
-        # print eventlet's deprecation warning in threaded processes
-        return "threading"
-    from eventlet.patcher import is_monkey_patched
-
-    return "eventlet" if is_monkey_patched("socket") else "threading"
-
-
-def build_manager(options: dict[str, Any], *, write_only: bool) -> Any:
-    """The client manager for ``options``: a bus manager or a local one."""
-    from .bus import LocalManager, create_manager
-
-    url = options.get("message_queue")
-    if not url:
-        return LocalManager()
-    recovery = RecoveryOptions.from_option(options.get("connection_state_recovery"))
-    settings: dict[str, Any] = {}
-    if options.get("node_name"):
-        settings["node_name"] = options["node_name"]
-    if recovery is not None:
-        settings["recovery_window"] = recovery.max_disconnection_duration
-    return create_manager(
-        url,
-        channel=options.get("channel") or DEFAULT_CHANNEL,
-        write_only=write_only,
-        signing_secret=options.get("signing_secret"),
-        options=options.get("message_queue_options"),
-        logger=logging.getLogger("cluster.bus"),
-        **settings,
-    )
-
-
-def create_server(ext: "SocketIO", app: "flask.Flask | None", options: dict[str, Any]) -> "ClusterServer":
-    """Build the server for ``ext`` from the extension's keyword options."""
-    server_kwargs = {k: v for k, v in options.items() if k not in EXTENSION_OPTIONS}
-    server_kwargs.setdefault("async_mode", default_async_mode())
-    write_only = bool(options.get("write_only", app is None))
-    if write_only and not options.get("message_queue"):
-        raise ConfigurationError(
-            "A SocketIO without a Flask app is a write-only emitter and needs "
-            "message_queue=<bus URL> (e.g. 'redis://localhost:6379/0')."
-        )
-    server = ClusterServer(
-        client_manager=build_manager(options, write_only=write_only),
-        max_events_per_second=options.get("max_events_per_second"),
-        max_backlog=options.get("max_backlog"),
-        **server_kwargs,
-    )
-    server.extension = ext
-    server.options = options
-    server.recovery = RecoveryOptions.from_option(options.get("connection_state_recovery"))
-    server.socketio_path = (options.get("path") or options.get("resource") or "socket.io").strip("/")
-    from .connection_sessions import create_connection_sessions
-
-    ext.server = server  # the session binding registers on its manager
-    ext.sessions = create_connection_sessions(ext, options)
-    return server
-
 
 class ClusterServer(socketio.Server):
     """A ``socketio.Server`` that knows the extension it serves.
 
-    :param max_events_per_second: per-connection rate of incoming events;
-        extra events are dropped with a warning. ``None`` (default) is no
-        limit. The burst allowance is twice the rate.
+    :param limits: the per-connection limits (:class:`cluster.limits.Limits`;
+        default: its defaults, e.g. 100 events/s with a burst of 200).
+    :param max_events_per_second: overrides ``limits.max_events_per_second``
+        when given; ``0`` switches the rate limit off.
     """
 
     manager: Any
     manager_initialized: bool
 
     def __init__(self, *args: Any, max_events_per_second: float | None = None,
-                 max_backlog: int | None = None, **kwargs: Any) -> None:
+                 max_backlog: int | None = None, limits: Limits | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, max_backlog=max_backlog, **kwargs)
         self.extension: SocketIO | None = None
         self.options: dict[str, Any] = {}
@@ -130,19 +69,49 @@ class ClusterServer(socketio.Server):
         self.socketio_path = "socket.io"
         self.recovery: RecoveryOptions | None = None
         self.packet_hold = PacketHold()
-        self.max_events_per_second = max_events_per_second
-        self._rate_buckets: dict[str, tuple[float, float]] = {}
+        self.recovering = RecoveryFlow(self)
         self.counters: dict[str, int] = {
             "malformed_packets": 0,
             "rate_limited_events": 0,
+            "flood_disconnects": 0,
+            "connect_timeouts": 0,
+            "room_limit_refusals": 0,
             "recoveries": 0,
             "recovery_failed": 0,
+            "recovery_over_limit": 0,
             "replayed_packets": 0,
         }
+        self.limits = Limits()
+        self.rate_limiter: RateLimiter | None = None
+        self.deadlines: ConnectDeadlines = None  # type: ignore[assignment]
+        if max_events_per_second is not None:
+            limits = Limits.from_options(
+                dict(vars(limits or Limits()), max_events_per_second=max_events_per_second))
+        self.set_limits(limits or Limits())
         # one dict: the transport counts its slow consumers in it too
         self.counters.update(self.eio.counters)
         self.eio.counters = self.counters
         self._listen_to_membership(self.manager)
+
+    def set_limits(self, limits: Limits) -> None:
+        """Apply new per-connection limits (the node runner's flags).
+
+        The rate limit and the room cap apply at once; a new connect timeout
+        applies to connections opened afterwards.
+        """
+        self.limits = limits
+        rate = limits.max_events_per_second
+        if self.rate_limiter is None or rate != self.rate_limiter.rate:
+            self.rate_limiter = RateLimiter(rate) if rate else None
+        if self.deadlines is None:
+            self.deadlines = ConnectDeadlines(limits.connect_timeout, self._close_unconnected,
+                                              self.start_background_task, self.sleep)
+        else:
+            self.deadlines.set_timeout(limits.connect_timeout)
+
+    @property
+    def max_events_per_second(self) -> float | None:
+        return self.limits.max_events_per_second
 
     def _listen_to_membership(self, manager: Any) -> None:
         if hasattr(manager, "membership_listener"):
@@ -160,12 +129,12 @@ class ClusterServer(socketio.Server):
             )
         self.options = dict(self.options, message_queue=url, **options)
         self.recovery = RecoveryOptions.from_option(self.options.get("connection_state_recovery"))
+        from .server_setup import build_manager, create_connection_sessions
+
         self.manager = build_manager(self.options, write_only=False)
         self.manager.set_server(self)
         self._listen_to_membership(self.manager)
         if self.extension is not None:
-            from .connection_sessions import create_connection_sessions
-
             self.extension._apply_cluster_registrations()
             self.extension.sessions = create_connection_sessions(self.extension, self.options)
 
@@ -223,7 +192,8 @@ class ClusterServer(socketio.Server):
     def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
             super()._handle_eio_message(eio_sid, data)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+            # RecursionError: JSON nested too deep for the parser
             # a client that sends what cannot be parsed is closed, as the
             # reference server does, instead of failing in a traceback
             self.counters["malformed_packets"] += 1
@@ -238,36 +208,43 @@ class ClusterServer(socketio.Server):
     def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
         if not isinstance(data, list) or not data or not isinstance(data[0], str):
             raise ValueError("an event packet must be a list starting with the event name")
-        if self.max_events_per_second and not self._take_token(eio_sid):
-            self.counters["rate_limited_events"] += 1
-            logger.warning(
-                "Connection %s exceeds %s events/s; event %r dropped.",
-                eio_sid[:8], self.max_events_per_second, data[0],
-            )
+        if not self._take_token(eio_sid):
             return
         super()._handle_event(eio_sid, namespace, id, data)
 
     def _take_token(self, eio_sid: str) -> bool:
-        rate = float(self.max_events_per_second or 0)
-        burst = rate * 2
-        now = time.monotonic()
-        tokens, last = self._rate_buckets.get(eio_sid, (burst, now))
-        tokens = min(burst, tokens + (now - last) * rate)
-        if tokens < 1:
-            self._rate_buckets[eio_sid] = (tokens, now)
+        """Whether the rate limit lets this event through (see cluster.limits)."""
+        limiter = self.rate_limiter
+        if limiter is None:
+            return True
+        verdict = limiter.take(eio_sid, time.monotonic())
+        if verdict == FLOOD:
+            # far over the limit for seconds: not a person, and dropping its
+            # events still costs the node their parsing
+            self.counters["rate_limited_events"] += 1
+            self.counters["flood_disconnects"] += 1
+            logger.warning(
+                "Connection %s disconnected: it sent more than %dx max_events_per_second=%g "
+                "for %g s (flood_disconnects counts these).", eio_sid[:8],
+                FLOOD_FACTOR, limiter.rate, FLOOD_SECONDS)
+            if eio_sid not in self.test_sinks:
+                self.eio.disconnect(eio_sid)
             return False
-        self._rate_buckets[eio_sid] = (tokens - 1, now)
+        if verdict != ALLOW:
+            self.counters["rate_limited_events"] += 1
+            return False
         return True
 
     def _add_resume_id(self, eio_sid: str, data: dict[str, Any]) -> None:
-        # the CONNECT reply carries the connection's resume id as ``pid``,
-        # where socket.io's connection state recovery puts it, so the official
-        # client keeps it and sends it back on reconnect
+        # the connection exists now: its session is persisted (not before, so
+        # a refused CONNECT leaves nothing), and the CONNECT reply carries its
+        # resume id as ``pid``, where socket.io's connection state recovery
+        # puts it, so the official client keeps it and sends it back
         sessions = self.extension.sessions if self.extension is not None else None
         environ = self.environ.get(eio_sid)
         if sessions is None or environ is None:
             return
-        resume_id = sessions.resume_id(environ)
+        resume_id = sessions.accept(environ)
         if resume_id is not None:
             data["pid"] = resume_id
             if self.recovery is not None:
@@ -276,8 +253,45 @@ class ClusterServer(socketio.Server):
 
     # -- rooms -------------------------------------------------------------
 
+    def enter_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
+        """Put ``sid`` in ``room``, within ``max_rooms_per_connection``.
+
+        :raises RoomLimitExceeded: ``sid`` is a connection of this node that
+            is already in that many rooms of the namespace (a sid on another
+            node is checked there).
+        """
+        namespace = namespace or "/"
+        if room != sid and self._rooms_beyond_cap(sid, namespace, room, joining=True):
+            self.counters["room_limit_refusals"] += 1
+            raise RoomLimitExceeded(sid, namespace, self.limits.max_rooms_per_connection)
+        super().enter_room(sid, room, namespace=namespace)
+
+    def _rooms_beyond_cap(self, sid: str, namespace: str, room: Any, joining: bool) -> bool:
+        """Whether local ``sid`` is (``joining``: would be) past the room cap."""
+        manager = self.manager
+        if joining:
+            members = manager.rooms.get(namespace, {}).get(room)
+            if members is not None and sid in members:
+                return False  # already in: nothing grows
+            if not (manager.is_connected(sid, namespace)
+                    or manager.is_pre_connected(sid, namespace)):
+                return False  # not on this node: its own node decides
+        # the index counts the sid's own room too
+        count = len(manager.get_rooms(sid, namespace)) - 1
+        cap = self.limits.max_rooms_per_connection
+        return count >= cap if joining else count > cap
+
     def _note_room_change(self, sid: str, namespace: str, room: str, joined: bool) -> None:
         """Membership listener of the manager: keeps resumable rooms current."""
+        if joined and self._rooms_beyond_cap(sid, namespace, room, joining=False):
+            # a join that bypassed enter_room (another node's join_room(sid=),
+            # sockets_join) cannot raise to whoever asked: it is undone
+            self.counters["room_limit_refusals"] += 1
+            logger.warning("connection %s is in more than max_rooms_per_connection=%d rooms "
+                           "of %s; the join of %r is undone", sid[:8],
+                           self.limits.max_rooms_per_connection, namespace, room)
+            self.start_background_task(self.manager.leave_room, sid, namespace, room)
+            return
         sessions = self.extension.sessions if self.extension is not None else None
         if sessions is None:
             return
@@ -297,30 +311,40 @@ class ClusterServer(socketio.Server):
     def _engineio_server_class(self) -> type:
         return ClusterEngineServer
 
+    def _handle_eio_connect(self, eio_sid: str, environ: Any) -> None:
+        super()._handle_eio_connect(eio_sid, environ)
+        if eio_sid not in self.test_sinks:
+            self.deadlines.opened(eio_sid)  # connect_timeout to send a CONNECT
+
+    def _serves(self, namespace: str) -> bool:
+        """The test python-socketio applies before it accepts a CONNECT."""
+        namespaces = getattr(self, "namespaces", None)
+        return (namespace in self.handlers or namespace in self.namespace_handlers
+                or namespaces == "*" or (namespaces is not None and namespace in namespaces))
+
     def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         namespace = namespace or "/"
         sessions = self.extension.sessions if self.extension is not None else None
         environ = self.environ.get(eio_sid)
-        restore_sid = None
+        if not self._serves(namespace):
+            # refused below: binding a session for it first left one behind
+            # per attempt (in Redis for 24 h, and in the node)
+            super()._handle_connect(eio_sid, namespace, data)
+            self._settle_connect(eio_sid, namespace, None)
+            return
+        restore_sid = replay = offset = None
         if sessions is not None and environ is not None:
             # bind (create or resume) the session before the sid is chosen,
             # so a recovered connection can get its old sid back
             restore_sid = sessions.prepare(namespace, environ, data)
-        if restore_sid is not None and self.manager.is_connected(restore_sid, namespace):
-            restore_sid = None  # never two live connections with one sid
-        offset = None
-        if restore_sid is not None and sessions is not None and environ is not None:
+            if restore_sid is not None and self.manager.is_connected(restore_sid, namespace):
+                restore_sid = None  # never two live connections with one sid
+            if restore_sid is not None:
+                replay = self.recovering.plan(environ, namespace, restore_sid)
             offset = sessions.recovery_offset(environ, namespace)
-            readable = offset is not None and self._recovery_log_readable(offset)
-            if not readable:
-                # too old, or unknown: a resumed session, but not a recovery
-                self.counters["recovery_failed"] += 1
-                restore_sid = None
-        recovering = not (restore_sid is None or offset is None or sessions is None
-                          or environ is None)
-        if recovering:
-            sessions.mark_recovered(environ)  # type: ignore[union-attr]
-            self.eio.restore_next_id(restore_sid)
+            if replay is not None:
+                sessions.mark_recovered(environ)
+                self.eio.restore_next_id(restore_sid)
         # what the connect handler emits is held until the CONNECT reply has
         # gone out: clients then see "connected" before its first event (the
         # official client buffers such events anyway; python-socketio's
@@ -330,54 +354,44 @@ class ClusterServer(socketio.Server):
             super()._handle_connect(eio_sid, namespace, data)
         finally:
             self.eio.restore_next_id(None)
-            if recovering:
-                self._finish_recovery(eio_sid, restore_sid, namespace, offset)  # type: ignore[arg-type]
-            else:
-                self._release_held(eio_sid, namespace, covered=None)
+            try:
+                if replay is not None and restore_sid is not None and offset is not None:
+                    self.recovering.finish(eio_sid, restore_sid, namespace, offset, replay)
+                else:
+                    self.recovering.release_held(eio_sid, namespace, covered=None)
+            finally:
+                self._settle_connect(eio_sid, namespace, environ)
 
-    def _recovery_log_readable(self, offset: str) -> bool:
-        readable = getattr(self.manager, "recovery_readable", None)
-        return bool(readable(offset)) if callable(readable) else False
-
-    def _recovery_log_after(self, offset: str) -> Any:
-        after = getattr(self.manager, "recovery_after", None)
-        return after(offset) if callable(after) else None
-
-    def _finish_recovery(self, eio_sid: str, sid: str, namespace: str, offset: str) -> None:
-        """Replay what the recovered connection missed, then what was held."""
-        covered: str | None = None
-        try:
-            if self.manager.is_connected(sid, namespace):
-                missed = self._recovery_log_after(offset) or []
-                rooms = self.manager.get_rooms(sid, namespace)
-                replayed = 0
-                for entry_offset, message in missed:
-                    if message_reaches(message, sid, namespace, rooms):
-                        self._deliver_packet(
-                            eio_sid, replay_packet(self, message, entry_offset, namespace))
-                        replayed += 1
-                    covered = entry_offset
-                self.counters["recoveries"] += 1
-                self.counters["replayed_packets"] += replayed
-                logger.info("connection %s recovered, %d missed packet(s) replayed",
-                            sid[:8], replayed)
-        finally:
-            self._release_held(eio_sid, namespace, covered)
-
-    def _release_held(self, eio_sid: str, namespace: str, covered: str | None) -> None:
-        """Send what was held during a connect; drop it if the connect failed."""
+    def _settle_connect(self, eio_sid: str, namespace: str, environ: Any) -> None:
+        """After a CONNECT: release what a failed one bound, and its deadline."""
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         connected = sid is not None and self.manager.is_connected(sid, namespace)
-        for kind, item in self.packet_hold.release(eio_sid):
-            if not connected and namespace_of(self, kind, item) == namespace:
-                continue  # refused: its connect handler's emits go nowhere
-            held_offset = offset_of(self, kind, item)
-            if covered is not None and held_offset is not None and not newer(held_offset, covered):
-                continue  # the replay already delivered it
-            if kind == "pkt":
-                self._deliver_packet(eio_sid, item)
-            else:
-                self._deliver_eio_packet(eio_sid, item)
+        sessions = self.extension.sessions if self.extension is not None else None
+        if sessions is not None and environ is not None:
+            sessions.settle(namespace, environ, connected)
+        if eio_sid in self.test_sinks:
+            return
+        if connected:
+            self.deadlines.connected(eio_sid)
+        elif not self._in_a_namespace(eio_sid):
+            self.deadlines.refused(eio_sid)  # closed once the CONNECT_ERROR is out
+
+    def _in_a_namespace(self, eio_sid: str) -> bool:
+        return any(self.manager.sid_from_eio_sid(eio_sid, namespace) is not None
+                   for namespace in list(self.manager.get_namespaces()))
+
+    def _close_unconnected(self, eio_sid: str, reason: str) -> None:
+        """The sweeper's verdict on a connection that did not CONNECT in time."""
+        eio_socket = self.eio.sockets.get(eio_sid)
+        if eio_socket is None or self._in_a_namespace(eio_sid):
+            return  # already gone, or connected meanwhile
+        self.counters["connect_timeouts"] += 1
+        logger.debug("connection %s closed: %s (connect_timeout=%g s)", eio_sid[:8], reason,
+                     self.limits.connect_timeout)
+        # not eio.disconnect(): it waits until a polling client polls again,
+        # and one that never does would hold the sweeper for everyone
+        eio_socket.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
+        self.eio.sockets.pop(eio_sid, None)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -398,16 +412,32 @@ class ClusterServer(socketio.Server):
             if result is False:
                 sessions.on_refused(sid, namespace, environ)
             return result
-        if event == "disconnect" and sessions is not None:
+        if event == "disconnect":
             sid = args[0]
-            environ = self.get_environ(sid, namespace)
+            eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+            environ = self.get_environ(sid, namespace) if sessions is not None else None
             try:
                 return super()._trigger_event(event, namespace, *args)
             finally:
-                if environ is not None:
+                if sessions is not None and environ is not None:
                     sessions.on_disconnect(sid, namespace, environ)
+                self._watch_idle(eio_sid)
         return super()._trigger_event(event, namespace, *args)
 
+    def _watch_idle(self, eio_sid: str | None) -> None:
+        """A namespace was left: if the Engine.IO connection stays open and in
+        no namespace, it has connect_timeout to CONNECT again (checked when
+        the deadline passes)."""
+        if eio_sid is None or eio_sid in self.test_sinks:
+            return
+        eio_socket = self.eio.sockets.get(eio_sid)
+        if eio_socket is None or getattr(eio_socket, "closing", False) \
+                or getattr(eio_socket, "closed", False):
+            return  # the whole connection is closing
+        self.deadlines.left_every_namespace(eio_sid)
+
     def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
-        self._rate_buckets.pop(eio_sid, None)
+        if self.rate_limiter is not None:
+            self.rate_limiter.forget(eio_sid)
+        self.deadlines.closed(eio_sid)
         super()._handle_eio_disconnect(eio_sid, reason)

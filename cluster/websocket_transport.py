@@ -30,6 +30,7 @@ from engineio import packet as eio_packet
 from . import compat
 from .frame_writer import DEFAULT_MAX_BACKLOG, Flusher, FrameWriter
 from .frames import frame, frame_of
+from .websocket_reader import WebSocketReader
 
 logger = logging.getLogger("cluster.transport")
 
@@ -77,6 +78,7 @@ class ClusterSocket(compat.EngineSocketSeam):
     websocket: Any = None
     compressed = False
     polling_backlog = 0
+    ping_timer: Any = None
 
     # -- sending -----------------------------------------------------------
 
@@ -124,7 +126,16 @@ class ClusterSocket(compat.EngineSocketSeam):
             self.last_ping = None
             from eventlet.hubs import get_hub
 
-            get_hub().schedule_call_global(self.server.ping_interval, self._ping_due)
+            self.ping_timer = get_hub().schedule_call_global(self.server.ping_interval,
+                                                             self._ping_due)
+
+    def _cancel_ping(self) -> None:
+        # a pending timer holds this socket, its writer, websocket and
+        # environ for up to ping_interval after the connection is gone:
+        # ~12 KB per closed connection under churn
+        timer, self.ping_timer = self.ping_timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _ping_due(self) -> None:
         # runs in the hub: only non-blocking work here
@@ -142,6 +153,7 @@ class ClusterSocket(compat.EngineSocketSeam):
     # -- closing -----------------------------------------------------------
 
     def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        self._cancel_ping()
         writer = self.frame_writer
         if writer is None:
             super().close(wait=wait, abort=abort, reason=reason)
@@ -182,12 +194,9 @@ class ClusterSocket(compat.EngineSocketSeam):
         compat.route_websocket_writes(ws, writer.write)
         self.websocket = ws
         self.compressed = compat.websocket_compressed(ws)
-
-        def receive_frame() -> Any:
-            data = ws.wait()
-            if data and len(data) > server.max_http_buffer_size:
-                raise ValueError("packet is too large")
-            return data
+        reader = WebSocketReader(sock, writer.write, max_message=server.max_http_buffer_size,
+                                 deflate=compat.websocket_deflate_options(ws))
+        receive_frame = reader.read_message
 
         try:
             if self.connected:
@@ -239,6 +248,8 @@ class ClusterSocket(compat.EngineSocketSeam):
             self.upgrading = False
 
     def _read_loop(self, receive_frame: Any) -> None:
+        from eventlet import sleep  # this transport only runs under eventlet
+
         while True:
             try:
                 data = receive_frame()
@@ -247,10 +258,14 @@ class ClusterSocket(compat.EngineSocketSeam):
                     self.server.logger.info('%s: Unexpected error "%s", closing connection',
                                             self.sid, exc)
                 return
-            if data is None:  # closed by the client
+            if data is None:  # closed by the client, or a protocol violation
                 return
             try:
                 self.receive(eio_packet.Packet(encoded_packet=data))
+                # a client that sends without pause would otherwise keep
+                # this green thread running (its reads never wait): let the
+                # other connections have the hub after each message
+                sleep(0)
             except eio_exceptions.UnknownPacketError:
                 pass
             except eio_exceptions.SocketIsClosedError:

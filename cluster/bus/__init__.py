@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 from .acks import TimedAck, with_timeout
 from .codec import Codec
 from .errors import (BusConfigurationError, BusError, BusPublishError,
-                     BusSerializationError, ClusterRequestError,
+                     BusMessageTooLarge, BusSerializationError, ClusterRequestError,
                      ClusterRequestTimeout)
 from .kombu_manager import KombuManager
 from .manager import ClusterManager
@@ -46,7 +46,7 @@ __all__ = [
     "create_manager", "ClusterManager", "LocalManager", "MembershipEvents", "RedisManager", "KombuManager",
     "ClusterView", "Presence", "Codec", "TimedAck", "with_timeout",
     "COUNTERS", "GAUGES", "BusError", "BusConfigurationError",
-    "BusSerializationError", "BusPublishError", "ClusterRequestError",
+    "BusSerializationError", "BusMessageTooLarge", "BusPublishError", "ClusterRequestError",
     "ClusterRequestTimeout",
 ]
 
@@ -72,6 +72,7 @@ def create_manager(url: str, *, channel: str = "flask-socketio",
                     ``queue_options`` and ``producer_options`` as sub-dicts.
     :param logger: logger for bus events (default: the server's).
     :param settings: manager settings (``node_name``, ``buffer_size``,
+                     ``buffer_bytes``, ``max_message_bytes``,
                      ``ack_timeout``, ``request_timeout``,
                      ``heartbeat_interval``, ``node_timeout``,
                      ``max_backoff``...), see :class:`ClusterManager`.

@@ -19,6 +19,16 @@ interoperate. With a secret every message travels in an envelope::
 seconds, or whose ``seq`` is not above the last one seen from ``src``
 (a replay). Nothing is ever unpickled or evaluated: the only decoder is
 ``json.loads`` and the result must pass a per-method field check.
+
+A serialized message may be at most ``max_message_bytes`` long (8 MiB by
+default), checked where it is serialized, so the emitting caller gets
+:class:`~.errors.BusMessageTooLarge` before anything is delivered or sent.
+The reason is Redis: a subscriber whose output buffer passes
+``client-output-buffer-limit pubsub`` (32 MB hard by default) is
+disconnected, so one huge PUBLISH would cut every node off the bus at once.
+The limit applies to the message body; signing wraps it in an envelope
+whose JSON escaping can grow it (a body of quotes doubles, non-ASCII text
+escaped as ``\\uXXXX`` up to triples), still under 32 MB at the default.
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ import threading
 import time
 from typing import Any
 
-from .errors import BusConfigurationError, BusSerializationError
+from .errors import BusConfigurationError, BusMessageTooLarge, BusSerializationError
 
 #: methods python-socketio's PubSubManager understands
 STOCK_METHODS = frozenset(
@@ -37,6 +47,20 @@ STOCK_METHODS = frozenset(
 #: methods only cluster nodes speak
 CLUSTER_METHODS = frozenset(
     {"heartbeat", "bye", "request", "response", "presence"})
+#: default ``max_message_bytes``: well under Redis's 32 MB pub/sub output
+#: buffer limit, even with a signed envelope around it
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+_MIB = 1024 * 1024
+
+
+def encoded_size(body: str) -> int:
+    """Bytes ``body`` takes on the wire (UTF-8).
+
+    ``str.isascii`` is a flag check in CPython, so the usual case (the
+    standard ``json`` escapes everything to ASCII) costs no copy.
+    """
+    return len(body) if body.isascii() else len(body.encode("utf-8"))
 
 
 class Dropped(Exception):
@@ -124,10 +148,13 @@ class Codec:
     :param json_module: ``dumps``/``loads`` provider (the server's).
     :param max_age: seconds a signed message stays acceptable; also the
                     tolerated clock skew between nodes. Default 60.
+    :param max_message_bytes: largest serialized message :meth:`dumps`
+                              accepts. Default 8 MiB (see the module doc).
     """
 
     def __init__(self, secret: str | bytes | None = None,
-                 json_module: Any = std_json, max_age: float = 60.0) -> None:
+                 json_module: Any = std_json, max_age: float = 60.0,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
         if secret is not None and len(secret) < 16:
@@ -138,6 +165,7 @@ class Codec:
         self.secret = secret or None
         self.json = json_module
         self.max_age_ms = int(max_age * 1000)
+        self.max_message_bytes = max_message_bytes
         self._seq = 0
         self._seq_lock = threading.Lock()
         self._last_seq: dict[str, tuple[int, int]] = {}  # src -> (seq, ts)
@@ -147,19 +175,42 @@ class Codec:
         return self.secret is not None
 
     def dumps(self, message: dict[str, Any]) -> str:
-        """Serialize at the caller, so a bad payload raises right there."""
+        """Serialize at the caller, so a bad or oversized payload raises
+        right there (:class:`BusSerializationError`,
+        :class:`BusMessageTooLarge`)."""
         if not self.signed:
             message = dict(message, ts=_now_ms())
         try:
             if self.json is std_json:
-                return std_json.dumps(message, separators=(",", ":"))
-            return self.json.dumps(message)
+                body = std_json.dumps(message, separators=(",", ":"))
+            else:
+                body = self.json.dumps(message)
         except (TypeError, ValueError, OverflowError) as exc:
             what = message.get("event") or message.get("method")
             raise BusSerializationError(
                 f"Cannot send {what!r} through the cluster bus: its payload "
                 f"is not JSON serializable ({exc}). Send only dict, list, "
                 f"str, int, float, bool, None or bytes values.") from exc
+        # bytes are at least as many as characters: most bodies are decided
+        # without measuring
+        if len(body) > self.max_message_bytes // 4:
+            size = encoded_size(body)
+            if size > self.max_message_bytes:
+                self._too_large(message, size)
+        return body
+
+    def _too_large(self, message: dict[str, Any], size: int) -> None:
+        what = message.get("event") or message.get("method")
+        limit = self.max_message_bytes
+        raise BusMessageTooLarge(
+            f"Cannot send {what!r} through the cluster bus: the message is "
+            f"{size / _MIB:.1f} MiB, over max_message_bytes "
+            f"({limit / _MIB:.1f} MiB); nothing was sent. Redis disconnects "
+            f"every node's subscriber when one falls 32 MB behind "
+            f"(client-output-buffer-limit pubsub), so send large data out of "
+            f"band (store it and emit its key or URL) or in smaller emits, or "
+            f"raise max_message_bytes in message_queue_options if your "
+            f"broker's limits allow it.", size, limit)
 
     def seal(self, body: str, src: str) -> bytes:
         """Wrap a serialized message for the wire (signs it if configured).

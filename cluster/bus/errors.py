@@ -5,6 +5,7 @@
     BusError
     ├── BusConfigurationError (ValueError)   bad URL, option or secret
     ├── BusSerializationError (TypeError)    payload cannot be sent as JSON
+    │   └── BusMessageTooLarge (ValueError)  over ``max_message_bytes``
     ├── BusPublishError                      a write-only publish gave up
     └── ClusterRequestError
         └── ClusterRequestTimeout (TimeoutError)  some node did not answer
@@ -26,6 +27,20 @@ class BusConfigurationError(BusError, ValueError):
 
 class BusSerializationError(BusError, TypeError):
     """A message could not be encoded as JSON; nothing was sent."""
+
+
+class BusMessageTooLarge(BusSerializationError, ValueError):
+    """A message is larger than ``max_message_bytes``; nothing was sent.
+
+    A :class:`BusSerializationError` too (the bus cannot carry it), so code
+    that handles unsendable payloads handles this one. ``size`` and
+    ``limit`` are in bytes.
+    """
+
+    def __init__(self, message: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class BusPublishError(BusError):

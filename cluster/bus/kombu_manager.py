@@ -13,7 +13,7 @@ from typing import Any
 from collections.abc import Iterator
 
 from .errors import BusConfigurationError
-from .manager import ClusterManager
+from .manager import ClusterManager, split_settings
 from .runtime import Backoff
 
 try:
@@ -28,7 +28,10 @@ class KombuManager(ClusterManager):
     :param url: kombu URL (``amqp://guest:guest@localhost:5672//``); a
                 ``kombu+`` prefix forces kombu for schemes that would
                 otherwise pick another backend (``kombu+redis://``).
-    :param connection_options: keyword arguments of ``kombu.Connection``.
+    :param connection_options: keyword arguments of ``kombu.Connection``,
+                               except the bus limits (``buffer_size``,
+                               ``buffer_bytes``, ``max_message_bytes``),
+                               which stay with the manager.
     :param exchange_options: keyword arguments of ``kombu.Exchange``.
     :param queue_options: keyword arguments of ``kombu.Queue``.
     :param producer_options: keyword arguments of ``Producer.publish``.
@@ -50,6 +53,8 @@ class KombuManager(ClusterManager):
             raise BusConfigurationError(
                 "The kombu package is needed for this bus URL: "
                 "pip install kombu")
+        connection_options = dict(connection_options or {})
+        kwargs = split_settings(connection_options, kwargs)
         super().__init__(channel=channel, write_only=write_only,
                          logger=logger, json=json, **kwargs)
         if self.recovery_window:
@@ -57,7 +62,7 @@ class KombuManager(ClusterManager):
                 "Connection state recovery needs a Redis bus (it keeps recent emits in a "
                 "Redis Stream); use a redis:// message queue or turn recovery off.")
         self.url = url[len("kombu+"):] if url.startswith("kombu+") else url
-        self.connection_options = dict(connection_options or {})
+        self.connection_options = connection_options
         self.connection_options.setdefault("connect_timeout", 2)
         self.exchange_options = exchange_options or {}
         self.queue_options = queue_options or {}

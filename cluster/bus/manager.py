@@ -23,18 +23,41 @@ from socketio import PubSubManager
 from socketio.packet import Packet
 
 from .acks import AckDeadlines
-from .codec import Codec
+from .codec import DEFAULT_MAX_MESSAGE_BYTES, Codec
 from .errors import BusConfigurationError, BusPublishError
 from .membership import MembershipEvents
 from .nodes import NodeRegistry
-from .outbox import Outbox, Ticket
+from .outbox import DEFAULT_MAX_BYTES as DEFAULT_BUFFER_BYTES, Outbox, Ticket
 from .presence import Presence
 from .receiving import ReceivingMixin
-from .runtime import Backoff, Runtime
+from .runtime import Runtime
 from .stats import BusStats
 from .view import ClusterView
 
 log = logging.getLogger("cluster.bus")
+
+#: manager settings a user may put among the driver options: the
+#: extension passes ``message_queue_options`` on as driver options only,
+#: and these are the limits a deployment tunes there
+DRIVER_OPTION_SETTINGS = frozenset({"buffer_size", "buffer_bytes", "max_message_bytes"})
+
+
+def split_settings(driver_options: dict[str, Any] | None,
+                   settings: dict[str, Any]) -> dict[str, Any]:
+    """Move :data:`DRIVER_OPTION_SETTINGS` out of ``driver_options`` (in
+    place) into a copy of ``settings``; an explicit keyword wins."""
+    merged = dict(settings)
+    for key in DRIVER_OPTION_SETTINGS:
+        if driver_options and key in driver_options:
+            value = driver_options.pop(key)
+            merged.setdefault(key, value)
+    return merged
+
+
+def driver_only(options: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``options`` without the bus settings, for other clients
+    built from the same ``message_queue_options`` (the session store's)."""
+    return {k: v for k, v in (options or {}).items() if k not in DRIVER_OPTION_SETTINGS}
 
 
 class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
@@ -52,6 +75,19 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
     :param node_name: label shown in cluster queries; default
                       ``"<hostname>:<pid>"``.
     :param buffer_size: messages held while the bus is down (10,000).
+    :param buffer_bytes: bytes of serialized messages held while the bus is
+                         down (64 MiB); whichever of ``buffer_size`` and
+                         ``buffer_bytes`` is reached first refuses further
+                         emits, counted in ``dropped_buffer_full``. At least
+                         ``max_message_bytes``.
+    :param max_message_bytes: largest serialized bus message (8 MiB). A
+                              bigger emit raises
+                              :class:`~.errors.BusMessageTooLarge` at the
+                              caller before anything is delivered or sent:
+                              Redis disconnects every subscriber that falls
+                              32 MB behind (``client-output-buffer-limit
+                              pubsub``), so one huge message would cut all
+                              nodes off the bus.
     :param max_batch: messages written per round trip (500).
     :param max_backoff: retry delay cap in seconds (1.0); the node is back
                         within about this long after the bus returns.
@@ -69,6 +105,12 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
     :param resume_wait: after an outage, wait up to this many seconds for
                         the other nodes to resubscribe before flushing the
                         outage buffer (3.0).
+
+    Where the bus is built from a URL (``create_manager``, the extension's
+    ``message_queue_options``, the worker emitter's ``options``), the
+    settings in :data:`DRIVER_OPTION_SETTINGS` may also be given among the
+    driver options: the backends take them out before the rest goes to
+    redis-py or kombu.
     """
 
     name = "cluster"
@@ -77,6 +119,8 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
                  logger: Any = None, json: Any = None, *,
                  signing_secret: str | bytes | None = None,
                  node_name: str | None = None, buffer_size: int = 10_000,
+                 buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_batch: int = 500, max_backoff: float = 1.0,
                  ack_timeout: float | None = 60.0, request_timeout: float = 5.0,
                  heartbeat_interval: float = 1.0,
@@ -86,17 +130,27 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
                  recovery_max_entries: int = 100_000) -> None:
         super().__init__(channel=channel, write_only=write_only,
                          logger=logger, json=json)
-        for key, value in (("buffer_size", buffer_size), ("max_batch", max_batch),
+        for key, value in (("buffer_size", buffer_size), ("buffer_bytes", buffer_bytes),
+                           ("max_message_bytes", max_message_bytes),
+                           ("max_batch", max_batch),
                            ("max_backoff", max_backoff),
                            ("request_timeout", request_timeout),
                            ("heartbeat_interval", heartbeat_interval),
                            ("max_message_age", max_message_age),
                            ("publish_timeout", publish_timeout)):
-            if not isinstance(value, (int, float)) or value <= 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise BusConfigurationError(
                     f"Bus option {key}={value!r} must be a positive number.")
+        if buffer_bytes < max_message_bytes:
+            raise BusConfigurationError(
+                f"Bus option buffer_bytes={buffer_bytes!r} is smaller than "
+                f"max_message_bytes={max_message_bytes!r}: the largest message "
+                f"could never be buffered. Raise buffer_bytes or lower "
+                f"max_message_bytes.")
         self.node_name = node_name or f"{socket.gethostname()}:{os.getpid()}"
         self.buffer_size, self.max_batch = int(buffer_size), int(max_batch)
+        self.buffer_bytes = int(buffer_bytes)
+        self.max_message_bytes = int(max_message_bytes)
         self.max_backoff = max_backoff
         self.request_timeout = request_timeout
         self.heartbeat_interval = heartbeat_interval
@@ -106,7 +160,8 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         #: connection state recovery: seconds of emits kept in a stream
         self.recovery_window = recovery_window
         self.recovery_max_entries = recovery_max_entries
-        self._codec = Codec(signing_secret, self.json, max_message_age)
+        self._codec = Codec(signing_secret, self.json, max_message_age,
+                            max_message_bytes=self.max_message_bytes)
         self._stats = BusStats()
         self._runtime = Runtime()
         self._acks = AckDeadlines(ack_timeout)
@@ -165,7 +220,8 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
             self._runtime, self._seal_and_send, self._stats,
             self._get_logger(), connect=self._connect_publisher,
             before_resume=self._wait_for_peers, max_size=self.buffer_size,
-            max_batch=self.max_batch, max_backoff=self.max_backoff)
+            max_bytes=self.buffer_bytes, max_batch=self.max_batch,
+            max_backoff=self.max_backoff)
 
     def _check_monkey_patched(self) -> None:
         if self._runtime.async_mode == "eventlet":
@@ -216,6 +272,7 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         """Counters and gauges; names documented in :mod:`.stats`."""
         values = self._stats.snapshot()
         values["buffered"] = len(self._outbox) if self._outbox else 0
+        values["buffered_bytes"] = self._outbox.buffered_bytes if self._outbox else 0
         values["ready"] = int(self.ready)
         values["live_nodes"] = 0 if self.write_only else len(self._nodes)
         try:

@@ -18,8 +18,11 @@ checks a connection out of redis-py's pool per emit, runs out of connections
 under load and then rebuilds its client, losing messages.
 
 While the backend is unreachable the queue doubles as the outage buffer:
-messages wait (up to ``max_size``) and are published on reconnect; beyond
-that new messages are refused, counted in ``dropped_buffer_full`` and logged.
+messages wait and are published on reconnect, up to ``max_size`` messages
+*and* ``max_bytes`` bytes, whichever comes first (a count alone lets a few
+large emits fill the node's memory: 10,000 messages of 1 MiB are 10 GiB);
+beyond that new messages are refused, counted in ``dropped_buffer_full``
+and logged.
 "Volatile" messages (heartbeats, queries) are never buffered: they are stale
 by the time the bus returns.
 """
@@ -27,12 +30,18 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .codec import encoded_size
 from .runtime import Backoff, Runtime
 from .stats import BusStats
+
+#: default ``max_bytes``: the outage buffer's share of a node's memory
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+_MIB = 1024 * 1024
 
 
 class Ticket:
@@ -59,10 +68,11 @@ class Ticket:
 
 
 class _Item:
-    __slots__ = ("body", "volatile", "logged", "ticket")
+    __slots__ = ("body", "size", "volatile", "logged", "ticket")
 
     def __init__(self, body: str, volatile: bool, logged: bool, ticket: Ticket | None) -> None:
         self.body, self.volatile, self.logged, self.ticket = body, volatile, logged, ticket
+        self.size = encoded_size(body)
 
 
 class Outbox:
@@ -80,6 +90,11 @@ class Outbox:
                           messages are sent again (used to wait until the
                           other nodes have resubscribed); may raise.
     :param max_size: outage buffer size in messages. Default 10,000.
+    :param max_bytes: outage buffer size in bytes of serialized messages
+                      (those queued and the batch being sent). Default
+                      64 MiB. A message is refused when either limit would
+                      be passed, so ``max_bytes`` must be at least the
+                      largest message the bus accepts.
     :param max_batch: messages per round trip. Default 500.
     :param max_backoff: cap of the retry delay in seconds. Default 1.0.
     """
@@ -90,8 +105,8 @@ class Outbox:
                  logger: logging.Logger, *,
                  connect: Callable[[], None] | None = None,
                  before_resume: Callable[[], None] | None = None,
-                 max_size: int = 10_000, max_batch: int = 500,
-                 max_backoff: float = 1.0) -> None:
+                 max_size: int = 10_000, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_batch: int = 500, max_backoff: float = 1.0) -> None:
         self.runtime = runtime
         self.send_batch = send_batch
         self.stats = stats
@@ -99,18 +114,30 @@ class Outbox:
         self.connect = connect
         self.before_resume = before_resume
         self.max_size = max_size
+        self.max_bytes = max_bytes
         self.max_batch = max_batch
         self.max_backoff = max_backoff
         self.healthy = False
         self.failed_since: float | None = None
         self._queue: collections.deque[_Item] = collections.deque()
         self._in_flight = 0
+        # bytes of the queued items and of the batch in flight: running
+        # sums so that put() stays O(1), under a lock because threaded
+        # emitters put concurrently and a lost update would never heal
+        self._queued_bytes = 0
+        self._in_flight_bytes = 0
+        self._bytes_lock = threading.Lock()
         self._wakeup = runtime.event()
         self._closed = False
         self._last_drop_log = 0.0
 
     def __len__(self) -> int:
         return len(self._queue) + self._in_flight
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held: queued messages plus the batch being sent."""
+        return self._queued_bytes + self._in_flight_bytes
 
     def put(self, body: str, volatile: bool = False, *, logged: bool = False,
             ticket: Ticket | None = None) -> bool:
@@ -121,12 +148,18 @@ class Outbox:
         """
         if volatile and not self.healthy:
             return False
-        if len(self) >= self.max_size:
+        item = _Item(body, volatile, logged, ticket)
+        with self._bytes_lock:
+            full = (len(self) >= self.max_size
+                    or self.buffered_bytes + item.size > self.max_bytes)
+            if not full:
+                self._queue.append(item)
+                self._queued_bytes += item.size
+        if full:
             if not volatile:
                 self.stats.incr("dropped_buffer_full")
                 self._log_drop()
             return False
-        self._queue.append(_Item(body, volatile, logged, ticket))
         self._wakeup.set()
         return True
 
@@ -161,10 +194,13 @@ class Outbox:
         if now - self._last_drop_log > 5:  # one line per 5 s, not per message
             self._last_drop_log = now
             self.logger.error(
-                "Cluster bus outage buffer full (%d messages): dropping "
-                "emits (total dropped so far: %d). Raise buffer_size or fix "
-                "the bus connection.", self.max_size,
-                self.stats.get("dropped_buffer_full"))
+                "Cluster bus outage buffer full (%d messages, %.1f MiB; "
+                "limits: %d messages, %.1f MiB): dropping emits (total "
+                "dropped so far: %d). Fix the bus connection, or raise "
+                "buffer_size / buffer_bytes in message_queue_options if "
+                "the node has the memory.", len(self),
+                self.buffered_bytes / _MIB, self.max_size,
+                self.max_bytes / _MIB, self.stats.get("dropped_buffer_full"))
 
     def run(self) -> None:
         """Publisher loop; returns once closed and drained (or abandoned)."""
@@ -189,15 +225,23 @@ class Outbox:
                     return
                 self._wakeup.wait(1.0)
                 continue
-            batch: list[_Item] = []
-            while self._queue and len(batch) < self.max_batch:
-                batch.append(self._queue.popleft())
-            self._in_flight = len(batch)
+            batch = self._take_batch()
             try:
                 if not self._send_with_retry(batch):
                     return
             finally:
-                self._in_flight = 0
+                self._in_flight = self._in_flight_bytes = 0
+
+    def _take_batch(self) -> list[_Item]:
+        """Up to ``max_batch`` items off the queue, accounted as in flight."""
+        batch: list[_Item] = []
+        with self._bytes_lock:
+            while self._queue and len(batch) < self.max_batch:
+                batch.append(self._queue.popleft())
+            size = sum(item.size for item in batch)
+            self._in_flight, self._in_flight_bytes = len(batch), size
+            self._queued_bytes -= size
+        return batch
 
     def _send_with_retry(self, batch: list[_Item]) -> bool:
         backoff = Backoff(cap=self.max_backoff)
@@ -224,16 +268,17 @@ class Outbox:
                     self.failed_since = time.monotonic()
                     self.logger.error(
                         "Cluster bus publish failed (%s: %s); buffering up "
-                        "to %d messages and retrying every <= %.1f s",
-                        type(exc).__name__, exc, self.max_size,
-                        self.max_backoff)
+                        "to %d messages or %.1f MiB and retrying every "
+                        "<= %.1f s", type(exc).__name__, exc, self.max_size,
+                        self.max_bytes / _MIB, self.max_backoff)
                 self.healthy = False
                 batch[:] = [item for item in batch if not item.volatile]
                 self._in_flight = len(batch)
+                self._in_flight_bytes = sum(item.size for item in batch)
                 if self._closed:
                     self.stats.incr("dropped_unpublished",
                                     len(batch) + len(self._queue))
-                    self._queue.clear()
+                    self._clear_queue()
                     return False
                 self.runtime.sleep(backoff.next())
                 continue
@@ -275,4 +320,9 @@ class Outbox:
             self.stats.incr("dropped_unpublished", left)
             self.logger.error("Cluster bus closed with %d unpublished "
                               "messages", left)
+            self._clear_queue()
+
+    def _clear_queue(self) -> None:
+        with self._bytes_lock:
             self._queue.clear()
+            self._queued_bytes = 0

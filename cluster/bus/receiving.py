@@ -154,6 +154,18 @@ class ReceivingMixin:
         self._nodes.thaw()
         self.presence._on_subscribed()
 
+    def _on_resubscribed(self, reason: str) -> None:
+        """The driver re-subscribed by itself after losing the connection.
+
+        redis-py does this under its pubsub object: it reconnects and
+        re-subscribes without telling anyone. Messages published in between
+        are lost to this node, exactly as in an outage we noticed, so it is
+        reported the same way: logged as lost and restored, counted in
+        ``reconnects``, the node registry and presence resynchronised.
+        """
+        self._on_unsubscribed(ConnectionError(reason))
+        self._on_subscribed()
+
     def _on_unsubscribed(self, exc: BaseException | None = None) -> None:
         if self._subscribed:
             self._get_logger().error(

@@ -115,20 +115,54 @@ class RecoveryLog:
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     def readable(self, client: Any, offset: Any) -> bool:
-        """Whether everything after ``offset`` is still in the stream (one
-        cheap read: the oldest entry), i.e. whether a replay can be trusted."""
+        """Whether everything after ``offset`` is still in the stream, i.e.
+        whether a replay from it can be trusted.
+
+        Trimming removes the oldest entries, so an offset no older than the
+        oldest entry kept has lost nothing after it (one cheap read). ``0-0``
+        (the start of a session that began on an empty stream) is readable
+        only while the stream has never been trimmed.
+        """
         if not isinstance(offset, str) or not OFFSET_RE.match(offset):
             return False
         if offset == "0-0":
-            return True
+            return _never_trimmed(client, self.key)
         oldest = client.xrange(self.key, count=1)
         if oldest:
             return not _older(offset, _text(oldest[0][0]))
         return _age_ms(offset) <= self.window_ms
 
+    def contains(self, client: Any, offset: Any) -> bool:
+        """Whether ``offset`` is the id of an entry of the stream."""
+        if not isinstance(offset, str) or not OFFSET_RE.match(offset):
+            return False
+        return bool(client.xrange(self.key, min=offset, max=offset, count=1))
+
+    def page(self, client: Any, offset: str, count: int
+             ) -> list[tuple[str, dict[str, Any] | None, int]]:
+        """Up to ``count`` entries after ``offset``, oldest first, each as
+        ``(offset, message, size)``: ``message`` is ``None`` for an entry
+        that fails the signature check (never trusted), ``size`` the bytes
+        it holds."""
+        if not isinstance(offset, str) or not OFFSET_RE.match(offset):
+            raise ValueError(f"not a recovery offset: {offset!r}")
+        entries = client.xrange(self.key, min="(" + offset, count=int(count))
+        out: list[tuple[str, dict[str, Any] | None, int]] = []
+        for entry_id, fields in entries:
+            payload = fields.get(b"p") if isinstance(fields, dict) else None
+            if payload is None:
+                out.append((_text(entry_id), None, 0))
+                continue
+            try:
+                message, _ = self.codec.open_archived(payload)
+            except Dropped:
+                message = None
+            out.append((_text(entry_id), message, len(payload)))
+        return out
+
     def after(self, client: Any, offset: str, limit: int = 10_000
               ) -> list[tuple[str, dict[str, Any]]] | None:
-        """Messages appended after ``offset``, oldest first.
+        """Messages appended after ``offset``, oldest first (at most ``limit``).
 
         ``None`` when ``offset`` cannot be trusted: malformed, or older than
         what the stream still holds (then packets may have been trimmed and
@@ -136,18 +170,21 @@ class RecoveryLog:
         """
         if not self.readable(client, offset):
             return None
-        entries = client.xrange(self.key, min="(" + offset, count=limit)
-        messages = []
-        for entry_id, fields in entries:
-            payload = fields.get(b"p") if isinstance(fields, dict) else None
-            if payload is None:
-                continue
-            try:
-                message, _ = self.codec.open_archived(payload)
-            except Dropped:
-                continue  # never trust an entry that fails the signature check
-            messages.append((_text(entry_id), message))
-        return messages
+        return [(entry_offset, message) for entry_offset, message, _
+                in self.page(client, offset, limit) if message is not None]
+
+
+def _never_trimmed(client: Any, key: str) -> bool:
+    try:
+        info = client.xinfo_stream(key)
+    except Exception as exc:  # no stream yet: nothing was ever trimmed
+        if "no such key" in str(exc).lower():
+            return True
+        raise
+    deleted = info.get("max-deleted-entry-id") if isinstance(info, dict) else None
+    if deleted is None:
+        return True  # Redis before 7.0 does not say; as before, trust it
+    return _text(deleted) == "0-0"
 
 
 def _text(value: Any) -> str:

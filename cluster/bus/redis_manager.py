@@ -18,12 +18,22 @@ URLs
 
 ``redis_options`` go to redis-py unchanged (``password``, ``ssl_ca_certs``,
 ``ssl_certfile``, ``socket_keepalive``...), except ``sentinel_kwargs`` which
-goes to the Sentinel connections. Unless given, connect timeout is 2 s,
-socket timeout 5 s and redis-py retries once without delay: backoff is the
-manager's, capped at ``max_backoff``, never redis-py's (up to 10 s).
+goes to the Sentinel connections, and the bus limits (``buffer_size``,
+``buffer_bytes``, ``max_message_bytes``), which stay with the manager.
+Unless given, connect timeout is 2 s, socket timeout 5 s and redis-py
+retries once without delay: backoff is the manager's, capped at
+``max_backoff``, never redis-py's (up to 10 s).
+
+redis-py reconnects a pub/sub connection by itself when a read fails and
+re-subscribes, silently; the listener notices by the second subscription
+confirmation and reports it like any lost subscription (logged, counted in
+``reconnects``). Redis cuts a subscriber that falls behind by more than
+``client-output-buffer-limit pubsub`` (32 MB by default), which is why a
+message is capped at ``max_message_bytes`` (8 MiB) before it is sent.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 from collections.abc import Iterator
 from urllib.parse import unquote, urlparse
@@ -34,11 +44,18 @@ from redis.retry import Retry
 
 from .recovery_log import RecoveryLog
 from .errors import BusConfigurationError
-from .manager import ClusterManager
+from .manager import ClusterManager, split_settings
 from .runtime import Backoff
 
 #: bus messages handled back to back before the listener yields
 LISTEN_BURST = 64
+
+RESUBSCRIBED = (
+    "Redis closed the subscriber connection and redis-py re-subscribed; "
+    "messages published meanwhile were missed. If this repeats, this node "
+    "reads the bus too slowly or bursts of large messages pass Redis's "
+    "client-output-buffer-limit for pubsub (32 MB by default): lower "
+    "max_message_bytes or raise that limit")
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel",
            "redis+cluster", "rediss+cluster")
@@ -84,10 +101,11 @@ class RedisManager(ClusterManager):
                  logger: Any = None, json: Any = None,
                  redis_options: dict[str, Any] | None = None,
                  cluster: bool = False, **kwargs: Any) -> None:
+        options = dict(redis_options or {})
+        kwargs = split_settings(options, kwargs)
         super().__init__(channel=channel, write_only=write_only,
                          logger=logger, json=json, **kwargs)
         self.redis_url = url
-        options = dict(redis_options or {})
         self.sentinel_kwargs = options.pop("sentinel_kwargs", None)
         scheme = urlparse(url).scheme.lower()
         if scheme not in SCHEMES:
@@ -109,6 +127,8 @@ class RedisManager(ClusterManager):
         if self.mode == "single":
             self._check_options()
         self._pub: redis.Redis | None = None
+        self._reader: redis.Redis | None = None
+        self._reader_lock = threading.Lock()
         self._sentinel: Any = None
         self._master: tuple[str, int] | None = None
         self.recovery_log: RecoveryLog | None = None
@@ -142,17 +162,38 @@ class RedisManager(ClusterManager):
         return [log.offset_from(reply) if append else None
                 for reply, append in zip(replies, logged)]
 
+    # reads of the recovery log go through a client of their own: a replay
+    # may read many pages, and every emit of the node waits on the
+    # publisher's lock (measured: other clients stalled 0.4-0.6 s while
+    # replays ran under it)
+    def _recovery_reader(self) -> redis.Redis:
+        with self._reader_lock:  # one client, whoever asks first builds it
+            reader = self._reader
+            if reader is None or self._stale(reader):
+                self._close_reader()
+                reader = self._reader = self._client()
+            return reader
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            try:
+                reader.close()
+            except Exception:  # already broken: nothing to release
+                pass
+
     def _read_recovery_log(self, read: Any, *args: Any, default: Any) -> Any:
-        """Run one read of the recovery log on the publisher connection;
-        ``default`` when recovery is off or Redis fails (logged)."""
+        """Run one read of the recovery log on the reader client (never
+        under the publisher lock); ``default`` when recovery is off or Redis
+        fails (logged)."""
         if self.recovery_log is None:
             return default
-        with self._pub_lock:
-            try:
-                return read(self._publisher(), *args)
-            except Exception as exc:
-                self._get_logger().warning("recovery log unreadable (%s)", exc)
-                return default
+        try:
+            return read(self._recovery_reader(), *args)
+        except Exception as exc:
+            self._get_logger().warning("recovery log unreadable (%s)", exc)
+            self._close_reader()  # reconnect (and rediscover) next time
+            return default
 
     def recovery_last_offset(self) -> str | None:
         """The newest offset in the recovery stream (None if unavailable)."""
@@ -163,6 +204,17 @@ class RedisManager(ClusterManager):
         """Whether a replay from ``offset`` can be trusted (nothing trimmed)."""
         log = self.recovery_log
         return bool(self._read_recovery_log(log and log.readable, offset, default=False))
+
+    def recovery_contains(self, offset: str) -> bool:
+        """Whether ``offset`` is an entry of the recovery stream."""
+        log = self.recovery_log
+        return bool(self._read_recovery_log(log and log.contains, offset, default=False))
+
+    def recovery_page(self, offset: str, count: int
+                      ) -> list[tuple[str, dict[str, Any] | None, int]] | None:
+        """Up to ``count`` entries after ``offset`` (None: unreadable)."""
+        log = self.recovery_log
+        return self._read_recovery_log(log and log.page, offset, count, default=None)
 
     def recovery_after(self, offset: str) -> list[tuple[str, dict[str, Any]]] | None:
         """Messages logged after ``offset`` (None: cannot recover from it)."""
@@ -294,6 +346,7 @@ class RedisManager(ClusterManager):
 
     def _close_transport(self) -> None:
         self._close_publisher()
+        self._close_reader()
 
     # -- listening ------------------------------------------------------------
     def _subscribe(self) -> tuple[Any, Any]:
@@ -348,6 +401,12 @@ class RedisManager(ClusterManager):
                     kind = message["type"]
                     if kind == data_type:
                         yield message["data"]
+                    elif kind in ("subscribe", "ssubscribe"):
+                        # _subscribe took the first confirmation: another one
+                        # means redis-py lost the connection and re-subscribed
+                        # on its own (e.g. Redis cut us at its pub/sub output
+                        # buffer limit); what was published meanwhile is lost
+                        self._on_resubscribed(RESUBSCRIBED)
                     elif kind in ("unsubscribe", "sunsubscribe"):
                         # e.g. the channel's slot moved to another shard
                         raise ConnectionError("unsubscribed by the server")

@@ -13,18 +13,23 @@ Counters
     dropped_bad_signature signature present but wrong
     dropped_replayed      correctly signed but too old or already seen
     dropped_buffer_full   emits refused because the outage buffer was full
+                          (``buffer_size`` messages or ``buffer_bytes`` bytes)
     dropped_unpublished   messages still buffered when the manager closed
     delivered_unlogged    recovery-logged emits delivered on this node
                           without their offset (the bus was slow or down;
                           they are logged once it is back)
     handler_errors        valid messages whose local handling raised
-    reconnects            successful re-connections after a bus failure
+    reconnects            successful re-connections after a bus failure:
+                          publisher or subscriber, including a subscriber
+                          that redis-py reconnected and re-subscribed by
+                          itself (e.g. cut at Redis's pub/sub output limit)
     acks_expired          ack callbacks removed because no answer came in time
     requests_timed_out    cluster-wide queries that ended with a node silent
     lag_samples           messages that contributed to the lag gauges
 
 Gauges
     buffered              messages waiting to be published (incl. outage buffer)
+    buffered_bytes        their size in bytes (bounded by ``buffer_bytes``)
     ready                 1 when connected and subscribed, else 0
     live_nodes            nodes (this one included) heard from recently
     pending_acks          ack callbacks waiting for an answer
@@ -43,7 +48,7 @@ COUNTERS = (
     "handler_errors",
     "reconnects", "acks_expired", "requests_timed_out", "lag_samples",
 )
-GAUGES = ("buffered", "ready", "live_nodes", "pending_acks", "lag_seconds",
+GAUGES = ("buffered", "buffered_bytes", "ready", "live_nodes", "pending_acks", "lag_seconds",
           "lag_seconds_max")
 
 

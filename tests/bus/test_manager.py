@@ -8,7 +8,9 @@ from unittest import mock
 
 import pytest
 
-from cluster.bus import BusPublishError, BusSerializationError, with_timeout
+from cluster.bus import (BusConfigurationError, BusPublishError,
+                         BusSerializationError, create_manager, with_timeout)
+from cluster.bus.errors import BusMessageTooLarge
 from cluster.bus.redis_manager import RedisManager
 from tests.bus.loopback import LoopbackHub, make_node, wait_for
 
@@ -46,6 +48,50 @@ def test_unserializable_payload_raises_before_anything_happens(hub) -> None:
                         callback=lambda *a: None)
     publish.assert_not_called()
     assert server.sent == [] and manager.stats()["pending_acks"] == 0
+
+
+def test_oversized_emit_raises_at_the_caller_before_anything_happens(hub) -> None:
+    server, manager = make_node(hub, max_message_bytes=10_000)
+    sid = manager.connect("eio1", "/")
+    with mock.patch.object(manager, "_publish") as publish:
+        with pytest.raises(BusMessageTooLarge, match="max_message_bytes") as info:
+            server.emit("chat", "x" * 20_000, to=sid, callback=lambda *a: None)
+        with pytest.raises(BusSerializationError):  # what workers map to PayloadError
+            server.emit("chat", b"\x00" * 9_000, to=sid)  # base64 on the bus: 12 KB
+        server.emit("chat", "x" * 9_000, to=sid)  # under the limit: sent
+    assert info.value.limit == 10_000 and info.value.size > 20_000
+    assert "out of band" in str(info.value)
+    emits = [c for c in publish.call_args_list if c.args[0]["method"] == "emit"]
+    assert len(emits) == 1  # (heartbeats may pass the mock too)
+    assert [d for _, d in server.sent] == ['2["chat","' + "x" * 9_000 + '"]']
+    assert manager.stats()["pending_acks"] == 0
+
+
+def test_oversized_write_only_publish_raises_and_sends_nothing() -> None:
+    manager = RedisManager("redis://127.0.0.1:1/0", write_only=True,
+                           max_message_bytes=1_000, publish_timeout=0.3)
+    with pytest.raises(BusMessageTooLarge):
+        manager.emit("x", "y" * 2_000, to="room")
+    # refused before any connection attempt (there is no Redis on port 1)
+    assert manager.stats()["publish_errors"] == 0
+
+
+def test_bus_limits_given_with_the_driver_options() -> None:
+    # message_queue_options reach create_manager as driver options: the
+    # limits stay with the manager instead of reaching redis.Redis()
+    manager = create_manager("redis://127.0.0.1:1/0", write_only=True, options={
+        "buffer_size": 7, "buffer_bytes": 5_000, "max_message_bytes": 2_000,
+        "socket_timeout": 1.0})
+    assert (manager.buffer_size, manager.buffer_bytes, manager.max_message_bytes) == (
+        7, 5_000, 2_000)
+    assert manager.redis_options["socket_timeout"] == 1.0
+    assert "buffer_bytes" not in manager.redis_options
+    kombu = create_manager("amqp://guest:guest@127.0.0.1:1//", write_only=True,
+                           options={"max_message_bytes": 3_000})
+    assert kombu.max_message_bytes == 3_000
+    assert "max_message_bytes" not in kombu.connection_options
+    with pytest.raises(BusConfigurationError, match="max_message_bytes=-1"):
+        create_manager("redis://127.0.0.1:1/0", options={"max_message_bytes": -1})
 
 
 def test_remote_node_delivers_room_list_and_skip_sid(hub) -> None:

@@ -13,6 +13,7 @@ import requests
 import socketio
 
 from cluster.bus import create_manager
+from cluster.bus.errors import BusMessageTooLarge
 from cluster.processes import RedisServerProcess, port_accepts
 from tests.bus.conftest import wait_nodes
 from tests.bus.loopback import wait_for
@@ -183,3 +184,103 @@ def test_password_in_url_or_in_options(tmp_path: Path) -> None:
         receiver.close()
     finally:
         server.stop()
+
+
+# -- bounds: message size, outage buffer bytes, subscriber reconnects ---------
+
+LIMITS_APP = '''
+"""A bus node with small limits, set where a user sets them."""
+from flask import Flask, request
+from cluster import SocketIO
+
+app = Flask(__name__)
+app.config["SECRET_KEY"] = "limits-test"
+# sessions in memory: the Redis session store builds its client from
+# message_queue_options too, and must leave the bus limits out of it
+# (cluster.bus.manager.driver_only) before they can be set here with it
+socketio = SocketIO(app, session_store="memory", message_queue_options={
+    "buffer_bytes": 2_000_000, "max_message_bytes": 1_000_000})
+
+
+@socketio.on("stats")
+def stats():
+    return socketio.server.manager.stats()
+
+
+@socketio.on("flood")
+def flood(data):
+    for _ in range(data["count"]):
+        socketio.emit("blob", "x" * data["size"], to="nobody")
+    return socketio.server.manager.stats()
+
+
+@socketio.on("big")
+def big(size):
+    try:
+        socketio.emit("big", "x" * size, to=request.sid)
+    except Exception as exc:
+        return {"error": type(exc).__name__, "message": str(exc)}
+    return {"error": None}
+'''
+
+
+@pytest.fixture
+def limits_node(node_factory, tmp_path: Path):
+    """A node running :data:`LIMITS_APP` (importable from ``tmp_path``)."""
+    (tmp_path / "limits_app.py").write_text(LIMITS_APP)
+    (node,) = node_factory(app="limits_app:socketio",
+                           env={"PYTHONPATH": str(tmp_path)})
+    return node
+
+
+def test_oversized_emit_in_a_handler_raises_there_and_delivers_nothing(
+        limits_node, connect) -> None:
+    client = connect(limits_node)
+    reply = client.call("big", 1_100_000)
+    assert reply["error"] == "BusMessageTooLarge"
+    assert "max_message_bytes" in reply["message"]
+    assert client.call("big", 900_000) == {"error": None}
+    assert [len(data) for data in client.wait_event("big")] == [900_000]
+    assert client.call("stats")["reconnects"] == 0
+
+
+def test_outage_buffer_is_capped_in_bytes(limits_node, connect,
+                                          redis_server) -> None:
+    client = connect(limits_node)
+    redis_server.kill(signal.SIGKILL)
+    wait_for(lambda: requests.get(f"{limits_node.url}/readyz", timeout=2)
+             .status_code == 503, timeout=10)
+    # 100 emits of 50 KB (5 MB) into a 2 MB buffer; the count cap (10,000)
+    # alone would have held them all
+    stats = client.call("flood", {"count": 100, "size": 50_000})
+    assert 0 < stats["buffered_bytes"] <= 2_000_000
+    assert stats["buffered"] <= 40 and stats["dropped_buffer_full"] >= 60
+    assert "buffer_bytes" in limits_node.log_tail(200)
+    redis_server.start()
+    wait_for(lambda: client.call("stats")["buffered"] == 0, timeout=15)
+    assert client.call("stats")["buffered_bytes"] == 0
+
+
+def test_publish_over_redis_output_buffer_limit_refused_or_reconnect_counted(
+        bus_nodes, connect, redis_server, redis_url) -> None:
+    (node,) = bus_nodes(1)
+    client = connect(node)
+    huge = "x" * (40 << 20)  # over Redis's 32 MB pub/sub output buffer limit
+    ours = create_manager(redis_url, write_only=True)
+    with pytest.raises(BusMessageTooLarge, match="max_message_bytes"):
+        ours.emit("huge", huge, room=client.sid)
+    assert stats(client)["reconnects"] == 0  # nothing reached Redis
+    # a foreign publisher is not bound by our limit: Redis cuts every
+    # subscriber and redis-py re-subscribes under its pubsub object
+    raw = redis_server.client()
+    try:
+        assert raw.publish("flask-socketio", huge) == 1
+    finally:
+        raw.close()
+    del huge
+    wait_for(lambda: stats(client)["reconnects"] >= 1, timeout=10)
+    log = node.log_tail(200)
+    assert "subscription lost" in log and "re-subscribed" in log
+    assert "subscription restored" in log
+    ours.emit("relayed", "still on the bus", room=client.sid)
+    assert client.wait_event("relayed") == ["still on the bus"]

@@ -3,87 +3,26 @@ pings, the upgrade from polling, and a client that stops reading."""
 
 from __future__ import annotations
 
-import base64
-import os
-import socket
 import time
 from typing import Any
 
-import requests
 import socketio
 
 from tests.harness.peers import Peer
+from tests.harness.raw_websocket import RawWebSocket, masked_text_frame, metric
 
 MAX_BACKLOG = 64 * 1024
 
 
-def _metric(node: Any, name: str, kind: str) -> float:
-    text = requests.get(f"{node.url}/metrics", timeout=5).text
-    prefix = f'{name}{{kind="{kind}"}} '
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            return float(line[len(prefix):])
-    raise AssertionError(f"{prefix!r} not in /metrics")
-
-
-def _read_frame(sock: socket.socket) -> str:
-    """One unmasked text frame from the server (small frames only)."""
-    head = _read_exactly(sock, 2)
-    length = head[1] & 0x7F
-    if length == 126:
-        length = int.from_bytes(_read_exactly(sock, 2), "big")
-    elif length == 127:
-        length = int.from_bytes(_read_exactly(sock, 8), "big")
-    return _read_exactly(sock, length).decode()
-
-
-def _read_exactly(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise ConnectionError("closed by the server")
-        data += chunk
-    return data
-
-
-def _send_text(sock: socket.socket, text: str) -> None:
-    payload = text.encode()
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
-
-
-def _stalled_member(node: Any, room: str) -> socket.socket:
-    """A raw websocket client that joins ``room`` and then never reads."""
-    sock = socket.socket()
-    # a small receive window: the node's writes back up quickly
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect((node.host, node.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
-                  f"Host: {node.host}:{node.port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert b" 101 " in head.split(b"\r\n", 1)[0]
-    assert _read_frame(sock).startswith("0{")  # Engine.IO open
-    _send_text(sock, "40")
-    while not _read_frame(sock).startswith("40"):
-        pass
-    _send_text(sock, f'421["join","{room}"]')
-    while not _read_frame(sock).startswith("431"):
-        pass
-    return sock
-
-
 def test_a_client_that_stops_reading_is_cut_at_the_backlog_limit(
         node_factory: Any, sio_client_factory: Any) -> None:
-    (node,) = node_factory(message_queue=None, extra_args=["--max-backlog", str(MAX_BACKLOG)])
-    stalled = _stalled_member(node, "feed")
+    # 6,000 events from one sender: past the default per-connection rate limit
+    (node,) = node_factory(message_queue=None, extra_args=[
+        "--max-backlog", str(MAX_BACKLOG), "--max-events-per-second", "0"])
+    # never reads after joining, with a small receive window
+    stalled_client = RawWebSocket(node, receive_buffer=4096)
+    stalled_client.connect_and_join("feed")
+    stalled = stalled_client.sock
     listener = Peer(sio_client_factory, node.url, cls=socketio.Client)
     texts: list[str] = []
     listener.client.on("room_message", lambda message: texts.append(message["text"]))
@@ -100,7 +39,7 @@ def test_a_client_that_stops_reading_is_cut_at_the_backlog_limit(
         time.sleep(0.05)
     # everyone else got everything, in order
     assert [text[:5] for text in texts] == [f"{n:05d}" for n in range(count)]
-    assert _metric(node, "socketio_server_events_total", "slow_consumers") == 1
+    assert metric(node, "socketio_server_events_total", "slow_consumers") == 1
     # the stalled client was cut: reading now ends in EOF after what the
     # kernel had buffered, well before the ~6 MB it was sent
     received = 0
@@ -126,7 +65,7 @@ def test_frames_share_writes_and_the_upgrade_from_polling_works(
         time.sleep(0.05)
     assert polling_first.client.transport() == "websocket"
     polling_first.call("join", "feed")
-    before = _metric(node, "socketio_websocket_total", "frames")
+    before = metric(node, "socketio_websocket_total", "frames")
     sender = Peer(sio_client_factory, node.url, cls=socketio.Client)
     for n in range(200):
         sender.client.emit("to_room", {"room": "feed", "text": f"{n:03d}"})
@@ -136,10 +75,70 @@ def test_frames_share_writes_and_the_upgrade_from_polling_works(
         if event == "room_message":
             texts.append(data["text"])
     assert texts == [f"{n:03d}" for n in range(200)]
-    frames = _metric(node, "socketio_websocket_total", "frames") - before
+    frames = metric(node, "socketio_websocket_total", "frames") - before
     assert frames >= 200
-    assert _metric(node, "socketio_websocket_total", "writes") <= _metric(
+    assert metric(node, "socketio_websocket_total", "writes") <= metric(
         node, "socketio_websocket_total", "frames")
     polling_only = Peer(sio_client_factory, node.url, cls=socketio.Client,
                         transports=["polling"])
     assert polling_only.call("context")["result"]["sid"] == polling_only.sid
+
+
+def test_a_client_uploading_at_full_speed_does_not_hold_up_the_others(
+        node_factory: Any, sio_client_factory: Any) -> None:
+    import threading
+
+    (node,) = node_factory(message_queue=None)
+    uploading = RawWebSocket(node)
+    uploading.send("40")
+    uploader = uploading.sock
+    # ~900 KB events (under the 1 MB payload cap), masked as clients must
+    frame = masked_text_frame('42["upload","' + "x" * 900_000 + '"]')
+    sent = [0]
+    stop = threading.Event()
+
+    def upload() -> None:
+        try:
+            while not stop.is_set():
+                uploader.sendall(frame)
+                sent[0] += len(frame)
+        except OSError:
+            pass
+
+    other = Peer(sio_client_factory, node.url, cls=socketio.Client)
+    thread = threading.Thread(target=upload, daemon=True)
+    thread.start()
+    round_trips = []
+    try:
+        while sent[0] < 3 * len(frame):  # the upload is under way
+            time.sleep(0.01)
+        for _ in range(20):
+            started = time.monotonic()
+            assert other.call("context")["result"]["sid"] == other.sid
+            round_trips.append(time.monotonic() - started)
+    finally:
+        stop.set()
+        uploader.close()
+        thread.join(10)
+    assert sent[0] > 10 * len(frame)  # it kept uploading while the others were served
+    # idle, a round trip takes ~2 ms; with eventlet's per-byte unmasking the
+    # upload held the hub and round trips took 6-7 s
+    assert max(round_trips) < 1.0, round_trips
+
+
+def test_a_closed_socket_releases_its_ping_timer() -> None:
+    # the pending ping timer held each closed connection (socket, writer,
+    # websocket, environ: ~12 KB) for a whole ping interval, so memory grew
+    # with connection churn
+    import engineio
+
+    from cluster.websocket_transport import ClusterSocket
+
+    server = engineio.Server(async_mode="threading")
+    eio_socket = ClusterSocket(server, "sid1")
+    eio_socket.schedule_ping()
+    timer = eio_socket.ping_timer
+    assert timer is not None and not timer.called
+    eio_socket.close(wait=False, abort=True)
+    assert timer.called and eio_socket.ping_timer is None
+    assert not hasattr(timer, "tpl")  # the callback, and so the socket, let go
