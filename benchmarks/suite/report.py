@@ -14,6 +14,7 @@ import platform
 import statistics
 import subprocess
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from .targets import TARGETS, haproxy_executable, node_executable, node_package_version
@@ -292,12 +293,20 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write(results: dict[str, Any], prefix: Path, plot_path: Path) -> list[Path]:
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = prefix.with_suffix(".json"), prefix.with_suffix(".md")
+    return write_files(results, prefix.with_suffix(".json"), prefix.with_suffix(".md"),
+                       plot_path, markdown, plot)
+
+
+def write_files(results: dict[str, Any], json_path: Path, md_path: Path, plot_path: Path,
+                render: Callable[[dict[str, Any]], str],
+                draw: Callable[[dict[str, Any], Path], None]) -> list[Path]:
+    """The JSON, the Markdown ``render`` makes and the plot ``draw`` makes;
+    the JSON and Markdown are kept even if the plot fails."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    md_path.write_text(markdown(results))
+    md_path.write_text(render(results))
     try:
-        plot(results, plot_path)
+        draw(results, plot_path)
     except Exception as exc:  # noqa: BLE001 - the figures are written already
         print(f"the plot failed: {type(exc).__name__}: {exc}")
         return [json_path, md_path]

@@ -24,10 +24,11 @@ moved off the others: load, not growth).
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
+
+from .report import write_files
 
 PHASES = ("steady", "node_restarts", "redis_restart")
 PHASE_LABELS = {"steady": "steady", "node_restarts": "around node restarts",
@@ -353,14 +354,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def write(results: dict[str, Any], prefix: Path) -> list[Path]:
     """``prefix``.json, .md and .png; the JSON and Markdown even if the plot fails."""
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     # appended, not with_suffix: "soak.quick" keeps its dot
     json_path, md_path, png_path = (Path(f"{prefix}{x}") for x in (".json", ".md", ".png"))
-    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    md_path.write_text(markdown(results))
-    try:
-        plot(results, png_path)
-    except Exception as exc:  # noqa: BLE001 - the figures are written already
-        print(f"the plot failed: {type(exc).__name__}: {exc}")
-        return [json_path, md_path]
-    return [json_path, md_path, png_path]
+    return write_files(results, json_path, md_path, png_path, markdown, plot)
