@@ -79,14 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--max-connections", type=int, default=None,
                       help="concurrent connections this node accepts (default: 100000; "
                            "eventlet's own default of 1024 silently hangs connection 1025)")
-    node.add_argument("--max-backlog", type=int,
-                      default=int(os.environ["CLUSTER_MAX_BACKLOG"])
-                      if os.environ.get("CLUSTER_MAX_BACKLOG") else None,
+    # argparse converts string defaults taken from the environment with the
+    # flag's type, here and in the flags below
+    node.add_argument("--max-backlog", type=int, metavar="BYTES",
+                      default=os.environ.get("CLUSTER_MAX_BACKLOG") or None,
                       help="bytes a client may leave unread before it is disconnected, logged "
                            "and counted as a slow consumer (default: $CLUSTER_MAX_BACKLOG, "
                            "else 1048576)")
-    # per-connection limits (cluster.limits); argparse converts the string
-    # defaults taken from the environment with the flag's type
+    # per-connection limits (cluster.limits)
     node.add_argument("--max-events-per-second", type=float, metavar="N",
                       default=os.environ.get("CLUSTER_MAX_EVENTS_PER_SECOND") or None,
                       help="per-connection rate limit of incoming events, bursts of twice "

@@ -80,11 +80,6 @@ def websocket_socket(ws: Any) -> Any:
     return ws.socket
 
 
-def websocket_compressed(ws: Any) -> bool:
-    """Whether permessage-deflate was negotiated for ``ws``."""
-    return "permessage-deflate" in (getattr(ws, "extensions", None) or {})
-
-
 def websocket_deflate_options(ws: Any) -> dict[str, Any] | None:
     """The permessage-deflate parameters eventlet negotiated, if any."""
     return (getattr(ws, "extensions", None) or {}).get("permessage-deflate")

@@ -193,22 +193,21 @@ class ClusterSocket(compat.EngineSocketSeam):
                              on_overflow=self._writer_overflowed)
         compat.route_websocket_writes(ws, writer.write)
         self.websocket = ws
-        self.compressed = compat.websocket_compressed(ws)
+        deflate = compat.websocket_deflate_options(ws)
+        self.compressed = deflate is not None
         reader = WebSocketReader(sock, writer.write, max_message=server.max_http_buffer_size,
-                                 deflate=compat.websocket_deflate_options(ws))
+                                 deflate=deflate)
         receive_frame = reader.read_message
 
         try:
             if self.connected:
                 if not self._finish_upgrade(receive_frame, writer):
-                    writer.close()
                     return []
             else:
                 self.connected = True
                 self.upgraded = True
             for pkt in compat.drain_queue(self.queue):
                 if pkt is None:  # closed while upgrading
-                    writer.close()
                     return []
                 writer.write(self._frame(pkt))
             self.frame_writer = writer
