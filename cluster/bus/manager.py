@@ -27,7 +27,8 @@ from .codec import DEFAULT_MAX_MESSAGE_BYTES, Codec
 from .errors import BusConfigurationError, BusPublishError
 from .membership import MembershipEvents
 from .nodes import NodeRegistry
-from .outbox import DEFAULT_MAX_BYTES as DEFAULT_BUFFER_BYTES, Outbox, Ticket
+from .ordered_delivery import OrderedDelivery
+from .outbox import DEFAULT_MAX_BYTES as DEFAULT_BUFFER_BYTES, Outbox
 from .presence import Presence
 from .receiving import ReceivingMixin
 from .runtime import Runtime
@@ -180,9 +181,12 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         # one thread's reconnect cannot cut another's send) and the send
         # itself takes it again
         self._pub_lock = threading.RLock()
-        #: seconds an emit waits for its recovery offset before it is
-        #: delivered locally without one (it is still logged later)
+        #: seconds a logged emit waits to come back through the channel
+        #: (where the listener delivers it, offset and all, in stream order)
+        #: before it is delivered locally without an offset (it is still
+        #: logged later)
         self.offset_wait = min(2.0, publish_timeout)
+        self._ordered = OrderedDelivery(self._runtime)
         self._last_drop_log = 0.0
         self._last_backend_check = 0.0
         #: cluster-wide queries and commands (see :class:`ClusterView`)
@@ -195,6 +199,7 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         super().set_server(server)
         self._codec.json = self.json
         self._runtime = Runtime(server)
+        self._ordered = OrderedDelivery(self._runtime)
 
     def initialize(self) -> None:
         """Start the publisher, listener and heartbeat tasks (idempotent).
@@ -326,51 +331,84 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         if callback is not None:
             ack_id = self._generate_ack_id(room, callback)
             message["callback"] = [room, namespace, ack_id]
+        logged = ack_id is None and self.logs_recovery
+        pending = None
+        if logged and not self.write_only:
+            pending = self._ordered.expect()
+            message["lid"] = pending.lid
         try:
             body = self._codec.dumps(message)
         except Exception:
             if ack_id is not None:
                 self.callbacks.get(room, {}).pop(ack_id, None)
+            if pending is not None:
+                self._ordered.abandon(pending)
             raise
-        logged = ack_id is None and self.logs_recovery
         if self.write_only:
             self._publish(message, body=body, logged=logged)
-            return
-        if logged:
-            message = self._with_offset(message, body)
-        self._handle_emit(message)  # this node's clients: no round trip
-        if not logged:
+        elif pending is not None:
+            self._deliver_logged(message, body, pending)
+        else:
+            self._handle_emit(message)  # this node's clients: no round trip
             self._publish(message, body=body)
+
+    @property
+    def signed(self) -> bool:
+        """Whether messages are signed (and unsigned ones dropped)."""
+        return self._codec.signed
 
     @property
     def logs_recovery(self) -> bool:
         """Whether emits are logged for connection state recovery."""
         return bool(self.recovery_window) and self._supports_recovery_log()
 
-    def _with_offset(self, message: dict[str, Any], body: str) -> dict[str, Any]:
-        """Queue a logged emit and wait for its offset (one batched round
-        trip, shared with concurrent emits); during an outage it is logged
-        when the bus returns and delivered here without an offset now."""
+    def _deliver_logged(self, message: dict[str, Any], body: str,
+                        pending: Any) -> None:
+        """Publish a logged emit and wait until the listener delivered it to
+        this node's clients, in stream order (see :mod:`.ordered_delivery`);
+        without the bus it is delivered here at once, without an offset, and
+        logged when the bus returns."""
         outbox = self._outbox
         if outbox is None:
             self.initialize()
             outbox = self._outbox
         assert outbox is not None
-        ticket = Ticket(self._runtime) if outbox.healthy else None
-        if not self._publish(message, body=body, logged=True, ticket=ticket):
-            return message  # the outage buffer is full: refused and counted
-        offset = ticket.wait(self.offset_wait) if ticket is not None else None
-        if offset is None:
+        coming_back = outbox.healthy and self._subscribed
+        in_listener = self._in_listener()
+        if in_listener and coming_back:
+            pending.message = message  # delivered when it comes back
+        queued = self._publish(message, body=body, logged=True, waiter=pending)
+        if queued and coming_back:
+            if in_listener:
+                return  # the listener cannot wait for itself
+            pending.wait(self.offset_wait)
+        if self._ordered.settle(pending):
+            if queued:
+                self._stats.incr("delivered_unlogged")
+            self._handle_emit(message)
+
+    def _emitters_stop_waiting(self) -> None:
+        """The subscription is gone: no logged emit comes back for now."""
+        for message in self._ordered.wake_all():
             self._stats.incr("delivered_unlogged")
-            return message
-        return dict(message, offset=offset)
+            self._handle_emit(message)
+
+    def _deliver_own_logged(self, message: dict[str, Any]) -> None:
+        """The listener's part: this node's logged emit came back."""
+        lid = message.get("lid")
+        if self._ordered.arrived(lid):
+            try:
+                self._handle_emit(message)
+            finally:
+                self._ordered.done(lid)
 
     def _seal_and_send(self, bodies: list[str], logged: list[bool]) -> list[str | None]:
         # sealing (which numbers signed messages) and sending happen under
         # one lock, so messages leave in the order of their sequence numbers
         # whichever thread sends them (write-only emitters may be threaded)
         with self._pub_lock:
-            payloads = [self._codec.seal(body, self.host_id) for body in bodies]
+            payloads = [self._codec.seal(body, self.host_id, logged=log)
+                        for body, log in zip(bodies, logged)]
             if any(logged):
                 return self._send_logged_batch(payloads, logged)
             self._send_batch(payloads)
@@ -407,13 +445,13 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
 
     def _publish(self, data: dict[str, Any], volatile: bool = False,
                  body: str | None = None, *, logged: bool = False,
-                 ticket: Ticket | None = None) -> bool:
+                 waiter: Any = None) -> bool:
         """Queue one bus message: the one way out (the seam unit tests mock).
 
         ``body`` is ``data`` already serialized by the caller; otherwise it
         is serialized here, raising at the caller if it cannot be.
         ``logged`` appends it to the recovery stream as it is published;
-        ``ticket`` receives its offset. Write-only managers publish before
+        ``waiter`` is woken if that fails. Write-only managers publish before
         returning.
         """
         if body is None:
@@ -424,7 +462,7 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         if self._outbox is None:
             self.initialize()
         assert self._outbox is not None
-        return self._outbox.put(body, volatile, logged=logged, ticket=ticket)
+        return self._outbox.put(body, volatile, logged=logged, waiter=waiter)
 
     def _publish_now(self, body: str, logged: bool) -> None:
         """Write-only: publish before returning, through the same outbox."""

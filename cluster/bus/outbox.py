@@ -9,8 +9,8 @@ workers) sends through :meth:`Outbox.publish_now`, the same send function
 and the same retry policy.
 
 With connection state recovery an item can be *logged*: appended to the
-recovery stream by the batch that publishes it, which returns the item's
-offset to whoever waits on its :class:`Ticket`. A logged emit buffered
+recovery stream by the batch that publishes it (the offset comes back to
+this node through the channel: :mod:`.ordered_delivery`). A logged emit buffered
 during an outage is logged (in order) when the bus returns, so a client
 recovering later is replayed what it missed. This is what lets a burst of
 thousands of concurrent emits go out in full: python-socketio's RedisManager
@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .codec import encoded_size
 from .runtime import Backoff, Runtime
@@ -44,34 +44,17 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _MIB = 1024 * 1024
 
 
-class Ticket:
-    """The offset of one logged item, once its batch was written.
+class Waiter(Protocol):
+    """Someone waiting for a logged item (see :mod:`.ordered_delivery`)."""
 
-    ``wait`` returns ``None`` when the item could not be logged in time (the
-    bus failed or is slow): the caller then delivers locally without an
-    offset, and the item stays queued to be logged when the bus returns.
-    """
-
-    __slots__ = ("_event", "offset")
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._event = runtime.event()
-        self.offset: str | None = None
-
-    def resolve(self, offset: str | None) -> None:
-        self.offset = offset
-        self._event.set()
-
-    def wait(self, timeout: float) -> str | None:
-        self._event.wait(timeout)
-        return self.offset
+    def wake(self) -> None: ...
 
 
 class _Item:
-    __slots__ = ("body", "size", "volatile", "logged", "ticket")
+    __slots__ = ("body", "size", "volatile", "logged", "waiter")
 
-    def __init__(self, body: str, volatile: bool, logged: bool, ticket: Ticket | None) -> None:
-        self.body, self.volatile, self.logged, self.ticket = body, volatile, logged, ticket
+    def __init__(self, body: str, volatile: bool, logged: bool, waiter: Waiter | None) -> None:
+        self.body, self.volatile, self.logged, self.waiter = body, volatile, logged, waiter
         self.size = encoded_size(body)
 
 
@@ -140,15 +123,16 @@ class Outbox:
         return self._queued_bytes + self._in_flight_bytes
 
     def put(self, body: str, volatile: bool = False, *, logged: bool = False,
-            ticket: Ticket | None = None) -> bool:
+            waiter: Waiter | None = None) -> bool:
         """Queue one message; False when it was refused (and counted).
 
         ``logged``: append it to the recovery stream when it is published;
-        ``ticket`` then receives its offset.
+        ``waiter`` is woken if publishing fails (it then stops waiting for
+        the message to come back through the channel).
         """
         if volatile and not self.healthy:
             return False
-        item = _Item(body, volatile, logged, ticket)
+        item = _Item(body, volatile, logged, waiter)
         with self._bytes_lock:
             full = (len(self) >= self.max_size
                     or self.buffered_bytes + item.size > self.max_bytes)
@@ -250,19 +234,19 @@ class Outbox:
                 if not self.healthy and self.failed_since is not None \
                         and self.before_resume is not None:
                     self.before_resume()
-                offsets: list[str | None] = []
                 if batch:
-                    offsets = self.send_batch([item.body for item in batch],
-                                              [item.logged for item in batch])
+                    self.send_batch([item.body for item in batch],
+                                    [item.logged for item in batch])
                 elif self.connect is not None:
                     self.connect()  # only volatile messages were lost: probe
                 else:
                     self.send_batch([], [])
             except Exception as exc:  # any driver error means "retry later"
-                # whoever waits for an offset delivers without one now; the
-                # items stay queued and are logged once the bus is back
-                self._release_tickets(batch)
-                self._release_tickets(self._queue)
+                # whoever waits for its emit to come back delivers it now
+                # without an offset; the items stay queued and are logged
+                # once the bus is back
+                self._wake_waiters(batch)
+                self._wake_waiters(self._queue)
                 self.stats.incr("publish_errors")
                 if self.healthy or self.failed_since is None:
                     self.failed_since = time.monotonic()
@@ -290,17 +274,14 @@ class Outbox:
             self.healthy = True
             self.failed_since = None
             self.stats.incr("published", len(batch))
-            for item, offset in zip(batch, offsets or [None] * len(batch)):
-                if item.ticket is not None:
-                    item.ticket.resolve(offset)
             return True
 
     @staticmethod
-    def _release_tickets(items: Any) -> None:
+    def _wake_waiters(items: Any) -> None:
         for item in items:
-            if item.ticket is not None:
-                ticket, item.ticket = item.ticket, None
-                ticket.resolve(None)
+            if item.waiter is not None:
+                waiter, item.waiter = item.waiter, None
+                waiter.wake()
 
     def mark_healthy(self) -> None:
         """Record a successful connect made outside the loop (start-up)."""
@@ -314,7 +295,7 @@ class Outbox:
             self.runtime.sleep(0.01)
         self._closed = True
         self._wakeup.set()
-        self._release_tickets(self._queue)
+        self._wake_waiters(self._queue)
         left = len(self._queue)
         if left:
             self.stats.incr("dropped_unpublished", left)

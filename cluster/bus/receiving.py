@@ -9,6 +9,7 @@ survives any single bad message and any backend failure.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -50,13 +51,24 @@ class ReceivingMixin:
         def _get_logger(self) -> Any: ...
         def _listen(self) -> Iterator[Any]: ...
         def _handle_emit(self, message: dict[str, Any]) -> None: ...
+        def _deliver_own_logged(self, message: dict[str, Any]) -> None: ...
+        def _emitters_stop_waiting(self) -> None: ...
         def _handle_callback(self, message: dict[str, Any]) -> None: ...
         def _handle_disconnect(self, message: dict[str, Any]) -> None: ...
         def _handle_enter_room(self, message: dict[str, Any]) -> None: ...
         def _handle_leave_room(self, message: dict[str, Any]) -> None: ...
         def _handle_close_room(self, message: dict[str, Any]) -> None: ...
 
+    #: green-thread (or thread) local: set inside the listener
+    _listener_local = threading.local()
+
+    def _in_listener(self) -> bool:
+        """Whether the caller runs inside this listener (an ack callback or
+        a presence hook it called), which must never wait for the listener."""
+        return getattr(self._listener_local, "manager", None) is self
+
     def _thread(self) -> None:
+        self._listener_local.manager = self
         backoff = Backoff(cap=self.max_backoff)
         while not self._closed:
             try:
@@ -75,7 +87,7 @@ class ReceivingMixin:
         self._last_received = time.monotonic()
         offset, raw = split_published(raw)
         try:
-            message, sent_ms = self._codec.open(raw)
+            message, sent_ms = self._codec.open(raw, offset=offset)
         except Dropped as drop:
             self._stats.incr(drop.reason)
             self._log_drop(drop)
@@ -89,7 +101,11 @@ class ReceivingMixin:
                     self._handle_callback(message)
                 return
             if host == self.host_id:
-                return  # our own message coming back
+                # our own message coming back: a logged emit is delivered
+                # to this node's clients now, in stream order
+                if method == "emit" and "lid" in message:
+                    self._deliver_own_logged(message)
+                return
             if sent_ms is not None:
                 self._stats.record_lag(time.time() - sent_ms / 1000)
             if method in CLUSTER_METHODS:
@@ -173,6 +189,7 @@ class ReceivingMixin:
                 "only until it returns", exc or "listener stopped")
         self._subscribed = False
         self._nodes.freeze()
+        self._emitters_stop_waiting()
 
     def _listener_is_deaf(self) -> bool:
         """Subscribed, publishing fine, yet not even our own heartbeats

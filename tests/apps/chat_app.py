@@ -224,6 +224,18 @@ def on_ask(data: dict[str, Any]) -> Any:
     return {"node": NODE_NAME, "answer": answer}
 
 
+@socketio.on("ask_then_announce")
+def on_ask_then_announce(data: dict[str, Any]) -> Any:
+    """Ask a client a question; its ack callback (run by the bus listener
+    when the client is on another node) announces the answer in a room."""
+    def announce(answer: Any) -> None:
+        socketio.emit("room_message", {"from": "ack", "node": NODE_NAME, "text": answer},
+                      to=data["room"])
+
+    socketio.emit("question", data["question"], to=data["sid"], callback=announce)
+    return NODE_NAME
+
+
 @socketio.on("close")
 def on_close(room: str) -> Any:
     close_room(room)
