@@ -45,7 +45,14 @@ class BoundSession:
     # before which it cannot have received anything
     offset: str | None = None
     base_offsets: dict[str, str] = field(default_factory=dict)
+    #: where the recovery stream restarted while the session lived (Redis
+    #: came back empty): an older client offset replays from there
+    rebased: dict[str, str] = field(default_factory=dict)
     recovered: bool = False
+
+    def record(self) -> dict[str, dict[str, str]]:
+        """The connection record to store (the rooms go separately)."""
+        return {"sids": self.sids, "base": self.base_offsets, "rebased": self.rebased}
 
     def note_room(self, namespace: str, room: str, joined: bool) -> bool:
         """Record a join or leave; ``False`` when it changes nothing."""

@@ -74,6 +74,18 @@ class ConnectionSessions:
         }
         # session id -> environ of the connections bound on this node
         self.local: dict[str, dict[str, Any]] = {}
+        #: renews the live sessions' leases (:mod:`.session_leases`); started
+        #: by the first accepted connection
+        self.leases: Any = None
+
+    def live_bindings(self) -> list[tuple[str, BoundSession]]:
+        """``(session id, binding)`` of each live, stored connection here."""
+        live = []
+        for session_id, environ in list(self.local.items()):
+            bound = environ.get(ENVIRON_KEY)
+            if bound is not None and bound.accepted and bound.sids:
+                live.append((session_id, bound))
+        return live
 
     def holds(self, session_id: str) -> bool:
         """Whether a live connection on this node holds ``session_id``."""
@@ -98,6 +110,11 @@ class ConnectionSessions:
         """The session's recorded start in ``namespace``: no replay before it."""
         bound = environ.get(ENVIRON_KEY)
         return bound.base_offsets.get(namespace) if bound is not None else None
+
+    def recovery_rebased(self, environ: Mapping[str, Any], namespace: str) -> str | None:
+        """Where the recovery stream restarted while the session lived, if it did."""
+        bound = environ.get(ENVIRON_KEY)
+        return bound.rebased.get(namespace) if bound is not None else None
 
     def saved_rooms(self, environ: Mapping[str, Any], namespace: str) -> list[str]:
         """The rooms a resumed connection gets back in ``namespace``."""
@@ -187,8 +204,7 @@ class ConnectionSessions:
         if bound.session_id is None or self.store is None:
             return
         try:
-            self.state.save(bound.session_id, {"sids": bound.sids, "base": bound.base_offsets},
-                            self.store.lease_ttl)
+            self.state.save(bound.session_id, bound.record(), self.store.lease_ttl)
         except Exception as exc:  # redis errors of the connection record
             raise SessionStoreError(f"connection record: {exc}") from exc
         self._flush_rooms(bound)
@@ -233,6 +249,7 @@ class ConnectionSessions:
             # before this offset, so no replay may start earlier
             last = getattr(self.socketio.server.manager, "recovery_last_offset", None)
             base = last() if callable(last) else None
+            bound.rebased.pop(namespace, None)
             if base is not None:
                 bound.base_offsets[namespace] = base
             else:  # start unknown (Redis down): no recovery from this session
@@ -279,6 +296,8 @@ class ConnectionSessions:
             bound.session_id = handle.session_id
             self.counters["persisted"] += 1
         self.local[bound.session_id] = environ
+        if self.leases is not None:
+            self.leases.start()
         try:
             if bound.resumed:
                 store.persist(bound.session_id)  # the connected lease
@@ -401,7 +420,8 @@ class ConnectionSessions:
         return BoundSession(session=session, session_id=result.session_id, identity=identity,
                             resumed=True, claimed_pid=pid,
                             rooms={ns: set(rooms) for ns, rooms in record["rooms"].items()},
-                            previous_sids=record["sids"], base_offsets=record["base"])
+                            previous_sids=record["sids"], base_offsets=record["base"],
+                            rebased=record["rebased"])
 
     def _held_by_a_live_connection(self, session_id: str) -> bool:
         if self.holds(session_id):

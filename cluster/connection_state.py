@@ -11,7 +11,12 @@ Two Redis keys per session:
   changes only then)::
 
       {"sids": {"<namespace>": "<sid>"},
-       "base": {"<namespace>": "<recovery offset at connect>"}}
+       "base": {"<namespace>": "<recovery offset at connect>"},
+       "rebased": {"<namespace>": "<offset>"}}
+
+  ``rebased`` is set when the store lost the session while its connection
+  lived (see :mod:`cluster.session_leases`): the recovery stream restarted
+  there, so a client offset older than it replays from it.
 
 - ``<prefix>conn:<session id>:rooms``, a set of ``["<namespace>", "<room>"]``
   JSON members. A join is one ``SADD`` and a leave one ``SREM``, whatever
@@ -37,7 +42,7 @@ RoomKey = tuple[str, str]  # (namespace, room)
 
 
 def empty_record() -> ConnectionRecord:
-    return {"sids": {}, "rooms": {}, "base": {}}
+    return {"sids": {}, "rooms": {}, "base": {}, "rebased": {}}
 
 
 def _decode(raw: Any) -> ConnectionRecord:
@@ -48,7 +53,7 @@ def _decode(raw: Any) -> ConnectionRecord:
         return record
     if not isinstance(value, dict):
         return record
-    for key in ("sids", "base"):
+    for key in ("sids", "base", "rebased"):
         mapping = value.get(key)
         if isinstance(mapping, dict):
             record[key] = {ns: text for ns, text in mapping.items()
@@ -61,6 +66,14 @@ def _decode(raw: Any) -> ConnectionRecord:
             if isinstance(ns, str) and isinstance(members, list)
         }
     return record
+
+
+def _stored(record: ConnectionRecord) -> dict[str, Any]:
+    """The JSON part of a record (the rooms are a set of their own)."""
+    stored = {"sids": record["sids"], "base": record["base"]}
+    if record.get("rebased"):
+        stored["rebased"] = record["rebased"]
+    return stored
 
 
 def encode_member(namespace: str, room: str) -> str:
@@ -103,7 +116,7 @@ class RedisConnectionState:
         """Write the sids and base offsets (not the rooms) and renew both TTLs."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.key(session_id),
-                 json.dumps({"sids": record["sids"], "base": record["base"]}, sort_keys=True),
+                 json.dumps(_stored(record), sort_keys=True),
                  px=_ms(ttl))
         pipe.pexpire(self.rooms_key(session_id), _ms(ttl))
         pipe.execute()
@@ -136,6 +149,14 @@ class RedisConnectionState:
         pipe.pexpire(self.rooms_key(session_id), _ms(ttl))
         pipe.execute()
 
+    def renew(self, session_ids: list[str], ttl: float) -> None:
+        """Renew the TTLs of many connections' records: one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for session_id in session_ids:
+            pipe.pexpire(self.key(session_id), _ms(ttl))
+            pipe.pexpire(self.rooms_key(session_id), _ms(ttl))
+        pipe.execute()
+
     def delete(self, session_id: str) -> None:
         self.redis.delete(self.key(session_id), self.rooms_key(session_id))
 
@@ -158,7 +179,7 @@ class MemoryConnectionState:
         with self._lock:
             item = self._live(session_id)
             rooms = item[1] if item is not None else set()
-            raw = json.dumps({"sids": record["sids"], "base": record["base"]})
+            raw = json.dumps(_stored(record))
             self._items[session_id] = (raw, rooms, time.monotonic() + ttl)
 
     def change_rooms(self, session_id: str, added: list[RoomKey], removed: list[RoomKey],
@@ -183,6 +204,10 @@ class MemoryConnectionState:
             item = self._live(session_id)
             if item is not None:
                 self._items[session_id] = (item[0], item[1], time.monotonic() + ttl)
+
+    def renew(self, session_ids: list[str], ttl: float) -> None:
+        for session_id in session_ids:
+            self.expire(session_id, ttl)
 
     def delete(self, session_id: str) -> None:
         with self._lock:

@@ -248,6 +248,19 @@ def read_replay(read_page: PageReader, offset: str, sid: str, namespace: str,
         pause()
 
 
+def replay_from(offset: Any, start: str | None, rebased: str | None) -> Any:
+    """Where a replay starts: the client's offset, or, when the recovery
+    stream restarted while the session lived (``rebased``, its start since:
+    see :mod:`cluster.session_leases`) and the offset is older than that,
+    the restart. The client was connected until then and missed nothing
+    before it; what came after is in the new stream."""
+    if (rebased is not None and rebased == start and isinstance(offset, str)
+            and OFFSET_RE.match(offset) and OFFSET_RE.match(rebased)
+            and newer(rebased, offset)):
+        return rebased
+    return offset
+
+
 def trustworthy_offset(offset: Any, start: str | None, exists: Callable[[str], bool],
                        readable: Callable[[str], bool]) -> str | None:
     """Why a replay from ``offset`` cannot be trusted, or ``None`` if it can.

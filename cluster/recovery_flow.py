@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .recovery import (Replay, namespace_of, newer, offset_of, read_replay, replay_packet,
-                       trustworthy_offset)
+from .recovery import (Replay, namespace_of, newer, offset_of, read_replay, replay_from,
+                       replay_packet, trustworthy_offset)
 
 if TYPE_CHECKING:
     from .server import ClusterServer
@@ -43,9 +43,11 @@ class RecoveryFlow:
         sessions = server.extension.sessions if server.extension is not None else None
         if sessions is None:
             return None
-        offset = sessions.recovery_offset(environ, namespace)
+        start = sessions.recovery_start(environ, namespace)
+        offset = replay_from(sessions.recovery_offset(environ, namespace), start,
+                             sessions.recovery_rebased(environ, namespace))
         reason = trustworthy_offset(
-            offset, sessions.recovery_start(environ, namespace),
+            offset, start,
             lambda o: bool(self._read("recovery_contains", o, default=False)),
             lambda o: bool(self._read("recovery_readable", o, default=False)))
         replay = None

@@ -132,6 +132,19 @@ class RecoveryLog:
             return not _older(offset, _text(oldest[0][0]))
         return _age_ms(offset) <= self.window_ms
 
+    def restart_point(self, client: Any, mark: bytes) -> str:
+        """Where a session's history starts now, for a session whose
+        recorded start was lost (Redis came back empty): the newest offset,
+        or, on an empty stream, the offset of ``mark`` (a sealed message
+        that is not an emit, so no replay sends it), appended for that."""
+        entries = client.xrevrange(self.key, count=1)
+        if entries:
+            return _text(entries[0][0])
+        entry_id = client.xadd(self.key, {"p": mark}, maxlen=self.max_entries,
+                               approximate=True)
+        client.pexpire(self.key, self.window_ms * 2)
+        return _text(entry_id)
+
     def contains(self, client: Any, offset: Any) -> bool:
         """Whether ``offset`` is the id of an entry of the stream."""
         if not isinstance(offset, str) or not OFFSET_RE.match(offset):

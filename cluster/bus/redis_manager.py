@@ -155,7 +155,22 @@ class RedisManager(ClusterManager):
             else:
                 command(self.channel, payload)
         try:
-            replies = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
+            missing = [i for i, reply in enumerate(replies)
+                       if isinstance(reply, redis.exceptions.NoScriptError)]
+            if missing:
+                # Redis restarted (empty) under redis-py's own reconnect:
+                # the script is gone, while the plain publishes went out.
+                # Load it and append just those, in their order
+                log.load_script(self._publisher())
+                again = self._publisher().pipeline(transaction=False)
+                for i in missing:
+                    log.append(again, payloads[i])
+                for i, reply in zip(missing, again.execute()):
+                    replies[i] = reply
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
         except Exception:
             self._close_publisher()  # reconnect (and rediscover) next time
             raise
@@ -199,6 +214,15 @@ class RedisManager(ClusterManager):
         """The newest offset in the recovery stream (None if unavailable)."""
         log = self.recovery_log
         return self._read_recovery_log(log and log.last_offset, default=None)
+
+    def recovery_restart_point(self) -> str | None:
+        """Where a restored session's history starts (None if unavailable):
+        see :meth:`.recovery_log.RecoveryLog.restart_point`."""
+        log = self.recovery_log
+        mark = self._codec.seal(self._codec.dumps(
+            {"method": "heartbeat", "host_id": self.host_id, "name": self.node_name}),
+            self.host_id)
+        return self._read_recovery_log(log and log.restart_point, mark, default=None)
 
     def recovery_readable(self, offset: str) -> bool:
         """Whether a replay from ``offset`` can be trusted (nothing trimmed)."""
