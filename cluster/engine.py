@@ -77,6 +77,11 @@ class ClusterEngineServer(compat.EngineServerSeam):
                 "legitimate clients lag this far.", sid[:8], backlog, self.max_backlog,
                 self.counters["slow_consumers"])
 
+    def unread_bytes(self, sid: str) -> int:
+        """Bytes client ``sid`` has not taken yet (0 when unknown or gone)."""
+        socket = self.sockets.get(sid)
+        return int(getattr(socket, "unread_bytes", 0)) if socket is not None else 0
+
     def transport_stats(self) -> dict[str, int]:
         """Websocket writes and the frames they carried (coalescing ratio)."""
         return dict(FLUSHER.counters)

@@ -13,12 +13,13 @@ connection state recovery on) to :class:`RecoveryFlow`:
    held meanwhile that the replay did not cover.
 
 Reads go through the manager's recovery reader, never under the publisher's
-lock, a page at a time.
+lock, a page at a time; the replay is sent at the pace the client reads it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from .recovery import (Replay, namespace_of, newer, offset_of, read_replay, replay_from,
@@ -28,6 +29,14 @@ if TYPE_CHECKING:
     from .server import ClusterServer
 
 logger = logging.getLogger("cluster.server")
+
+#: unread bytes past which a replay waits for its client to read (or a
+#: quarter of ``max_backlog``, if lower)
+REPLAY_HIGH_WATER = 256 * 1024
+#: seconds a replay may wait, in all, for a client that does not read
+REPLAY_STALL = 10.0
+#: seconds between checks while it waits
+REPLAY_PAUSE = 0.005
 
 
 class RecoveryFlow:
@@ -113,10 +122,26 @@ class RecoveryFlow:
 
     def _send(self, eio_sid: str, namespace: str,
               packets: list[tuple[str, dict[str, Any]]]) -> None:
+        """Send replayed packets as fast as the client takes them: past
+        ``REPLAY_HIGH_WATER`` unread bytes the replay waits for it to read
+        (so a replay never runs into ``max_backlog`` on its own), for at
+        most ``REPLAY_STALL`` seconds in all, after which the backlog limit
+        judges the client like any other."""
         server = self.server
+        unread = getattr(server.eio, "unread_bytes", None)
+        high_water = min(REPLAY_HIGH_WATER, getattr(server.eio, "max_backlog", 1 << 20) // 4)
+        stall_until: float | None = None
         for entry_offset, message in packets:
             server._deliver_packet(eio_sid, replay_packet(server, message, entry_offset,
                                                           namespace))
+            if unread is None:
+                continue
+            while unread(eio_sid) > high_water:
+                now = time.monotonic()
+                stall_until = stall_until or now + REPLAY_STALL
+                if now >= stall_until:
+                    break
+                server.sleep(REPLAY_PAUSE)
 
     def release_held(self, eio_sid: str, namespace: str, covered: str | None) -> None:
         """Send what was held during a connect; drop it if the connect failed."""

@@ -82,6 +82,13 @@ class ClusterSocket(compat.EngineSocketSeam):
 
     # -- sending -----------------------------------------------------------
 
+    @property
+    def unread_bytes(self) -> int:
+        """Bytes sent to this client that it has not taken yet (what
+        ``max_backlog`` bounds)."""
+        writer = self.frame_writer
+        return writer.backlog if writer is not None else self.polling_backlog
+
     def send(self, pkt: Any) -> None:
         writer = self.frame_writer
         if writer is None:
