@@ -399,7 +399,7 @@ class ConnectionSessions:
         if not result.granted or result.session_id is None:
             self.counters["resume_refused"] += 1
             return None
-        if self.stable_resume_ids and self._held_by_a_live_connection(result.session_id):
+        if self._held_by_a_live_connection(result.session_id):
             # the id stays the holder's: put it back and refuse this claimant
             store.issue_resume(result.session_id, identity, reuse=pid)
             self.counters["resume_in_use"] += 1

@@ -103,6 +103,24 @@ def test_replayed_resume_id_is_refused(node_factory: Any, sio_client_factory: An
     assert replay.get("secret") is None
 
 
+def test_a_live_connections_pid_cannot_be_claimed_without_recovery(
+        node_factory: Any, sio_client_factory: Any) -> None:
+    first, second = node_factory(count=2)
+    owner = Peer(sio_client_factory, first.url)
+    owner.call("session_set", {"secret": "owner"})
+    owner.call("join", "owners-room")
+    pid = owner.client.pid()
+    thief = _resume_with(sio_client_factory, second.url, pid)
+    assert thief.welcome["resumed"] is False
+    assert thief.get("secret") is None
+    assert "owners-room" not in thief.welcome["rooms"]
+    # the owner's session and id are intact: it still resumes with them
+    assert owner.get("secret") == "owner"
+    owner.client.disconnect()
+    again = _resume_with(sio_client_factory, second.url, pid)
+    assert again.welcome["resumed"] is True and again.get("secret") == "owner"
+
+
 def test_expired_resume_id_is_refused(node_factory: Any, sio_client_factory: Any,
                                       redis_url: str) -> None:
     (node,) = node_factory(extra_args=["--session-ttl", "1"])
