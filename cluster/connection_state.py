@@ -25,6 +25,14 @@ Two Redis keys per session:
 
 Records written by earlier versions (rooms inside the JSON) still load.
 Only JSON is ever read back; anything else reads as empty.
+
+With a secret (the session store's: the bus signing secret, else the app's
+``SECRET_KEY``) the record and every room member carry a MAC
+(:class:`session_store.record_mac.RecordMac`, bound to the session id), so
+someone who can write to Redis cannot put a resuming client into a room
+(``admins``) or give it another sid. A record or member whose tag does not
+check is ignored, logged and counted (``rejected_records``). Members are
+tagged deterministically, so a leave removes exactly what the join added.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ import logging
 import threading
 import time
 from typing import Any, Iterable
+
+from session_store.record_mac import RecordMac
 
 logger = logging.getLogger("cluster.sessions")
 
@@ -99,12 +109,57 @@ def _ms(ttl: float) -> int:
     return max(1, int(ttl * 1000))
 
 
-class RedisConnectionState:
-    """Connection records and room sets in Redis (see the module doc)."""
+class _Tags:
+    """The MAC of one state's records, for the current secret."""
 
-    def __init__(self, redis_client: Any, key_prefix: str) -> None:
+    def __init__(self, secret: Any) -> None:
+        self._secret = secret
+        self._mac_for: tuple[Any, RecordMac] | None = None
+        #: records and room members that failed their MAC check
+        self.rejected_records = 0
+
+    def mac(self) -> RecordMac | None:
+        secret = self._secret() if callable(self._secret) else self._secret
+        if not secret:
+            return None
+        if self._mac_for is None or self._mac_for[0] != secret:
+            self._mac_for = (secret, RecordMac(secret))
+        return self._mac_for[1]
+
+    def seal(self, session_id: str, kind: str, value: str) -> str:
+        mac = self.mac()
+        return value if mac is None else mac.seal_field(session_id, kind, value)
+
+    def open(self, session_id: str, kind: str, stored: Any) -> Any:
+        mac = self.mac()
+        if mac is None or stored is None:
+            return stored
+        value = mac.open_field(session_id, kind, stored)
+        if value is None:
+            self.rejected_records += 1
+            logger.warning("connection %s of session %s failed its MAC check; ignored",
+                           kind, session_id[:6] + "…")
+        return value
+
+
+class RedisConnectionState:
+    """Connection records and room sets in Redis (see the module doc).
+
+    :param secret: what the records' MAC key is derived from, or a callable
+        returning it; ``None``: no MACs (see the module doc).
+    """
+
+    def __init__(self, redis_client: Any, key_prefix: str, secret: Any = None) -> None:
         self.redis = redis_client
         self.key_prefix = key_prefix
+        self._tags = _Tags(secret)
+
+    @property
+    def rejected_records(self) -> int:
+        return self._tags.rejected_records
+
+    def _member(self, session_id: str, namespace: str, room: str) -> str:
+        return self._tags.seal(session_id, "room", encode_member(namespace, room))
 
     def key(self, session_id: str) -> str:
         return f"{self.key_prefix}conn:{session_id}"
@@ -116,7 +171,8 @@ class RedisConnectionState:
         """Write the sids and base offsets (not the rooms) and renew both TTLs."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.key(session_id),
-                 json.dumps(_stored(record), sort_keys=True),
+                 self._tags.seal(session_id, "record", json.dumps(_stored(record),
+                                                                  sort_keys=True)),
                  px=_ms(ttl))
         pipe.pexpire(self.rooms_key(session_id), _ms(ttl))
         pipe.execute()
@@ -129,9 +185,9 @@ class RedisConnectionState:
         key = self.rooms_key(session_id)
         pipe = self.redis.pipeline(transaction=False)
         if added:
-            pipe.sadd(key, *(encode_member(ns, room) for ns, room in added))
+            pipe.sadd(key, *(self._member(session_id, ns, room) for ns, room in added))
         if removed:
-            pipe.srem(key, *(encode_member(ns, room) for ns, room in removed))
+            pipe.srem(key, *(self._member(session_id, ns, room) for ns, room in removed))
         pipe.pexpire(key, _ms(ttl))  # a set created by SADD has no TTL yet
         pipe.execute()
 
@@ -140,8 +196,10 @@ class RedisConnectionState:
         pipe.get(self.key(session_id))
         pipe.smembers(self.rooms_key(session_id))
         raw, members = pipe.execute()
+        raw = self._tags.open(session_id, "record", raw)
         record = _decode(raw) if raw is not None else empty_record()
-        return _add_members(record, members or ())
+        opened = (self._tags.open(session_id, "room", member) for member in members or ())
+        return _add_members(record, (member for member in opened if member is not None))
 
     def expire(self, session_id: str, ttl: float) -> None:
         pipe = self.redis.pipeline(transaction=False)

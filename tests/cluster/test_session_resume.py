@@ -196,3 +196,22 @@ def test_redis_down_at_connect_gives_a_working_unpersisted_session(
         time.sleep(0.1)
     later = Peer(sio_client_factory, node.url)
     assert later.client.pid() is not None
+
+
+def test_a_room_forged_in_redis_is_not_joined_on_resume(
+        node_factory: Any, sio_client_factory: Any, redis_url: str) -> None:
+    (node,) = node_factory()
+    peer = Peer(sio_client_factory, node.url)
+    peer.call("join", "lobby")
+    pid = peer.client.pid()
+    peer.client.disconnect()
+    client = redis.Redis.from_url(redis_url)
+    (rooms_key,) = client.keys("sio:sess:conn:*:rooms")
+    # someone with write access to Redis, but not the deployment's secret
+    client.sadd(rooms_key, '["/", "admins"]')
+    resumed = _resume_with(sio_client_factory, node.url, pid)
+    assert resumed.welcome["resumed"] is True
+    assert "lobby" in resumed.welcome["rooms"]
+    assert "admins" not in resumed.welcome["rooms"]
+    metrics = requests.get(f"{node.url}/metrics", timeout=5).text
+    assert 'socketio_sessions_total{kind="rejected_records"} 1.0' in metrics
