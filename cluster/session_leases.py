@@ -38,6 +38,8 @@ logger = logging.getLogger("cluster.sessions")
 
 #: seconds between checks of the bus's reconnect counter
 CHECK_EVERY = 1.0
+#: sessions renewed per round trip (10,000 connections: 20 round trips)
+RENEW_BATCH = 500
 
 
 def default_interval(session_ttl: float) -> float:
@@ -107,9 +109,15 @@ class SessionLeases:
         live = dict(sessions.live_bindings())
         if not live:
             return 0
+        ids = list(live)
+        lost: list[str] = []
         try:
-            lost = store.renew(list(live))
-            state.renew(list(live), store.lease_ttl)
+            for start in range(0, len(ids), RENEW_BATCH):
+                if start:
+                    self._sleep(0)  # serve the node's clients between batches
+                batch = ids[start:start + RENEW_BATCH]
+                lost += store.renew(batch)
+                state.renew(batch, store.lease_ttl)
         except (SessionStoreError, OSError, ConnectionError) as exc:
             self.counters["lease_errors"] += 1
             logger.warning("could not renew %d session lease(s): %s", len(live), exc)
@@ -121,9 +129,9 @@ class SessionLeases:
         self.counters["lease_renewals"] += 1
         restored = 0
         if lost:
-            start = self._restart_point()
+            point = self._restart_point()
             for session_id in lost:
-                if self._restore(live[session_id], start):
+                if self._restore(live[session_id], point):
                     restored += 1
             logger.warning("the session store had lost %d live session(s); %d restored "
                            "from their connections", len(lost), restored)
