@@ -274,7 +274,9 @@ def on_kick_me() -> None:
 
 @socketio.on("slow_set")
 def on_slow_set(data: dict[str, Any]) -> Any:
-    """Sleep, then write the session: an in-flight handler when a node drains."""
+    """Sleep, then write the session: an in-flight handler when a node drains
+    (it says ``slow_started`` first, so a test knows it is in flight)."""
+    emit("slow_started", data["key"])
     socketio.sleep(float(data["seconds"]))
     session[data["key"]] = data["value"]
     return NODE_NAME

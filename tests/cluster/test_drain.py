@@ -11,6 +11,13 @@ import requests
 from tests.harness.peers import Peer, wait_reconnected
 
 
+def _refuses_new_clients(url: str) -> bool:
+    try:
+        return requests.get(url + "/readyz", timeout=2).status_code == 503
+    except requests.ConnectionError:  # its listening socket is closed: refused too
+        return True
+
+
 def test_sigterm_moves_clients_to_another_node_with_their_sessions(
         node_factory: Any, haproxy_factory: Any, sio_client_factory: Any) -> None:
     nodes = node_factory(count=2, extra_args=["--drain-seconds", "8"])
@@ -23,15 +30,14 @@ def test_sigterm_moves_clients_to_another_node_with_their_sessions(
 
     # a handler still running when SIGTERM arrives gets to finish its write
     peer.client.emit("slow_set", {"seconds": 1.5, "key": "during", "value": "drain"})
-    time.sleep(0.2)
+    assert peer.next("slow_started") == "during"
     old_sid = peer.client.get_sid()
     draining.kill(signal.SIGTERM)
-    time.sleep(0.3)
     # a draining node takes no new clients: its probe fails or its port is closed
-    try:
-        assert requests.get(draining.url + "/readyz", timeout=2).status_code == 503
-    except requests.ConnectionError:
-        pass
+    deadline = time.monotonic() + 5
+    while not _refuses_new_clients(draining.url):
+        assert time.monotonic() < deadline, "the draining node still reports ready"
+        time.sleep(0.05)
 
     welcome = wait_reconnected(peer, old_sid)
     assert welcome["node"] == other.name

@@ -102,7 +102,11 @@ def test_more_than_1024_connections_are_served(node_factory: Any) -> None:
             # an unfinished request keeps the server's green thread busy
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             held.append(sock)
-        time.sleep(0.5)
+        # every held connection accepted: the node holds a descriptor for each
+        deadline = time.monotonic() + 10
+        while len(os.listdir(f"/proc/{node.pid}/fd")) < wanted:
+            assert time.monotonic() < deadline, "the node did not accept them all"
+            time.sleep(0.05)
         response = requests.get(node.url + "/healthz", timeout=10)
         assert response.status_code == 200
         # the held requests must still be open: the header timeout (10 s)
