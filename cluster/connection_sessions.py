@@ -41,10 +41,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cluster.sessions")
 
 ENVIRON_KEY = "cluster.connection_session"
-# asked of every node before a recovery takes over a session: does a live
+# asked of every node before a resume takes over a session: does a live
 # connection of yours hold it? A silent node is taken as holding nothing.
 HOLDER_QUERY = "cluster:holds-session"
-HOLDER_TIMEOUT = 0.5
+# a live node answers within one bus round trip (milliseconds); the whole
+# wait is paid only when the holder died (SIGKILL), by every resume from it
+HOLDER_TIMEOUT = 0.25
 
 
 class ConnectionSessions:
