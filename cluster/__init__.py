@@ -21,6 +21,7 @@ __all__ = [
     "Namespace",
     "SocketIO",
     "SocketIOTestClient",
+    "call",
     "close_room",
     "disconnect",
     "emit",
@@ -37,6 +38,7 @@ _LOCATIONS = {
     "Namespace": "cluster.namespace",
     "SocketIO": "cluster.extension",
     "SocketIOTestClient": "cluster.testing",
+    "call": "cluster.context_functions",
     "close_room": "cluster.context_functions",
     "disconnect": "cluster.context_functions",
     "emit": "cluster.context_functions",
@@ -49,7 +51,7 @@ _LOCATIONS = {
 if TYPE_CHECKING:
     from .client import Client
 
-    from .context_functions import close_room, disconnect, emit, join_room, leave_room, rooms, send
+    from .context_functions import call, close_room, disconnect, emit, join_room, leave_room, rooms, send
     from .exceptions import ConnectionRefusedError
     from .extension import SocketIO
     from .namespace import Namespace

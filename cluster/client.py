@@ -15,6 +15,9 @@ from typing import Any
 import socketio
 from socketio import packet as sio_packet
 
+from .bus.recovery_log import OFFSET_RE
+from .recovery import newer
+
 __all__ = ["Client"]
 
 
@@ -91,11 +94,28 @@ class Client(socketio.Client):
 
     def _handle_event(self, namespace: str | None, id: Any, data: Any) -> None:
         namespace = namespace or "/"
-        if namespace in self._offsets_sent and isinstance(data, list) and len(data) > 1 \
-                and isinstance(data[-1], str):
-            # with connection state recovery every broadcast carries its
-            # offset as a trailing argument; it is kept here and not passed
-            # to handlers, whose signatures do not expect it
-            self._offsets[namespace] = data[-1]
+        if id is None and namespace in self._offsets_sent and has_offset_marker(data):
+            # kept here and not passed to handlers, whose signatures do not
+            # expect it
+            offset = data[-1]
+            if offset is not None and newer(offset, self._offsets.get(namespace)):
+                self._offsets[namespace] = offset
             data = data[:-1]
         super()._handle_event(namespace, id, data)
+
+
+def has_offset_marker(data: Any) -> bool:
+    """Whether an event's arguments end with the server's offset marker.
+
+    What the server says: its CONNECT reply carries ``offsets: true`` when
+    connection state recovery is on; then every EVENT that asks for no ack
+    ends with one more argument, its offset in the recovery stream
+    (``<ms>-<seq>``), or ``None`` when it has none (delivered while the bus
+    was down). Acked emits never carry one (the caller checks). So the last
+    argument is the marker whenever it has one of those two forms; an event
+    without (from a server that does not mark) keeps all its arguments.
+    """
+    if not isinstance(data, list) or len(data) < 2:
+        return False
+    marker = data[-1]
+    return marker is None or (isinstance(marker, str) and OFFSET_RE.match(marker) is not None)

@@ -109,3 +109,11 @@ def drain_queue(queue: Any) -> Iterator[Any]:
         queue.task_done()
         yield item
 
+
+
+def pending_binary_packets(server: Any) -> dict[str, Any]:
+    """python-socketio's binary packets waiting for their attachments, by
+    connection (``Server._binary_packet``): the node decodes client packets
+    itself to tell malformed ones from application errors
+    (:mod:`cluster.packet_dispatch`)."""
+    return server._binary_packet

@@ -16,7 +16,7 @@ from .exceptions import NotInHandlerError
 if TYPE_CHECKING:
     from .extension import SocketIO
 
-__all__ = ["close_room", "disconnect", "emit", "join_room", "leave_room", "rooms", "send"]
+__all__ = ["call", "close_room", "disconnect", "emit", "join_room", "leave_room", "rooms", "send"]
 
 
 def _socketio() -> "SocketIO":
@@ -51,6 +51,26 @@ def emit(event: str, *args: Any, **kwargs: Any) -> None:
         skip_sid = _current("sid", "emit")
     _socketio().emit(event, *args, namespace=namespace, to=to, include_self=include_self,
                      skip_sid=skip_sid, **kwargs)
+
+
+def call(event: str, *args: Any, **kwargs: Any) -> Any:
+    """Emit ``event`` to one client and wait for its ack; return the ack's data.
+
+    By default the client is the one that sent the current event
+    (``request.sid``) and the namespace the current one; ``to=``/``room=``
+    and ``namespace=`` override them. ``timeout`` (default 60 s) raises
+    ``socketio.exceptions.TimeoutError`` when the client does not answer.
+    The client may be on any node.
+    """
+    namespace = kwargs.pop("namespace", None) or _current("namespace", "call")
+    to = kwargs.pop("to", None)
+    if to is None:
+        to = kwargs.pop("room", None)
+    else:
+        kwargs.pop("room", None)
+    if to is None:
+        to = _current("sid", "call")
+    return _socketio().call(event, *args, namespace=namespace, to=to, **kwargs)
 
 
 def send(message: Any, **kwargs: Any) -> None:

@@ -6,6 +6,7 @@ The tree::
     ├── ConfigurationError      the extension or the runner was set up wrongly
     ├── AppLoadError            ``--app MODULE:ATTR`` could not be resolved
     ├── NotInHandlerError       a context function was called outside a handler
+    ├── LeaseLost               a singleton task's node no longer holds its lease
     └── LimitExceeded           a per-connection limit of cluster.limits
         └── RoomLimitExceeded   join_room past max_rooms_per_connection
 
@@ -23,6 +24,7 @@ __all__ = [
     "ClusterError",
     "ConfigurationError",
     "ConnectionRefusedError",
+    "LeaseLost",
     "LimitExceeded",
     "NotInHandlerError",
     "RoomLimitExceeded",
@@ -79,3 +81,21 @@ class RoomLimitExceeded(LimitExceeded):
             "raise the limit with SocketIO(max_rooms_per_connection=...) or "
             "--max-rooms-per-connection if the application needs more."
         )
+
+
+class LeaseLost(ClusterError):
+    """This node lost the lease of a singleton task (``start_singleton_task``).
+
+    Raised inside the task by ``socketio.sleep``/``emit``/``send``/``call``
+    (and ``current_lease().check()``) once another node may be running it,
+    so the old run stops; the task's runner catches it. ``name`` is the
+    task's name.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"This node no longer holds the lease of singleton task {name!r} (Redis "
+            "unreachable, or the lease expired while the process stalled), so another "
+            "node may run it now. Let the exception end the task; it is competed for "
+            "again by every node.")

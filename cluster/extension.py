@@ -24,6 +24,7 @@ from .health import HealthMiddleware, NodeState
 from .node_server import DeclineCompressionMiddleware
 from .server import ClusterServer
 from .server_setup import create_server
+from .singleton_tasks import check_lease
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,8 +110,19 @@ class SocketIO:
     ``ping_timeout``, ``max_http_buffer_size``, ``async_handlers`` (default
     ``True``), ``always_connect``, ``logger``, ``engineio_logger``, ``json``,
     ``path``, ``async_mode`` (default: ``eventlet`` when eventlet has
-    monkey-patched the process, as the node runner does, else ``threading``).
+    monkey-patched the process, as the node runner does, else ``threading``;
+    ``None`` means the same default), ``namespaces``, ``serializer``.
+    ``client_manager`` replaces the bus manager built from ``message_queue``
+    (after ``init_app`` it holds the manager in use, as in Flask-SocketIO).
+
+    Attributes Flask-SocketIO applications read: ``async_mode`` (after
+    ``init_app``), ``reason`` (the disconnect reasons, ``SocketIO.reason.
+    CLIENT_DISCONNECT`` and the like), ``server``, ``server_options``,
+    ``manage_session``, ``wsgi_server``.
     """
+
+    #: why a client disconnected (the ``reason`` of disconnect handlers)
+    reason = socketio.Server.reason
 
     def __init__(self, app: flask.Flask | None = None, **kwargs: Any) -> None:
         self.app: flask.Flask | None = None
@@ -127,6 +139,9 @@ class SocketIO:
         self.presence_callbacks: list[Callable[..., Any]] = []
         self.node_state = NodeState(self)
         self.wsgi_server: Any = None
+        #: the async mode in use ("eventlet" or "threading"); set by init_app
+        self.async_mode: str | None = None
+        self._built_manager: Any = None
         if app is not None or "message_queue" in kwargs:
             self.init_app(app, **kwargs)
         else:
@@ -137,6 +152,10 @@ class SocketIO:
     def init_app(self, app: flask.Flask | None, **kwargs: Any) -> None:
         """Attach to ``app`` (see the class docstring for the options)."""
         options = dict(self.server_options)
+        if "client_manager" not in kwargs and options.get("client_manager") is not None \
+                and options["client_manager"] is self._built_manager:
+            # the manager an earlier init_app built: build one for these options
+            options.pop("client_manager")
         options.update(kwargs)
         self.server_options = options
         if app is not None:
@@ -146,6 +165,8 @@ class SocketIO:
             self.app = app
         self.manage_session = options.get("manage_session", True)
         self.server = create_server(self, app, options)
+        self.async_mode = self.server.async_mode
+        self._remember_manager()
         for event, handler, namespace in self.handlers:
             self.server.on(event, handler, namespace=namespace)
         for namespace_handler in self.namespace_handlers:
@@ -168,6 +189,13 @@ class SocketIO:
         first client connects.
         """
         self.server.replace_manager(url, **kwargs)
+        self._remember_manager()
+
+    def _remember_manager(self) -> None:
+        # Flask-SocketIO exposes the manager in use as
+        # server_options["client_manager"]; an explicit one stays the user's
+        self._built_manager = self.server.manager
+        self.server_options["client_manager"] = self.server.manager
 
     @property
     def cluster(self) -> Any:
@@ -240,12 +268,28 @@ class SocketIO:
     def on_event(
         self, message: str, handler: Callable[..., Any], namespace: str | None = None
     ) -> None:
-        """Register ``handler`` for ``message`` without a decorator."""
+        """Register ``handler`` for ``message`` without a decorator.
+
+        Catch-alls work as in Flask-SocketIO: a ``"*"`` handler receives
+        ``(event, *data)`` for every event that has no handler of its own,
+        and a handler on ``namespace="*"`` handles ``message`` in every
+        namespace, with ``request.namespace`` the real one. In both,
+        ``request.sid`` is the client's sid and ``request.event["message"]``
+        the name the handler was registered for (``"*"`` for a catch-all).
+        """
         namespace = namespace or "/"
         runner = self.runner
 
-        def run_in_flask_context(sid: str, *args: Any) -> Any:
-            return runner.run(handler, message, namespace, sid, *args)
+        def run_in_flask_context(*args: Any) -> Any:
+            # python-socketio puts what a catch-all caught before the sid:
+            # (event, sid, ...), (namespace, sid, ...) or (event, namespace, sid, ...)
+            real_namespace = namespace
+            caught: tuple[Any, ...] = ()
+            if message == "*":
+                caught, args = (args[0],), args[1:]
+            if namespace == "*":
+                real_namespace, args = args[0], args[1:]
+            return runner.run(handler, message, real_namespace, args[0], *caught, *args[1:])
 
         run_in_flask_context.__wrapped__ = handler  # type: ignore[attr-defined]
         if self.server is not None:
@@ -321,6 +365,7 @@ class SocketIO:
         skip_sid = kwargs.pop("skip_sid", None)
         if not include_self and skip_sid is None and flask.has_request_context():
             skip_sid = getattr(flask.request, "sid", None)
+        check_lease()  # a singleton task that lost its lease emits no more
         callback = kwargs.pop("callback", None)
         if callback is not None:
             callback = self._callback_in_flask_context(callback)
@@ -340,6 +385,7 @@ class SocketIO:
         if to is None:
             raise ConfigurationError("call() needs the client: pass to=<sid>.")
         timeout = kwargs.pop("timeout", 60)
+        check_lease()
         return self.server.call(
             event, _event_data(args), to=to, namespace=namespace, timeout=timeout,
             **kwargs,
@@ -370,12 +416,42 @@ class SocketIO:
     # -- tasks and serving -------------------------------------------------
 
     def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Start ``target`` in the async mode's thread kind; ``.join()`` waits."""
+        """Start ``target`` in the async mode's thread kind; ``.join()`` waits.
+
+        As in Flask-SocketIO the task runs in this process only, so every
+        node that calls this runs its own copy; for a task the cluster
+        should run once, see :meth:`start_singleton_task`.
+        """
         return self.server.start_background_task(target, *args, **kwargs)
 
+    def start_singleton_task(self, name: str, target: Callable[..., Any], *args: Any,
+                             lease_seconds: float = 5.0, redis_url: str | None = None,
+                             **kwargs: Any) -> Any:
+        """Run ``target(*args, **kwargs)`` on exactly one node of the cluster.
+
+        Every node may call it (at import time too); the one that holds the
+        task's lease in Redis runs it, and if that node dies the lease
+        expires after ``lease_seconds`` (default 5 s) and another node starts
+        the task afresh. In a task that lost its lease, ``socketio.sleep`` and
+        ``emit`` raise :class:`cluster.exceptions.LeaseLost`. ``redis_url``
+        defaults to the Redis message queue. Returns a
+        :class:`cluster.singleton_tasks.SingletonTask` (``running``,
+        ``lease``, ``stop()``). See :mod:`cluster.singleton_tasks`.
+        """
+        from .singleton_tasks import SingletonTask
+
+        return SingletonTask(self, name, target, args, kwargs,
+                             lease_seconds=lease_seconds, redis_url=redis_url)
+
     def sleep(self, seconds: float = 0) -> None:
-        """Sleep without blocking other clients in the current async mode."""
+        """Sleep without blocking other clients in the current async mode.
+
+        In a singleton task whose lease was lost it raises
+        :class:`cluster.exceptions.LeaseLost` (before or after sleeping).
+        """
+        check_lease()
         self.server.sleep(seconds)
+        check_lease()
 
     def run(self, app: flask.Flask | None = None, host: str | None = None,
             port: int | None = None, **kwargs: Any) -> None:
@@ -388,6 +464,12 @@ class SocketIO:
         """
         from .node_server import run_app
 
+        # Flask-SocketIO's reloader arguments, in the form Werkzeug takes them
+        reloader_options = dict(kwargs.pop("reloader_options", None) or {})
+        extra_files = kwargs.pop("extra_files", None)
+        if extra_files:
+            reloader_options["extra_files"] = extra_files
+        kwargs.update(reloader_options)
         run_app(self, app or self.app, host=host, port=port, **kwargs)
 
     def drain(self, grace_seconds: float = 10.0) -> None:

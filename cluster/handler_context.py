@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("cluster.handlers")
 
+#: the environ key of the forked session, Flask-SocketIO's name for it
+SAVED_SESSION_KEY = "saved_session"
+
 
 @lru_cache(maxsize=1024)
 def accepts_positional_argument(handler: Callable[..., Any]) -> bool:
@@ -174,6 +177,9 @@ class HandlerRunner:
             return
         socketio = self.socketio
         if socketio.manage_session:
+            # where Flask-SocketIO keeps the forked session; tests and
+            # extensions written for it read it there
+            environ[SAVED_SESSION_KEY] = session
             if socketio.sessions is not None:
                 # write-through: saved before the ack or the next event
                 socketio.sessions.save(environ, session)

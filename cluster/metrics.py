@@ -69,6 +69,11 @@ class NodeCollector:
                 "socketio_sessions", "Forked session and resume counters", labels=["kind"])
             for name, value in sorted(session_counters.items()):
                 family.add_metric([name], value)
+            # stored sessions and resume records that failed their MAC check
+            rejected = getattr(getattr(sessions, "store", None), "rejected_records", None)
+            state_rejected = getattr(getattr(sessions, "state", None), "rejected_records", 0)
+            if isinstance(rejected, int):
+                family.add_metric(["rejected_records"], rejected + int(state_rejected))
             yield family
 
         ready = GaugeMetricFamily("socketio_node_ready", "1 when the node reports ready")

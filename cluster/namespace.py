@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import socketio
+from socketio.exceptions import ConnectionRefusedError
 
 if TYPE_CHECKING:
     from .extension import SocketIO
@@ -35,13 +36,34 @@ class Namespace(socketio.Namespace):
         return self.socketio
 
     def trigger_event(self, event: str, *args: Any) -> Any:
-        """Dispatch ``event`` to ``on_<event>`` inside the Flask context."""
+        """Dispatch ``event`` to ``on_<event>`` inside the Flask context.
+
+        An exception from the handler goes to the instance's ``error(exc)``
+        method when the class defines one (its return value is the ack), as
+        in Flask-SocketIO; otherwise to the extension's ``on_error``
+        handlers. A ``Namespace("*")`` handles every namespace that has no
+        handler of its own; ``request.namespace`` is the real one.
+        """
         handler_name = "on_" + (event or "")
         handler = getattr(self, handler_name, None)
         if handler is None:
-            return self.server.not_handled if self.server is not None else None
+            # no method: ignored, and an ack asked for gets no arguments, as
+            # in Flask-SocketIO
+            return None
+        namespace = self.namespace
+        if namespace == "*" and args:
+            # python-socketio passes a catch-all namespace the real one first
+            namespace, args = args[0], args[1:]
         sid = args[0] if args else None
-        return self._extension()._handle_event(handler, event, self.namespace, sid, *args[1:])
+        try:
+            return self._extension()._handle_event(handler, event, namespace, sid, *args[1:])
+        except ConnectionRefusedError:
+            raise
+        except Exception as exc:
+            error_handler = getattr(self, "error", None)
+            if error_handler is None:
+                raise
+            return error_handler(exc)
 
     def emit(self, event: str, data: Any = None, room: str | None = None,
              include_self: bool = True, namespace: str | None = None,

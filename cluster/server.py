@@ -6,7 +6,10 @@
   persisted only once the connection exists (nothing is left by a refused
   CONNECT or one to an unknown namespace), expired when the connection ends;
 - a clear, counted rejection of malformed packets (the client is
-  disconnected, as socket.io does on a parse error) instead of a traceback;
+  disconnected, as socket.io does on a parse error) instead of a traceback,
+  kept apart from exceptions of the application's handlers, which are
+  logged with their traceback and counted as ``handler_errors``
+  (:mod:`cluster.packet_dispatch`);
 - the per-connection limits of :mod:`cluster.limits`: an event rate limit
   (on by default, 100/s), a cap on rooms per connection, a connect timeout,
   and bounded recovery replays;
@@ -29,6 +32,8 @@ from .connect_deadlines import ConnectDeadlines
 from .engine import ClusterEngineServer
 from .exceptions import ConfigurationError, RoomLimitExceeded
 from .limits import ALLOW, FLOOD, FLOOD_FACTOR, FLOOD_SECONDS, Limits, RateLimiter
+from .packet_dispatch import (CONNECT_FAILED, MALFORMED, decode_message, describe,
+                              dispatch_packet, report_handler_error)
 from .recovery import PacketHold, RecoveryOptions
 from .recovery_flow import RecoveryFlow
 
@@ -44,8 +49,28 @@ EXTENSION_OPTIONS = frozenset({
     "websocket_compression", "tcp_nodelay", "max_connections",
     "max_events_per_second", "max_backlog", "redis_url", "path", "resource", "resume_identity",
     "node_name", "max_rooms_per_connection", "connect_timeout", "max_replay_packets",
-    "max_replay_bytes", "http_header_timeout", "http_idle_timeout",
+    "max_replay_bytes", "http_header_timeout", "http_idle_timeout", "client_manager",
 })
+
+def _legacy_connect_signature(exc: Exception, args: tuple[Any, ...]) -> bool:
+    """Whether python-socketio should retry the connect handler without auth.
+
+    python-socketio calls a connect handler with ``auth=None`` first and,
+    on a ``TypeError``, again without it (``handler(sid, environ)``). Only a
+    ``TypeError`` raised by that call itself (its traceback ends in
+    python-socketio's dispatch frame, not in the handler) is such a case.
+    """
+    if not isinstance(exc, TypeError) or len(args) < 3 or args[2] is not None:
+        return False
+    depth, tb = 0, exc.__traceback__
+    while tb is not None:
+        depth, tb = depth + 1, tb.tb_next
+    return depth <= 2  # this method's frame and the one that called the handler
+
+
+#: the CONNECT_ERROR payload for a namespace nobody serves, as socket.io's
+INVALID_NAMESPACE = {"message": "Invalid namespace"}
+
 
 class ClusterServer(socketio.Server):
     """A ``socketio.Server`` that knows the extension it serves.
@@ -72,6 +97,8 @@ class ClusterServer(socketio.Server):
         self.recovering = RecoveryFlow(self)
         self.counters: dict[str, int] = {
             "malformed_packets": 0,
+            # exceptions of application handlers no error handler took
+            "handler_errors": 0,
             "rate_limited_events": 0,
             "flood_disconnects": 0,
             "connect_timeouts": 0,
@@ -190,10 +217,11 @@ class ClusterServer(socketio.Server):
         sink(eio_pkt.data)
 
     def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        # decoding and dispatch apart: only what cannot be decoded is the
+        # client's malformed packet (see cluster.packet_dispatch)
         try:
-            super()._handle_eio_message(eio_sid, data)
-        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
-            # RecursionError: JSON nested too deep for the parser
+            pkt = decode_message(self, eio_sid, data)
+        except MALFORMED as exc:
             # a client that sends what cannot be parsed is closed, as the
             # reference server does, instead of failing in a traceback
             self.counters["malformed_packets"] += 1
@@ -204,13 +232,31 @@ class ClusterServer(socketio.Server):
             self._binary_packet.pop(eio_sid, None)
             if eio_sid not in self.test_sinks:
                 self.eio.disconnect(eio_sid)
+            return
+        if pkt is None:
+            return  # binary attachments still to come
+        try:
+            dispatch_packet(self, eio_sid, pkt)
+        except Exception as exc:
+            if eio_sid in self.test_sinks:
+                raise  # the test client sees it, as Flask-SocketIO's does
+            report_handler_error(self, exc, eio_sid, describe(pkt), pkt.namespace)
 
     def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
-        if not isinstance(data, list) or not data or not isinstance(data[0], str):
-            raise ValueError("an event packet must be a list starting with the event name")
         if not self._take_token(eio_sid):
             return
         super()._handle_event(eio_sid, namespace, id, data)
+
+    def _handle_event_internal(self, server: Any, sid: str, eio_sid: str, data: Any,
+                               namespace: str, id: Any) -> None:
+        # with async_handlers the event runs in a task of its own: what the
+        # application raises there is reported here, and the task ends cleanly
+        try:
+            super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        except Exception as exc:
+            if eio_sid in self.test_sinks:
+                raise
+            report_handler_error(self, exc, eio_sid, f"event {data[0]!r}", namespace)
 
     def _take_token(self, eio_sid: str) -> bool:
         """Whether the rate limit lets this event through (see cluster.limits)."""
@@ -247,8 +293,9 @@ class ClusterServer(socketio.Server):
         resume_id = sessions.accept(environ)
         if resume_id is not None:
             data["pid"] = resume_id
-            if self.recovery is not None:
-                # tells cluster.Client that events end with their offset
+            if self.recovery is not None and getattr(self.manager, "logs_recovery", False):
+                # tells cluster.Client that events asking for no ack end
+                # with their offset, or None (see ClusterManager._handle_emit)
                 data["offsets"] = True
 
     # -- rooms -------------------------------------------------------------
@@ -327,9 +374,11 @@ class ClusterServer(socketio.Server):
         sessions = self.extension.sessions if self.extension is not None else None
         environ = self.environ.get(eio_sid)
         if not self._serves(namespace):
-            # refused below: binding a session for it first left one behind
-            # per attempt (in Redis for 24 h, and in the node)
-            super()._handle_connect(eio_sid, namespace, data)
+            # refused here, before a session is bound (one per attempt was
+            # left behind, in Redis for 24 h and in the node), with the
+            # official server's answer: socket.io-client shows its message
+            self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, data=INVALID_NAMESPACE, namespace=namespace))
             self._settle_connect(eio_sid, namespace, None)
             return
         restore_sid = replay = offset = None
@@ -397,32 +446,57 @@ class ClusterServer(socketio.Server):
 
     def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
         sessions = self.extension.sessions if self.extension is not None else None
-        if event == "connect" and sessions is not None:
-            sid, environ = args[0], args[1]
-            auth = args[2] if len(args) > 2 else None
-            sessions.on_connect(sid, namespace, environ, auth)
-            if self.recovery is not None and self.recovery.skip_connect_handler \
-                    and sessions.is_recovered(environ):
-                return True
-            try:
-                result = super()._trigger_event(event, namespace, *args)
-            except BaseException:
-                sessions.on_refused(sid, namespace, environ)
-                raise
-            if result is False:
-                sessions.on_refused(sid, namespace, environ)
-            return result
+        if event == "connect":
+            return self._trigger_connect(namespace, sessions, *args)
         if event == "disconnect":
             sid = args[0]
             eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
             environ = self.get_environ(sid, namespace) if sessions is not None else None
             try:
                 return super()._trigger_event(event, namespace, *args)
+            except Exception as exc:
+                if eio_sid in self.test_sinks:
+                    raise
+                # the connection is torn down all the same
+                report_handler_error(self, exc, eio_sid, "disconnect", namespace)
+                return None
             finally:
                 if sessions is not None and environ is not None:
                     sessions.on_disconnect(sid, namespace, environ)
                 self._watch_idle(eio_sid)
         return super()._trigger_event(event, namespace, *args)
+
+    def _trigger_connect(self, namespace: str, sessions: Any, *args: Any) -> Any:
+        sid, environ = args[0], args[1]
+        if sessions is not None:
+            auth = args[2] if len(args) > 2 else None
+            sessions.on_connect(sid, namespace, environ, auth)
+            if self.recovery is not None and self.recovery.skip_connect_handler \
+                    and sessions.is_recovered(environ):
+                return True
+        try:
+            result = super()._trigger_event("connect", namespace, *args)
+        except socketio.exceptions.ConnectionRefusedError:
+            if sessions is not None:
+                sessions.on_refused(sid, namespace, environ)
+            raise
+        except Exception as exc:
+            if sessions is not None:
+                sessions.on_refused(sid, namespace, environ)
+            eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+            if eio_sid in self.test_sinks or _legacy_connect_signature(exc, args):
+                raise
+            # a connect handler that failed accepted nobody: refused, with
+            # no detail of the exception for the client
+            report_handler_error(self, exc, eio_sid, "CONNECT", namespace)
+            raise socketio.exceptions.ConnectionRefusedError(CONNECT_FAILED) from exc
+        except BaseException:
+            if sessions is not None:
+                sessions.on_refused(sid, namespace, environ)
+            raise
+        if result is False and sessions is not None:
+            sessions.on_refused(sid, namespace, environ)
+        return result
 
     def _watch_idle(self, eio_sid: str | None) -> None:
         """A namespace was left: if the Engine.IO connection stays open and in

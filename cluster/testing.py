@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import uuid
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 import flask
 from socketio import packet as sio_packet
@@ -36,6 +35,9 @@ class SocketIOTestClient:
     :param flask_test_client: a ``app.test_client()`` whose cookies (the
         session cookie after a login, for instance) go with the connection.
     """
+
+    #: every test client by its Engine.IO sid, as in Flask-SocketIO
+    clients: dict[str, "SocketIOTestClient"] = {}
 
     def __init__(self, app: flask.Flask, socketio: "SocketIO", namespace: str | None = None,
                  query_string: str | None = None, headers: dict[str, str] | None = None,
@@ -64,6 +66,7 @@ class SocketIOTestClient:
         if not self._eio_connected:
             environ = self._connection_environ(query_string, headers)
             server.test_sinks[self.eio_sid] = self._receive
+            self.clients[self.eio_sid] = self
             server._handle_eio_connect(self.eio_sid, environ)
             self._eio_connected = True
         self.connected[namespace] = False
@@ -83,6 +86,7 @@ class SocketIOTestClient:
         if not any(self.connected.values()):
             server._handle_eio_disconnect(self.eio_sid, server.reason.CLIENT_DISCONNECT)
             server.test_sinks.pop(self.eio_sid, None)
+            self.clients.pop(self.eio_sid, None)
             self._eio_connected = False
 
     def is_connected(self, namespace: str | None = None) -> bool:
@@ -94,6 +98,10 @@ class SocketIOTestClient:
     def emit(self, event: str, *args: Any, **kwargs: Any) -> Any:
         """Emit ``event``; with ``callback=True`` return the ack's data."""
         namespace = kwargs.pop("namespace", None) or "/"
+        if not self.is_connected(namespace):
+            # as Flask-SocketIO's test client, also after the server
+            # disconnected this client
+            raise RuntimeError("not connected")
         want_ack = kwargs.pop("callback", False)
         ack_id = None
         if want_ack:
@@ -133,10 +141,11 @@ class SocketIOTestClient:
     # -- internals ---------------------------------------------------------
 
     def _connection_environ(self, query_string: str | None, headers: dict[str, str] | None) -> dict[str, Any]:
+        # only the application's own query string, as Flask-SocketIO's test
+        # client: handlers reading request.args see what the test passed
         query = query_string or ""
         if query.startswith("?"):
             query = query[1:]
-        query = "&".join(part for part in (query, urlencode({"EIO": 4, "transport": "polling"})) if part)
         builder = EnvironBuilder(
             path="/" + self.socketio.server.socketio_path + "/",
             query_string=query, headers=list((headers or {}).items()),
@@ -145,6 +154,7 @@ class SocketIOTestClient:
             environ = builder.get_environ()
         finally:
             builder.close()
+        environ["flask.app"] = self.app  # as Flask-SocketIO's middleware sets it
         if self.flask_test_client is not None:
             # the test client's cookie jar becomes the Cookie header, so a
             # session set by an HTTP login is the one forked at connect

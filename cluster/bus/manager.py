@@ -40,7 +40,8 @@ log = logging.getLogger("cluster.bus")
 #: manager settings a user may put among the driver options: the
 #: extension passes ``message_queue_options`` on as driver options only,
 #: and these are the limits a deployment tunes there
-DRIVER_OPTION_SETTINGS = frozenset({"buffer_size", "buffer_bytes", "max_message_bytes"})
+DRIVER_OPTION_SETTINGS = frozenset({"buffer_size", "buffer_bytes", "max_message_bytes",
+                                    "max_clock_skew"})
 
 
 def split_settings(driver_options: dict[str, Any] | None,
@@ -100,8 +101,13 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
     :param node_timeout: silence after which a node counts as gone
                          (default ``3 * heartbeat_interval + 0.5``).
     :param max_message_age: signed messages older than this many seconds
-                            are rejected as replays (60); also the clock
-                            skew tolerated between hosts.
+                            are rejected as replays (60).
+    :param max_clock_skew: seconds host clocks may differ (2.0): a node
+                           drops signed messages sealed more than this
+                           before it started (replays of what it cannot
+                           remember), and offsets stamped more than this
+                           before their message was sealed. May be given in
+                           ``message_queue_options``.
     :param publish_timeout: write-only publish deadline in seconds (5.0).
     :param resume_wait: after an outage, wait up to this many seconds for
                         the other nodes to resubscribe before flushing the
@@ -126,7 +132,8 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
                  ack_timeout: float | None = 60.0, request_timeout: float = 5.0,
                  heartbeat_interval: float = 1.0,
                  node_timeout: float | None = None,
-                 max_message_age: float = 60.0, publish_timeout: float = 5.0,
+                 max_message_age: float = 60.0, max_clock_skew: float = 2.0,
+                 publish_timeout: float = 5.0,
                  resume_wait: float = 3.0, recovery_window: float | None = None,
                  recovery_max_entries: int = 100_000) -> None:
         super().__init__(channel=channel, write_only=write_only,
@@ -162,7 +169,8 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         self.recovery_window = recovery_window
         self.recovery_max_entries = recovery_max_entries
         self._codec = Codec(signing_secret, self.json, max_message_age,
-                            max_message_bytes=self.max_message_bytes)
+                            max_message_bytes=self.max_message_bytes,
+                            max_clock_skew=max_clock_skew)
         self._stats = BusStats()
         self._runtime = Runtime()
         self._acks = AckDeadlines(ack_timeout)
@@ -308,6 +316,9 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
         """
         room = to if to is not None else room
         if kwargs.get("ignore_queue"):
+            if callback is None and self.logs_recovery:
+                # never logged: it ends with the "no offset" marker (see _handle_emit)
+                data = (*(data if isinstance(data, tuple) else (data,)), None)
             return super(PubSubManager, self).emit(
                 event, data, namespace=namespace or "/", room=room,
                 skip_sid=skip_sid, callback=callback)
@@ -415,15 +426,20 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
             return [None] * len(payloads)
 
     def _handle_emit(self, message: dict[str, Any]) -> None:
-        offset = message.get("offset")
-        if isinstance(offset, str):
-            # the offset rides as the event's last argument, where
-            # socket.io's client (and cluster.Client) read it
+        if self.logs_recovery and message.get("callback") is None:
+            # with recovery every event that asks for no ack ends with its
+            # offset, where socket.io's client reads it, or with None when
+            # it has none (delivered during an outage, or published by an
+            # emitter that does not log): cluster.Client then strips that
+            # last argument always, never guessing, and the official client
+            # ignores a trailing non-string
+            offset = message.get("offset")
+            marker = offset if isinstance(offset, str) else None
             data = list(message["data"])
             if message.get("binary"):
-                data[0] = [*data[0], offset]
+                data[0] = [*data[0], marker]
             else:
-                data.append(offset)
+                data.append(marker)
             message = dict(message, data=data)
         super()._handle_emit(message)
 
