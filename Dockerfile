@@ -1,6 +1,15 @@
 # The socket node image: the package, the demo app, nothing else.
 # Nodes run `python -m cluster node`; the same image runs the Celery worker.
 ARG PYTHON_TAG=3.11-slim
+
+# The demo's browser client: the socket.io-client version pinned by
+# demo/js/package-lock.json, downloaded from the npm registry and checked
+# against the lock's sha512 (no Node.js in the image, no CDN at run time).
+FROM python:${PYTHON_TAG} AS browser-client
+WORKDIR /client
+COPY demo/js/package.json demo/js/package-lock.json demo/fetch_client.py ./
+RUN python fetch_client.py --lock package-lock.json --dest /client
+
 FROM python:${PYTHON_TAG}
 
 ENV PYTHONUNBUFFERED=1 \
@@ -13,6 +22,8 @@ COPY cluster ./cluster
 COPY session_store ./session_store
 COPY workers ./workers
 COPY demo ./demo
+COPY --from=browser-client /client/node_modules/socket.io-client/dist/socket.io.min.js \
+     ./demo/js/node_modules/socket.io-client/dist/socket.io.min.js
 RUN pip install ".[demo]" \
     && useradd --system --uid 999 --home-dir /app --shell /usr/sbin/nologin socketio
 # numeric, so Kubernetes can check runAsNonRoot (the Helm chart runs as 999)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import AppLoadError
@@ -31,9 +32,12 @@ def load_socketio(spec: str) -> "SocketIO":
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        raise _import_error(spec, module_name, exc) from exc
+    except Exception as exc:
+        # the module itself raised while importing: its traceback is the news
         raise AppLoadError(
-            f"--app {spec!r}: cannot import module {module_name!r} ({exc}). Run from the "
-            "directory that contains it or install it in the environment."
+            f"--app {spec!r}: importing {module_name!r} raised "
+            f"{type(exc).__name__}: {exc}\n{_traceback(exc)}"
         ) from exc
     candidates = [attribute] if attribute else ["socketio", "app"]
     for name in candidates:
@@ -53,3 +57,38 @@ def load_socketio(spec: str) -> "SocketIO":
         f"--app {spec!r}: module {module_name!r} has no attribute "
         f"{' or '.join(repr(c) for c in candidates)}."
     )
+
+
+def _traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` without the frames of the import machinery."""
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+              if not frame.filename.startswith("<frozen")
+              and frame.filename != __file__]
+    lines = traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "Traceback (most recent call last):\n" + "".join(lines).rstrip()
+
+
+def _import_error(spec: str, module_name: str, exc: ImportError) -> AppLoadError:
+    """Tell a module that is not found from a module that failed to import."""
+    missing = getattr(exc, "name", None) or ""
+    if missing.split(".")[0] == "flask_socketio":
+        return AppLoadError(
+            f"--app {spec!r}: the application imports flask_socketio, which this cluster "
+            f"replaces (and which is not installed). Change the import to the cluster's: "
+            f"`from cluster import SocketIO, emit, ...` instead of "
+            f"`from flask_socketio import ...`.\n{_traceback(exc)}")
+    is_the_module = isinstance(exc, ModuleNotFoundError) and (
+        module_name == missing or module_name.startswith(missing + "."))
+    if is_the_module:
+        return AppLoadError(
+            f"--app {spec!r}: cannot import module {module_name!r}: no module named "
+            f"{missing!r} in {os.getcwd()} or the environment. Run the command from the directory that contains "
+            f"{module_name.split('.')[0]!r} (./dev up keeps your working directory), or "
+            f"pip install your application into the environment.")
+    # the module exists but something it imports is missing or broken
+    hint = (f" Install the package that provides {missing.split('.')[0]!r} into this "
+            f"environment ({sys.executable} -m pip install ...)."
+            if isinstance(exc, ModuleNotFoundError) and missing else "")
+    return AppLoadError(
+        f"--app {spec!r}: importing {module_name!r} failed: {exc}.{hint}\n{_traceback(exc)}")

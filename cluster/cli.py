@@ -16,6 +16,8 @@ import sys
 import warnings
 from typing import Sequence
 
+from .log_format import LOG_FORMATS
+
 NODE_DESCRIPTION = """\
 Serve a Flask + Socket.IO application as one node of the cluster, under
 eventlet's WSGI server, on one port: the app's routes, Socket.IO at
@@ -24,6 +26,20 @@ not draining) and /metrics (Prometheus).
 
 SIGTERM or SIGINT drains the node: it reports not-ready, disconnects its
 clients so they reconnect to other nodes, then exits.
+"""
+
+
+LOCAL_DESCRIPTION = """\
+Start a whole cluster on this machine, on 127.0.0.1: redis-server on a free
+port (unless --redis-url), N socket nodes serving --app, HAProxy on --port
+with cookie stickiness, and a Celery worker (broker: the same Redis) that
+emits to the clients. Prints every process's URL, PID and log file.
+
+SECRET_KEY and CLUSTER_SIGNING_SECRET are taken from the environment, or
+generated at random for this run (said at start); CONNECTION_STATE_RECOVERY
+defaults to 120 seconds. Ctrl-C, SIGTERM or closing the terminal (SIGHUP)
+stops everything it started; its children also die if it is killed. A
+cluster of its own still running (or left over) on the same port is named.
 """
 
 
@@ -54,14 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--message-queue", metavar="URL",
                       default=os.environ.get("MESSAGE_QUEUE_URL") or os.environ.get("REDIS_URL"),
                       help="bus URL that joins the node to the cluster: redis://, rediss://, "
-                           "unix://, redis+sentinel:// or a kombu URL such as amqp:// "
+                           "unix://, redis+sentinel://, redis+cluster:// (Redis Cluster, "
+                           "sharded pub/sub) or a kombu URL such as amqp:// "
                            "(default: $MESSAGE_QUEUE_URL, then $REDIS_URL; none: a single node)")
     node.add_argument("--channel", default=os.environ.get("MESSAGE_QUEUE_CHANNEL"),
                       help="bus channel shared by the nodes and the emitters (default: the "
                            "app's setting, else 'flask-socketio')")
     node.add_argument("--signing-secret", default=os.environ.get("CLUSTER_SIGNING_SECRET"),
                       help="shared secret signing every bus message; unsigned messages are "
-                           "dropped (default: $CLUSTER_SIGNING_SECRET; none: no signing)")
+                           "dropped (default: $CLUSTER_SIGNING_SECRET; a node with a message queue and no "
+                           "secret refuses to start unless --allow-unsigned-bus)")
+    node.add_argument("--allow-unsigned-bus", action="store_true",
+                      default=_env_flag(os.environ.get("CLUSTER_ALLOW_UNSIGNED_BUS"), False),
+                      help="run on a bus without a signing secret (logged as a warning); "
+                           "without it a node with a message queue and no secret refuses to "
+                           "start. Only for stock python-socketio emitters (default: "
+                           "$CLUSTER_ALLOW_UNSIGNED_BUS)")
     node.add_argument("--name", default=os.environ.get("NODE_NAME"),
                       help="this node's name in logs, metrics and cluster queries (default: "
                            "$NODE_NAME, else host:pid)")
@@ -142,29 +166,41 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--access-log", action="store_true",
                       help="log every HTTP request (default: off; polling makes it noisy)")
     node.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
-                      help="logging level (default: INFO)")
+                      help="logging level (default: $LOG_LEVEL, else INFO)")
+    node.add_argument("--log-format", choices=LOG_FORMATS,
+                      default=os.environ.get("LOG_FORMAT") or "text",
+                      help="'text' lines, or 'json': one JSON object per line for log "
+                           "collectors; both carry the node's name and the client's sid "
+                           "(default: $LOG_FORMAT, else text)")
 
     local = commands.add_parser(
-        "local", help="start a local cluster: Redis, N nodes and HAProxy",
-        description="Start redis-server (unless --redis-url), N nodes and HAProxy with "
-                    "cookie stickiness on 127.0.0.1; Ctrl-C stops them all.",
+        "local", help="start a local cluster: Redis, N nodes, HAProxy and a Celery worker",
+        description=LOCAL_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     local.add_argument("--app", default="demo.app:socketio", metavar="MODULE:ATTR",
-                       help="the application (default: the demo chat, demo.app:socketio)")
+                       help="the application, imported from the current directory first "
+                            "(default: the demo chat, demo.app:socketio)")
     local.add_argument("--nodes", type=int, default=2, help="number of nodes (default: 2)")
     local.add_argument("--port", type=int, default=8000,
                        help="HAProxy's port, the one browsers use (default: 8000)")
     local.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
                        help="use this Redis instead of starting one (default: $REDIS_URL)")
+    local.add_argument("--no-worker", dest="worker", action="store_false",
+                       help="start no Celery worker (default: one, on the cluster's Redis)")
+    local.add_argument("--logs", metavar="DIR",
+                       help="write the logs to DIR and keep them (default: a temporary "
+                            "directory removed when the cluster stops)")
+    local.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                       help="the nodes' and the worker's log format (default: text)")
     from workers.cli import add_worker_parser
 
     add_worker_parser(commands)
     return parser
 
 
-def run_node(args: argparse.Namespace) -> int:
+def _monkey_patch() -> None:
     # eventlet must patch the standard library before Flask, python-socketio,
-    # redis-py or the application import it
+    # redis-py or the application import it; patching twice is a no-op
     with warnings.catch_warnings():
         # eventlet announces its maintenance mode on import; the node's
         # operators cannot act on that warning, so it stays out of the log
@@ -172,16 +208,24 @@ def run_node(args: argparse.Namespace) -> int:
         import eventlet
 
     eventlet.monkey_patch()
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+
+
+def run_node(args: argparse.Namespace) -> int:
+    _monkey_patch()
+    from .log_format import configure_logging, default_node_name
+
+    configure_logging(args.log_level, args.log_format, args.name or default_node_name())
     from .app_loader import load_socketio
     from .exceptions import ClusterError
     from .limits import Limits
     from .node_server import serve_eventlet
+    from .node_checks import check_bus_url, check_port_free
 
     try:
+        # configuration mistakes stop the node here, before the slow app import
+        check_port_free(args.host, args.port)
+        if args.message_queue:
+            check_bus_url(args.message_queue)
         socketio = load_socketio(args.app)
         overrides = {
             "max_connections": args.max_connections,
@@ -216,6 +260,14 @@ def run_node(args: argparse.Namespace) -> int:
             if args.name:
                 bus_options["node_name"] = args.name
             socketio.use_message_queue(args.message_queue, **bus_options)
+        from .bus import BusConfigurationError
+        from .bus.startup import check_bus
+
+        try:  # an unsigned bus without the opt-out, a Redis that refuses us
+            check_bus(socketio.server.manager, args.allow_unsigned_bus)
+        except BusConfigurationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -223,8 +275,17 @@ def run_node(args: argparse.Namespace) -> int:
         print("error: the SocketIO object has no Flask app; call init_app(app) in the module.",
               file=sys.stderr)
         return 2
-    serve_eventlet(socketio, socketio.app, args.host, args.port,
-                   log_output=args.access_log, drain_seconds=args.drain_seconds)
+    try:
+        serve_eventlet(socketio, socketio.app, args.host, args.port,
+                       log_output=args.access_log, drain_seconds=args.drain_seconds)
+    except OSError as exc:
+        from .node_checks import listen_error
+
+        message = listen_error(exc, args.host, args.port)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -233,10 +294,16 @@ def run_local(args: argparse.Namespace) -> int:
     from .local_cluster import run_local_cluster
 
     return run_local_cluster(app=args.app, nodes=args.nodes, port=args.port,
-                             redis_url=args.redis_url)
+                             redis_url=args.redis_url, worker=args.worker,
+                             logs=args.logs, log_format=args.log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["node"]:
+        # before build_parser: the worker command's module imports the bus,
+        # and through it modules that import Flask
+        _monkey_patch()
     args = build_parser().parse_args(argv)
     if args.command == "node":
         return run_node(args)

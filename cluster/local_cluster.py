@@ -1,35 +1,38 @@
-"""A whole cluster on one machine: redis-server, N socket nodes, HAProxy.
+"""A whole cluster on one machine: redis-server, N socket nodes, HAProxy, a worker.
 
-``python -m cluster local --app MODULE:ATTR --nodes 2 --port 8000`` calls
-:func:`run_local_cluster`, which starts (in this order) a throwaway
-``redis-server`` on a free port (unless ``--redis-url`` names one), the nodes
-on free ports joined to it as their message queue, and HAProxy on ``--port``
-with cookie stickiness and ``/readyz`` health checks; then it waits for
-Ctrl-C or ``SIGTERM`` and stops everything by PID, in reverse order.
+``python -m cluster local --app MODULE:ATTR --nodes 2 --port 8000`` (what
+``./dev up`` runs) calls :func:`run_local_cluster`, which starts (in this
+order) a throwaway ``redis-server`` on a free port (unless ``--redis-url``
+names one), the nodes on free ports joined to it as their message queue, a
+Celery worker whose broker is the same Redis, and HAProxy on ``--port`` with
+cookie stickiness and ``/readyz`` health checks; then it waits for Ctrl-C,
+``SIGTERM`` or ``SIGHUP`` and stops everything by PID, in reverse order.
+Children also die with the runner (see :mod:`cluster.processes`), and a state
+file (:mod:`cluster.local_state`) names a cluster of ours that still holds
+the port.
 
-The process classes live in :mod:`cluster.processes` (re-exported here);
-this module adds :class:`HAProxyProcess` and :class:`LocalCluster`, which the
-test harness reuses.
+The process classes live in :mod:`cluster.processes`,
+:mod:`cluster.haproxy_process` and :mod:`cluster.worker_process`
+(re-exported here); this module composes them into :class:`LocalCluster`,
+which the test harness reuses.
 """
 
 from __future__ import annotations
 
-import csv
-import http.client
-import io
 import os
+import secrets
+import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any, Self
+from typing import Self
 
-from cluster.haproxy_config import Backend, render_haproxy_config
+from cluster.haproxy_process import HAProxyProcess
+from cluster.local_state import StateFile
 from cluster.processes import (
     ClusterProcessError,
     ExecutableNotFoundError,
@@ -42,6 +45,7 @@ from cluster.processes import (
     port_accepts,
     stop_all,
 )
+from cluster.worker_process import WorkerProcess
 
 __all__ = [
     "ClusterProcessError",
@@ -55,138 +59,8 @@ __all__ = [
     "free_port",
     "run_local_cluster",
     "stop_all",
+    "WorkerProcess",
 ]
-
-
-class HAProxyProcess(ManagedProcess):
-    """HAProxy in front of ``backends``, from :func:`render_haproxy_config`.
-
-    ``backends`` are :class:`~cluster.haproxy_config.Backend` objects,
-    ``(name, host, port)`` tuples, or anything with ``name``, ``host`` and
-    ``port`` attributes (a :class:`NodeProcess`). ``port=None`` picks a free
-    port. ``stats=True`` (the default) also serves HAProxy's stats page on
-    another free port, which :meth:`server_states` reads. ``config`` passes
-    further keywords to :func:`render_haproxy_config` (``check_interval``,
-    ``tunnel_timeout``...). The config is checked with ``haproxy -c`` before
-    starting so a mistake is reported with HAProxy's own message. Runs in the
-    foreground (``-db``); ready once its port accepts connections.
-    """
-
-    def __init__(
-        self,
-        backends: Sequence[Any],
-        *,
-        port: int | None = None,
-        host: str = "127.0.0.1",
-        workdir: str | os.PathLike[str] | None = None,
-        executable: str | None = None,
-        stats: bool = True,
-        start_timeout: float = 10.0,
-        name: str = "haproxy",
-        **config: Any,
-    ) -> None:
-        self.executable = executable or find_executable("haproxy", "haproxy")
-        self.workdir = (
-            Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cluster-haproxy-"))
-        )
-        super().__init__(name, log_path=self.workdir / f"{name}.log", start_timeout=start_timeout)
-        self.host = host
-        self.port = port or free_port(host)
-        self.stats_port = free_port(host) if stats else None
-        self.backends = [
-            b if isinstance(b, (Backend, tuple)) else Backend(b.name, b.host, b.port)
-            for b in backends
-        ]
-        self.config_path = self.workdir / f"{name}.cfg"
-        self.config_text = render_haproxy_config(
-            self.backends, self.port, bind_host=host, stats_port=self.stats_port, **config
-        )
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT``."""
-        return f"http://{self.host}:{self.port}"
-
-    def command(self) -> list[str]:
-        return [self.executable, "-f", str(self.config_path), "-db"]
-
-    def spawn(self) -> None:
-        self.config_path.parent.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config_text)
-        check = subprocess.run(
-            [self.executable, "-c", "-q", "-f", str(self.config_path)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        if check.returncode != 0:
-            raise ProcessStartError(
-                f"haproxy rejected {self.config_path}:\n{check.stdout}{check.stderr}"
-            )
-        super().spawn()
-
-    def is_ready(self) -> bool:
-        return port_accepts(self.host, self.port)
-
-    def _server_rows(self) -> list[dict[str, str]]:
-        if self.stats_port is None:
-            raise ClusterProcessError(f"{self.name} was created with stats=False")
-        conn = http.client.HTTPConnection(self.host, self.stats_port, timeout=2.0)
-        try:
-            conn.request("GET", "/;csv")
-            text = conn.getresponse().read().decode()
-        except (OSError, http.client.HTTPException):
-            return []
-        finally:
-            conn.close()
-        rows = csv.DictReader(io.StringIO(text.removeprefix("# ")))
-        return [
-            row
-            for row in rows
-            if row.get("pxname") == "socket_nodes" and row["svname"] not in ("FRONTEND", "BACKEND")
-        ]
-
-    def server_states(self) -> dict[str, str]:
-        """Each backend server's status from the stats page: ``UP``, ``DOWN``...
-
-        Transitional states read like ``UP 1/2``; an empty dict means the
-        stats page did not answer. Needs ``stats=True``.
-        """
-        return {row["svname"]: row["status"] for row in self._server_rows()}
-
-    def wait_for_state(self, server: str, state: str, timeout: float = 10.0) -> None:
-        """Wait until ``server`` reports ``state`` (``UP``/``DOWN``) on the stats page."""
-        deadline = time.monotonic() + timeout
-        while (current := self.server_states().get(server)) != state:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"HAProxy server {server!r} is {current!r}, not {state!r}, after {timeout:g} s"
-                )
-            time.sleep(0.1)
-
-    def wait_all_up(self, timeout: float = 20.0) -> None:
-        """Wait until every server has passed a health check and is ``UP``.
-
-        HAProxy starts each server as "up, unchecked" and one failed check
-        (a node whose ``/readyz`` is still 503 while its bus connects) takes
-        it down; this waits for a real ``L7OK``. Raises
-        :class:`ProcessStartError` naming the servers that are not ready.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = self._server_rows()
-            pending = {
-                row["svname"]: f"{row['status']} ({row['check_status'] or 'no check yet'})"
-                for row in rows
-                if row["status"] != "UP" or not row["check_status"].startswith("L7OK")
-            }
-            if rows and not pending:
-                return
-            if time.monotonic() >= deadline:
-                states = ", ".join(f"{k}: {v}" for k, v in pending.items()) or "no stats"
-                raise ProcessStartError(
-                    f"not every node behind {self.name} became ready (GET /readyz == 200) "
-                    f"within {timeout:g} s: {states}; see the nodes' logs"
-                )
-            time.sleep(0.1)
 
 
 class LocalCluster:
@@ -194,12 +68,17 @@ class LocalCluster:
 
     ``app`` is the ``MODULE:ATTR`` every node serves; ``port`` is where
     HAProxy listens (on ``host``, loopback by default); the nodes and Redis
-    take free ports. ``workdir`` (a fresh temporary directory by default)
-    receives every log and the HAProxy config. ``node_env`` is added to each
-    node's environment; ``node_module`` is the module run as
-    ``python -m MODULE node`` (tests swap in a stand-in). :meth:`start`
-    either starts everything or stops what it started and raises;
-    :meth:`stop` stops by PID in reverse order. Also a context manager.
+    take free ports. ``workdir`` receives every log and the HAProxy config;
+    by default a fresh temporary directory that :meth:`stop` removes (a given
+    one is kept). ``node_env`` is added to the environment of each node and
+    of the worker; ``node_module`` is the module run as ``python -m MODULE
+    node`` (tests swap in a stand-in). ``worker=True`` adds a Celery worker
+    (:class:`WorkerProcess`) on the cluster's Redis; ``log_format`` is the
+    nodes' and worker's ``--log-format``. ``state_dir`` is where the state
+    file goes (None: no state file; :func:`run_local_cluster` uses the
+    default place). :meth:`start` either starts everything or stops what it
+    started and raises; :meth:`stop` stops by PID in reverse order. Also a
+    context manager.
     """
 
     def __init__(
@@ -214,6 +93,9 @@ class LocalCluster:
         node_env: Mapping[str, str] | None = None,
         node_module: str = "cluster",
         start_timeout: float = 20.0,
+        worker: bool = False,
+        log_format: str = "text",
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"a cluster needs at least one node, got nodes={nodes}")
@@ -222,12 +104,17 @@ class LocalCluster:
         self.port = port
         self.host = host
         self.external_redis_url = redis_url
+        self.own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cluster-local-"))
         self.node_env = dict(node_env or {})
         self.node_module = node_module
         self.start_timeout = start_timeout
+        self.with_worker = worker
+        self.log_format = log_format
+        self.state = None if state_dir is None else StateFile(port, state_dir)
         self.redis: RedisServerProcess | None = None
         self.nodes: list[NodeProcess] = []
+        self.worker: WorkerProcess | None = None
         self.haproxy: HAProxyProcess | None = None
 
     @property
@@ -247,74 +134,113 @@ class LocalCluster:
     def processes(self) -> list[ManagedProcess]:
         """Every process this cluster started, in start order."""
         started: list[ManagedProcess] = [self.redis] if self.redis else []
-        return started + list(self.nodes) + ([self.haproxy] if self.haproxy else [])
+        started += list(self.nodes) + ([self.worker] if self.worker else [])
+        return started + ([self.haproxy] if self.haproxy else [])
 
     def start(self) -> Self:
         """Start Redis, the nodes (in parallel) and HAProxy; all or nothing."""
-        # Fail before starting anything when a program is missing.
-        haproxy_exe = find_executable("haproxy", "haproxy")
-        redis_exe = (
-            None if self.external_redis_url else find_executable("redis-server", "redis-server")
-        )
-        if port_accepts(self.host, self.port, timeout=0.2):
-            raise ProcessStartError(
-                f"port {self.port} on {self.host} is already in use; pass another --port"
-            )
-        self.workdir.mkdir(parents=True, exist_ok=True)
         try:
+            # Fail before starting anything when a program is missing or the
+            # port is taken (stop() then removes the empty temporary workdir).
+            haproxy_exe = find_executable("haproxy", "haproxy")
+            redis_exe = (
+                None if self.external_redis_url
+                else find_executable("redis-server", "redis-server")
+            )
+            ours = self.state.problem() if self.state else None
+            if ours:
+                raise ProcessStartError(ours)
+            if port_accepts(self.host, self.port, timeout=0.2):
+                raise ProcessStartError(
+                    f"port {self.port} on {self.host} is already in use by another program; "
+                    "stop it or pass another --port"
+                )
+            self.workdir.mkdir(parents=True, exist_ok=True)
             if redis_exe:
                 self.redis = RedisServerProcess(
                     host=self.host, workdir=self.workdir / "redis", executable=redis_exe
                 )
                 self.redis.start()
+            node_env = dict(self.node_env)
+            if self.with_worker:
+                # handlers send their Celery tasks to the worker's broker: this Redis
+                node_env.setdefault("CELERY_BROKER_URL", self.redis_url)
             self.nodes = [
                 NodeProcess(
                     self.app,
                     host=self.host,
                     message_queue=self.redis_url,
-                    env=self.node_env,
+                    env=node_env,
                     name=f"node{i}",
                     log_path=self.workdir / f"node{i}.log",
                     module=self.node_module,
                     start_timeout=self.start_timeout,
+                    # only when asked: a stand-in node module need not know the flag
+                    extra_args=[] if self.log_format == "text" else ["--log-format",
+                                                                      self.log_format],
                 )
                 for i in range(1, self.node_count + 1)
             ]
+            if self.with_worker:
+                self.worker = WorkerProcess(
+                    self.redis_url, env=self.node_env, log_format=self.log_format,
+                    log_path=self.workdir / "worker1.log",
+                    start_timeout=max(30.0, self.start_timeout),
+                )  # fmt: skip
             # Spawning all before waiting overlaps the slow imports.
-            for node in self.nodes:
-                node.spawn()
+            for process in [*self.nodes, *([self.worker] if self.worker else [])]:
+                process.spawn()
             for node in self.nodes:
                 node.wait_ready()
+            if self.worker:
+                self.worker.wait_ready()
             self.haproxy = HAProxyProcess(
                 self.nodes, port=self.port, host=self.host,
                 workdir=self.workdir / "haproxy", executable=haproxy_exe,
             )  # fmt: skip
             self.haproxy.start()
             self.haproxy.wait_all_up(timeout=self.start_timeout)
+            if self.state:
+                self.state.write(self.workdir, self.processes())
         except BaseException:
-            self.stop()
+            # keep the logs of whatever ran, to read why it failed
+            self.stop(keep_logs=any(p.pid is not None for p in self.processes()))
             raise
         return self
 
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop everything this cluster started, by PID, newest first."""
+    def stop(self, grace: float = 5.0, keep_logs: bool = False) -> None:
+        """Stop everything this cluster started, by PID, newest first.
+
+        Then removes the state file and, unless ``keep_logs`` (or the workdir
+        was given), the temporary workdir with its logs.
+        """
         # The balancer first so no request reaches a stopping node, Redis last
         # so draining nodes can still flush their sessions.
         if self.haproxy:
             self.haproxy.stop(grace=grace)
-        stop_all(self.nodes, grace=grace)
+        stop_all([*self.nodes, *([self.worker] if self.worker else [])], grace=grace)
         if self.redis:
             self.redis.stop(grace=grace)
+        if self.state:
+            self.state.remove()
+        if self.own_workdir and not keep_logs:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def describe(self) -> str:
         """A few lines naming every process, its URL, PID and log."""
         lines = [f"cluster   {self.url}   (HAProxy, cookie-sticky; logs in {self.workdir})"]
         if self.haproxy and self.haproxy.stats_port:
             lines.append(f"stats     http://{self.host}:{self.haproxy.stats_port}/")
+        if self.haproxy:
+            lines.append(f"haproxy   pid {self.haproxy.pid}   log {self.haproxy.log_path}")
         for node in self.nodes:
             lines.append(f"{node.name:<9} {node.url}   pid {node.pid}   log {node.log_path}")
+        if self.worker:
+            lines.append(f"{self.worker.name:<9} celery (threads)   pid {self.worker.pid}   "
+                         f"log {self.worker.log_path}")
         if self.redis:
-            lines.append(f"redis     {self.redis.url}   pid {self.redis.pid}")
+            lines.append(f"redis     {self.redis.url}   pid {self.redis.pid}   "
+                         f"log {self.redis.log_path}")
         else:
             lines.append(f"redis     {self.redis_url}   (external)")
         return "\n".join(lines)
@@ -326,6 +252,26 @@ class LocalCluster:
         self.stop()
 
 
+def _local_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The nodes' and worker's extra environment, and what was generated.
+
+    A local cluster must work on the first try, so the secrets a production
+    deployment must set are generated when missing (random, for this run
+    only), and connection state recovery is on (the demo shows it).
+    """
+    env: dict[str, str] = {}
+    generated = []
+    for name, nbytes in (("SECRET_KEY", 32), ("CLUSTER_SIGNING_SECRET", 32)):
+        value = environ.get(name, "")
+        if value:
+            env[name] = value
+        else:
+            env[name] = secrets.token_urlsafe(nbytes)
+            generated.append(name)
+    env["CONNECTION_STATE_RECOVERY"] = environ.get("CONNECTION_STATE_RECOVERY") or "120"
+    return env, generated
+
+
 def run_local_cluster(
     app: str,
     nodes: int,
@@ -333,13 +279,19 @@ def run_local_cluster(
     redis_url: str | None,
     *,
     node_module: str = "cluster",
+    worker: bool = True,
+    logs: str | os.PathLike[str] | None = None,
+    log_format: str = "text",
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> int:
-    """Run a :class:`LocalCluster` until SIGINT/SIGTERM; return the exit status.
+    """Run a :class:`LocalCluster` until SIGINT/SIGTERM/SIGHUP; return the exit status.
 
-    Prints the URLs once everything is up, reports a node that dies (HAProxy
-    routes around it), and stops everything by PID before returning. Returns
-    1, with the reason on stderr, when the cluster cannot start or HAProxy
-    dies; 0 after a requested stop.
+    Prints what runs where once everything is up, reports a node or worker
+    that dies (HAProxy routes around a node), and stops everything by PID
+    before returning. ``logs`` keeps the logs in that directory (default: a
+    temporary one, removed at the end). ``state_dir`` overrides where the
+    state file goes (tests). Returns 1, with the reason on stderr, when the
+    cluster cannot start or HAProxy dies; 0 after a requested stop.
     """
     stop = threading.Event()
     starting = True
@@ -355,51 +307,70 @@ def run_local_cluster(
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {}
     if in_main_thread:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP: the terminal was closed; stop as for Ctrl-C
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             previous[sig] = signal.signal(sig, on_signal)
     try:
+        env, generated = _local_environment(os.environ)
         try:
-            cluster = LocalCluster(app, nodes, port, redis_url, node_module=node_module)
+            cluster = LocalCluster(
+                app, nodes, port, redis_url, node_module=node_module, worker=worker,
+                workdir=logs, node_env=env, log_format=log_format,
+                state_dir=state_dir or StateFile(port).path.parent,
+            )  # fmt: skip
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        why = {"SECRET_KEY": "logins then survive a restart",
+               "CLUSTER_SIGNING_SECRET": "an emitter outside this run can then sign"}
+        for name in generated:
+            print(f"{name} is not set: generated a random one for this run "
+                  f"(export {name}=... to choose it: {why[name]})", flush=True)
         try:
             cluster.start()
         except ClusterProcessError as exc:
-            print(f"error: {exc}\n(logs in {cluster.workdir})", file=sys.stderr)
+            where = f"\n(logs in {cluster.workdir})" if cluster.workdir.exists() else ""
+            print(f"error: {exc}{where}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("interrupted while starting; stopped", file=sys.stderr)
             return 0
         starting = False
         print(cluster.describe(), flush=True)
+        print(f"try this: open {cluster.url} in two browser windows, sign in with two names, "
+              "chat, click 'Start a job'", flush=True)
         print("ready; press Ctrl-C to stop", flush=True)
-        status = 0
-        reported: set[str] = set()
-        try:
-            while not stop.wait(0.5):
-                for node in cluster.nodes:
-                    if not node.is_running() and node.name not in reported:
-                        reported.add(node.name)
-                        print(
-                            f"warning: {node.name} (pid {node.pid}) exited with status "
-                            f"{node.returncode}; last lines of its log:\n{node.log_tail(20)}",
-                            file=sys.stderr, flush=True,
-                        )  # fmt: skip
-                if cluster.redis and not cluster.redis.is_running() and "redis" not in reported:
-                    reported.add("redis")
-                    print("warning: redis-server exited; the nodes lost their bus",
-                          file=sys.stderr, flush=True)  # fmt: skip
-                if cluster.haproxy and not cluster.haproxy.is_running():
-                    print(f"error: haproxy exited; last lines of its log:\n"
-                          f"{cluster.haproxy.log_tail(20)}", file=sys.stderr, flush=True)  # fmt: skip
-                    status = 1
-                    break
-        finally:
-            print("stopping...", flush=True)
-            cluster.stop()
-            print("stopped", flush=True)
-        return status
+        return _watch(cluster, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _watch(cluster: LocalCluster, stop: threading.Event) -> int:
+    """Report children that exit until ``stop`` is set (or HAProxy dies); then stop all."""
+    status = 0
+    reported: set[str] = set()
+    try:
+        while not stop.wait(0.5):
+            for process in [*cluster.nodes, *([cluster.worker] if cluster.worker else [])]:
+                if not process.is_running() and process.name not in reported:
+                    reported.add(process.name)
+                    print(
+                        f"warning: {process.name} (pid {process.pid}) exited with status "
+                        f"{process.returncode}; last lines of its log:\n{process.log_tail(20)}",
+                        file=sys.stderr, flush=True,
+                    )  # fmt: skip
+            if cluster.redis and not cluster.redis.is_running() and "redis" not in reported:
+                reported.add("redis")
+                print("warning: redis-server exited; the nodes lost their bus",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            if cluster.haproxy and not cluster.haproxy.is_running():
+                print(f"error: haproxy exited; last lines of its log:\n"
+                      f"{cluster.haproxy.log_tail(20)}", file=sys.stderr, flush=True)  # fmt: skip
+                status = 1
+                break
+    finally:
+        print("stopping...", flush=True)
+        cluster.stop()
+        print("stopped", flush=True)
+    return status

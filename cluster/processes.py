@@ -9,7 +9,9 @@ started.
 Every process writes stdout and stderr to one log file, appended to across
 restarts so a test failure shows the whole story. Children run in their own
 session so that a Ctrl-C in the terminal reaches only the parent, which then
-stops them in order.
+stops them in order. On Linux each child also asks the kernel for a SIGTERM
+when its parent dies (``PR_SET_PDEATHSIG``), so a parent that is killed, or
+whose terminal closes, leaves no Redis, node, HAProxy or worker behind.
 
 :mod:`cluster.local_cluster` adds HAProxy and composes these into a whole
 cluster; the test harness (``tests/harness/fixtures.py``) builds its
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -63,6 +65,44 @@ class ExecutableNotFoundError(ClusterProcessError):
 
 class ProcessStartError(ClusterProcessError):
     """A child process exited or did not become ready while starting."""
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _load_prctl() -> Any:
+    # loaded once in the parent: the child between fork and exec must not
+    # take locks, and dlopen would
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        return None
+
+
+_prctl = _load_prctl()
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get SIGTERM when ``parent_pid`` dies.
+
+    The signal follows the thread that forked, so children are spawned from
+    long-lived threads (the main thread of ``cluster local``, a test's
+    thread). If the parent already died before the call, the child exits at
+    once instead of running unowned.
+    """
+
+    def preexec() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
 
 
 def find_executable(name: str, package: str) -> str:
@@ -201,6 +241,7 @@ class ManagedProcess:
                 # Own session: a terminal's Ctrl-C goes to the parent only,
                 # which stops the children in order.
                 start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
             )
 
     def wait_ready(self, timeout: float | None = None) -> None:

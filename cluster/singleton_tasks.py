@@ -334,8 +334,8 @@ class SingletonTask:
         if self.redis_url:
             url = self.redis_url
             return lambda: redis.Redis.from_url(url, **timeouts)
-        client = getattr(self.socketio.server.manager, "_client", None)
-        if callable(client) and hasattr(self.socketio.server.manager, "redis_url"):
+        client = getattr(self.socketio.server.manager, "new_client", None)
+        if callable(client):
             # the Redis bus's own connection logic (TLS, password, Sentinel,
             # the channel's shard of a Redis Cluster) and options
             return client

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +34,7 @@ from cluster.local_cluster import (
     free_port,
     run_local_cluster,
 )
+from cluster.haproxy_config import cookie_value
 from cluster.processes import find_executable, port_accepts
 
 # `python -m fakenode node --app APP --host H --port P [--message-queue URL]`.
@@ -48,6 +51,7 @@ FAKE_NODE = textwrap.dedent(
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--message-queue")
+    parser.add_argument("--log-format")
     args = parser.parse_args()
     if args.app == "fail":
         print("stand-in: cannot load app 'fail'", file=sys.stderr)
@@ -286,7 +290,8 @@ def test_haproxy_keeps_a_session_on_its_node_and_balances_new_ones(
     session = requests.Session()
     first = _served_by(session, proxy.url)
     sticky_name = next(n.name for n in nodes if n.port == first)
-    assert session.cookies.get("SERVERID") == sticky_name
+    # opaque: the cookie names no backend, but pins this one
+    assert session.cookies.get("SERVERID") == cookie_value(sticky_name) != sticky_name
     assert {_served_by(session, proxy.url) for _ in range(6)} == {first}
     # `indirect`: the node never sees the balancer's cookie.
     assert "SERVERID" not in (session.get(f"{proxy.url}/info", timeout=5).json()["cookie"] or "")
@@ -305,7 +310,7 @@ def test_haproxy_fails_over_when_the_sticky_node_is_killed(
     victim.kill(signal.SIGKILL)
     # Redispatch: served by the survivor at once, before the checks notice.
     assert _served_by(session, proxy.url) == survivor.port
-    assert session.cookies.get("SERVERID") == survivor.name
+    assert session.cookies.get("SERVERID") == cookie_value(survivor.name)
     proxy.wait_for_state(victim.name, "DOWN", timeout=5)
 
     victim.start()
@@ -415,7 +420,8 @@ def test_run_local_cluster_reports_a_busy_port(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        status = run_local_cluster("demo", 1, sock.getsockname()[1], None, node_module="fakenode")
+        status = run_local_cluster("demo", 1, sock.getsockname()[1], None, node_module="fakenode",
+                                   worker=False)
     assert status == 1
     assert "already in use" in capsys.readouterr().err
 
@@ -424,7 +430,8 @@ def test_run_local_cluster_runs_until_sigterm(fake_node_path: str, tmp_path: Pat
     port = free_port()
     script = (
         "import sys; from cluster.local_cluster import run_local_cluster; "
-        f"sys.exit(run_local_cluster('demo', 2, {port}, None, node_module='fakenode'))"
+        f"sys.exit(run_local_cluster('demo', 2, {port}, None, node_module='fakenode', "
+        f"worker=False, state_dir={str(tmp_path)!r}))"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([fake_node_path, os.getcwd()])}
     log = open(tmp_path / "out.log", "w+")  # noqa: SIM115 - read while it runs
@@ -455,3 +462,186 @@ def test_run_local_cluster_runs_until_sigterm(fake_node_path: str, tmp_path: Pat
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+# -- the runner as a newcomer meets it (issue 18) ---------------------------------
+
+
+def _start_runner(tmp_path: Path, fake_node_path: str, port: int, *, worker: bool = False,
+                  env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+    """run_local_cluster in its own process with the stand-in nodes; its output file."""
+    script = (
+        "import sys; from cluster.local_cluster import run_local_cluster; "
+        f"sys.exit(run_local_cluster('demo', 2, {port}, None, node_module='fakenode', "
+        f"worker={worker}, state_dir={str(tmp_path)!r}))"
+    )
+    run_env = {k: v for k, v in os.environ.items()
+               if k not in ("SECRET_KEY", "CLUSTER_SIGNING_SECRET")}
+    run_env.update(env or {})
+    run_env["PYTHONPATH"] = os.pathsep.join([fake_node_path, os.getcwd()])
+    out = tmp_path / f"runner-{port}.log"
+    with open(out, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=log,
+                                stderr=subprocess.STDOUT, env=run_env)
+    deadline = time.monotonic() + 60
+    while "ready;" not in out.read_text():
+        assert proc.poll() is None, out.read_text()
+        assert time.monotonic() < deadline, "the cluster did not start in 60 s"
+        time.sleep(0.1)
+    return proc, out
+
+
+def _child_pids(output: str) -> dict[str, int]:
+    pids = {}
+    for line in output.splitlines():
+        words = line.split()
+        if "pid" in words and words[0] in {"haproxy", "node1", "node2", "worker1", "redis"}:
+            pids[words[0]] = int(words[words.index("pid") + 1])
+    return pids
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_children_die_with_a_sigkilled_runner(fake_node_path: str, tmp_path: Path) -> None:
+    port = free_port()
+    proc, out = _start_runner(tmp_path, fake_node_path, port, worker=True)
+    pids = _child_pids(out.read_text())
+    assert set(pids) == {"haproxy", "node1", "node2", "worker1", "redis"}
+    proc.kill()  # no chance to clean up: only the kernel's parent-death signal is left
+    proc.wait()
+    left = [name for name, pid in pids.items() if not _gone(pid)]
+    # nobody could clean up after a SIGKILL: the test removes the runner's folder
+    shutil.rmtree(out.read_text().split("logs in ")[1].split(")")[0], ignore_errors=True)
+    assert left == [], f"still running after the runner was killed: {left}"
+    assert not port_accepts("127.0.0.1", port)
+
+
+def test_sighup_stops_everything_and_leaves_no_folder_or_state(
+    fake_node_path: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    proc, out = _start_runner(tmp_path, fake_node_path, port)
+    output = out.read_text()
+    assert "SECRET_KEY is not set: generated a random one" in output
+    assert "try this: open http://127.0.0.1:" in output
+    workdir = Path(output.split("logs in ")[1].split(")")[0])
+    assert workdir.is_dir() and (tmp_path / f"socketio-cluster-local-{port}.json").exists()
+    pids = _child_pids(output)
+    proc.send_signal(signal.SIGHUP)  # the terminal was closed
+    assert proc.wait(timeout=30) == 0
+    assert all(_gone(pid, timeout=1) for pid in pids.values())
+    assert not workdir.exists()
+    assert not (tmp_path / f"socketio-cluster-local-{port}.json").exists()
+
+
+def test_a_second_cluster_on_the_port_names_the_running_one(
+    fake_node_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    proc, _ = _start_runner(tmp_path, fake_node_path, port)
+    try:
+        status = run_local_cluster("demo", 1, port, None, node_module="fakenode", worker=False,
+                                   state_dir=tmp_path)
+        assert status == 1
+        err = capsys.readouterr().err
+        assert f"still running on port {port} (runner pid {proc.pid})" in err
+        assert f"kill {proc.pid}" in err
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_leftovers_of_a_dead_runner_are_named_with_their_pids(tmp_path: Path) -> None:
+    from cluster.local_state import StateFile
+
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        state = StateFile(4321, tmp_path)
+        state.path.write_text(json.dumps({
+            "port": 4321, "runner_pid": dead.pid, "runner_argv": [sys.executable, "-c", "pass"],
+            "started": time.time(), "workdir": str(tmp_path),
+            "processes": [
+                {"name": "node1", "pid": orphan.pid, "argv": [sys.executable, "-c"]},
+                # a reused pid whose command line differs is not ours
+                {"name": "node2", "pid": os.getpid(), "argv": ["/usr/sbin/haproxy", "-f"]},
+            ]}))  # fmt: skip
+        problem = state.problem()
+        assert problem is not None
+        assert f"node1 (pid {orphan.pid})" in problem and f"kill {orphan.pid}" in problem
+        assert "node2" not in problem
+    finally:
+        orphan.kill()
+        orphan.wait()
+    assert state.problem() is None  # nothing of ours runs: the stale file goes
+    assert not state.path.exists()
+
+
+def test_dev_up_help_is_about_up() -> None:
+    done = subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "dev"), "up",
+                           "--help"], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: ./dev up")
+    assert "--no-worker" in done.stdout and "--app MODULE:ATTR" in done.stdout
+
+
+def test_dev_up_serves_an_app_from_the_users_directory(tmp_path: Path) -> None:
+    """./dev up --app mymodule:socketio, run from the application's folder."""
+    (tmp_path / "i18_myapp.py").write_text(textwrap.dedent("""
+        from flask import Flask
+        from cluster import SocketIO
+        app = Flask(__name__)
+        app.config["SECRET_KEY"] = "x" * 32
+        socketio = SocketIO(app)
+
+        @app.route("/")
+        def index():
+            return "my app from my folder"
+        """))
+    port = free_port()
+    dev = Path(__file__).resolve().parents[1] / "dev"
+    out = tmp_path / "up.log"
+    with open(out, "wb") as log:
+        proc = subprocess.Popen(["bash", str(dev), "up", "--app", "i18_myapp:socketio",
+                                 "--nodes", "1", "--no-worker", "--port", str(port)],
+                                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120  # ./dev checks its setup first
+        while "ready;" not in out.read_text():
+            assert proc.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.2)
+        response = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert response.text == "my app from my folder"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not port_accepts("127.0.0.1", port)
+
+
+def test_worker_log_lines_carry_its_name_in_json(tmp_path: Path) -> None:
+    from cluster.local_cluster import WorkerProcess
+
+    with RedisServerProcess(workdir=tmp_path / "redis") as redis:
+        worker = WorkerProcess(redis.url, log_format="json", log_path=tmp_path / "worker1.log",
+                               env={"CLUSTER_SIGNING_SECRET": "w" * 32})
+        with worker:
+            # Celery's banner is printed, not logged; every logged line is JSON
+            logged = [json.loads(line) for line in worker.log_text().splitlines()
+                      if line.startswith("{")]
+    assert any(entry["message"].endswith(" ready.") for entry in logged)
+    assert logged and all(entry["node"] == "worker1" for entry in logged)
+    assert {"time", "level", "logger", "sid"} <= set(logged[0])

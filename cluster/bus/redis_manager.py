@@ -258,6 +258,13 @@ class RedisManager(ClusterManager):
                 f"redis.Redis(): check their names and values.") from exc
 
     # -- connections ----------------------------------------------------------
+    def new_client(self) -> redis.Redis:
+        """A new redis-py client for the node that carries the bus channel,
+        connected the way the bus connects (TLS, password, Sentinel, the
+        channel's shard of a Redis Cluster), for other parts that keep
+        keys beside the channel (singleton task leases)."""
+        return self._client()
+
     def _client(self) -> redis.Redis:
         """A new client for the node that carries our channel."""
         parsed = urlparse(self.redis_url)

@@ -4,16 +4,27 @@ two nodes behind HAProxy, a login over HTTP, then Socket.IO through the balancer
 from __future__ import annotations
 
 import ast
+import base64
+import hashlib
+import functools
 import queue
+import secrets
 import tokenize
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import requests
 import socketio
+from flask import Flask
+
+from cluster.local_cluster import LocalCluster, ProcessStartError, free_port
+from demo.client import CLIENT_ROUTE, add_client_route
 
 DEMO = Path(__file__).resolve().parents[2] / "demo" / "app.py"
 WAIT = 10
+DEMO_ENV = {"SECRET_KEY": "tests-" + secrets.token_urlsafe(24)}
 
 
 def test_only_the_import_differs_from_flask_socketio() -> None:
@@ -22,9 +33,13 @@ def test_only_the_import_differs_from_flask_socketio() -> None:
         for token in tokenize.tokenize(source.readline):
             if token.type == tokenize.NAME and token.string == "cluster":
                 code_lines.add(token.line.strip())
-    # strings and comments may talk about the cluster; code names it once
+    # strings and comments may talk about the cluster; the chat's code names it
+    # once, and the one handler that shows a cluster-wide query says so
     assert code_lines == {
-        "from cluster import SocketIO, disconnect, emit, join_room, leave_room, rooms"}
+        "from cluster import SocketIO, disconnect, emit, join_room, leave_room, rooms",
+        "sockets = socketio.cluster.sockets(rooms=[room])"}
+    source_text = DEMO.read_text()
+    assert source_text.index("socketio.cluster.") > source_text.index("# -- what the cluster adds")
     tree = ast.parse(DEMO.read_text())
     imported = [node.names for node in ast.walk(tree)
                 if isinstance(node, ast.ImportFrom) and node.module == "cluster"]
@@ -50,6 +65,10 @@ def _client(factory: Any, proxy_url: str, http: requests.Session) -> tuple[Any, 
     return client, events
 
 
+def _put(events: "queue.Queue[Any]", kind: str, data: Any, *offset: Any) -> None:
+    events.put((kind, data))  # with recovery on, an offset follows the data
+
+
 def _next(events: "queue.Queue[Any]", kind: str) -> Any:
     while True:
         got_kind, data = events.get(timeout=WAIT)
@@ -59,7 +78,7 @@ def _next(events: "queue.Queue[Any]", kind: str) -> Any:
 
 def test_ported_app_runs_on_two_nodes_behind_haproxy(node_factory: Any, haproxy_factory: Any,
                                                      sio_client_factory: Any) -> None:
-    nodes = node_factory(app="demo.app:socketio", count=2)
+    nodes = node_factory(app="demo.app:socketio", count=2, env=DEMO_ENV)
     proxy = haproxy_factory(nodes)
 
     # anonymous connections are refused by the connect handler
@@ -95,3 +114,97 @@ def test_ported_app_runs_on_two_nodes_behind_haproxy(node_factory: Any, haproxy_
     me = alice.call("whoami", timeout=WAIT)
     assert me["name"] == "alice" and me["client"] == "pytest" and me["rooms"] == ["lobby"]
     assert me["sid"] == alice.get_sid()
+
+
+def test_the_demo_refuses_to_start_without_a_secret_key(node_factory: Any) -> None:
+    # a well-known fallback key would let anyone forge a login cookie
+    with pytest.raises(ProcessStartError) as refused:
+        node_factory(app="demo.app:socketio", env={"SECRET_KEY": ""}, message_queue=None)
+    assert "SECRET_KEY is not set" in str(refused.value)
+    assert "export SECRET_KEY=" in str(refused.value)
+    assert "change-me" not in DEMO.read_text()
+
+
+def test_the_client_route_says_how_to_install_a_missing_client(tmp_path: Path) -> None:
+    app = Flask(__name__)
+    add_client_route(app, tmp_path / "socket.io.min.js")
+    response = app.test_client().get(CLIENT_ROUTE)
+    assert response.status_code == 503
+    assert "./dev setup" in response.get_data(as_text=True)
+    (tmp_path / "socket.io.min.js").write_text("/* the client */")
+    response = app.test_client().get(CLIENT_ROUTE)
+    assert response.status_code == 200 and response.mimetype == "text/javascript"
+    assert response.get_data(as_text=True) == "/* the client */"
+
+
+@pytest.fixture
+def demo_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    env = {**DEMO_ENV, "CONNECTION_STATE_RECOVERY": "120",
+           "CLUSTER_SIGNING_SECRET": secrets.token_urlsafe(24)}
+    with LocalCluster("demo.app:socketio", nodes=2, port=free_port(), worker=True,
+                      node_env=env, workdir=tmp_path / "cluster", start_timeout=40) as cluster:
+        yield cluster
+
+
+def test_protocol_online_presence_and_jobs_across_nodes(demo_cluster: LocalCluster,
+                                                        sio_client_factory: Any) -> None:
+    """The README's protocol, from python clients carrying their login cookie
+    through the balancer with ``http_session=`` (polling only, the hard case)."""
+    url = demo_cluster.url
+    users = {}
+    for name in ("alice", "bob"):
+        for _ in range(8):
+            http = _logged_in(url, name)
+            events: "queue.Queue[Any]" = queue.Queue()
+            client = sio_client_factory(http_session=http)
+            for event in ("status", "presence", "job_progress", "job_result"):
+                client.on(event, functools.partial(_put, events, event))
+            client.connect(url, transports=["polling"], wait_timeout=WAIT)
+            node = _next(events, "status")["node"]
+            if name == "alice" or node != users["alice"][2]:
+                break
+            client.disconnect()
+        users[name] = (client, events, node)
+    (alice, alice_events, alice_node), (bob, bob_events, bob_node) = users.values()
+    assert alice_node != bob_node
+
+    assert alice.call("join", {"room": "lobby"}, timeout=WAIT) == {"rooms": ["lobby"]}
+    assert bob.call("join", {"room": "lobby"}, timeout=WAIT) == {"rooms": ["lobby"]}
+    # pushed to the room's members on the other node
+    assert _next(alice_events, "presence") == {"room": "lobby", "name": "alice",
+                                               "state": "joined"}
+    assert _next(alice_events, "presence") == {"room": "lobby", "name": "bob", "state": "joined"}
+    online = alice.call("online", {"room": "lobby"}, timeout=WAIT)
+    assert online == {"room": "lobby", "members": [
+        {"name": "alice", "sid": alice.get_sid(), "node": alice_node},
+        {"name": "bob", "sid": bob.get_sid(), "node": bob_node}]}
+
+    ack = alice.call("start_job", {"steps": 4}, timeout=WAIT)
+    job_id = ack["job_id"]
+    progress = [_next(alice_events, "job_progress") for _ in range(4)]
+    assert progress == [{"job_id": job_id, "step": step, "steps": 4, "percent": 25 * step}
+                        for step in range(1, 5)]
+    assert _next(alice_events, "job_result")["job_id"] == job_id
+
+    assert bob.call("leave", {"room": "lobby"}, timeout=WAIT) == {"rooms": []}
+    assert _next(alice_events, "presence") == {"room": "lobby", "name": "bob", "state": "left"}
+    seen_by_bob = []
+    while not bob_events.empty():
+        seen_by_bob.append(bob_events.get_nowait()[0])
+    assert "job_progress" not in seen_by_bob and "job_result" not in seen_by_bob
+    assert alice.call("online", {"room": "lobby"}, timeout=WAIT)["members"] == [
+        {"name": "alice", "sid": alice.get_sid(), "node": alice_node}]
+    assert alice.call("start_job", {"steps": "many"}, timeout=WAIT) == {
+        "error": "steps must be a whole number"}
+
+
+def test_the_image_build_takes_the_locked_client_and_checks_its_hash() -> None:
+    from demo.fetch_client import FetchError, locked, verify
+
+    lock = DEMO.parent / "js" / "package-lock.json"
+    version, integrity = locked(lock)
+    assert version.startswith("4.8.") and integrity.startswith("sha512-")
+    with pytest.raises(FetchError, match="integrity mismatch"):
+        verify(b"not the tarball", integrity)
+    good = b"a tarball"
+    verify(good, "sha512-" + base64.b64encode(hashlib.sha512(good).digest()).decode())
