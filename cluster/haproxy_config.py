@@ -4,9 +4,13 @@ The balancer has three jobs in this product, and each maps to a few lines:
 
 * **Stickiness.** Engine.IO long-polling sends every request of one session
   to the node that owns it, so the balancer inserts a ``SERVERID`` cookie
-  naming the node (``cookie SERVERID insert indirect nocache``; ``indirect``
-  keeps the cookie away from the node, ``nocache`` stops shared caches from
-  storing a response that carries it).
+  for the node (``cookie SERVERID insert indirect nocache httponly attr
+  "SameSite=Lax"``; ``indirect`` keeps the cookie away from the node,
+  ``nocache`` stops shared caches from storing a response that carries it,
+  ``httponly`` keeps page scripts from reading it). Its value is opaque
+  (:func:`cookie_value`: a hash of the node's name and ``cookie_salt``), so
+  it does not tell a client the names of the backends; ``secure_cookie``
+  adds ``Secure`` behind TLS.
 * **WebSocket pass-through.** HAProxy switches a connection to tunnel mode
   once the ``101 Switching Protocols`` answer goes by; from then on only
   ``timeout tunnel`` applies, so it is long (an hour) while ``timeout client``
@@ -18,17 +22,27 @@ The balancer has three jobs in this product, and each maps to a few lines:
   node is gone be sent to another node instead of failing, which is what
   makes resuming a session on another node possible.
 
+And one thing it does not do: route the nodes' probes and metrics
+(``/healthz``, ``/readyz``, ``/metrics``) from outside. They tell an
+attacker the node's state and figures, and the balancer's own checks and
+Prometheus reach the nodes directly; the frontend answers them ``404``
+(matched after URL-decoding, as the node decodes the path before routing).
+
 :func:`render_haproxy_config` is a pure function; :mod:`cluster.local_cluster`
 writes its result to a file and runs ``haproxy -f FILE -db``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Backend", "render_haproxy_config"]
+__all__ = ["INTERNAL_PATHS", "Backend", "cookie_value", "render_haproxy_config"]
+
+#: the node's paths that the public frontend refuses (404)
+INTERNAL_PATHS = ("/healthz", "/readyz", "/metrics")
 
 # HAProxy server names and cookie values must be single tokens; keeping them
 # to this alphabet also keeps them safe inside a Set-Cookie header.
@@ -41,14 +55,24 @@ _DURATION_RE = re.compile(r"^[0-9]+(us|ms|s|m|h|d)?$")
 class Backend:
     """One socket node behind the balancer.
 
-    ``name`` is the HAProxy server name and also the value of the
-    ``SERVERID`` cookie, so it must be a single token (letters, digits,
-    ``_``, ``.``, ``-``).
+    ``name`` is the HAProxy server name (the ``SERVERID`` cookie carries
+    :func:`cookie_value` of it), so it must be a single token (letters,
+    digits, ``_``, ``.``, ``-``).
     """
 
     name: str
     host: str
     port: int
+
+
+def cookie_value(name: str, salt: str = "") -> str:
+    """The ``SERVERID`` cookie value of backend ``name``: 16 hex digits.
+
+    A hash, so the cookie names no backend; deterministic, so every
+    balancer rendered with the same ``salt`` (and a test pinning a client
+    to a node) agrees on it.
+    """
+    return hashlib.sha256(f"socketio-cluster\0{salt}\0{name}".encode()).hexdigest()[:16]
 
 
 def _as_backend(item: Backend | tuple[str, str, int]) -> Backend:
@@ -90,6 +114,8 @@ def render_haproxy_config(
     tunnel_timeout: str = "1h",
     stats_port: int | None = None,
     log_level: str = "notice",
+    cookie_salt: str = "",
+    secure_cookie: bool = False,
 ) -> str:
     """Return the text of an HAProxy 2.6 config balancing ``backends``.
 
@@ -104,7 +130,11 @@ def render_haproxy_config(
     ``bind_host:stats_port`` at ``/`` (``;csv`` gives machine-readable
     server states). HAProxy logs go to its stderr at ``log_level`` and above;
     the default ``notice`` shows servers going up and down but not every
-    request.
+    request. ``cookie_salt`` goes into the opaque cookie values (default
+    ``""``: values depend on the names only); ``secure_cookie`` adds the
+    ``Secure`` flag (set it when clients reach the balancer over TLS).
+    ``/healthz``, ``/readyz`` and ``/metrics`` are answered ``404`` by the
+    frontend, whatever the options.
 
     Raises :class:`ValueError` with the fix when an argument cannot be
     rendered.
@@ -174,16 +204,22 @@ def render_haproxy_config(
         "",
         "frontend socketio_in",
         f"    bind {bind_host}:{port}",
+        # probes and metrics are for the balancer's checks and Prometheus,
+        # which reach the nodes directly; the node routes on the decoded path
+        f"    acl node_internal path,url_dec -m str {' '.join(INTERNAL_PATHS)}",
+        "    http-request deny deny_status 404 if node_internal",
         "    default_backend socket_nodes",
         "",
         "backend socket_nodes",
         "    balance roundrobin",
-        "    cookie SERVERID insert indirect nocache",
+        "    cookie SERVERID insert indirect nocache httponly"
+        + (" secure" if secure_cookie else "") + ' attr "SameSite=Lax"',
         f"    option httpchk GET {health_path}",
         "    http-check expect status 200",
         f"    default-server inter {check_interval} fall {fall} rise {rise}",
     ]
-    lines += [f"    server {b.name} {b.host}:{b.port} check cookie {b.name}" for b in items]
+    lines += [f"    server {b.name} {b.host}:{b.port} check cookie {cookie_value(b.name, cookie_salt)}"
+              for b in items]
     if stats_port is not None:
         lines += [
             "",

@@ -20,8 +20,10 @@ from .connection_sessions import HOLDER_QUERY, ConnectionSessions
 from .connection_state import MemoryConnectionState, RedisConnectionState
 from .exceptions import ConfigurationError
 from .limits import Limits
+from .log_redaction import install as install_log_redaction
 from .recovery import RecoveryOptions
 from .server import EXTENSION_OPTIONS, ClusterServer
+from .session_leases import SessionLeases, default_interval
 
 if TYPE_CHECKING:
     import flask
@@ -78,7 +80,9 @@ def create_server(ext: "SocketIO", app: "flask.Flask | None",
                   options: dict[str, Any]) -> ClusterServer:
     """Build the server for ``ext`` from the extension's keyword options."""
     server_kwargs = {k: v for k, v in options.items() if k not in EXTENSION_OPTIONS}
-    server_kwargs.setdefault("async_mode", default_async_mode())
+    if server_kwargs.get("async_mode") is None:
+        # None is Flask-SocketIO's "choose for me" (its example app passes it)
+        server_kwargs["async_mode"] = default_async_mode()
     if server_kwargs.get("serializer", "default") == "default":
         # python-socketio's JSON packets, with socket.io-parser's bound on
         # binary attachments
@@ -89,12 +93,16 @@ def create_server(ext: "SocketIO", app: "flask.Flask | None",
             "A SocketIO without a Flask app is a write-only emitter and needs "
             "message_queue=<bus URL> (e.g. 'redis://localhost:6379/0')."
         )
+    manager = options.get("client_manager") or build_manager(options, write_only=write_only)
     server = ClusterServer(
-        client_manager=build_manager(options, write_only=write_only),
+        client_manager=manager,
         max_backlog=options.get("max_backlog"),
         limits=Limits.from_options(options),
         **server_kwargs,
     )
+    # python-socketio's and python-engineio's own loggers log whole
+    # packets, resume ids included, when logger=/engineio_logger= are on
+    install_log_redaction(server)
     server.extension = ext
     server.options = options
     server.recovery = RecoveryOptions.from_option(options.get("connection_state_recovery"))
@@ -102,6 +110,20 @@ def create_server(ext: "SocketIO", app: "flask.Flask | None",
     ext.server = server  # the session binding registers on its manager
     ext.sessions = create_connection_sessions(ext, options)
     return server
+
+
+def record_secret(socketio: "SocketIO", options: Mapping[str, Any]) -> Any:
+    """What the Redis session store derives its record MAC key from.
+
+    The bus signing secret when there is one, else the application's
+    ``SECRET_KEY`` (read when needed, so one set after ``SocketIO(app)``
+    counts): both are shared by every node of a deployment, as the key must
+    be. Neither (no signing, no ``SECRET_KEY``): records carry no MAC.
+    """
+    signing = options.get("signing_secret")
+    if signing:
+        return signing
+    return lambda: getattr(socketio.app, "secret_key", None) if socketio.app else None
 
 
 def create_connection_sessions(socketio: "SocketIO", options: Mapping[str, Any]) -> ConnectionSessions:
@@ -128,19 +150,41 @@ def create_connection_sessions(socketio: "SocketIO", options: Mapping[str, Any])
             # the bus's own settings (buffer_bytes, max_message_bytes...)
             # ride in message_queue_options too; redis-py gets only its own
             store = RedisSessionStore(url, key_prefix=prefix, ttl=ttl,
-                                      redis_options=driver_only(options.get("message_queue_options")))
+                                      lease_ttl=ttl + default_interval(ttl),
+                                      redis_options=driver_only(options.get("message_queue_options")),
+                                      secret=record_secret(socketio, options))
     elif store == "memory":
-        store = MemorySessionStore(key_prefix=prefix, ttl=ttl)
+        store = MemorySessionStore(key_prefix=prefix, ttl=ttl,
+                                   lease_ttl=ttl + default_interval(ttl))
     if store is None:
         return ConnectionSessions(socketio, identity_loader=identity_loader)
     if isinstance(store, RedisSessionStore):
-        state: Any = RedisConnectionState(store.redis, store.key_prefix)
+        state: Any = RedisConnectionState(store.redis, store.key_prefix,
+                                          secret=record_secret(socketio, options))
     else:
         state = MemoryConnectionState()
     sessions = ConnectionSessions(socketio, store=store, state=state,
                                   identity_loader=identity_loader,
                                   stable_resume_ids=bool(options.get("connection_state_recovery")))
-    cluster = getattr(socketio.server.manager, "cluster", None) if socketio.server else None
+    server = socketio.server
+    manager = server.manager if server is not None else None
+    cluster = getattr(manager, "cluster", None)
     if cluster is not None:
         cluster.on(HOLDER_QUERY, sessions.holds)
+    if server is not None:
+        sessions.leases = SessionLeases(
+            sessions, default_interval(store.ttl),
+            restart_point=lambda: _recovery_restart_point(manager),
+            reconnects=lambda: _bus_reconnects(manager),
+            spawn=server.start_background_task, sleep=server.sleep)
     return sessions
+
+
+def _recovery_restart_point(manager: Any) -> str | None:
+    point = getattr(manager, "recovery_restart_point", None)
+    return point() if callable(point) and getattr(manager, "logs_recovery", False) else None
+
+
+def _bus_reconnects(manager: Any) -> int:
+    stats = getattr(manager, "stats", None)
+    return int(stats().get("reconnects", 0)) if callable(stats) else 0

@@ -8,7 +8,9 @@ session. This package knows nothing of Socket.IO.
 
 Typical use by a socket node::
 
-    store = RedisSessionStore("redis://127.0.0.1:6379/0", ttl=120)
+    # secret: the deployment's, the same on every node; values and resume
+    # records then carry MACs (see session_store.record_mac)
+    store = RedisSessionStore("redis://127.0.0.1:6379/0", ttl=120, secret=SECRET)
 
     # on connect
     handle = store.create(dict(flask.session), identity=user_id)
@@ -33,6 +35,7 @@ from .exceptions import (
     InvalidSessionId,
     SessionDataError,
     SessionNotFound,
+    SessionStoreAccessDenied,
     SessionStoreError,
     SessionStoreUnavailable,
     SessionValueError,
@@ -53,6 +56,7 @@ __all__ = [
     "SessionHandle",
     "SessionNotFound",
     "SessionStore",
+    "SessionStoreAccessDenied",
     "SessionStoreError",
     "SessionStoreUnavailable",
     "SessionValueError",

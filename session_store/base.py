@@ -16,6 +16,11 @@ Stored layout of one session (a Redis hash, or a dict in memory)::
     m:resume     the session's current resume id, if one was issued
 
 The ``d:``/``m:`` prefixes keep session keys from ever colliding with metadata.
+
+With a ``secret``, every ``d:`` value and every resume record carries a MAC
+(:mod:`session_store.record_mac`); a session with a value that fails the
+check, or a resume record that does, is treated as missing, logged and
+counted (:attr:`SessionStore.rejected_records`).
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .codec import decode_items, decode_value, encode_items
 from .exceptions import InvalidSessionId, SessionNotFound
 from .forked_session import ForkedSession
+from .record_mac import RecordMac
 from .resume import (
     REFUSALS,
     ResumeResult,
@@ -93,6 +99,11 @@ class SessionStore(ABC):
     :param tombstone_ttl: seconds a claimed resume id is remembered so a
         replay is reported as ``REPLAYED`` rather than ``UNKNOWN``.
         Default 600. After that a replay is still refused, as ``UNKNOWN``.
+    :param secret: the deployment's secret, the same on every node, from
+        which the MAC key of stored values and resume records is derived;
+        or a callable returning it (read when needed, so an app's
+        ``SECRET_KEY`` set after start-up counts). ``None`` (default): no
+        MACs, for stores that nobody else can write to (memory, tests).
 
     Thread-safe. Every method that takes a session id raises
     :class:`InvalidSessionId` for an id this store cannot have issued, except
@@ -106,6 +117,7 @@ class SessionStore(ABC):
         ttl: float = 120,
         lease_ttl: float = 86400,
         tombstone_ttl: float = 600,
+        secret: str | bytes | Callable[[], str | bytes | None] | None = None,
     ) -> None:
         if not isinstance(key_prefix, str):
             raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
@@ -118,6 +130,10 @@ class SessionStore(ABC):
         self._tombstone_ms = _ms(tombstone_ttl, "tombstone_ttl")
         self._counts_lock = threading.Lock()
         self._counts: Counter[str] = Counter({s.value: 0 for s in ResumeStatus})
+        self._secret = secret
+        self._mac_for: tuple[str | bytes, RecordMac] | None = None
+        #: stored values and resume records that failed their MAC check
+        self.rejected_records = 0
 
     # -- sessions ------------------------------------------------------------
 
@@ -131,7 +147,17 @@ class SessionStore(ABC):
         :raises SessionValueError: a value of ``data`` cannot be encoded.
         """
         encoded = encode_items(data)
-        fields = {DATA + k: v for k, v in encoded.items()}
+        session_id = new_id()
+        self._backend_create(session_id, self._new_record(session_id, encoded, identity),
+                             self._lease_ms)
+        logger.debug("created session %s", redact(session_id))
+        # Decoding what was stored makes the fork a deep copy (nested values are
+        # not shared with the HTTP session) that equals what load() returns.
+        return SessionHandle(session_id, ForkedSession(decode_items(encoded), new=True))
+
+    def _new_record(self, session_id: str, encoded: Mapping[str, str],
+                    identity: str | None) -> dict[str, str]:
+        fields = self._sealed(session_id, encoded)
         now = repr(time.time())
         fields.update(
             {
@@ -141,12 +167,26 @@ class SessionStore(ABC):
                 META_VERSION: "0",
             }
         )
-        session_id = new_id()
-        self._backend_create(session_id, fields, self._lease_ms)
-        logger.debug("created session %s", redact(session_id))
-        # Decoding what was stored makes the fork a deep copy (nested values are
-        # not shared with the HTTP session) that equals what load() returns.
-        return SessionHandle(session_id, ForkedSession(decode_items(encoded), new=True))
+        return fields
+
+    def restore(self, session_id: str, data: Mapping[str, Any], identity: str | None) -> bool:
+        """Write back, under its own id, a session the store has lost.
+
+        For the node holding the session's live connection, after Redis came
+        back empty (restarted without persistence, flushed, evicted): the
+        connection's copy is the truth. The session gets the connected lease;
+        its resume id must be re-armed with :meth:`issue_resume` (``reuse``).
+        Returns ``False`` (and writes nothing) if the session still exists.
+
+        :raises SessionValueError: a value of ``data`` cannot be encoded.
+        """
+        self._check_id(session_id)
+        if self._backend_read(session_id) is not None:
+            return False
+        self._backend_create(session_id, self._new_record(session_id, encode_items(data),
+                                                          identity), self._lease_ms)
+        logger.info("restored session %s from its live connection", redact(session_id))
+        return True
 
     def load(self, session_id: str) -> ForkedSession | None:
         """The stored session, or ``None`` if it does not exist (or expired).
@@ -158,11 +198,20 @@ class SessionStore(ABC):
         fields = self._backend_read(session_id)
         if fields is None:
             return None
+        mac = self._mac()
         data: dict[str, Any] = {}
         for raw_name, raw_value in fields.items():
             name = _text(raw_name)
             if name.startswith(DATA):
                 key = name[len(DATA) :]
+                if mac is not None:
+                    opened = mac.open_field(session_id, name, raw_value)
+                    if opened is None:
+                        # one forged or foreign value taints the whole record
+                        self._reject("session %s: value %r failed its MAC check",
+                                     redact(session_id), key)
+                        return None
+                    raw_value = opened
                 data[key] = decode_value(key, raw_value)
         return ForkedSession(data)
 
@@ -186,7 +235,7 @@ class SessionStore(ABC):
         set_items, deleted = session.changes()
         if not set_items and not deleted:
             return
-        fields = {DATA + k: v for k, v in encode_items(set_items).items()}
+        fields = self._sealed(session_id, encode_items(set_items))
         if not self._backend_save(
             session_id, fields, [DATA + k for k in deleted], repr(time.time())
         ):
@@ -225,6 +274,21 @@ class SessionStore(ABC):
             self._check_id(session_id)
         return self._backend_set_ttl(ids, self._lease_ms) if ids else 0
 
+    def renew(self, session_ids: Iterable[str]) -> list[str]:
+        """Renew the connected lease of many sessions (one round trip on
+        Redis); returns the ids that no longer exist, for the caller to
+        :meth:`restore`."""
+        ids = list(session_ids)
+        for session_id in ids:
+            self._check_id(session_id)
+        found = self._backend_set_ttl_each(ids, self._lease_ms) if ids else []
+        return [session_id for session_id, exists in zip(ids, found) if not exists]
+
+    def _backend_set_ttl_each(self, session_ids: list[str], ttl_ms: int) -> list[bool]:
+        """:meth:`_backend_set_ttl` per session, saying which exist (backends
+        may do it in one round trip)."""
+        return [self._backend_set_ttl([session_id], ttl_ms) == 1 for session_id in session_ids]
+
     def delete(self, session_id: str) -> bool:
         """Remove the session and its resume id now. ``False`` if already gone."""
         self._check_id(session_id)
@@ -253,7 +317,12 @@ class SessionStore(ABC):
         if reuse is not None:
             self._check_id(reuse)
         resume_id = reuse if reuse is not None else new_id()
-        record = json.dumps({"s": session_id, "i": identity_digest(identity)})
+        digest = identity_digest(identity)
+        entry = {"s": session_id, "i": digest}
+        mac = self._mac()
+        if mac is not None:
+            entry["m"] = mac.resume_tag(resume_id, session_id, digest)
+        record = json.dumps(entry)
         if not self._backend_issue(session_id, resume_id, record):
             raise SessionNotFound(
                 f"Session {redact(session_id)} no longer exists; cannot issue a resume id. "
@@ -275,9 +344,14 @@ class SessionStore(ABC):
         digest = identity_digest(identity)
         if not is_well_formed_id(resume_id):
             return self._refuse(ResumeStatus.MALFORMED, resume_id)
-        status, session_id = self._backend_claim(resume_id, digest, self._tombstone_ms)
+        status, session_id, tag = self._backend_claim(resume_id, digest, self._tombstone_ms)
         if status is not ResumeStatus.GRANTED:
             return self._refuse(status, resume_id)
+        mac = self._mac()
+        if mac is not None and not mac.check_resume(resume_id, session_id or "", digest, tag):
+            # written by someone without the secret: as if it did not exist
+            self._reject("resume record %s failed its MAC check", redact(resume_id))
+            return self._refuse(ResumeStatus.UNKNOWN, resume_id)
         self._count(ResumeStatus.GRANTED)
         logger.info("resume %s granted for session %s", redact(resume_id), redact(session_id))
         return ResumeResult(ResumeStatus.GRANTED, session_id)
@@ -294,6 +368,29 @@ class SessionStore(ABC):
         return {s.value: counts[s.value] for s in REFUSALS}
 
     # -- shared helpers ------------------------------------------------------
+
+    def _mac(self) -> RecordMac | None:
+        """The record MAC for the current secret (``None``: no secret)."""
+        secret = self._secret() if callable(self._secret) else self._secret
+        if not secret:
+            return None
+        cached = self._mac_for
+        if cached is None or cached[0] != secret:
+            cached = self._mac_for = (secret, RecordMac(secret))
+        return cached[1]
+
+    def _sealed(self, session_id: str, encoded: Mapping[str, str]) -> dict[str, str]:
+        """The ``d:`` fields for encoded values, tagged when there is a secret."""
+        mac = self._mac()
+        if mac is None:
+            return {DATA + k: v for k, v in encoded.items()}
+        return {DATA + k: mac.seal_field(session_id, DATA + k, v) for k, v in encoded.items()}
+
+    def _reject(self, message: str, *args: Any) -> None:
+        with self._counts_lock:
+            self.rejected_records += 1
+        logger.warning(message + " (written without the deployment's secret, or "
+                       "under another one); treated as missing", *args)
 
     def _refuse(self, status: ResumeStatus, resume_id: object) -> ResumeResult:
         self._count(status)
@@ -313,16 +410,19 @@ class SessionStore(ABC):
             )
 
     @staticmethod
-    def _parse_claim(record: str | bytes, digest: str) -> tuple[ResumeStatus, str | None]:
-        """Decide a claim from a stored resume record (for backends without scripts)."""
+    def _parse_claim(record: str | bytes, digest: str
+                     ) -> tuple[ResumeStatus, str | None, str | None]:
+        """Decide a claim from a stored resume record (for backends without
+        scripts): status, session id and the record's MAC tag."""
         try:
             parsed = json.loads(record)
             session_id, stored_digest = parsed["s"], parsed["i"]
         except (ValueError, TypeError, KeyError):
-            return ResumeStatus.MALFORMED, None
+            return ResumeStatus.MALFORMED, None, None
         if stored_digest != digest:
-            return ResumeStatus.IDENTITY_MISMATCH, None
-        return ResumeStatus.GRANTED, session_id
+            return ResumeStatus.IDENTITY_MISMATCH, None, None
+        tag = parsed.get("m")
+        return ResumeStatus.GRANTED, session_id, tag if isinstance(tag, str) else None
 
     # -- backend primitives (each atomic) -------------------------------------
 
@@ -360,5 +460,6 @@ class SessionStore(ABC):
     @abstractmethod
     def _backend_claim(
         self, resume_id: str, digest: str, tombstone_ms: int
-    ) -> tuple[ResumeStatus, str | None]:
-        """Atomically check and consume a resume id, leaving a tombstone."""
+    ) -> tuple[ResumeStatus, str | None, str | None]:
+        """Atomically check and consume a resume id, leaving a tombstone;
+        returns the status, the session id and the record's MAC tag."""

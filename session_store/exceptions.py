@@ -8,6 +8,8 @@ The tree::
      ├── SessionNotFound (KeyError)      the session expired or was deleted
      ├── InvalidSessionId (ValueError)   not an id this store issued
      └── SessionStoreUnavailable         the backend (Redis) failed
+          └── SessionStoreAccessDenied   Redis refused our credentials, or
+                                         we refused its TLS certificate
 
 Catch ``SessionStoreError`` to handle every failure of the store in one place;
 ``SessionStoreUnavailable`` is the one a node should treat as "Redis is down,
@@ -20,6 +22,7 @@ __all__ = [
     "InvalidSessionId",
     "SessionDataError",
     "SessionNotFound",
+    "SessionStoreAccessDenied",
     "SessionStoreError",
     "SessionStoreUnavailable",
     "SessionValueError",
@@ -86,3 +89,9 @@ class SessionStoreUnavailable(SessionStoreError):
     original exception is chained as ``__cause__``. The store does not retry:
     the caller decides whether to retry, degrade or refuse.
     """
+
+
+class SessionStoreAccessDenied(SessionStoreUnavailable):
+    """Redis refused the credentials or a permission, or its TLS certificate
+    is not trusted: a configuration error, which no retry fixes. The message
+    says what to change."""

@@ -48,9 +48,11 @@ class MemorySessionStore(SessionStore):
         lease_ttl: float = 86400,
         tombstone_ttl: float = 600,
         clock: Callable[[], float] = time.monotonic,
+        secret: str | bytes | Callable[[], str | bytes | None] | None = None,
     ) -> None:
         super().__init__(
-            key_prefix=key_prefix, ttl=ttl, lease_ttl=lease_ttl, tombstone_ttl=tombstone_ttl
+            key_prefix=key_prefix, ttl=ttl, lease_ttl=lease_ttl, tombstone_ttl=tombstone_ttl,
+            secret=secret,
         )
         self._clock = clock
         self._lock = threading.RLock()
@@ -149,16 +151,16 @@ class MemorySessionStore(SessionStore):
 
     def _backend_claim(
         self, resume_id: str, digest: str, tombstone_ms: int
-    ) -> tuple[ResumeStatus, str | None]:
+    ) -> tuple[ResumeStatus, str | None, str | None]:
         with self._lock:
             item = self._live(self._resumes, resume_id)
             if item is None:
                 if self._live(self._tombstones, resume_id) is not None:
-                    return ResumeStatus.REPLAYED, None
-                return ResumeStatus.UNKNOWN, None
-            status, session_id = self._parse_claim(item.record, digest)
+                    return ResumeStatus.REPLAYED, None, None
+                return ResumeStatus.UNKNOWN, None, None
+            status, session_id, tag = self._parse_claim(item.record, digest)
             if status is ResumeStatus.GRANTED:
                 del self._resumes[resume_id]
                 self._tombstones[resume_id] = _Item(self._deadline(tombstone_ms))
                 self._wrote()
-            return status, session_id
+            return status, session_id, tag

@@ -3,7 +3,8 @@
 Key layout (``P`` is ``key_prefix``, default ``sio:sess:``)::
 
     P data:<session id>    hash, one field per session key (see session_store.base)
-    P resume:<resume id>   string, JSON {"s": session id, "i": identity digest}
+    P resume:<resume id>   string, JSON {"s": session id, "i": identity digest,
+                           "m": MAC tag (with a secret)}
     P used:<resume id>     string "1": tombstone of a claimed resume id
 
 Every key has a TTL. A session and its current resume id always share one:
@@ -21,12 +22,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
 from .base import SessionStore
-from .exceptions import SessionStoreUnavailable
+from .exceptions import SessionStoreAccessDenied, SessionStoreUnavailable
+from .redis_errors import access_problem
 from .resume import ResumeStatus
 
 __all__ = ["RedisSessionStore"]
@@ -90,7 +92,9 @@ end
 if parsed['i'] ~= ARGV[1] then return {'identity_mismatch'} end
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-return {'granted', parsed['s']}
+local tag = parsed['m']
+if type(tag) ~= 'string' then tag = '' end
+return {'granted', parsed['s'], tag}
 """
 
 # Fail fast when Redis is unreachable: the node must answer its clients, not
@@ -121,7 +125,9 @@ class RedisSessionStore(SessionStore):
         a URL is given. Connect and command timeouts default to 5 seconds.
 
     The other keywords (``key_prefix``, ``ttl``, ``lease_ttl``,
-    ``tombstone_ttl``) are described on :class:`SessionStore`.
+    ``tombstone_ttl``, ``secret``) are described on :class:`SessionStore`;
+    give a ``secret`` whenever anyone but the nodes can write to the Redis
+    (the extension always does, see :mod:`session_store.record_mac`).
 
     Every Redis failure (unreachable, timeout, read-only replica, script
     error) is raised as :class:`SessionStoreUnavailable`; the store never
@@ -137,9 +143,11 @@ class RedisSessionStore(SessionStore):
         lease_ttl: float = 86400,
         tombstone_ttl: float = 600,
         redis_options: Mapping[str, Any] | None = None,
+        secret: str | bytes | Callable[[], str | bytes | None] | None = None,
     ) -> None:
         super().__init__(
-            key_prefix=key_prefix, ttl=ttl, lease_ttl=lease_ttl, tombstone_ttl=tombstone_ttl
+            key_prefix=key_prefix, ttl=ttl, lease_ttl=lease_ttl, tombstone_ttl=tombstone_ttl,
+            secret=secret,
         )
         if isinstance(redis_client_or_url, str):
             options = {**_DEFAULT_OPTIONS, **(redis_options or {})}
@@ -174,6 +182,11 @@ class RedisSessionStore(SessionStore):
         try:
             yield
         except redis.RedisError as exc:
+            problem = access_problem(exc)
+            if problem is not None:
+                raise SessionStoreAccessDenied(
+                    f"Session store could not {operation} on {self._where}: {problem}"
+                ) from exc
             raise SessionStoreUnavailable(
                 f"Session store could not {operation}: {self._where} failed "
                 f"({type(exc).__name__}: {exc}). Check that Redis is running and "
@@ -217,6 +230,13 @@ class RedisSessionStore(SessionStore):
                 self._run_set_ttl(pipe, session_id, ttl_ms)
             return sum(int(found) for found in pipe.execute())
 
+    def _backend_set_ttl_each(self, session_ids: list[str], ttl_ms: int) -> list[bool]:
+        with self._guard("renew session leases"):
+            pipe = self.redis.pipeline(transaction=False)
+            for session_id in session_ids:
+                self._run_set_ttl(pipe, session_id, ttl_ms)
+            return [bool(int(found)) for found in pipe.execute()]
+
     def _run_set_ttl(self, client: Any, session_id: str, ttl_ms: int) -> Any:
         return self._set_ttl(
             keys=[self.session_key(session_id)],
@@ -241,14 +261,16 @@ class RedisSessionStore(SessionStore):
 
     def _backend_claim(
         self, resume_id: str, digest: str, tombstone_ms: int
-    ) -> tuple[ResumeStatus, str | None]:
+    ) -> tuple[ResumeStatus, str | None, str | None]:
         with self._guard("claim a resume id"):
             reply = self._claim(
                 keys=[self.resume_key(resume_id), self.tombstone_key(resume_id)],
                 args=[digest, tombstone_ms],
             )
         status = ResumeStatus(_str(reply[0]))
-        return status, (_str(reply[1]) if len(reply) > 1 else None)
+        session_id = _str(reply[1]) if len(reply) > 1 else None
+        tag = _str(reply[2]) if len(reply) > 2 and reply[2] else None
+        return status, session_id, tag
 
 
 def _str(value: str | bytes) -> str:

@@ -1,3 +1,3 @@
 """Fixtures live in tests/harness/ (real Redis, nodes, HAProxy, clients)."""
 
-pytest_plugins = ["tests.harness.fixtures"]
+pytest_plugins = ["tests.harness.fixtures", "tests.harness.tls_redis"]

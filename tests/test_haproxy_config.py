@@ -6,10 +6,12 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 
-from cluster.haproxy_config import Backend, render_haproxy_config
+from cluster.haproxy_config import Backend, cookie_value, render_haproxy_config
 
 NODES = [Backend("node1", "127.0.0.1", 5001), Backend("node2", "127.0.0.1", 5002)]
 
@@ -31,12 +33,12 @@ def test_backend_has_stickiness_health_checks_and_redispatch() -> None:
     config = render_haproxy_config(NODES, 8000)
     backend = _section(config, "backend socket_nodes")
     assert "balance roundrobin" in backend
-    assert "cookie SERVERID insert indirect nocache" in backend
+    assert 'cookie SERVERID insert indirect nocache httponly attr "SameSite=Lax"' in backend
     assert "option httpchk GET /readyz" in backend
     assert "http-check expect status 200" in backend
     assert "default-server inter 500ms fall 2 rise 1" in backend
-    assert "server node1 127.0.0.1:5001 check cookie node1" in backend
-    assert "server node2 127.0.0.1:5002 check cookie node2" in backend
+    assert f"server node1 127.0.0.1:5001 check cookie {cookie_value('node1')}" in backend
+    assert f"server node2 127.0.0.1:5002 check cookie {cookie_value('node2')}" in backend
     defaults = _section(config, "defaults")
     assert "option redispatch" in defaults
     assert "mode http" in defaults
@@ -73,7 +75,7 @@ def test_tuples_are_accepted_and_options_rendered() -> None:
         rise=2,
         tunnel_timeout="2h",
     )
-    assert "server a 10.0.0.1:80 check cookie a" in config
+    assert f"server a 10.0.0.1:80 check cookie {cookie_value('a')}" in config
     assert "option httpchk GET /ready" in config
     assert "default-server inter 1s fall 3 rise 2" in config
     assert "timeout tunnel 2h" in config
@@ -124,3 +126,43 @@ def test_haproxy_accepts_the_rendered_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     # Warnings would mean a directive HAProxy 2.6 considers wrong or deprecated.
     assert "WARNING" not in result.stdout + result.stderr
+
+
+def test_the_stickiness_cookie_is_opaque_and_flagged() -> None:
+    values = {cookie_value(name) for name in ("node1", "node2", "a")}
+    assert len(values) == 3 and all(len(v) == 16 and "node" not in v for v in values)
+    assert cookie_value("node1", salt="x") != cookie_value("node1")
+    config = render_haproxy_config(NODES, 8000, secure_cookie=True, cookie_salt="x")
+    backend = _section(config, "backend socket_nodes")
+    assert 'cookie SERVERID insert indirect nocache httponly secure attr "SameSite=Lax"' in backend
+    assert f"server node1 127.0.0.1:5001 check cookie {cookie_value('node1', 'x')}" in backend
+    assert "cookie node1" not in config
+
+
+def test_probes_and_metrics_are_refused_by_the_frontend() -> None:
+    frontend = _section(render_haproxy_config(NODES, 8000), "frontend socketio_in")
+    assert "acl node_internal path,url_dec -m str /healthz /readyz /metrics" in frontend
+    assert "http-request deny deny_status 404 if node_internal" in frontend
+    # the balancer's own checks still go to /readyz on the nodes directly
+    assert "option httpchk GET /readyz" in _section(
+        render_haproxy_config(NODES, 8000), "backend socket_nodes")
+
+
+def test_real_haproxy_hides_the_probes_and_sets_an_opaque_cookie(
+        node_factory: Any, haproxy_factory: Any) -> None:
+    (node,) = node_factory(message_queue=None)
+    proxy = haproxy_factory([node])
+    for path in ("/metrics", "/readyz", "/healthz", "/%6detrics", "/ready%7A", "/metrics?x=1"):
+        # through the balancer: 404, however the path is spelled...
+        assert requests.get(proxy.url + path, timeout=5).status_code == 404, path
+    # ...while the node itself serves them (its decoded path is /metrics)
+    assert requests.get(node.url + "/metrics", timeout=5).status_code == 200
+    assert requests.get(node.url + "/%6detrics", timeout=5).status_code == 200
+    # and the application and Socket.IO go through
+    polled = requests.get(proxy.url + "/socket.io/?EIO=4&transport=polling", timeout=5)
+    assert polled.status_code == 200
+    cookie = polled.headers["Set-Cookie"]
+    assert cookie.startswith(f"SERVERID={cookie_value(node.name)};")
+    assert node.name not in cookie
+    flags = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite=lax"} <= flags and "secure" not in flags

@@ -21,7 +21,10 @@ from typing import Any, Sequence
 
 from celery import Celery, signals
 
+from cluster.bus import UnsignedBusError, check_signing
+
 from .emitter import Emitter
+from .exceptions import ConfigurationError
 from .settings import WorkerSettings
 
 __all__ = ["app", "create_celery_app", "get_emitter", "settings"]
@@ -57,6 +60,14 @@ def create_celery_app(config: WorkerSettings,
 
 
 app = create_celery_app(settings)
+if settings.message_queue:
+    # a worker on an unsigned bus without the opt-out must not start at all
+    # (tasks would fail one by one later): the Emitter refuses the same way
+    try:
+        check_signing(bool(settings.signing_secret), settings.allow_unsigned_bus,
+                      "The worker", "set CLUSTER_ALLOW_UNSIGNED_BUS=1", log)
+    except UnsignedBusError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 _emitter: Emitter | None = None
 _emitter_lock = threading.Lock()

@@ -57,7 +57,12 @@ def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="bus channel (default: $MESSAGE_QUEUE_CHANNEL, else "
                              "'flask-socketio', as the nodes)")
     worker.add_argument("--signing-secret",
-                        help="bus signing secret (default: $CLUSTER_SIGNING_SECRET)")
+                        help="bus signing secret (default: $CLUSTER_SIGNING_SECRET); without "
+                             "one the worker refuses to start unless --allow-unsigned-bus")
+    worker.add_argument("--allow-unsigned-bus", action="store_true", default=None,
+                        help="emit unsigned on purpose, for nodes run with "
+                             "--allow-unsigned-bus; logged as a warning (default: "
+                             "$CLUSTER_ALLOW_UNSIGNED_BUS)")
     worker.add_argument("--broker", metavar="URL",
                         help="Celery broker (default: $CELERY_BROKER_URL, then the "
                              "message queue URL); redis:// or amqp://")
@@ -70,6 +75,11 @@ def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="worker processes/threads (default: number of CPUs)")
     worker.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
                         help="logging level (default: $LOG_LEVEL, else INFO)")
+    worker.add_argument("--log-format", choices=("text", "json"),
+                        default=os.environ.get("LOG_FORMAT") or "text",
+                        help="'text', or 'json' (one object per line); both carry the "
+                             "worker's name, $NODE_NAME else Celery's hostname "
+                             "(default: $LOG_FORMAT, else text)")
     worker.add_argument("celery_args", nargs=argparse.REMAINDER,
                         help="after `--`: more `celery worker` options")
     worker.set_defaults(func=run_worker)
@@ -101,14 +111,33 @@ def run_worker(args: argparse.Namespace) -> int:
         value = getattr(args, flag, None)
         if value:
             os.environ[variable] = value  # the edge: read once by settings
+    if getattr(args, "allow_unsigned_bus", None):
+        os.environ["CLUSTER_ALLOW_UNSIGNED_BUS"] = "1"
     from .exceptions import ConfigurationError
     try:
         from .celery_app import app
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    _tag_log_lines(getattr(args, "log_format", "text"))
     code = app.start(celery_argv(args))
     return int(code or 0)
+
+
+def _tag_log_lines(log_format: str) -> None:
+    """Format Celery's log handlers with :mod:`cluster.log_format` once it made them."""
+    from celery import signals
+
+    from cluster.log_format import install
+
+    def setup(logger: Any = None, **_: Any) -> None:
+        node = os.environ.get("NODE_NAME") or f"worker@{os.uname().nodename}"
+        for handler in getattr(logger, "handlers", ()):
+            install(handler, node, log_format)
+
+    # weak=False: the receiver is a closure that nothing else keeps alive
+    signals.after_setup_logger.connect(setup, weak=False)
+    signals.after_setup_task_logger.connect(setup, weak=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,9 @@ import threading
 from typing import Any, Iterator, Mapping
 
 from cluster.bus import (BusConfigurationError, BusPublishError,
-                         BusSerializationError, ClusterManager, create_manager)
+                         BusSerializationError, ClusterManager, check_signing,
+                         create_manager)
+from cluster.bus.redis_access import check_access
 
 from .exceptions import ConfigurationError, PayloadError, PublishError
 from .settings import DEFAULT_CHANNEL, WorkerSettings
@@ -88,9 +90,12 @@ class Emitter:
                 ``rediss://``, ``redis+sentinel://``, ``amqp://``...).
     :param channel: bus channel; ``"flask-socketio"`` like the nodes. Use
                     :meth:`from_env` to take it from the nodes' variables.
-    :param signing_secret: the nodes' ``CLUSTER_SIGNING_SECRET``; ``None``
-                           (default) sends unsigned messages, which nodes
-                           with a secret drop.
+    :param signing_secret: the nodes' ``CLUSTER_SIGNING_SECRET``. Required
+                           unless ``allow_unsigned``.
+    :param allow_unsigned: publish unsigned messages on purpose (for nodes
+                           run with ``--allow-unsigned-bus``); logged as a
+                           warning. Default ``False``: without a secret the
+                           emitter raises :class:`ConfigurationError`.
     :param namespace: default namespace of every call (``"/"``).
     :param publish_timeout: seconds one publish may keep retrying an
                             unreachable bus before :class:`PublishError`
@@ -103,7 +108,10 @@ class Emitter:
                             stream like the nodes' own, so a client that was
                             away gets them replayed. ``None`` (default): off.
 
-    The bus connection opens on the first call and is re-opened in a forked
+    Construction tries one ``PING`` of a Redis bus: a refused password, ACL
+    permission or TLS certificate raises :class:`ConfigurationError` with
+    the fix (an unreachable Redis does not: publishing retries). The bus
+    connection opens on the first call and is re-opened in a forked
     child (Celery's prefork pool forks after import), so one module-level
     emitter is safe everywhere. It is thread-safe. ``close()`` releases the
     connection; a later call opens a new one.
@@ -116,7 +124,8 @@ class Emitter:
                  signing_secret: str | bytes | None = None,
                  namespace: str = "/", publish_timeout: float = 5.0,
                  options: Mapping[str, Any] | None = None,
-                 recovery_window: float | None = None) -> None:
+                 recovery_window: float | None = None,
+                 allow_unsigned: bool = False) -> None:
         if not isinstance(url, str) or not url.strip():
             raise ConfigurationError(
                 "Emitter needs the message queue URL the socket nodes use, "
@@ -126,6 +135,10 @@ class Emitter:
             raise ConfigurationError(
                 f"channel={channel!r}: use the nodes' channel name "
                 f"(default {DEFAULT_CHANNEL!r}).")
+        with _errors():
+            check_signing(bool(signing_secret), allow_unsigned, "The emitter",
+                          "pass Emitter(..., allow_unsigned=True) (or set "
+                          "CLUSTER_ALLOW_UNSIGNED_BUS=1 for Emitter.from_env)", log)
         self.url = url
         self.channel = channel
         self.namespace = self._namespace(namespace)
@@ -144,14 +157,16 @@ class Emitter:
         kwargs.setdefault("channel", settings.channel)
         kwargs.setdefault("signing_secret", settings.signing_secret)
         kwargs.setdefault("recovery_window", settings.recovery_window)
+        kwargs.setdefault("allow_unsigned", settings.allow_unsigned_bus)
         return cls(settings.require_message_queue(), **kwargs)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
                  **kwargs: Any) -> "Emitter":
         """An emitter configured like the nodes, from ``MESSAGE_QUEUE_URL``
-        (then ``REDIS_URL``), ``MESSAGE_QUEUE_CHANNEL`` and
-        ``CLUSTER_SIGNING_SECRET``; see :mod:`workers.settings`."""
+        (then ``REDIS_URL``), ``MESSAGE_QUEUE_CHANNEL``,
+        ``CLUSTER_SIGNING_SECRET`` and ``CLUSTER_ALLOW_UNSIGNED_BUS``; see
+        :mod:`workers.settings`."""
         return cls.from_settings(WorkerSettings.from_env(environ), **kwargs)
 
     # -- the bus manager -------------------------------------------------------
@@ -167,6 +182,11 @@ class Emitter:
                         signing_secret=self._secret, options=dict(self._options),
                         logger=log, publish_timeout=self.publish_timeout,
                         recovery_window=self.recovery_window)
+                if not self._pid:
+                    # once per emitter: a refused password or an untrusted
+                    # certificate fails here with the fix, not after retries
+                    with _errors():
+                        check_access(self.url, getattr(self._manager, "redis_options", None))
                 self._pid = pid
             return self._manager
 

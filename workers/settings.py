@@ -12,7 +12,11 @@ variable                    meaning (default)
                             ``redis+sentinel://``, ``amqp://``... (falls back
                             to ``REDIS_URL``; one of them is required)
 ``MESSAGE_QUEUE_CHANNEL``   bus channel / exchange (``flask-socketio``)
-``CLUSTER_SIGNING_SECRET``  shared HMAC secret of the bus (none: unsigned)
+``CLUSTER_SIGNING_SECRET``  shared HMAC secret of the bus (required unless
+                            ``CLUSTER_ALLOW_UNSIGNED_BUS`` opts out)
+``CLUSTER_ALLOW_UNSIGNED_BUS``  ``1`` lets emitters publish unsigned (for
+                            nodes that accept stock python-socketio
+                            emitters); logged as a warning (off)
 ``CELERY_BROKER_URL``       Celery's broker (the bus URL: one service to run)
 ``CELERY_RESULT_BACKEND``   Celery's result backend (none: tasks report to
                             clients through the emitter, not through results)
@@ -66,8 +70,10 @@ class WorkerSettings:
     :param message_queue: cluster bus URL; ``None`` only when nothing will
                           be emitted (the emitter refuses to start without).
     :param channel: bus channel, ``"flask-socketio"`` like the nodes.
-    :param signing_secret: bus HMAC secret; ``None`` sends unsigned
-                           messages (nodes without a secret accept them).
+    :param signing_secret: bus HMAC secret; ``None`` only together with
+                           ``allow_unsigned_bus`` (the emitter refuses
+                           otherwise).
+    :param allow_unsigned_bus: explicit opt-out of signing (``False``).
     :param broker_url: Celery broker; ``None`` means "the bus URL".
     :param result_backend: Celery result backend, ``None`` (results off).
     :param queue: Celery queue name, ``"celery"``.
@@ -83,6 +89,7 @@ class WorkerSettings:
     result_backend: str | None = None
     queue: str = "celery"
     recovery_window: float | None = None
+    allow_unsigned_bus: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
@@ -97,6 +104,8 @@ class WorkerSettings:
             result_backend=_get(env, "CELERY_RESULT_BACKEND"),
             queue=_get(env, "CELERY_QUEUE") or "celery",
             recovery_window=_seconds(env, "CONNECTION_STATE_RECOVERY"),
+            allow_unsigned_bus=(_get(env, "CLUSTER_ALLOW_UNSIGNED_BUS") or "").lower()
+            in {"1", "true", "yes", "on"},
         )
 
     def with_overrides(self, **changes: Any) -> "WorkerSettings":

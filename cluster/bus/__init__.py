@@ -30,10 +30,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .acks import TimedAck, with_timeout
-from .codec import Codec
-from .errors import (BusConfigurationError, BusError, BusPublishError,
+from .codec import Codec, check_signing
+from .errors import (BusAccessDenied, BusConfigurationError, BusError, BusPublishError,
                      BusMessageTooLarge, BusSerializationError, ClusterRequestError,
-                     ClusterRequestTimeout)
+                     ClusterRequestTimeout, UnsignedBusError)
 from .kombu_manager import KombuManager
 from .manager import ClusterManager
 from .membership import LocalManager, MembershipEvents
@@ -47,7 +47,7 @@ __all__ = [
     "ClusterView", "Presence", "Codec", "TimedAck", "with_timeout",
     "COUNTERS", "GAUGES", "BusError", "BusConfigurationError",
     "BusSerializationError", "BusMessageTooLarge", "BusPublishError", "ClusterRequestError",
-    "ClusterRequestTimeout",
+    "ClusterRequestTimeout", "UnsignedBusError", "BusAccessDenied", "check_signing",
 ]
 
 

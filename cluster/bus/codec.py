@@ -9,16 +9,43 @@ clock, ms) used for the lag gauge::
      "host_id": "3f2a...", "ts": 1732520000123}
 
 so stock write-only emitters (``socketio.RedisManager(url, write_only=True)``)
-interoperate. With a secret every message travels in an envelope::
+interoperate; a node or worker runs unsigned only with an explicit opt-out
+(:func:`check_signing`). With a secret every message travels in an
+envelope::
 
-    {"v": 1, "src": "<sender host_id>", "seq": 42, "ts": 1732520000123,
-     "sig": "<hex HMAC-SHA256>", "body": "<the message above, as JSON text>"}
+    {"v": 2, "src": "<sender host_id>", "seq": 42, "ts": 1732520000123,
+     "log": 1, "sig": "<hex HMAC-SHA256>", "body": "<the message, as JSON>"}
 
-``sig`` covers ``v``, ``src``, ``seq``, ``ts`` and ``body``. A receiver drops
-(and counts) anything unsigned, wrongly signed, older than ``max_age``
-seconds, or whose ``seq`` is not above the last one seen from ``src``
-(a replay). Nothing is ever unpickled or evaluated: the only decoder is
-``json.loads`` and the result must pass a per-method field check.
+``sig`` covers ``v``, ``src``, ``seq``, ``ts``, ``log`` and ``body``. A
+receiver drops (and counts) anything unsigned, wrongly signed, older than
+``max_age`` seconds, or whose ``seq`` is not above the last one seen from
+``src`` (a replay).
+
+Replays after a restart: a receiver has no memory of the sequence numbers
+it saw before it started, so it also drops every message sealed before it
+started (less ``max_clock_skew``, 2 s by default, the tolerated difference
+between node clocks): a message captured before a restart cannot be
+replayed to the restarted node. Sources are host ids, random per process,
+so a restarted *sender* starts a fresh sequence under a new ``src``.
+
+Offsets: the recovery script (:mod:`.recovery_log`) prefixes a logged
+message with the stream id Redis assigned it (``@<ms>-<n>@``), which the
+sender cannot know when it signs. So the signature covers whether the
+message carries an offset at all (``log``), and the receiver accepts an
+offset only on a message signed as logged, only when its time part lies
+between the message's signed ``ts`` less ``max_clock_skew`` and ``ts``
+plus ``max_age`` (Redis stamps it while the signed message is in
+flight). Anything else is dropped and counted (``dropped_bad_offset``): an
+offset added to an unlogged message, stripped from a logged one, or far
+from its publish time such as ``99999999999999-0``. Together with the
+replay rules above, a forged offset needs a fresh signed message that the
+receiver has not seen yet (Redis delivers the genuine copy first to every
+subscribed node), and even then cannot point outside that message's
+publish time; recovery then also requires the offset to exist in the
+stream.
+
+Nothing is ever unpickled or evaluated: the only decoder is ``json.loads``
+and the result must pass a per-method field check.
 
 A serialized message may be at most ``max_message_bytes`` long (8 MiB by
 default), checked where it is serialized, so the emitting caller gets
@@ -39,7 +66,8 @@ import threading
 import time
 from typing import Any
 
-from .errors import BusConfigurationError, BusMessageTooLarge, BusSerializationError
+from .errors import (BusConfigurationError, BusMessageTooLarge, BusSerializationError,
+                     UnsignedBusError)
 
 #: methods python-socketio's PubSubManager understands
 STOCK_METHODS = frozenset(
@@ -61,6 +89,36 @@ def encoded_size(body: str) -> int:
     standard ``json`` escapes everything to ASCII) costs no copy.
     """
     return len(body) if body.isascii() else len(body.encode("utf-8"))
+
+
+UNSIGNED_WARNING = (
+    "%s runs on an UNSIGNED cluster bus (explicit opt-out): anyone who can "
+    "reach Redis or the broker can emit to, move and disconnect every "
+    "client. Set a signing secret shared by every node and worker "
+    "(CLUSTER_SIGNING_SECRET) unless stock python-socketio emitters must "
+    "reach these nodes.")
+
+
+def check_signing(signed: bool, allow_unsigned: bool, who: str,
+                  opt_out: str, logger: Any) -> None:
+    """Refuse an unsigned bus unless ``allow_unsigned`` (then warn).
+
+    ``who`` names the process in the messages ("This node", "The emitter")
+    and ``opt_out`` how to opt out (a flag, a keyword), so the error says
+    exactly what to change.
+    """
+    if signed:
+        return
+    if not allow_unsigned:
+        raise UnsignedBusError(
+            f"{who} has a message queue but no signing secret: unsigned, "
+            f"anyone who can reach Redis or the broker could emit to, move "
+            f"and disconnect every client. Give every node and worker the "
+            f"same secret with CLUSTER_SIGNING_SECRET (or --signing-secret / "
+            f"signing_secret=), e.g. the output of `python -c 'import "
+            f"secrets; print(secrets.token_hex(32))'`; or, to run unsigned "
+            f"on purpose (stock python-socketio emitters), {opt_out}.")
+    logger.warning(UNSIGNED_WARNING, who)
 
 
 class Dropped(Exception):
@@ -146,15 +204,19 @@ class Codec:
                    unsigned messages (needed for stock python-socketio
                    emitters). At least 16 bytes when given.
     :param json_module: ``dumps``/``loads`` provider (the server's).
-    :param max_age: seconds a signed message stays acceptable; also the
-                    tolerated clock skew between nodes. Default 60.
+    :param max_age: seconds a signed message stays acceptable. Default 60.
     :param max_message_bytes: largest serialized message :meth:`dumps`
                               accepts. Default 8 MiB (see the module doc).
+    :param max_clock_skew: seconds node clocks may differ (default 2): a
+                           receiver accepts messages sealed up to this long
+                           before it started, and offsets stamped up to
+                           this long before their message was sealed.
     """
 
     def __init__(self, secret: str | bytes | None = None,
                  json_module: Any = std_json, max_age: float = 60.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_clock_skew: float = 2.0) -> None:
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
         if secret is not None and len(secret) < 16:
@@ -166,6 +228,10 @@ class Codec:
         self.json = json_module
         self.max_age_ms = int(max_age * 1000)
         self.max_message_bytes = max_message_bytes
+        self.skew_ms = int(max_clock_skew * 1000)
+        # nothing sealed before this receiver existed can be new to it: its
+        # sequence memory starts empty, so older messages may be replays
+        self.not_before_ms = _now_ms() - self.skew_ms
         self._seq = 0
         self._seq_lock = threading.Lock()
         self._last_seq: dict[str, tuple[int, int]] = {}  # src -> (seq, ts)
@@ -212,11 +278,13 @@ class Codec:
             f"raise max_message_bytes in message_queue_options if your "
             f"broker's limits allow it.", size, limit)
 
-    def seal(self, body: str, src: str) -> bytes:
+    def seal(self, body: str, src: str, logged: bool = False) -> bytes:
         """Wrap a serialized message for the wire (signs it if configured).
 
         Called by the single publisher right before sending, so ``seq``
-        grows in send order and ``ts`` is the publish time.
+        grows in send order and ``ts`` is the publish time. ``logged``: the
+        message goes through the recovery stream, which prefixes its offset;
+        the signature says so, so no offset can be added or stripped.
         """
         if not self.signed:
             return body.encode("utf-8")
@@ -224,17 +292,24 @@ class Codec:
             self._seq += 1
             seq = self._seq
         ts = _now_ms()
-        sig = self._sign(src, seq, ts, body)
-        return std_json.dumps({"v": 1, "src": src, "seq": seq, "ts": ts,
-                               "sig": sig, "body": body},
+        log = 1 if logged else 0
+        sig = self._sign(src, seq, ts, log, body)
+        return std_json.dumps({"v": 2, "src": src, "seq": seq, "ts": ts,
+                               "log": log, "sig": sig, "body": body},
                               separators=(",", ":")).encode("utf-8")
 
-    def _sign(self, src: str, seq: int, ts: int, body: str) -> str:
-        msg = f"v1\n{src}\n{seq}\n{ts}\n{body}".encode()
+    def _sign(self, src: str, seq: int, ts: int, log: int, body: str) -> str:
+        msg = f"v2\n{src}\n{seq}\n{ts}\n{log}\n{body}".encode()
         return hmac.new(self.secret or b"", msg, hashlib.sha256).hexdigest()
 
-    def open(self, raw: Any, archived: bool = False) -> tuple[dict[str, Any], int | None]:
-        """Return ``(message, sent_at_ms)`` or raise :class:`Dropped`."""
+    def open(self, raw: Any, archived: bool = False,
+             offset: str | None = None) -> tuple[dict[str, Any], int | None]:
+        """Return ``(message, sent_at_ms)`` or raise :class:`Dropped`.
+
+        ``offset`` is the recovery offset the message was published with
+        (``None``: none); a signed message must be signed as logged to carry
+        one, and the offset must fit its publish time (see the module doc).
+        """
         try:
             if isinstance(raw, (bytes, bytearray, memoryview)):
                 raw = bytes(raw).decode("utf-8")
@@ -245,7 +320,7 @@ class Codec:
             raise Dropped("dropped_malformed", "not a JSON object")
         ts: int | None
         if self.signed:
-            message, ts = self._verify(outer, archived)
+            message, ts = self._verify(outer, archived, offset)
         else:
             if "sig" in outer and "body" in outer:
                 # a signed peer while we have no secret: cannot verify it
@@ -265,22 +340,29 @@ class Codec:
         """
         return self.open(raw, archived=True)
 
-    def _verify(self, outer: dict[str, Any], archived: bool = False) -> tuple[dict[str, Any], int]:
+    def _verify(self, outer: dict[str, Any], archived: bool = False,
+                offset: str | None = None) -> tuple[dict[str, Any], int]:
         if "sig" not in outer:
             raise Dropped("dropped_unsigned", "message is not signed")
-        src, seq, ts, sig, body = (outer.get(k) for k in
-                                   ("src", "seq", "ts", "sig", "body"))
-        if not (outer.get("v") == 1 and isinstance(src, str)
+        src, seq, ts, log, sig, body = (outer.get(k) for k in
+                                        ("src", "seq", "ts", "log", "sig", "body"))
+        if not (outer.get("v") == 2 and isinstance(src, str)
                 and isinstance(seq, int) and isinstance(ts, int)
-                and isinstance(sig, str) and isinstance(body, str)):
+                and log in (0, 1) and isinstance(sig, str)
+                and isinstance(body, str)):
             raise Dropped("dropped_malformed", "bad signed envelope")
-        if not hmac.compare_digest(self._sign(src, seq, ts, body), sig):
+        if not hmac.compare_digest(self._sign(src, seq, ts, log, body), sig):
             raise Dropped("dropped_bad_signature", "signature mismatch")
         if archived:
             return self._body(body), ts
         now = _now_ms()
         if abs(now - ts) > self.max_age_ms:
             raise Dropped("dropped_replayed", f"message {now - ts} ms old")
+        if ts < self.not_before_ms:
+            raise Dropped("dropped_replayed",
+                          f"sealed {self.not_before_ms + self.skew_ms - ts} ms "
+                          f"before this node started")
+        self._check_offset(offset, log, ts)
         last = self._last_seq.get(src)
         if last is not None and seq <= last[0]:
             raise Dropped("dropped_replayed", f"seq {seq} already seen")
@@ -288,6 +370,21 @@ class Codec:
         if len(self._last_seq) > 4096:
             self._forget_old_sources(now)
         return self._body(body), ts
+
+    def _check_offset(self, offset: str | None, log: int, ts: int) -> None:
+        if offset is None:
+            if log:
+                raise Dropped("dropped_bad_offset", "logged message without its offset")
+            return
+        if not log:
+            raise Dropped("dropped_bad_offset", "offset on a message not signed as logged")
+        try:
+            stamped = int(offset.split("-", 1)[0])  # the caller matched OFFSET_RE
+        except ValueError:
+            raise Dropped("dropped_bad_offset", "malformed offset") from None
+        if not ts - self.skew_ms <= stamped <= ts + self.max_age_ms:
+            raise Dropped("dropped_bad_offset",
+                          f"offset {offset} is {stamped - ts} ms from its message")
 
     @staticmethod
     def _body(body: str) -> dict[str, Any]:

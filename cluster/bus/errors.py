@@ -4,6 +4,9 @@
 
     BusError
     ├── BusConfigurationError (ValueError)   bad URL, option or secret
+    │   ├── UnsignedBusError                 no signing secret, no opt-out
+    │   └── BusAccessDenied                  Redis refused our credentials, or
+    │                                        we refused its TLS certificate
     ├── BusSerializationError (TypeError)    payload cannot be sent as JSON
     │   └── BusMessageTooLarge (ValueError)  over ``max_message_bytes``
     ├── BusPublishError                      a write-only publish gave up
@@ -23,6 +26,15 @@ class BusError(Exception):
 
 class BusConfigurationError(BusError, ValueError):
     """The bus URL, a driver option or the signing secret is unusable."""
+
+
+class UnsignedBusError(BusConfigurationError):
+    """A node or worker would run on an unsigned bus without opting out."""
+
+
+class BusAccessDenied(BusConfigurationError):
+    """Redis refused the bus's credentials or a permission, or its TLS
+    certificate is not trusted: no retry fixes it (the message says what does)."""
 
 
 class BusSerializationError(BusError, TypeError):

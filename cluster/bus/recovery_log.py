@@ -15,6 +15,12 @@ than the recovery window go) and by length, and expires when idle.
 The stored payload is the message exactly as published (signed when the bus
 signs), and it is only ever read back with ``json.loads`` after the
 signature check.
+
+The ``@<id>@`` prefix is added by Redis, after the sender signed, so it is
+outside the signature; the sender signs that the message is logged instead,
+and receivers accept the prefix only on such a message and only within its
+publish time (see :mod:`.codec`, which ``split_published``'s caller hands
+the offset to).
 """
 from __future__ import annotations
 

@@ -11,7 +11,10 @@ Counters
                           (this is where a pickle payload ends up)
     dropped_unsigned      no signature while a signing secret is configured
     dropped_bad_signature signature present but wrong
-    dropped_replayed      correctly signed but too old or already seen
+    dropped_replayed      correctly signed but too old, already seen, or
+                          sealed before this node started
+    dropped_bad_offset    correctly signed but with a recovery offset it was
+                          not signed for, or one far from its publish time
     dropped_buffer_full   emits refused because the outage buffer was full
                           (``buffer_size`` messages or ``buffer_bytes`` bytes)
     dropped_unpublished   messages still buffered when the manager closed
@@ -44,7 +47,7 @@ import threading
 COUNTERS = (
     "published", "publish_errors", "received", "dropped_malformed",
     "dropped_unsigned", "dropped_bad_signature", "dropped_replayed",
-    "dropped_buffer_full", "dropped_unpublished", "delivered_unlogged",
+    "dropped_bad_offset", "dropped_buffer_full", "dropped_unpublished", "delivered_unlogged",
     "handler_errors",
     "reconnects", "acks_expired", "requests_timed_out", "lag_samples",
 )

@@ -42,7 +42,7 @@ def test_signed_round_trip_and_envelope() -> None:
     sender, receiver = Codec(SECRET), Codec(SECRET)
     wire = sender.seal(sender.dumps(EMIT), "h1")
     outer = json.loads(wire)
-    assert set(outer) == {"v", "src", "seq", "ts", "sig", "body"}
+    assert set(outer) == {"v", "src", "seq", "ts", "log", "sig", "body"}
     message, _ = receiver.open(wire)
     assert message == EMIT
 
@@ -66,7 +66,7 @@ def test_replayed_and_stale_messages_dropped() -> None:
     assert reason(receiver, wire) == "dropped_replayed"
     old = json.loads(sender.seal(json.dumps(EMIT), "h2"))
     old["ts"] -= 120_000
-    old["sig"] = sender._sign(old["src"], old["seq"], old["ts"], old["body"])
+    old["sig"] = sender._sign(old["src"], old["seq"], old["ts"], 0, old["body"])
     assert reason(receiver, json.dumps(old)) == "dropped_replayed"
 
 
@@ -120,3 +120,43 @@ def test_bad_driver_option_fails_at_creation() -> None:
         create_manager("redis://127.0.0.1:1/0", options={"no_such_option": 1})
     with pytest.raises(BusConfigurationError, match="Invalid message queue URL"):
         create_manager("localhost:6379")
+
+
+def test_a_message_sealed_before_the_receiver_started_is_a_replay() -> None:
+    # a restarted node has no memory of the sequence numbers it saw: what
+    # was sealed before it started (less the clock skew) may be a replay
+    sender = Codec(SECRET)
+    captured = sender.seal(json.dumps(EMIT), "h1")
+    outer = json.loads(captured)
+    restarted = Codec(SECRET, max_clock_skew=2)
+    restarted.not_before_ms = outer["ts"] + 1  # started after the capture
+    with pytest.raises(Dropped, match="before this node started") as info:
+        restarted.open(captured)
+    assert info.value.reason == "dropped_replayed"
+    fresh = sender.seal(json.dumps(EMIT), "h1")
+    restarted.not_before_ms = outer["ts"] - 1
+    assert restarted.open(fresh)[0] == EMIT  # sealed after the start: accepted
+
+
+def test_offsets_need_a_message_signed_as_logged_and_its_publish_time() -> None:
+    sender, receiver = Codec(SECRET), Codec(SECRET)
+    logged = sender.seal(json.dumps(EMIT), "h1", logged=True)
+    ts = json.loads(logged)["ts"]
+
+    def dropped(wire: bytes, offset: str | None) -> str:
+        with pytest.raises(Dropped) as info:
+            receiver.open(wire, offset=offset)
+        return info.value.reason
+
+    # the replay: an offset far in the future
+    assert dropped(logged, "99999999999999-0") == "dropped_bad_offset"
+    assert dropped(logged, f"{ts - 10_000}-0") == "dropped_bad_offset"
+    assert dropped(logged, None) == "dropped_bad_offset"  # offset stripped
+    plain = sender.seal(json.dumps(EMIT), "h1")
+    assert dropped(plain, f"{ts}-0") == "dropped_bad_offset"  # offset added
+    # the "log" flag is signed: flipping it breaks the signature
+    outer = json.loads(plain)
+    outer["log"] = 1
+    assert dropped(json.dumps(outer).encode(), f"{ts}-0") == "dropped_bad_signature"
+    assert receiver.open(logged, offset=f"{ts + 3}-0")[0] == EMIT
+    assert receiver.open(plain)[0] == EMIT

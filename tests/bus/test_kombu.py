@@ -10,6 +10,7 @@ import pytest
 
 from cluster.bus import KombuManager, create_manager
 from tests.bus.conftest import wait_nodes
+from tests.harness.fixtures import BUS_SIGNING_SECRET
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -56,7 +57,8 @@ def test_two_nodes_over_rabbitmq_and_pickle_is_never_loaded(
         producer.publish(pickle.dumps(Exploit()),
                          content_type="application/x-python-serialize",
                          content_encoding="binary")
-    create_manager(amqp_url, channel=channel, write_only=True).emit(
+    create_manager(amqp_url, channel=channel, write_only=True,
+                   signing_secret=BUS_SIGNING_SECRET).emit(
         "relayed", "after", room=b.sid)
     assert b.wait_event("relayed", 2)[-1] == "after"
     assert not marker.exists()

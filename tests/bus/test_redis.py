@@ -17,6 +17,7 @@ from cluster.bus.errors import BusMessageTooLarge
 from cluster.processes import RedisServerProcess, port_accepts
 from tests.bus.conftest import wait_nodes
 from tests.bus.loopback import wait_for
+from tests.harness.fixtures import BUS_SIGNING_SECRET
 
 SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -27,7 +28,9 @@ def stats(recorder):
 
 def test_stock_python_socketio_emitter_still_accepted(bus_nodes, connect,
                                                       redis_url) -> None:
-    (node,) = bus_nodes(1)
+    # stock emitters are unsigned: only nodes that opted out accept them
+    (node,) = bus_nodes(1, env={"CLUSTER_ALLOW_UNSIGNED_BUS": "1"})
+    assert "UNSIGNED cluster bus" in node.log_text()
     client = connect(node)
     stock = socketio.RedisManager(redis_url, channel="flask-socketio",
                                   write_only=True)
@@ -266,7 +269,7 @@ def test_publish_over_redis_output_buffer_limit_refused_or_reconnect_counted(
     (node,) = bus_nodes(1)
     client = connect(node)
     huge = "x" * (40 << 20)  # over Redis's 32 MB pub/sub output buffer limit
-    ours = create_manager(redis_url, write_only=True)
+    ours = create_manager(redis_url, write_only=True, signing_secret=BUS_SIGNING_SECRET)
     with pytest.raises(BusMessageTooLarge, match="max_message_bytes"):
         ours.emit("huge", huge, room=client.sid)
     assert stats(client)["reconnects"] == 0  # nothing reached Redis

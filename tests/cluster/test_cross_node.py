@@ -9,6 +9,7 @@ import pytest
 import requests
 import socketio
 
+from tests.harness.fixtures import BUS_SIGNING_SECRET
 from tests.harness.peers import WAIT, Peer
 
 
@@ -131,7 +132,8 @@ def test_flask_socketio_style_external_emitter(two_nodes: list[Any], sio_client_
 
     member = _connect(sio_client_factory, two_nodes[1])
     member.call("join", "from-outside")
-    external = SocketIO(message_queue=redis_url)
+    # with the nodes' signing secret, as a deployment's other processes have it
+    external = SocketIO(message_queue=redis_url, signing_secret=BUS_SIGNING_SECRET)
     external.emit("room_message", {"text": "external", "node": "none", "from": None},
                   to="from-outside")
     assert member.next("room_message")["text"] == "external"

@@ -39,6 +39,14 @@ def _compose_available() -> str | None:
     return None
 
 
+def _skip_or_fail(reason: str) -> None:
+    # CI sets the engine up (.ci/run): there, no engine is a broken setup that
+    # must not pass green as a skip
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def test_haproxy_config_of_the_compose_file_is_the_rendered_one() -> None:
     rendered = render_haproxy_config(
         [Backend("node1", "node1", 5000), Backend("node2", "node2", 5000)], 8000,
@@ -46,26 +54,56 @@ def test_haproxy_config_of_the_compose_file_is_the_rendered_one() -> None:
     assert (ROOT / "deploy" / "haproxy.cfg").read_text() == rendered
 
 
+#: what a deployment sets (the compose file refuses to run without them)
+DEPLOYMENT_ENV = {"SECRET_KEY": "compose-test-secret-key-0123456789",
+                  "CLUSTER_SIGNING_SECRET": "compose-signing-secret-0123"}
+
+
+def _without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
 def test_compose_file_is_valid() -> None:
     reason = _compose_available()
     if reason:
-        pytest.skip(reason)
-    result = _docker_compose("config", "-q", check=False, timeout=60)
+        _skip_or_fail(reason)
+    env = dict(_without("CLUSTER_SIGNING_SECRET", "CLUSTER_ALLOW_UNSIGNED_BUS"), **DEPLOYMENT_ENV)
+    result = _docker_compose("config", "-q", check=False, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
-    services = _docker_compose("config", "--services", timeout=60).stdout.split()
+    services = _docker_compose("config", "--services", timeout=60, env=env).stdout.split()
     assert sorted(services) == ["lb", "node1", "node2", "redis", "worker"]
+    # no signing secret, no cluster: compose stops with the fix
+    unsigned = dict(env)
+    del unsigned["CLUSTER_SIGNING_SECRET"]
+    refused = _docker_compose("config", "-q", check=False, timeout=60, env=unsigned)
+    assert refused.returncode != 0
+    assert "set CLUSTER_SIGNING_SECRET" in refused.stderr and "openssl rand" in refused.stderr
+
+
+def test_every_node_and_the_worker_require_the_signing_secret() -> None:
+    # the static half of the check above, for machines without Compose
+    import yaml  # type: ignore[import-untyped]
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for service in ("node1", "node2", "worker"):
+        env = compose["services"][service]["environment"]
+        assert env["CLUSTER_SIGNING_SECRET"].startswith("${CLUSTER_SIGNING_SECRET:?set "), service
+        assert "CLUSTER_ALLOW_UNSIGNED_BUS" not in env
+    # and the balancer it runs hides the probes and sets an opaque cookie
+    cfg = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    assert "http-request deny deny_status 404 if node_internal" in cfg
+    assert "cookie node1" not in cfg and "httponly" in cfg
 
 
 @pytest.fixture()
 def compose_cluster() -> Iterator[str]:
     reason = _compose_available()
     if reason:
-        pytest.skip(reason)
+        _skip_or_fail(reason)
     project = f"sio-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = dict(os.environ, CLUSTER_PORT=str(port), COMPOSE_PROJECT_NAME=project,
-               SECRET_KEY="compose-test", CLUSTER_SIGNING_SECRET="compose-signing-secret-0123",
-               CONNECTION_STATE_RECOVERY="60")
+               CONNECTION_STATE_RECOVERY="60", **DEPLOYMENT_ENV)
     try:
         up = _docker_compose("up", "-d", "--build", "--wait", "--wait-timeout", "240",
                              env=env, timeout=600, check=False)
@@ -111,7 +149,12 @@ def test_compose_up_runs_the_demo_cluster(compose_cluster: str) -> None:
     states = _docker_compose("ps", "--format", "{{.Service}} {{.Health}}", env=env).stdout
     assert sorted(states.split("\n")[:-1] if states.endswith("\n") else states.split("\n")) == [
         "lb healthy", "node1 healthy", "node2 healthy", "redis healthy", "worker healthy"]
-    assert requests.get(url + "/readyz", timeout=WAIT).status_code == 200
+    # the probes and metrics are the balancer's and Prometheus's, not the public's
+    for path in ("/readyz", "/healthz", "/metrics"):
+        assert requests.get(url + path, timeout=WAIT).status_code == 404, path
+    polled = requests.get(url + "/socket.io/?EIO=4&transport=polling", timeout=WAIT)
+    cookie = polled.headers["Set-Cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie and "node" not in cookie
 
     alice, alice_events = _chat_client(url, _login(url, "alice"))
     alice_node = _next(alice_events, "status")["node"]
@@ -138,5 +181,29 @@ def test_compose_up_runs_the_demo_cluster(compose_cluster: str) -> None:
     assert _next(alice_events, "chat")["text"] == "after the crash"
     me = alice.call("whoami", timeout=WAIT)
     assert me["name"] == "alice" and me["rooms"] == ["compose"] and me["node"] == bob_node
+
+    # the same demo protocol as ./dev up: the client the image carries (the
+    # locked npm version), the cluster-wide online list, a job on the worker
+    served = requests.get(url + "/static/socket.io.min.js", timeout=WAIT)
+    assert served.status_code == 200 and served.text.startswith("/*!\n * Socket.IO v4.8.")
+    online = bob.call("online", {"room": "compose"}, timeout=WAIT)
+    assert sorted((m["name"], m["node"]) for m in online["members"]) == sorted(
+        [("alice", bob_node), (f"bob{attempt}", bob_node)])
+    results: "queue.Queue[Any]" = queue.Queue()
+    bob.on("job_result", lambda data, *offset: results.put(data))
+    job = bob.call("start_job", {"steps": 2}, timeout=WAIT)
+    assert results.get(timeout=30)["job_id"] == job["job_id"]
     alice.disconnect()
     bob.disconnect()
+
+
+def test_the_secret_key_is_required_with_no_well_known_default() -> None:
+    # a default key lets anyone forge a login cookie; the demo refuses to start without one
+    import yaml  # type: ignore[import-untyped]
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for service in ("node1", "node2", "worker"):
+        value = compose["services"][service]["environment"]["SECRET_KEY"]
+        assert value.startswith("${SECRET_KEY:?") and "openssl rand" in value, (service, value)
+    for path in ("docker-compose.yml", "Dockerfile", "demo/app.py"):
+        assert "change-me" not in (ROOT / path).read_text(), path

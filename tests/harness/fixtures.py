@@ -41,6 +41,7 @@ from cluster.local_cluster import (
 )
 
 __all__ = [
+    "BUS_SIGNING_SECRET",
     "DEFAULT_APP",
     "NODE_START_TIMEOUT",
     "haproxy_factory",
@@ -51,6 +52,11 @@ __all__ = [
 ]
 
 DEFAULT_APP = "tests.apps.chat_app:socketio"
+#: the bus signing secret ``node_factory`` gives nodes by default: a node
+#: with a message queue refuses to start unsigned (issue 16); tests that
+#: publish to the nodes sign with it, or start them with
+#: ``env={"CLUSTER_ALLOW_UNSIGNED_BUS": "1"}`` to test unsigned peers
+BUS_SIGNING_SECRET = "harness-bus-signing-secret-0123456789abcdef"
 # Importing eventlet, Flask and the app takes a few seconds on a loaded 2-core box.
 NODE_START_TIMEOUT = 20.0
 # How long a node may drain on SIGTERM at teardown before it is killed.
@@ -129,6 +135,17 @@ def redis_url(redis_server: RedisServerProcess, request: pytest.FixtureRequest) 
     return redis_server.url
 
 
+def with_bus_secret(env: dict[str, str] | None,
+                    extra_args: Sequence[str] | None = None) -> dict[str, str]:
+    """``env`` plus ``CLUSTER_SIGNING_SECRET=BUS_SIGNING_SECRET`` unless the
+    caller chose a secret or the opt-out (in ``env`` or ``extra_args``)."""
+    env = dict(env or {})
+    chosen = {"--signing-secret", "--allow-unsigned-bus"} & set(extra_args or ())
+    if not chosen and not {"CLUSTER_SIGNING_SECRET", "CLUSTER_ALLOW_UNSIGNED_BUS"} & set(env):
+        env["CLUSTER_SIGNING_SECRET"] = BUS_SIGNING_SECRET
+    return env
+
+
 @pytest.fixture
 def node_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeFactory]:
     """Start socket nodes (``python -m cluster node``) and stop them at teardown.
@@ -137,6 +154,8 @@ def node_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Nod
     then, so single-node tests with ``message_queue=None`` need no Redis).
     Nodes of one call start in parallel; names continue across calls
     (``node1``, ``node2``, ...). Each waits up to 20 s for ``/readyz``.
+    Nodes sign the bus with :data:`BUS_SIGNING_SECRET` unless ``env`` or
+    ``extra_args`` set a secret or the unsigned opt-out.
     """
     nodes: list[NodeProcess] = []
     rootdir = request.config.rootpath  # nodes import ``tests.apps...`` from here
@@ -150,6 +169,7 @@ def node_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Nod
     ) -> list[NodeProcess]:
         if message_queue is USE_REDIS_URL:
             message_queue = request.getfixturevalue("redis_url")
+        env = with_bus_secret(env, extra_args)
         new = []
         for _ in range(count):
             name = f"node{len(nodes) + 1}"
@@ -184,7 +204,8 @@ def haproxy_factory(
 
     Returns once every node has passed a ``/readyz`` check (``UP`` in
     HAProxy), unless ``wait_ready=False`` (for a test that starts HAProxy in
-    front of a node that is not ready on purpose). Backend names are the nodes' names (the ``SERVERID`` cookie values);
+    front of a node that is not ready on purpose). Backend names are the nodes' names (the ``SERVERID`` cookie values are their
+    :func:`cluster.haproxy_config.cookie_value`);
     ``config`` goes to :func:`cluster.haproxy_config.render_haproxy_config`
     (``check_interval``, ``tunnel_timeout``...). Skips the test when haproxy
     is not installed.

@@ -22,7 +22,8 @@ class Peer:
     and waits for its connect handler's ``welcome``.
 
     ``cls`` defaults to :class:`cluster.Client` with a fast reconnection;
-    ``headers`` can pin a node through HAProxy's ``SERVERID`` cookie.
+    ``headers`` can pin a node through HAProxy's ``SERVERID`` cookie
+    (``SERVERID=<cluster.haproxy_config.cookie_value(node name)>``).
     """
 
     def __init__(self, factory: Any, url: str, cls: type = Client, auth: Any = None,

@@ -176,8 +176,13 @@ def test_selectors_match_their_pods(chart: helm.Chart, values_file: Path) -> Non
     for obj in objects:
         if obj["kind"] == "Deployment":
             assert selects(obj["spec"]["selector"]["matchLabels"]) == [obj["metadata"]["name"]]
+        elif obj["kind"] == "Service" and obj["metadata"]["name"].endswith("-unrouted"):
+            assert "selector" not in obj["spec"]  # no endpoints, on purpose
         elif obj["kind"] == "Service":
             assert len(selects(obj["spec"]["selector"])) == 1
+        elif obj["kind"] == "NetworkPolicy":
+            assert selects(obj["spec"]["podSelector"]["matchLabels"]) == [
+                f"{RELEASE}-socketio-cluster-redis"]
         elif obj["kind"] == "PodDisruptionBudget":
             assert selects(obj["spec"]["selector"]["matchLabels"]) == [f"{RELEASE}-socketio-cluster"]
 
@@ -223,10 +228,17 @@ def test_node_environment_is_the_composes(chart: helm.Chart, compose: dict[str, 
     env = env_of(node(render(chart, SECRET_KEY)))
     assert set(compose["services"]["node1"]["environment"]) <= set(env)
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert env["MESSAGE_QUEUE_URL"]["value"] == f"redis://{RELEASE}-socketio-cluster-redis:6379/0"
+    assert env["MESSAGE_QUEUE_URL"]["value"] == (
+        f"redis://:$(REDIS_PASSWORD)@{RELEASE}-socketio-cluster-redis:6379/0")
+    # Kubernetes expands $(REDIS_PASSWORD) only from a variable defined before
+    names = [e["name"] for e in node(render(chart, SECRET_KEY))["env"]]
+    assert names.index("REDIS_PASSWORD") < names.index("MESSAGE_QUEUE_URL")
     assert env["SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
         "name": f"{RELEASE}-socketio-cluster", "key": "secret-key"}
-    assert env["CLUSTER_SIGNING_SECRET"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    # required: a node without it refuses to start
+    assert env["CLUSTER_SIGNING_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": f"{RELEASE}-socketio-cluster", "key": "signing-secret", "optional": False}
+    assert "CLUSTER_ALLOW_UNSIGNED_BUS" not in env
     compose_env = compose["services"]["node1"]["environment"]
     assert env["CLUSTER_DRAIN_SECONDS"]["value"] == compose_env["CLUSTER_DRAIN_SECONDS"] == "10"
     assert env["CONNECTION_STATE_RECOVERY"]["value"] == "120"  # compose: ${...-120}
@@ -279,7 +291,9 @@ def test_bundled_redis_is_the_composes(chart: helm.Chart, compose: dict[str, Any
     redis = container(find(objects, "Deployment", f"{RELEASE}-socketio-cluster-redis"), "redis")
     assert redis["image"] == "redis:7.2"
     assert compose["services"]["redis"]["image"] == "redis:${REDIS_TAG:-7.2}"
-    assert redis["args"] == compose["services"]["redis"]["command"]
+    # the compose file's Redis, plus a password: a Kubernetes network is shared
+    assert redis["args"] == [*compose["services"]["redis"]["command"],
+                             "--requirepass", "$(REDIS_PASSWORD)"]
     service = find(objects, "Service", f"{RELEASE}-socketio-cluster-redis")
     assert service["spec"]["ports"][0]["port"] == 6379
 
@@ -289,11 +303,13 @@ def test_bundled_redis_is_the_composes(chart: helm.Chart, compose: dict[str, Any
 def test_existing_secret_removes_the_secret(chart: helm.Chart) -> None:
     values = {"existingSecret": "mine", "existingSecretKeys": {"secretKey": "flask", "signingSecret": "bus"}}
     objects = render(chart, values)
-    assert not [o for o in objects if o["kind"] == "Secret"]
+    # only the bundled Redis's password stays the chart's
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "Secret"] == [
+        f"{RELEASE}-socketio-cluster-redis"]
     env = env_of(node(objects))
     assert env["SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "flask"}
     assert env["CLUSTER_SIGNING_SECRET"]["valueFrom"]["secretKeyRef"] == {
-        "name": "mine", "key": "bus", "optional": True}
+        "name": "mine", "key": "bus", "optional": False}
     with_chart_secret = render(chart, {**SECRET_KEY, "signingSecret": "s" * 16})
     secret = find(with_chart_secret, "Secret", f"{RELEASE}-socketio-cluster")
     assert set(secret["data"]) == {"secret-key", "signing-secret"}
@@ -353,7 +369,7 @@ def test_ingress_is_off_by_default_and_sticky_when_on(chart: helm.Chart) -> None
     assert annotations["x/y"] == "z"
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == "chat.example.com"
-    assert rule["http"]["paths"][0]["backend"]["service"] == {
+    assert rule["http"]["paths"][-1]["backend"]["service"] == {
         "name": f"{RELEASE}-socketio-cluster", "port": {"name": "http"}}
 
 

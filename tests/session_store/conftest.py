@@ -7,9 +7,15 @@ import pytest
 from session_store import MemorySessionStore, RedisSessionStore, SessionStore
 
 
-@pytest.fixture(params=["memory", "redis"])
+#: the secret of the ``redis-mac`` store: records carry MACs
+RECORD_SECRET = "session-store-tests-record-secret"
+
+
+@pytest.fixture(params=["memory", "redis", "redis-mac"])
 def store(request: pytest.FixtureRequest) -> SessionStore:
-    """A store with a 1 s disconnect TTL; the Redis one on the harness server."""
+    """A store with a 1 s disconnect TTL; the Redis ones on the harness
+    server, ``redis-mac`` with MACs on every record."""
     if request.param == "memory":
         return MemorySessionStore(ttl=1)
-    return RedisSessionStore(request.getfixturevalue("redis_url"), ttl=1)
+    secret = RECORD_SECRET if request.param == "redis-mac" else None
+    return RedisSessionStore(request.getfixturevalue("redis_url"), ttl=1, secret=secret)

@@ -114,7 +114,8 @@ def tasks_module() -> Any:
     (its settings are read once, at import); the environment is restored."""
     saved = dict(os.environ)
     os.environ.update({"CELERY_BROKER_URL": "memory://",
-                       "MESSAGE_QUEUE_URL": "redis://127.0.0.1:6399/0"})
+                       "MESSAGE_QUEUE_URL": "redis://127.0.0.1:6399/0",
+                       "CLUSTER_SIGNING_SECRET": SIGNING_SECRET})
     try:
         import workers.tasks
     finally:

@@ -58,3 +58,18 @@ def test_import_without_a_broker_says_what_to_set() -> None:
                           env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"})
     assert done.returncode != 0
     assert "CELERY_BROKER_URL" in done.stderr
+
+
+def test_a_worker_on_an_unsigned_bus_needs_the_opt_out() -> None:
+    env = {"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin", "CELERY_BROKER_URL": "memory://",
+           "MESSAGE_QUEUE_URL": "redis://127.0.0.1:6399/0"}
+    refused = subprocess.run([sys.executable, "-c", "import workers.celery_app"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert refused.returncode != 0
+    assert "CLUSTER_SIGNING_SECRET" in refused.stderr
+    assert "CLUSTER_ALLOW_UNSIGNED_BUS=1" in refused.stderr
+    allowed = subprocess.run([sys.executable, "-c", "import workers.celery_app"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT,
+                             env=dict(env, CLUSTER_ALLOW_UNSIGNED_BUS="1"))
+    assert allowed.returncode == 0, allowed.stderr
+    assert "UNSIGNED cluster bus" in allowed.stderr

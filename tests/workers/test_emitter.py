@@ -43,7 +43,7 @@ class Wire:
 
 @pytest.fixture
 def emitter() -> Emitter:
-    return Emitter(URL)
+    return Emitter(URL, allow_unsigned=True)
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_signed_messages_verify_with_the_nodes_secret() -> None:
     wire = Wire(emitter, secret=SECRET)
     emitter.emit("signed", 1)
     envelope = json.loads(wire.raw[0])
-    assert set(envelope) == {"v", "src", "seq", "ts", "sig", "body"}
+    assert set(envelope) == {"v", "src", "seq", "ts", "log", "sig", "body"}
     assert wire.messages()[0]["event"] == "signed"
     with pytest.raises(Exception, match="signature"):
         Codec("another-secret-of-16-bytes").open(wire.raw[0])
@@ -164,11 +164,24 @@ def test_bad_configuration_raises_at_construction() -> None:
     assert isinstance(info.value, BusConfigurationError)
     assert isinstance(info.value, ValueError)
     with pytest.raises(ConfigurationError, match="start with '/'"):
-        Emitter(URL, namespace="chat")
+        Emitter(URL, namespace="chat", allow_unsigned=True)
     with pytest.raises(ConfigurationError, match="Invalid message queue URL"):
-        Emitter("localhost:6379")
+        Emitter("localhost:6379", allow_unsigned=True)
     with pytest.raises(ConfigurationError, match="channel"):
-        Emitter(URL, channel="")
+        Emitter(URL, channel="", allow_unsigned=True)
+
+
+def test_an_unsigned_emitter_needs_the_explicit_opt_out(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ConfigurationError, match="CLUSTER_SIGNING_SECRET") as info:
+        Emitter(URL)
+    assert "allow_unsigned=True" in str(info.value)
+    with pytest.raises(ConfigurationError, match="CLUSTER_ALLOW_UNSIGNED_BUS"):
+        Emitter.from_env({"REDIS_URL": URL})
+    with caplog.at_level("WARNING", logger="workers.emitter"):
+        assert not Emitter(URL, allow_unsigned=True).manager.signed
+        assert not Emitter.from_env({"REDIS_URL": URL, "CLUSTER_ALLOW_UNSIGNED_BUS": "1"}
+                                    ).manager.signed
+    assert sum("UNSIGNED" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_from_env_reads_the_nodes_variables() -> None:
@@ -189,7 +202,7 @@ def test_a_forked_child_opens_its_own_connection(redis_url: str, redis_server: A
     pubsub = client.pubsub()
     pubsub.subscribe("flask-socketio")
     pubsub.get_message(timeout=2)
-    emitter = Emitter(redis_url)
+    emitter = Emitter(redis_url, allow_unsigned=True)
     emitter.emit("from", "parent")
     parent = emitter.manager
     pid = os.fork()
@@ -222,7 +235,8 @@ def test_close_then_reuse(emitter: Emitter) -> None:
 
 
 def test_unreachable_bus_raises_publish_error() -> None:
-    emitter = Emitter(f"redis://127.0.0.1:{free_port()}/0", publish_timeout=0.3)
+    emitter = Emitter(f"redis://127.0.0.1:{free_port()}/0", publish_timeout=0.3,
+                      allow_unsigned=True)
     with pytest.raises(PublishError, match="reachable") as info:
         emitter.emit("lost", 1)
     assert isinstance(info.value, BusPublishError)
@@ -234,7 +248,7 @@ def test_emits_from_many_threads_all_reach_redis(redis_url: str, redis_server: A
     pubsub = client.pubsub()
     pubsub.subscribe("flask-socketio")
     pubsub.get_message(timeout=2)  # the subscribe confirmation
-    emitter = Emitter(redis_url)
+    emitter = Emitter(redis_url, allow_unsigned=True)
     threads = [threading.Thread(target=lambda n=n: [emitter.emit("n", n * 10 + i)
                                                     for i in range(10)]) for n in range(4)]
     for thread in threads:

@@ -7,6 +7,7 @@ from typing import Any
 
 import requests
 
+from tests.harness.fixtures import BUS_SIGNING_SECRET
 from tests.harness.peers import Peer, record_room_messages, wait_for_texts, wait_reconnected
 from workers import Emitter
 
@@ -19,7 +20,7 @@ def test_a_client_away_during_worker_emits_gets_them_replayed(
     listener = Peer(sio_client_factory, proxy.url)
     texts = record_room_messages(listener)
     listener.call("join", "jobs")
-    emitter = Emitter(redis_url, recovery_window=60)
+    emitter = Emitter(redis_url, recovery_window=60, signing_secret=BUS_SIGNING_SECRET)
     try:
         emitter.emit("room_message", {"text": "w0"}, to="jobs")
         assert wait_for_texts(texts, 1) == ["w0"]

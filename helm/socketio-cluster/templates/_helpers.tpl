@@ -111,6 +111,28 @@ chart's (which then requires secretKey, with a message naming the fix).
 {{- if .Values.existingSecret }}{{ .Values.existingSecretKeys.secretKey }}{{ else }}secret-key{{ end }}
 {{- end }}
 
+{{/*
+A secret value, base64-encoded for a Secret's data: the one given in values,
+else the one the release's Secret already holds (so upgrades keep it), else
+a new random one. Usage:
+  {{ include "socketio-cluster.keptSecret" (dict "existing" (lookup "v1" "Secret" ns name) "key" "signing-secret" "given" .Values.signingSecret "length" 48) }}
+`lookup` finds nothing under `helm template` or a dry run: tools that render
+that way (GitOps) must give the value, or it changes at every render.
+*/}}
+{{- define "socketio-cluster.keptSecret" -}}
+{{- $data := dict }}
+{{- if .existing }}
+{{- $data = .existing.data | default dict }}
+{{- end }}
+{{- if .given }}
+{{- .given | b64enc }}
+{{- else if hasKey $data .key }}
+{{- index $data .key }}
+{{- else }}
+{{- randAlphaNum (int .length) | b64enc }}
+{{- end }}
+{{- end }}
+
 {{- define "socketio-cluster.signingSecretKey" -}}
 {{- if .Values.existingSecret }}{{ .Values.existingSecretKeys.signingSecret }}{{ else }}signing-secret{{ end }}
 {{- end }}
@@ -121,7 +143,8 @@ Redis, or externalRedis (from its Secret or its url).
 */}}
 {{- define "socketio-cluster.messageQueueUrlEnv" -}}
 {{- if .Values.redis.enabled }}
-value: {{ printf "redis://%s:6379/0" (include "socketio-cluster.redisName" .) | quote }}
+{{- /* $(REDIS_PASSWORD): Kubernetes expands the variable set just before */}}
+value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "socketio-cluster.redisName" .) | quote }}
 {{- else if .Values.externalRedis.existingSecret }}
 valueFrom:
   secretKeyRef:
@@ -139,6 +162,13 @@ The environment the nodes and the worker share, as docker-compose.yml's
 x-node-environment: the bus, the secrets, recovery and logging.
 */}}
 {{- define "socketio-cluster.commonEnv" -}}
+{{- if .Values.redis.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "socketio-cluster.redisName" . }}
+      key: redis-password
+{{- end }}
 - name: MESSAGE_QUEUE_URL
   {{- include "socketio-cluster.messageQueueUrlEnv" . | trim | nindent 2 }}
 {{- with .Values.messageQueue.channel }}
@@ -150,12 +180,18 @@ x-node-environment: the bus, the secrets, recovery and logging.
     secretKeyRef:
       name: {{ include "socketio-cluster.secretName" . }}
       key: {{ include "socketio-cluster.secretKeyKey" . }}
+{{- /* required: a node or worker without a secret refuses to start, unless
+       allowUnsignedBus opts out */}}
 - name: CLUSTER_SIGNING_SECRET
   valueFrom:
     secretKeyRef:
       name: {{ include "socketio-cluster.secretName" . }}
       key: {{ include "socketio-cluster.signingSecretKey" . }}
-      optional: true
+      optional: {{ .Values.allowUnsignedBus }}
+{{- if .Values.allowUnsignedBus }}
+- name: CLUSTER_ALLOW_UNSIGNED_BUS
+  value: "1"
+{{- end }}
 - name: CONNECTION_STATE_RECOVERY
   {{- if .Values.connectionStateRecovery.enabled }}
   value: {{ .Values.connectionStateRecovery.maxDisconnectionSeconds | toString | quote }}
@@ -167,6 +203,33 @@ x-node-environment: the bus, the secrets, recovery and logging.
 {{- range $name, $value := .Values.extraEnv }}
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+The volume and mount of externalRedis.tls.caSecret (the CA that signed the
+Redis server's certificate), at socketio-cluster.redisCaDir.
+*/}}
+{{- define "socketio-cluster.redisCaDir" -}}
+/etc/socketio-cluster/redis-ca
+{{- end }}
+
+{{- define "socketio-cluster.redisCaMount" -}}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.caSecret }}
+- name: redis-ca
+  mountPath: {{ include "socketio-cluster.redisCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "socketio-cluster.redisCaVolume" -}}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ .Values.externalRedis.tls.caSecret }}
+    items:
+      - key: {{ .Values.externalRedis.tls.caKey }}
+        path: ca.crt
 {{- end }}
 {{- end }}
 

@@ -1,0 +1,43 @@
+"""A start-up check of a Redis bus: reachable is optional, refusing is fatal.
+
+A node or emitter started while Redis is away keeps retrying (an outage
+heals). But a wrong password, an ACL user without a needed permission or an
+untrusted TLS certificate never heal, and the bus's background retries
+would only log them forever while the node stays not-ready. So the runner
+and the emitter try one ``PING`` at start: :class:`~.errors.BusAccessDenied`
+with the fix when Redis refuses us (or we refuse its certificate), nothing
+when it is simply unreachable.
+"""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+import redis
+
+from session_store.redis_errors import access_problem
+
+from .errors import BusAccessDenied
+
+__all__ = ["access_problem", "check_access"]
+
+#: URL schemes checked (Sentinel and Cluster discover their servers later)
+CHECKED_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_access(url: str, options: dict[str, Any] | None = None, timeout: float = 3.0) -> None:
+    """``PING`` the Redis at ``url``; raise :class:`BusAccessDenied` with the
+    fix if it refuses our credentials or we refuse its certificate."""
+    if urlparse(url).scheme not in CHECKED_SCHEMES:
+        return
+    kwargs = {"socket_connect_timeout": timeout, "socket_timeout": timeout, **(options or {})}
+    client = redis.Redis.from_url(url, **kwargs)
+    try:
+        client.ping()
+    except Exception as exc:
+        problem = access_problem(exc)
+        if problem is not None:
+            raise BusAccessDenied(f"Cannot use the cluster bus: {problem}") from None
+        # unreachable or failing for now: the bus retries with backoff
+    finally:
+        client.close()

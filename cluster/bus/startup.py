@@ -1,0 +1,33 @@
+"""What a node checks about its bus before it serves anyone.
+
+Two mistakes must stop a node at start rather than leave it running badly:
+an unsigned bus without the explicit opt-out (anyone reaching Redis would
+command its clients), and a Redis that refuses the node's password or ACL,
+or whose TLS certificate the node does not trust (the bus would retry
+forever while the node stays not-ready). Both raise a
+:class:`~.errors.BusConfigurationError` whose message is the fix.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .codec import check_signing
+from .manager import ClusterManager
+from .redis_access import check_access
+from .redis_manager import RedisManager
+
+__all__ = ["check_bus"]
+
+
+def check_bus(manager: Any, allow_unsigned: bool,
+              logger: logging.Logger | None = None) -> None:
+    """Refuse an unsigned bus without ``allow_unsigned`` (warn with it), and
+    a Redis that refuses us; a local manager (no bus) passes."""
+    if not isinstance(manager, ClusterManager):
+        return
+    check_signing(manager.signed, allow_unsigned, "This node",
+                  "pass --allow-unsigned-bus (or set CLUSTER_ALLOW_UNSIGNED_BUS=1)",
+                  logger or logging.getLogger("cluster"))
+    if isinstance(manager, RedisManager):
+        check_access(manager.redis_url, manager.redis_options)
