@@ -47,6 +47,7 @@ from .resume import (
     is_well_formed_id,
     new_id,
     redact,
+    stored_form,
 )
 
 __all__ = ["SessionHandle", "SessionStore"]
@@ -323,7 +324,7 @@ class SessionStore(ABC):
         if mac is not None:
             entry["m"] = mac.resume_tag(resume_id, session_id, digest)
         record = json.dumps(entry)
-        if not self._backend_issue(session_id, resume_id, record):
+        if not self._backend_issue(session_id, stored_form(resume_id), record):
             raise SessionNotFound(
                 f"Session {redact(session_id)} no longer exists; cannot issue a resume id. "
                 "Start a new session with create()."
@@ -344,7 +345,8 @@ class SessionStore(ABC):
         digest = identity_digest(identity)
         if not is_well_formed_id(resume_id):
             return self._refuse(ResumeStatus.MALFORMED, resume_id)
-        status, session_id, tag = self._backend_claim(resume_id, digest, self._tombstone_ms)
+        status, session_id, tag = self._backend_claim(stored_form(resume_id), digest,
+                                                      self._tombstone_ms)
         if status is not ResumeStatus.GRANTED:
             return self._refuse(status, resume_id)
         mac = self._mac()
@@ -455,7 +457,9 @@ class SessionStore(ABC):
     @abstractmethod
     def _backend_issue(self, session_id: str, resume_id: str, record: str) -> bool:
         """Store ``record`` under ``resume_id`` with the session's TTL, replacing
-        the session's previous resume id. ``False`` if the session does not exist."""
+        the session's previous resume id. ``False`` if the session does not exist.
+
+        Backends only ever see the :func:`~.resume.stored_form` of resume ids."""
 
     @abstractmethod
     def _backend_claim(

@@ -29,7 +29,7 @@ import redis
 from .base import SessionStore
 from .exceptions import SessionStoreAccessDenied, SessionStoreUnavailable
 from .redis_errors import access_problem
-from .resume import ResumeStatus
+from .resume import ResumeStatus, stored_form
 
 __all__ = ["RedisSessionStore"]
 
@@ -156,6 +156,7 @@ class RedisSessionStore(SessionStore):
             self.redis = redis_client_or_url
         self._where = _where(self.redis)
         self._resume_prefix = key_prefix + "resume:"
+        self._tombstone_prefix = key_prefix + "used:"
         self._save = self.redis.register_script(_SAVE)
         self._set_ttl = self.redis.register_script(_SET_TTL)
         self._delete = self.redis.register_script(_DELETE)
@@ -170,12 +171,13 @@ class RedisSessionStore(SessionStore):
         return f"{self.key_prefix}data:{session_id}"
 
     def resume_key(self, resume_id: str) -> str:
-        """The Redis key of a live resume id."""
-        return self._resume_prefix + resume_id
+        """The Redis key of a live resume id (named by its digest, see
+        :func:`~.resume.stored_form`; for operators and tests)."""
+        return self._resume_prefix + stored_form(resume_id)
 
     def tombstone_key(self, resume_id: str) -> str:
-        """The Redis key remembering a claimed resume id."""
-        return f"{self.key_prefix}used:{resume_id}"
+        """The Redis key remembering a claimed resume id (by its digest)."""
+        return self._tombstone_prefix + stored_form(resume_id)
 
     @contextlib.contextmanager
     def _guard(self, operation: str) -> Iterator[None]:
@@ -254,7 +256,7 @@ class RedisSessionStore(SessionStore):
         with self._guard("issue a resume id"):
             return bool(
                 self._issue(
-                    keys=[self.session_key(session_id), self.resume_key(resume_id)],
+                    keys=[self.session_key(session_id), self._resume_prefix + resume_id],
                     args=[resume_id, record, self._resume_prefix, self._lease_ms],
                 )
             )
@@ -264,7 +266,7 @@ class RedisSessionStore(SessionStore):
     ) -> tuple[ResumeStatus, str | None, str | None]:
         with self._guard("claim a resume id"):
             reply = self._claim(
-                keys=[self.resume_key(resume_id), self.tombstone_key(resume_id)],
+                keys=[self._resume_prefix + resume_id, self._tombstone_prefix + resume_id],
                 args=[digest, tombstone_ms],
             )
         status = ResumeStatus(_str(reply[0]))

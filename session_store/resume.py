@@ -7,6 +7,7 @@ Socket.IO CONNECT payload unchanged.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import re
@@ -38,6 +39,18 @@ def new_id() -> str:
 def is_well_formed_id(value: object) -> TypeGuard[str]:
     """Whether ``value`` looks like an id this package issues (a ``str`` token)."""
     return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+def stored_form(resume_id: str) -> str:
+    """What the store keeps of a resume id: its SHA-256 digest (urlsafe
+    base64, unpadded), never the id itself.
+
+    Whoever can read Redis (its keys, ``MONITOR``, a dump) then learns no
+    usable resume id: presenting one proves possession of what only its
+    client received, the preimage.
+    """
+    digest = hashlib.sha256(resume_id.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def redact(value: object, keep: int = 6) -> str:

@@ -18,6 +18,7 @@ from cluster.bus import BusAccessDenied
 from cluster.bus.redis_access import check_access
 from cluster.processes import free_port
 from session_store import RedisSessionStore, SessionStoreAccessDenied
+from session_store.resume import stored_form
 from tests.bus.conftest import BUS_APP, wait_nodes
 from tests.harness.fixtures import BUS_SIGNING_SECRET
 from tests.harness.tls_redis import ACL_USER, TlsRedisProcess
@@ -71,7 +72,7 @@ def test_the_cluster_runs_on_a_tls_redis_with_an_acl_user(
     assert pid
     admin = tls_redis.client(admin=True)
     try:
-        assert admin.exists(f"sio:sess:resume:{pid}") == 1
+        assert admin.exists(f"sio:sess:resume:{stored_form(pid)}") == 1
     finally:
         admin.close()
     # recovery: b's node crashes, misses two emits, b comes back and gets them

@@ -14,6 +14,7 @@ import requests
 
 from session_store import MemorySessionStore, RedisSessionStore, ResumeStatus
 from session_store.record_mac import RecordMac, derive_key
+from session_store.resume import stored_form
 
 SECRET = "record-mac-tests-deployment-secret"
 
@@ -132,8 +133,11 @@ def test_a_node_refuses_a_session_forged_in_redis(
     prefix = "sio:sess:"
     client.hset(f"{prefix}data:{sid}", mapping={
         "d:_user_id": '"admin"', "d:_fresh": "true", "m:identity": "none",
-        "m:created": "1", "m:updated": "1", "m:version": "0", "m:resume": rid})
-    client.set(f"{prefix}resume:{rid}", json.dumps({"s": sid, "i": "none"}), px=60_000)
+        "m:created": "1", "m:updated": "1", "m:version": "0",
+        "m:resume": stored_form(rid)})
+    # named as the store names it (the digest of the id): only the MAC stops it
+    client.set(f"{prefix}resume:{stored_form(rid)}", json.dumps({"s": sid, "i": "none"}),
+               px=60_000)
     client.pexpire(f"{prefix}data:{sid}", 60_000)
     intruder = Peer(sio_client_factory, node.url, cls=socketio.Client, auth={"pid": rid})
     assert intruder.welcome["resumed"] is False

@@ -15,6 +15,7 @@ from session_store import (
     SessionDataError,
     SessionStoreUnavailable,
 )
+from session_store.resume import stored_form
 
 PREFIX = "app1:sess:"
 
@@ -44,10 +45,14 @@ def test_key_layout_under_the_prefix(rstore: RedisSessionStore, client: redis.Re
     handle = rstore.create({"a": 1}, "alice")
     rid = rstore.issue_resume(handle.session_id, "alice")
     sid = handle.session_id
-    assert all_keys(client) == sorted([f"{PREFIX}data:{sid}", f"{PREFIX}resume:{rid}"])
+    # resume ids are kept as their digests: reading Redis yields none of them
+    stored = stored_form(rid)
+    assert all_keys(client) == sorted([f"{PREFIX}data:{sid}", f"{PREFIX}resume:{stored}"])
+    assert rid not in repr(client.hgetall(f"{PREFIX}data:{sid}"))
+    assert rid not in repr(client.get(f"{PREFIX}resume:{stored}"))
     assert rstore.session_key(sid) == f"{PREFIX}data:{sid}"
     rstore.claim_resume(rid, "alice")
-    assert all_keys(client) == sorted([f"{PREFIX}data:{sid}", f"{PREFIX}used:{rid}"])
+    assert all_keys(client) == sorted([f"{PREFIX}data:{sid}", f"{PREFIX}used:{stored}"])
     assert_every_key_expires(client)
 
 
