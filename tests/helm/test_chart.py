@@ -244,6 +244,24 @@ def test_node_environment_is_the_composes(chart: helm.Chart, compose: dict[str, 
     assert env["CONNECTION_STATE_RECOVERY"]["value"] == "120"  # compose: ${...-120}
 
 
+def test_limits_reach_the_runner_and_default_when_null(chart: helm.Chart,
+                                                       compose: dict[str, Any]) -> None:
+    env = env_of(node(render(chart, SECRET_KEY)))
+    compose_env = compose["services"]["node1"]["environment"]
+    names = [name for name in compose_env if name.startswith("CLUSTER_") and name not in (
+        "CLUSTER_SIGNING_SECRET", "CLUSTER_DRAIN_SECONDS")]
+    assert len(names) == 8
+    for name in names:  # empty: the runner's default, in both
+        assert env[name]["value"] == "", name
+        assert compose_env[name] == "${%s:-}" % name  # unset: empty
+    env = env_of(node(render(chart, {**SECRET_KEY, "limits": {
+        "maxBacklog": 4194304, "maxEventsPerSecond": 0, "connectTimeoutSeconds": 2.5}})))
+    assert env["CLUSTER_MAX_BACKLOG"]["value"] == "4194304"  # not 4.194304e+06
+    assert env["CLUSTER_MAX_EVENTS_PER_SECOND"]["value"] == "0"  # 0 switches it off
+    assert env["CLUSTER_CONNECT_TIMEOUT"]["value"] == "2.5"
+    assert env["CLUSTER_MAX_ROOMS_PER_CONNECTION"]["value"] == ""
+
+
 def test_drain_fits_in_the_grace_period(chart: helm.Chart) -> None:
     objects = render(chart, SECRET_KEY)
     deployment = find(objects, "Deployment", f"{RELEASE}-socketio-cluster")
@@ -280,8 +298,11 @@ def test_worker_runs_what_compose_runs(chart: helm.Chart, compose: dict[str, Any
     objects = render(chart, SECRET_KEY)
     c = container(find(objects, "Deployment", f"{RELEASE}-socketio-cluster-worker"), "worker")
     assert c["command"] + c["args"] == compose["services"]["worker"]["command"]
-    # compose shares one environment anchor; only the nodes drain
-    wanted = set(compose["services"]["worker"]["environment"]) - {"CLUSTER_DRAIN_SECONDS"}
+    # compose shares one environment anchor; only the nodes drain and serve
+    # connections (their limits)
+    wanted = {name for name in compose["services"]["worker"]["environment"]
+              if name != "CLUSTER_DRAIN_SECONDS" and not name.startswith(
+                  ("CLUSTER_MAX_", "CLUSTER_CONNECT_", "CLUSTER_HTTP_"))}
     assert wanted <= set(env_of(c))
     assert "workers.celery_app" in " ".join(c["livenessProbe"]["exec"]["command"])
 
@@ -388,6 +409,8 @@ def test_ingress_is_off_by_default_and_sticky_when_on(chart: helm.Chart) -> None
     ({**SECRET_KEY, "app": "no-attribute"}, "/app"),
     ({**SECRET_KEY, "worker": {"pool": "gevent"}}, "/worker/pool"),
     ({**SECRET_KEY, "replicaCuont": 3}, "replicaCuont"),
+    ({**SECRET_KEY, "limits": {"maxBacklog": 10}}, "/limits/maxBacklog"),
+    ({**SECRET_KEY, "limits": {"maxEvents": 10}}, "maxEvents"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=re.escape(complaint)):

@@ -254,3 +254,33 @@ Usage: include "socketio-cluster.podAnnotations" (dict "context" $ "metrics" tru
 {{- toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+The per-connection limits as the runner's environment: a value left null
+is passed empty, which keeps the runner's default (as compose does); 0 is
+passed (it switches some limits off).
+Whole numbers are printed as integers (YAML numbers arrive as floats).
+*/}}
+{{- define "socketio-cluster.limitsEnv" -}}
+{{- $names := dict
+  "maxBacklog" "CLUSTER_MAX_BACKLOG"
+  "maxEventsPerSecond" "CLUSTER_MAX_EVENTS_PER_SECOND"
+  "maxRoomsPerConnection" "CLUSTER_MAX_ROOMS_PER_CONNECTION"
+  "connectTimeoutSeconds" "CLUSTER_CONNECT_TIMEOUT"
+  "maxReplayPackets" "CLUSTER_MAX_REPLAY_PACKETS"
+  "maxReplayBytes" "CLUSTER_MAX_REPLAY_BYTES"
+  "httpHeaderTimeoutSeconds" "CLUSTER_HTTP_HEADER_TIMEOUT"
+  "httpIdleTimeoutSeconds" "CLUSTER_HTTP_IDLE_TIMEOUT" }}
+{{- $limits := .Values.limits | default dict }}
+{{- range $key := keys $names | sortAlpha }}
+{{- $value := index $limits $key }}
+- name: {{ index $names $key }}
+{{- if kindIs "invalid" $value }}
+  value: ""
+{{- else if eq (float64 $value) (floor (float64 $value)) }}
+  value: {{ int64 $value | toString | quote }}
+{{- else }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
