@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -81,29 +82,88 @@ class RecoveryOptions:
         return cls(duration, bool(value.get("skip_connect_handler", False)))
 
 
+#: seconds a recovered connection's floor lasts at most (see PacketHold)
+FLOOR_SECONDS = 30.0
+
+
 @dataclass
 class _Held:
-    packets: list[tuple[str, Any]] = field(default_factory=list)
+    packets: list[tuple[str, Any]] | None = field(default_factory=list)
+    #: after the replay: ``(namespace, offset)`` at or below which a live
+    #: packet was replayed already
+    floor: tuple[str, str] | None = None
+    until: float = 0.0
 
 
 class PacketHold:
-    """Packets for connections being recovered, held until their replay."""
+    """Packets for connections being recovered, held until their replay;
+    then the live ones the replay already sent are dropped.
 
-    def __init__(self) -> None:
+    A replay reads the recovery stream directly, while the listener delivers
+    what Redis publishes, which may be behind it: a packet the replay sent
+    can still arrive live afterwards. So once a connection's replay is out
+    it gets a *floor*, the last offset the replay read in its namespace: a
+    live packet of that namespace at or below it is dropped (counted in
+    ``recovery_duplicates_dropped``). Packets arrive in stream order, so the
+    first one above the floor ends it, and so do ``FLOOR_SECONDS``.
+
+    :param locate: ``(kind, item) -> (offset, namespace)`` of a packet
+        (``None`` where it has none).
+    :param counters: where the drops are counted.
+    """
+
+    def __init__(self, locate: Callable[[str, Any], tuple[str | None, str | None]],
+                 counters: dict[str, int]) -> None:
         self._held: dict[str, _Held] = {}
+        self._locate = locate
+        self._counters = counters
+        counters.setdefault("recovery_duplicates_dropped", 0)
 
     def start(self, eio_sid: str) -> None:
         self._held[eio_sid] = _Held()
 
     def holding(self, eio_sid: str) -> bool:
+        """Whether packets for ``eio_sid`` must go through :meth:`hold`
+        (the hot path's one dict lookup)."""
         return eio_sid in self._held
 
-    def hold(self, eio_sid: str, kind: str, item: Any) -> None:
-        self._held[eio_sid].packets.append((kind, item))
+    def hold(self, eio_sid: str, kind: str, item: Any) -> bool:
+        """Take a packet for ``eio_sid``: True when it was held or dropped,
+        False when the caller delivers it now."""
+        held = self._held.get(eio_sid)
+        if held is None:
+            return False
+        if held.packets is not None:
+            held.packets.append((kind, item))
+            return True
+        offset, namespace = self._locate(kind, item)
+        floor = held.floor
+        if floor is None or time.monotonic() > held.until:
+            self._held.pop(eio_sid, None)
+            return False
+        if offset is None or namespace != floor[0]:
+            return False  # not logged, or another namespace: the floor stays
+        if newer(offset, floor[1]):
+            self._held.pop(eio_sid, None)  # past the replay: the floor is done
+            return False
+        self._counters["recovery_duplicates_dropped"] += 1
+        return True
 
-    def release(self, eio_sid: str) -> list[tuple[str, Any]]:
+    def release(self, eio_sid: str, floor: tuple[str, str] | None = None
+                ) -> list[tuple[str, Any]]:
+        """The held packets; with ``floor`` (namespace, offset), later live
+        packets at or below it are dropped (see the class doc)."""
         held = self._held.pop(eio_sid, None)
-        return held.packets if held is not None else []
+        if floor is not None:
+            self._held[eio_sid] = _Held(packets=None, floor=floor,
+                                        until=time.monotonic() + FLOOR_SECONDS)
+        if held is None or held.packets is None:
+            return []
+        return held.packets
+
+    def forget(self, eio_sid: str) -> None:
+        """The connection is gone."""
+        self._held.pop(eio_sid, None)
 
 
 def message_reaches(message: dict[str, Any], sid: str, namespace: str,
@@ -150,6 +210,14 @@ def _decoded(server: "ClusterServer", kind: str, item: Any) -> Any:
         return None
 
 
+def locate(server: "ClusterServer", kind: str, item: Any) -> tuple[str | None, str | None]:
+    """``(offset, namespace)`` of a packet on its way to a client."""
+    pkt = _decoded(server, kind, item)
+    if pkt is None:
+        return None, None
+    return _offset_of_packet(pkt), pkt.namespace or "/"
+
+
 def namespace_of(server: "ClusterServer", kind: str, item: Any) -> str | None:
     """The namespace of a held packet (None for a binary attachment)."""
     pkt = _decoded(server, kind, item)
@@ -159,7 +227,11 @@ def namespace_of(server: "ClusterServer", kind: str, item: Any) -> str | None:
 def offset_of(server: "ClusterServer", kind: str, item: Any) -> str | None:
     """The offset a held packet carries, if any (text packets only)."""
     pkt = _decoded(server, kind, item)
-    if pkt is None or pkt.packet_type != sio_packet.EVENT or not isinstance(pkt.data, list) \
+    return _offset_of_packet(pkt) if pkt is not None else None
+
+
+def _offset_of_packet(pkt: Any) -> str | None:
+    if pkt.packet_type != sio_packet.EVENT or not isinstance(pkt.data, list) \
             or pkt.attachment_count:
         return None
     last = pkt.data[-1] if len(pkt.data) > 1 else None

@@ -148,7 +148,9 @@ class RecoveryFlow:
         server = self.server
         sid = server.manager.sid_from_eio_sid(eio_sid, namespace)
         connected = sid is not None and server.manager.is_connected(sid, namespace)
-        for kind, item in server.packet_hold.release(eio_sid):
+        # after a replay, live packets it already sent are dropped too
+        floor = (namespace, covered) if connected and covered is not None else None
+        for kind, item in server.packet_hold.release(eio_sid, floor=floor):
             if not connected and namespace_of(server, kind, item) == namespace:
                 continue  # refused: its connect handler's emits go nowhere
             held_offset = offset_of(server, kind, item)

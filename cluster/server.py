@@ -34,7 +34,7 @@ from .exceptions import ConfigurationError, RoomLimitExceeded
 from .limits import ALLOW, FLOOD, FLOOD_FACTOR, FLOOD_SECONDS, Limits, RateLimiter
 from .packet_dispatch import (CONNECT_FAILED, MALFORMED, decode_message, describe,
                               dispatch_packet, report_handler_error)
-from .recovery import PacketHold, RecoveryOptions
+from .recovery import PacketHold, RecoveryOptions, locate
 from .recovery_flow import RecoveryFlow
 
 if TYPE_CHECKING:
@@ -93,7 +93,6 @@ class ClusterServer(socketio.Server):
         self.test_sinks: dict[str, Callable[[Any], None]] = {}
         self.socketio_path = "socket.io"
         self.recovery: RecoveryOptions | None = None
-        self.packet_hold = PacketHold()
         self.recovering = RecoveryFlow(self)
         self.counters: dict[str, int] = {
             "malformed_packets": 0,
@@ -117,6 +116,8 @@ class ClusterServer(socketio.Server):
         self.set_limits(limits or Limits())
         # one dict: the transport counts its slow consumers in it too
         self.counters.update(self.eio.counters)
+        self.packet_hold = PacketHold(lambda kind, item: locate(self, kind, item),
+                                      self.counters)
         self.eio.counters = self.counters
         self._listen_to_membership(self.manager)
 
@@ -181,9 +182,8 @@ class ClusterServer(socketio.Server):
         if pkt.packet_type in (sio_packet.CONNECT, sio_packet.CONNECT_ERROR):
             if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
                 self._add_resume_id(eio_sid, pkt.data)
-        elif self.packet_hold.holding(eio_sid):
-            self.packet_hold.hold(eio_sid, "pkt", pkt)
-            return
+        elif self.packet_hold.holding(eio_sid) and self.packet_hold.hold(eio_sid, "pkt", pkt):
+            return  # held during a recovery, or already replayed
         self._deliver_packet(eio_sid, pkt)
 
     def _deliver_packet(self, eio_sid: str, pkt: Any) -> None:
@@ -196,9 +196,8 @@ class ClusterServer(socketio.Server):
             sink(part)
 
     def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
-        if self.packet_hold.holding(eio_sid):
-            self.packet_hold.hold(eio_sid, "eio", eio_pkt)
-            return
+        if self.packet_hold.holding(eio_sid) and self.packet_hold.hold(eio_sid, "eio", eio_pkt):
+            return  # held during a recovery, or already replayed
         self._deliver_eio_packet(eio_sid, eio_pkt)
 
     def _deliver_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
@@ -514,4 +513,5 @@ class ClusterServer(socketio.Server):
         if self.rate_limiter is not None:
             self.rate_limiter.forget(eio_sid)
         self.deadlines.closed(eio_sid)
+        self.packet_hold.forget(eio_sid)
         super()._handle_eio_disconnect(eio_sid, reason)

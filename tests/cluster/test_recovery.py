@@ -179,3 +179,25 @@ def test_an_emit_made_during_a_redis_outage_is_replayed_to_a_recovering_client(
     assert welcome["recovered"] is True
     assert listener.client.recovered is True and listener.client.get_sid() == old_sid
     assert wait_for_texts(received, 2) == ["before", "during the outage"]
+
+
+def test_after_a_replay_live_packets_it_already_sent_are_dropped() -> None:
+    from cluster.recovery import PacketHold
+
+    # a packet is (offset, namespace) here: what locate() reads off a real one
+    counters: dict[str, int] = {}
+    hold = PacketHold(lambda kind, item: item, counters)
+    hold.start("e1")
+    assert hold.holding("e1") and hold.hold("e1", "pkt", ("5-0", "/"))
+    assert hold.release("e1", floor=("/", "7-0")) == [("pkt", ("5-0", "/"))]
+    # the listener lags the stream: 6-0 and 7-0 were replayed already
+    assert hold.hold("e1", "eio", ("6-0", "/")) is True
+    assert hold.hold("e1", "eio", ("7-0", "/")) is True
+    assert hold.hold("e1", "eio", (None, "/")) is False  # not logged: delivered
+    assert hold.hold("e1", "eio", ("6-5", "/chat")) is False  # another namespace
+    assert counters["recovery_duplicates_dropped"] == 2
+    assert hold.hold("e1", "eio", ("8-0", "/")) is False  # past the replay
+    assert not hold.holding("e1")  # the floor is done: the hot path is free again
+    hold.release("e2", floor=("/", "7-0"))
+    hold.forget("e2")
+    assert not hold.holding("e2")
