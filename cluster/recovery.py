@@ -136,11 +136,11 @@ class PacketHold:
         if held.packets is not None:
             held.packets.append((kind, item))
             return True
-        offset, namespace = self._locate(kind, item)
         floor = held.floor
         if floor is None or time.monotonic() > held.until:
             self._held.pop(eio_sid, None)
             return False
+        offset, namespace = self._locate(kind, item)
         if offset is None or namespace != floor[0]:
             return False  # not logged, or another namespace: the floor stays
         if newer(offset, floor[1]):

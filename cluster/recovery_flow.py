@@ -128,15 +128,12 @@ class RecoveryFlow:
         most ``REPLAY_STALL`` seconds in all, after which the backlog limit
         judges the client like any other."""
         server = self.server
-        unread = getattr(server.eio, "unread_bytes", None)
-        high_water = min(REPLAY_HIGH_WATER, getattr(server.eio, "max_backlog", 1 << 20) // 4)
+        high_water = min(REPLAY_HIGH_WATER, server.eio.max_backlog // 4)
         stall_until: float | None = None
         for entry_offset, message in packets:
             server._deliver_packet(eio_sid, replay_packet(server, message, entry_offset,
                                                           namespace))
-            if unread is None:
-                continue
-            while unread(eio_sid) > high_water:
+            while server.eio.unread_bytes(eio_sid) > high_water:
                 now = time.monotonic()
                 stall_until = stall_until or now + REPLAY_STALL
                 if now >= stall_until:

@@ -42,6 +42,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
+from .bus.redis_manager import close_quietly
 from .exceptions import ConfigurationError, LeaseLost
 
 if TYPE_CHECKING:
@@ -352,11 +353,7 @@ class SingletonTask:
 
     def _drop_client(self) -> None:
         client, self._redis = self._redis, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # already broken: nothing to release
-                pass
+        close_quietly(client)
 
     def _draining(self) -> bool:
         return bool(getattr(self.socketio.node_state, "draining", False))

@@ -84,6 +84,15 @@ def _credentials(parsed: Any) -> dict[str, str]:
     return out
 
 
+def close_quietly(client: Any) -> None:
+    """Close a redis-py client that may be broken already (``None``: nothing)."""
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # already broken: nothing to release
+            pass
+
+
 class RedisManager(ClusterManager):
     """Cluster bus over Redis pub/sub (see the module doc for URLs).
 
@@ -191,11 +200,7 @@ class RedisManager(ClusterManager):
 
     def _close_reader(self) -> None:
         reader, self._reader = self._reader, None
-        if reader is not None:
-            try:
-                reader.close()
-            except Exception:  # already broken: nothing to release
-                pass
+        close_quietly(reader)
 
     def _read_recovery_log(self, read: Any, *args: Any, default: Any) -> Any:
         """Run one read of the recovery log on the reader client (never
@@ -344,11 +349,7 @@ class RedisManager(ClusterManager):
 
     def _close_publisher(self) -> None:
         client, self._pub = self._pub, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # already broken: nothing to release
-                pass
+        close_quietly(client)
 
     def _publisher(self) -> redis.Redis:
         if self._pub is None or self._stale(self._pub):
