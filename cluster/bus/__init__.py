@@ -34,6 +34,7 @@ from .codec import Codec, check_signing
 from .errors import (BusAccessDenied, BusConfigurationError, BusError, BusPublishError,
                      BusMessageTooLarge, BusSerializationError, ClusterRequestError,
                      ClusterRequestTimeout, UnsignedBusError)
+from .features import BusFeatures, RecoveryReader, bus_features
 from .kombu_manager import KombuManager
 from .manager import ClusterManager
 from .membership import LocalManager, MembershipEvents
@@ -48,6 +49,7 @@ __all__ = [
     "COUNTERS", "GAUGES", "BusError", "BusConfigurationError",
     "BusSerializationError", "BusMessageTooLarge", "BusPublishError", "ClusterRequestError",
     "ClusterRequestTimeout", "UnsignedBusError", "BusAccessDenied", "check_signing",
+    "bus_features", "BusFeatures", "RecoveryReader",
 ]
 
 

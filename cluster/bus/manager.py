@@ -364,6 +364,20 @@ class ClusterManager(ReceivingMixin, MembershipEvents, PubSubManager):
             self._publish(message, body=body)
 
     @property
+    def features(self) -> Any:
+        """What the node asks of its manager (see :mod:`.features`)."""
+        return self
+
+    @property
+    def recovery(self) -> Any:
+        """Reads of the recovery stream, or None when emits are not logged."""
+        return None
+
+    def new_redis_client(self) -> Any:
+        """A new client of the bus's Redis (None for other backends)."""
+        return None
+
+    @property
     def signed(self) -> bool:
         """Whether messages are signed (and unsigned ones dropped)."""
         return self._codec.signed

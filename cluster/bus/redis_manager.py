@@ -215,6 +215,13 @@ class RedisManager(ClusterManager):
             self._close_reader()  # reconnect (and rediscover) next time
             return default
 
+    @property
+    def recovery(self) -> Any:
+        return _RecoveryReads(self) if self.logs_recovery else None
+
+    def new_redis_client(self) -> redis.Redis:
+        return self.new_client()
+
     def recovery_last_offset(self) -> str | None:
         """The newest offset in the recovery stream (None if unavailable)."""
         log = self.recovery_log
@@ -453,3 +460,13 @@ class RedisManager(ClusterManager):
                         pubsub.close()
                     except Exception:  # broken connection: nothing to close
                         pass
+
+
+class _RecoveryReads:
+    def __init__(self, manager: RedisManager) -> None:
+        self.last_offset = manager.recovery_last_offset
+        self.restart_point = manager.recovery_restart_point
+        self.readable = manager.recovery_readable
+        self.contains = manager.recovery_contains
+        self.page = manager.recovery_page
+        self.after = manager.recovery_after

@@ -1,0 +1,87 @@
+"""What the node asks of its client manager, whichever manager it is.
+
+A node runs with one of three kinds of python-socketio client manager: a
+cluster bus (:class:`~.manager.ClusterManager`), the single-node
+:class:`~.membership.LocalManager`, or one a user passed in
+(``client_manager=``, a stock python-socketio manager). The node's parts
+(readiness, metrics, recovery, cluster queries, presence, shutdown) ask
+their questions here, through :func:`bus_features`, instead of probing the
+manager for attributes: one place knows what each kind can answer, and a
+manager without a bus answers as a single node would.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .presence import Presence
+    from .view import ClusterView
+
+
+class RecoveryReader(Protocol):
+    """Reads of the shared recovery stream (see :mod:`cluster.recovery`).
+
+    Every read returns its documented default when the stream cannot be
+    read (Redis down), and logs why.
+    """
+
+    def last_offset(self) -> str | None: ...
+    def restart_point(self) -> str | None: ...
+    def readable(self, offset: str) -> bool: ...
+    def contains(self, offset: str) -> bool: ...
+    def page(self, offset: str, count: int) -> list[tuple[str, dict[str, Any] | None, int]] | None: ...
+    def after(self, offset: str) -> list[tuple[str, dict[str, Any]]] | None: ...
+
+
+class BusFeatures(Protocol):
+    """The node-facing surface of a client manager."""
+
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def knows_peers(self) -> bool: ...
+    @property
+    def logs_recovery(self) -> bool: ...
+    @property
+    def cluster(self) -> ClusterView | None: ...
+    @property
+    def presence(self) -> Presence | None: ...
+    @property
+    def recovery(self) -> RecoveryReader | None: ...
+    def stats(self) -> dict[str, int | float]: ...
+    def new_redis_client(self) -> Any: ...
+    def close(self, timeout: float = 2.0) -> None: ...
+
+
+class SingleNode:
+    """The answers of a manager without a bus: always ready, alone, no
+    stream, no cluster queries or presence, nothing to close."""
+
+    ready = True
+    knows_peers = True
+    logs_recovery = False
+    cluster = None
+    presence = None
+    recovery = None
+
+    def stats(self) -> dict[str, int | float]:
+        return {}
+
+    def new_redis_client(self) -> Any:
+        return None
+
+    def close(self, timeout: float = 2.0) -> None:
+        pass
+
+
+_SINGLE_NODE = SingleNode()
+
+
+def bus_features(manager: Any) -> BusFeatures:
+    """The features of ``manager``: the manager itself when it is a cluster
+    bus, else the single-node answers."""
+    from .manager import ClusterManager  # the bus package imports this module
+
+    if isinstance(manager, ClusterManager):
+        return manager.features
+    return _SINGLE_NODE
