@@ -37,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from cluster.processes import NodeProcess
+from cluster.devtools.processes import NodeProcess
 
 from ._common import (
     OP_CLOSE,

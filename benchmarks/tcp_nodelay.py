@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from cluster.processes import NodeProcess, stop_all
+from cluster.devtools.processes import NodeProcess, stop_all
 
 from ._common import (
     BenchmarkError,

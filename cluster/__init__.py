@@ -35,27 +35,27 @@ _LOCATIONS = {
     "Client": "cluster.client",
 
     "ConnectionRefusedError": "cluster.exceptions",
-    "Namespace": "cluster.namespace",
-    "SocketIO": "cluster.extension",
-    "SocketIOTestClient": "cluster.testing",
-    "call": "cluster.context_functions",
-    "close_room": "cluster.context_functions",
-    "disconnect": "cluster.context_functions",
-    "emit": "cluster.context_functions",
-    "join_room": "cluster.context_functions",
-    "leave_room": "cluster.context_functions",
-    "rooms": "cluster.context_functions",
-    "send": "cluster.context_functions",
+    "Namespace": "cluster.flask_integration.namespace",
+    "SocketIO": "cluster.flask_integration.extension",
+    "SocketIOTestClient": "cluster.flask_integration.testing",
+    "call": "cluster.flask_integration.context_functions",
+    "close_room": "cluster.flask_integration.context_functions",
+    "disconnect": "cluster.flask_integration.context_functions",
+    "emit": "cluster.flask_integration.context_functions",
+    "join_room": "cluster.flask_integration.context_functions",
+    "leave_room": "cluster.flask_integration.context_functions",
+    "rooms": "cluster.flask_integration.context_functions",
+    "send": "cluster.flask_integration.context_functions",
 }
 
 if TYPE_CHECKING:
-    from .client import Client
+    from cluster.client import Client
 
-    from .context_functions import call, close_room, disconnect, emit, join_room, leave_room, rooms, send
-    from .exceptions import ConnectionRefusedError
-    from .extension import SocketIO
-    from .namespace import Namespace
-    from .testing import SocketIOTestClient
+    from cluster.flask_integration.context_functions import call, close_room, disconnect, emit, join_room, leave_room, rooms, send
+    from cluster.exceptions import ConnectionRefusedError
+    from cluster.flask_integration.extension import SocketIO
+    from cluster.flask_integration.namespace import Namespace
+    from cluster.flask_integration.testing import SocketIOTestClient
 
 def __getattr__(name: str) -> Any:
     module_name = _LOCATIONS.get(name)

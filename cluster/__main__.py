@@ -1,5 +1,5 @@
-"""``python -m cluster``: see :mod:`cluster.cli`."""
+"""``python -m cluster``: see :mod:`cluster.runner.cli`."""
 
-from cluster.cli import main
+from cluster.runner.cli import main
 
 raise SystemExit(main())

@@ -15,8 +15,8 @@ from typing import Any
 import socketio
 from socketio import packet as sio_packet
 
-from .bus.recovery_log import OFFSET_RE
-from .recovery import newer
+from cluster.recovery.stream import OFFSET_RE
+from cluster.recovery.replay import newer
 
 __all__ = ["Client"]
 

@@ -115,5 +115,5 @@ def pending_binary_packets(server: Any) -> dict[str, Any]:
     """python-socketio's binary packets waiting for their attachments, by
     connection (``Server._binary_packet``): the node decodes client packets
     itself to tell malformed ones from application errors
-    (:mod:`cluster.packet_dispatch`)."""
+    (:mod:`cluster.node.packet_dispatch`)."""
     return server._binary_packet

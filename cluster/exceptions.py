@@ -7,7 +7,7 @@ The tree::
     ├── AppLoadError            ``--app MODULE:ATTR`` could not be resolved
     ├── NotInHandlerError       a context function was called outside a handler
     ├── LeaseLost               a singleton task's node no longer holds its lease
-    └── LimitExceeded           a per-connection limit of cluster.limits
+    └── LimitExceeded           a per-connection limit of cluster.node.limits
         └── RoomLimitExceeded   join_room past max_rooms_per_connection
 
 ``ConnectionRefusedError`` is python-socketio's own class, re-exported so that

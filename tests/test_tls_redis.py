@@ -16,7 +16,7 @@ import pytest
 from cluster import Client
 from cluster.bus import BusAccessDenied
 from cluster.bus.redis_access import check_access
-from cluster.processes import free_port
+from cluster.devtools.processes import free_port
 from session_store import RedisSessionStore, SessionStoreAccessDenied
 from session_store.resume import stored_form
 from tests.bus.conftest import BUS_APP, wait_nodes

@@ -20,15 +20,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cluster.bus.codec import Codec, Dropped
-from cluster.bus.recovery_log import split_published
-from cluster.packets import ClusterPacket
-from cluster.websocket_reader import WebSocketReader, unmask
+from cluster.recovery.stream import split_published
+from cluster.node.packets import ClusterPacket
+from cluster.node.websocket_reader import WebSocketReader, unmask
 from session_store.codec import decode_value
 from session_store.exceptions import SessionDataError
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
-#: what the server catches around packet decoding (cluster/server.py)
+#: what the server catches around packet decoding (cluster/node/server.py)
 PACKET_ERRORS = (ValueError, TypeError, KeyError, IndexError, RecursionError)
 cases: Counter[str] = Counter()
 

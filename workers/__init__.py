@@ -6,7 +6,7 @@
 - :class:`WorkerSettings` -- the nodes' environment variables, read once.
 - :mod:`workers.celery_app` -- the Celery application
   (``celery -A workers.celery_app worker``), with example tasks in
-  :mod:`workers.tasks`; :mod:`workers.cli` -- ``python -m cluster worker``.
+  :mod:`workers.tasks`; :mod:`workers.cli` -- ``python -m workers worker``.
 
 Importing this package does not import Celery: a plain script only pays for
 the emitter.

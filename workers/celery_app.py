@@ -4,7 +4,7 @@ Start a worker next to the socket nodes, with the same environment
 (:mod:`workers.settings`)::
 
     celery -A workers.celery_app worker --loglevel INFO
-    python -m cluster worker            # the same, via the cluster CLI
+    python -m workers worker            # the same, with the cluster's flags
 
 The default prefork pool needs no eventlet: tasks reach clients through a
 write-only :class:`~workers.Emitter` (:func:`get_emitter`), not through a

@@ -1,12 +1,9 @@
-"""``python -m cluster worker``: start a Celery worker for the cluster.
+"""``python -m workers worker``: start a Celery worker for the cluster.
 
-The lead's ``cluster/cli.py`` wires it in with::
-
-    from workers.cli import add_worker_parser, run_worker
-    add_worker_parser(commands)        # the sub-parsers object
-    ...
-    if args.command == "worker":
-        return run_worker(args)
+Also the ``socketio-cluster-worker worker`` console script (:func:`main`).
+The command lives here, beside the Celery application it runs, so that
+:mod:`cluster` never imports :mod:`workers`; another command line can still
+mount it with :func:`add_worker_parser` and :func:`run_worker`.
 
 It runs exactly ``celery -A workers.celery_app worker --loglevel LEVEL
 [--pool P] [--concurrency N] [-Q QUEUE] [CELERY ARGS...]`` in this process,
@@ -18,9 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["WORKER_DESCRIPTION", "add_worker_parser", "celery_argv", "main", "run_worker"]
+__all__ = [
+    "WORKER_DESCRIPTION",
+    "add_worker_parser",
+    "build_parser",
+    "celery_argv",
+    "main",
+    "run_worker",
+]
 
 WORKER_DESCRIPTION = """\
 Start a Celery worker running workers.celery_app: the same as
@@ -31,7 +36,7 @@ CLUSTER_SIGNING_SECRET, and CELERY_BROKER_URL (default: the message queue
 URL). The default prefork pool needs no eventlet.
 
 Arguments after `--` go to `celery worker` unchanged, e.g.
-`python -m cluster worker -- --max-tasks-per-child 100`.
+`python -m workers worker -- --max-tasks-per-child 100`.
 """
 
 #: flag name -> environment variable read by workers.settings
@@ -125,10 +130,10 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def _tag_log_lines(log_format: str) -> None:
-    """Format Celery's log handlers with :mod:`cluster.log_format` once it made them."""
+    """Format Celery's log handlers with :mod:`cluster.runner.log_format` once it made them."""
     from celery import signals
 
-    from cluster.log_format import install
+    from cluster.runner.log_format import install
 
     def setup(logger: Any = None, **_: Any) -> None:
         node = os.environ.get("NODE_NAME") or f"worker@{os.uname().nodename}"
@@ -140,12 +145,21 @@ def _tag_log_lines(log_format: str) -> None:
     signals.after_setup_task_logger.connect(setup, weak=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m workers.cli worker ...``: the command without the
-    cluster CLI around it."""
-    parser = argparse.ArgumentParser(prog="python -m workers.cli")
-    add_worker_parser(parser.add_subparsers(dest="command", required=True))
-    return run_worker(parser.parse_args(argv))
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m workers``: one command, ``worker``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m workers",
+        description="Celery workers that emit to the Socket.IO cluster's clients.")
+    add_worker_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m workers`` and ``socketio-cluster-worker``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "worker":
+        return run_worker(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ def measure_celery(procs: Procs, redis_url: str, clients: int, count: int,
     broker = redis_url.rsplit("/", 1)[0] + "/1"  # the task queue apart from the bus
     env = child_env({"MESSAGE_QUEUE_URL": redis_url, "CELERY_BROKER_URL": broker})
     # the worker boots while the nodes do
-    worker = procs.spawn("celery", [sys.executable, "-m", "cluster", "worker", "-c", "1",
+    worker = procs.spawn("celery", [sys.executable, "-m", "workers", "worker", "-c", "1",
                                     "--log-level", "INFO"], cwd=str(ROOT), env=env)
     nodes: list[Proc] = []
     loadgen = None
@@ -246,7 +246,7 @@ def haproxy_states(stats_port: int) -> dict[str, str]:
 
 def start_haproxy(procs: Procs, nodes: list[Proc]) -> tuple[Proc, int]:
     # the project's own renderer: cookie stickiness, /readyz checks every 500 ms, redispatch
-    from cluster.haproxy_config import Backend, render_haproxy_config
+    from cluster.devtools.haproxy_config import Backend, render_haproxy_config
 
     port, stats = free_port(), free_port()
     backends = [Backend(f"n{i + 1}", HOST, n.port or 0) for i, n in enumerate(nodes)]

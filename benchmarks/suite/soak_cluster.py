@@ -3,7 +3,7 @@
 :class:`SoakCluster` starts a private ``redis-server`` (free port, no
 persistence), N nodes of this project running the chat app with connection
 state recovery on, and HAProxy rendered by the project's own
-:mod:`cluster.haproxy_config` (cookie stickiness, ``/readyz`` checks every
+:mod:`cluster.devtools.haproxy_config` (cookie stickiness, ``/readyz`` checks every
 500 ms, redispatch). It then restarts them on demand, each on the port it
 had (HAProxy's configuration names the ports): a rolling restart of the
 nodes (SIGTERM, the node drains, started again, ready, UP in HAProxy, next)
@@ -96,7 +96,7 @@ class SoakCluster:
 
     def _start_haproxy(self) -> None:
         # the project's own renderer, as a deployment would use it
-        from cluster.haproxy_config import Backend, render_haproxy_config
+        from cluster.devtools.haproxy_config import Backend, render_haproxy_config
 
         self.lb_port, self.stats_port = free_port(), free_port()
         backends = [Backend(s.name, HOST, s.port) for s in self.slots]

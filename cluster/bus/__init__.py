@@ -29,19 +29,20 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
-from .acks import TimedAck, with_timeout
-from .codec import Codec, check_signing
-from .errors import (BusAccessDenied, BusConfigurationError, BusError, BusPublishError,
+from cluster.bus.acks import TimedAck, with_timeout
+from cluster.bus.codec import Codec, check_signing
+from cluster.bus.errors import (BusAccessDenied, BusConfigurationError, BusError, BusPublishError,
                      BusMessageTooLarge, BusSerializationError, ClusterRequestError,
                      ClusterRequestTimeout, UnsignedBusError)
-from .features import BusFeatures, RecoveryReader, bus_features
-from .kombu_manager import KombuManager
-from .manager import ClusterManager
-from .membership import LocalManager, MembershipEvents
-from .presence import Presence
-from .redis_manager import SCHEMES as REDIS_SCHEMES, RedisManager
-from .stats import COUNTERS, GAUGES
-from .view import ClusterView
+from cluster.bus.defaults import DEFAULT_CHANNEL
+from cluster.bus.features import BusFeatures, RecoveryReader, bus_features
+from cluster.bus.kombu_manager import KombuManager
+from cluster.bus.manager import ClusterManager
+from cluster.bus.membership import LocalManager, MembershipEvents
+from cluster.bus.presence import Presence
+from cluster.bus.redis_manager import SCHEMES as REDIS_SCHEMES, RedisManager
+from cluster.bus.stats import COUNTERS, GAUGES
+from cluster.bus.view import ClusterView
 
 __all__ = [
     "create_manager", "ClusterManager", "LocalManager", "MembershipEvents", "RedisManager", "KombuManager",
@@ -49,11 +50,11 @@ __all__ = [
     "COUNTERS", "GAUGES", "BusError", "BusConfigurationError",
     "BusSerializationError", "BusMessageTooLarge", "BusPublishError", "ClusterRequestError",
     "ClusterRequestTimeout", "UnsignedBusError", "BusAccessDenied", "check_signing",
-    "bus_features", "BusFeatures", "RecoveryReader",
+    "bus_features", "BusFeatures", "RecoveryReader", "DEFAULT_CHANNEL",
 ]
 
 
-def create_manager(url: str, *, channel: str = "flask-socketio",
+def create_manager(url: str, *, channel: str = DEFAULT_CHANNEL,
                    write_only: bool = False,
                    signing_secret: str | bytes | None = None,
                    options: dict[str, Any] | None = None, logger: Any = None,

@@ -66,7 +66,7 @@ import threading
 import time
 from typing import Any
 
-from .errors import (BusConfigurationError, BusMessageTooLarge, BusSerializationError,
+from cluster.bus.errors import (BusConfigurationError, BusMessageTooLarge, BusSerializationError,
                      UnsignedBusError)
 
 #: methods python-socketio's PubSubManager understands

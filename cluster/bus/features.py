@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .presence import Presence
-    from .view import ClusterView
+    from cluster.bus.presence import Presence
+    from cluster.bus.view import ClusterView
 
 
 class RecoveryReader(Protocol):
-    """Reads of the shared recovery stream (see :mod:`cluster.recovery`).
+    """Reads of the shared recovery stream (see :mod:`cluster.recovery.replay`).
 
     Every read returns its documented default when the stream cannot be
     read (Redis down), and logs why.
@@ -80,7 +80,7 @@ _SINGLE_NODE = SingleNode()
 def bus_features(manager: Any) -> BusFeatures:
     """The features of ``manager``: the manager itself when it is a cluster
     bus, else the single-node answers."""
-    from .manager import ClusterManager  # the bus package imports this module
+    from cluster.bus.manager import ClusterManager  # the bus package imports this module
 
     if isinstance(manager, ClusterManager):
         return manager.features

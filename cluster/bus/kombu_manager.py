@@ -12,9 +12,9 @@ import collections
 from typing import Any
 from collections.abc import Iterator
 
-from .errors import BusConfigurationError
-from .manager import ClusterManager, split_settings
-from .runtime import Backoff
+from cluster.bus.errors import BusConfigurationError
+from cluster.bus.manager import ClusterManager, split_settings
+from cluster.bus.runtime import Backoff
 
 try:
     import kombu

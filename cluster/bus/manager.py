@@ -22,18 +22,18 @@ from collections.abc import Iterator
 from socketio import PubSubManager
 from socketio.packet import Packet
 
-from .acks import AckDeadlines
-from .codec import DEFAULT_MAX_MESSAGE_BYTES, Codec
-from .errors import BusConfigurationError, BusPublishError
-from .membership import MembershipEvents
-from .nodes import NodeRegistry
-from .ordered_delivery import OrderedDelivery
-from .outbox import DEFAULT_MAX_BYTES as DEFAULT_BUFFER_BYTES, Outbox
-from .presence import Presence
-from .receiving import ReceivingMixin
-from .runtime import Runtime
-from .stats import BusStats
-from .view import ClusterView
+from cluster.bus.acks import AckDeadlines
+from cluster.bus.codec import DEFAULT_MAX_MESSAGE_BYTES, Codec
+from cluster.bus.errors import BusConfigurationError, BusPublishError
+from cluster.bus.membership import MembershipEvents
+from cluster.bus.nodes import NodeRegistry
+from cluster.bus.ordered_delivery import OrderedDelivery
+from cluster.bus.outbox import DEFAULT_MAX_BYTES as DEFAULT_BUFFER_BYTES, Outbox
+from cluster.bus.presence import Presence
+from cluster.bus.receiving import ReceivingMixin
+from cluster.bus.runtime import Runtime
+from cluster.bus.stats import BusStats
+from cluster.bus.view import ClusterView
 
 log = logging.getLogger("cluster.bus")
 

@@ -31,7 +31,7 @@ import itertools
 import threading
 from typing import Any
 
-from .runtime import Runtime
+from cluster.bus.runtime import Runtime
 
 #: abandoned ids kept before those that can no longer come back are pruned
 PRUNE_AT = 1024

@@ -35,9 +35,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .codec import encoded_size
-from .runtime import Backoff, Runtime
-from .stats import BusStats
+from cluster.bus.codec import encoded_size
+from cluster.bus.runtime import Backoff, Runtime
+from cluster.bus.stats import BusStats
 
 #: default ``max_bytes``: the outage buffer's share of a node's memory
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from collections.abc import Callable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .manager import ClusterManager
+    from cluster.bus.manager import ClusterManager
 
 PresenceCallback = Callable[[str, Any, str], Any]
 

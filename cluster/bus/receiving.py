@@ -14,16 +14,16 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .recovery_log import split_published
-from .codec import CLUSTER_METHODS, Codec, Dropped
-from .runtime import Backoff, Runtime
+from cluster.recovery.stream import split_published
+from cluster.bus.codec import CLUSTER_METHODS, Codec, Dropped
+from cluster.bus.runtime import Backoff, Runtime
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .nodes import NodeRegistry
-    from .outbox import Outbox
-    from .presence import Presence
-    from .stats import BusStats
-    from .view import ClusterView
+    from cluster.bus.nodes import NodeRegistry
+    from cluster.bus.outbox import Outbox
+    from cluster.bus.presence import Presence
+    from cluster.bus.stats import BusStats
+    from cluster.bus.view import ClusterView
 
 
 class ReceivingMixin:

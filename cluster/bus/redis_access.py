@@ -17,7 +17,7 @@ import redis
 
 from session_store.redis_errors import access_problem
 
-from .errors import BusAccessDenied
+from cluster.bus.errors import BusAccessDenied
 
 __all__ = ["access_problem", "check_access"]
 

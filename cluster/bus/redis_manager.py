@@ -42,10 +42,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .recovery_log import RecoveryLog
-from .errors import BusConfigurationError
-from .manager import ClusterManager, split_settings
-from .runtime import Backoff
+from cluster.recovery.stream import RecoveryLog
+from cluster.bus.codec import Dropped
+from cluster.bus.errors import BusConfigurationError
+from cluster.bus.manager import ClusterManager, split_settings
+from cluster.bus.runtime import Backoff
 
 #: bus messages handled back to back before the listener yields
 LISTEN_BURST = 64
@@ -142,7 +143,7 @@ class RedisManager(ClusterManager):
         self._master: tuple[str, int] | None = None
         self.recovery_log: RecoveryLog | None = None
         if self.recovery_window:
-            self.recovery_log = RecoveryLog(channel, self._codec, self.recovery_window,
+            self.recovery_log = RecoveryLog(channel, self._open_archived, self.recovery_window,
                                             self.recovery_max_entries, sharded=self.sharded)
 
     # -- connection state recovery -------------------------------------------
@@ -214,6 +215,12 @@ class RedisManager(ClusterManager):
             self._get_logger().warning("recovery log unreadable (%s)", exc)
             self._close_reader()  # reconnect (and rediscover) next time
             return default
+
+    def _open_archived(self, payload: bytes) -> dict[str, Any] | None:
+        try:
+            return self._codec.open_archived(payload)[0]
+        except Dropped:
+            return None
 
     @property
     def recovery(self) -> Any:

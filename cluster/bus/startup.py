@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .codec import check_signing
-from .manager import ClusterManager
-from .redis_access import check_access
-from .redis_manager import RedisManager
+from cluster.bus.codec import check_signing
+from cluster.bus.manager import ClusterManager
+from cluster.bus.redis_access import check_access
+from cluster.bus.redis_manager import RedisManager
 
 __all__ = ["check_bus"]
 

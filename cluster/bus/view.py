@@ -18,11 +18,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Iterable
 
-from .errors import (BusSerializationError, ClusterRequestError,
+from cluster.bus.errors import (BusSerializationError, ClusterRequestError,
                      ClusterRequestTimeout)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .manager import ClusterManager
+    from cluster.bus.manager import ClusterManager
 
 
 def _retrying(read: Callable[[], Any]) -> Any:

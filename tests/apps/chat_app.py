@@ -22,7 +22,7 @@ NODE_NAME = os.environ.get("NODE_NAME", "node")
 
 app = Flask(__name__)
 app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "test-secret-key")
-# RECOVERY_WINDOW turns connection state recovery on (tests of cluster.recovery)
+# RECOVERY_WINDOW turns connection state recovery on (tests of cluster.recovery.replay)
 _recovery_window = os.environ.get("RECOVERY_WINDOW")
 socketio = SocketIO(app, connection_state_recovery=(
     {"max_disconnection_duration": float(_recovery_window)} if _recovery_window else None))

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask, request
 
 from cluster import SocketIO, call, emit
-from cluster.singleton_tasks import current_lease
+from cluster.flask_integration.singleton_tasks import current_lease
 
 NODE_NAME = os.environ.get("NODE_NAME", "node")
 

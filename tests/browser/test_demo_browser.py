@@ -1,6 +1,6 @@
 """The demo as a newcomer meets it: two users in a real headless Chromium.
 
-One :class:`~cluster.local_cluster.LocalCluster` (what ``./dev up`` runs):
+One :class:`~cluster.devtools.local_cluster.LocalCluster` (what ``./dev up`` runs):
 redis-server, 2 nodes serving ``demo.app``, a real Celery worker, HAProxy.
 Two browsers with separate profiles log in, their sockets on different
 nodes; they see each other online and chat across nodes; one runs a Celery
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from cluster.local_cluster import LocalCluster, free_port
+from cluster.devtools.local_cluster import LocalCluster, free_port
 from demo.client import CLIENT_JS
 from tests.browser.conftest import ROOT
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import socketio
 
-from cluster.processes import RedisServerProcess, find_executable, free_port
+from cluster.devtools.processes import RedisServerProcess, find_executable, free_port
 
 BUS_APP = "tests.apps.bus_app:socketio"
 

@@ -6,8 +6,17 @@ import json
 
 import redis
 
-from cluster.bus.codec import Codec
-from cluster.bus.recovery_log import RecoveryLog, split_published
+from cluster.bus.codec import Codec, Dropped
+from cluster.recovery.stream import RecoveryLog, split_published
+
+
+def opener(codec: Codec):
+    def open_entry(payload: bytes):
+        try:
+            return codec.open_archived(payload)[0]
+        except Dropped:
+            return None
+    return open_entry
 
 SECRET = "s" * 32
 
@@ -20,7 +29,7 @@ def _message(n: int) -> str:
 def test_append_publishes_and_reads_back_in_order(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     codec = Codec(SECRET)
-    log = RecoveryLog("chan", codec, window=60)
+    log = RecoveryLog("chan", opener(codec), window=60)
     pubsub = client.pubsub()
     pubsub.subscribe("chan")
     pubsub.get_message(timeout=1)
@@ -44,7 +53,7 @@ def test_append_publishes_and_reads_back_in_order(redis_url: str) -> None:
 def test_untrustworthy_offsets_are_refused(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     codec = Codec()
-    log = RecoveryLog("chan2", codec, window=60, max_entries=10)
+    log = RecoveryLog("chan2", opener(codec), window=60, max_entries=10)
     offsets = [log.append(client, codec.seal(_message(n), "h")) for n in range(3)]
     assert log.after(client, "not-an-offset") is None
     assert log.after(client, "1-0") is None  # older than anything kept
@@ -54,7 +63,7 @@ def test_untrustworthy_offsets_are_refused(redis_url: str) -> None:
 def test_entries_failing_the_signature_are_skipped(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     codec = Codec(SECRET)
-    log = RecoveryLog("chan3", codec, window=60)
+    log = RecoveryLog("chan3", opener(codec), window=60)
     first = log.append(client, codec.seal(_message(1), "h"))
     forged = Codec("x" * 32).seal(_message(666), "h")
     client.xadd(log.key, {"p": forged})
@@ -72,7 +81,7 @@ def test_messages_without_an_offset_pass_through_untouched() -> None:
 
 def test_readable_checks_only_the_oldest_entry(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    log = RecoveryLog("chan4", Codec(), window=60)
+    log = RecoveryLog("chan4", opener(Codec()), window=60)
     first = log.append(client, Codec().seal(_message(1), "h"))
     assert log.readable(client, first) and log.readable(client, "0-0")
     assert not log.readable(client, "1-0") and not log.readable(client, None)

@@ -14,7 +14,7 @@ import socketio
 
 from cluster.bus import create_manager
 from cluster.bus.errors import BusMessageTooLarge
-from cluster.processes import RedisServerProcess, port_accepts
+from cluster.devtools.processes import RedisServerProcess, port_accepts
 from tests.bus.conftest import wait_nodes
 from tests.bus.loopback import wait_for
 from tests.harness.fixtures import BUS_SIGNING_SECRET

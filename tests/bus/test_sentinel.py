@@ -12,7 +12,7 @@ import pytest
 import socketio
 
 from cluster.bus import create_manager
-from cluster.processes import RedisServerProcess, free_port
+from cluster.devtools.processes import RedisServerProcess, free_port
 from tests.bus.loopback import wait_for
 
 

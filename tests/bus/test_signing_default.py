@@ -6,7 +6,7 @@ import subprocess
 import sys
 from typing import Any
 
-from cluster.processes import free_port
+from cluster.devtools.processes import free_port
 from tests.bus.conftest import BUS_APP
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -17,7 +17,7 @@ import pytest
 import requests
 import socketio
 
-from cluster.local_cluster import NodeProcess
+from cluster.devtools.local_cluster import NodeProcess
 from tests.compat import sources
 
 ROOT = Path(__file__).resolve().parents[2]

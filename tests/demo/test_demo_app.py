@@ -19,7 +19,7 @@ import requests
 import socketio
 from flask import Flask
 
-from cluster.local_cluster import LocalCluster, ProcessStartError, free_port
+from cluster.devtools.local_cluster import LocalCluster, ProcessStartError, free_port
 from demo.client import CLIENT_ROUTE, add_client_route
 
 DEMO = Path(__file__).resolve().parents[2] / "demo" / "app.py"

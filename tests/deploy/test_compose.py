@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from cluster import Client
-from cluster.haproxy_config import Backend, render_haproxy_config
-from cluster.processes import free_port
+from cluster.devtools.haproxy_config import Backend, render_haproxy_config
+from cluster.devtools.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 15
@@ -52,6 +52,15 @@ def test_haproxy_config_of_the_compose_file_is_the_rendered_one() -> None:
         [Backend("node1", "node1", 5000), Backend("node2", "node2", 5000)], 8000,
         bind_host="0.0.0.0")
     assert (ROOT / "deploy" / "haproxy.cfg").read_text() == rendered
+
+
+def test_the_worker_runs_the_workers_command() -> None:
+    """The worker service runs ``python -m workers worker``: the cluster package never
+    imports workers, so the worker's command line is its own."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["services"]["worker"]["command"][:4] == ["python", "-m", "workers", "worker"]
 
 
 #: what a deployment sets (the compose file refuses to run without them)

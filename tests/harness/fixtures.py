@@ -15,7 +15,7 @@ fixture                   scope      gives
                                      **kwargs)`` -> a client, shut down at teardown
 ========================  =========  ==============================================
 
-Everything is started by :mod:`cluster.local_cluster` and stopped by PID at
+Everything is started by :mod:`cluster.devtools.local_cluster` and stopped by PID at
 teardown. When a test fails, the last lines of the log of every process it
 used (nodes, HAProxy, Redis) are attached to the failure report. A missing
 ``redis-server`` or ``haproxy`` skips the test with the install command.
@@ -31,7 +31,7 @@ from typing import Any, NoReturn, Protocol
 
 import pytest
 
-from cluster.local_cluster import (
+from cluster.devtools.local_cluster import (
     ExecutableNotFoundError,
     HAProxyProcess,
     ManagedProcess,
@@ -205,8 +205,8 @@ def haproxy_factory(
     Returns once every node has passed a ``/readyz`` check (``UP`` in
     HAProxy), unless ``wait_ready=False`` (for a test that starts HAProxy in
     front of a node that is not ready on purpose). Backend names are the nodes' names (the ``SERVERID`` cookie values are their
-    :func:`cluster.haproxy_config.cookie_value`);
-    ``config`` goes to :func:`cluster.haproxy_config.render_haproxy_config`
+    :func:`cluster.devtools.haproxy_config.cookie_value`);
+    ``config`` goes to :func:`cluster.devtools.haproxy_config.render_haproxy_config`
     (``check_interval``, ``tunnel_timeout``...). Skips the test when haproxy
     is not installed.
     """

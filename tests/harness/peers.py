@@ -23,7 +23,7 @@ class Peer:
 
     ``cls`` defaults to :class:`cluster.Client` with a fast reconnection;
     ``headers`` can pin a node through HAProxy's ``SERVERID`` cookie
-    (``SERVERID=<cluster.haproxy_config.cookie_value(node name)>``).
+    (``SERVERID=<cluster.devtools.haproxy_config.cookie_value(node name)>``).
     """
 
     def __init__(self, factory: Any, url: str, cls: type = Client, auth: Any = None,

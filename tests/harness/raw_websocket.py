@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from cluster.websocket_reader import unmask
+from cluster.node.websocket_reader import unmask
 
 
 def metric(node: Any, name: str, kind: str) -> float:

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from cluster.processes import ExecutableNotFoundError, ManagedProcess, find_executable, free_port
+from cluster.devtools.processes import ExecutableNotFoundError, ManagedProcess, find_executable, free_port
 
 __all__ = ["ACL_USER", "Certificates", "TlsRedisProcess", "make_certificates", "tls_certificates",
            "tls_redis", "tls_redis_url"]

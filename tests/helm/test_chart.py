@@ -297,6 +297,7 @@ def test_containers_are_locked_down(chart: helm.Chart) -> None:
 def test_worker_runs_what_compose_runs(chart: helm.Chart, compose: dict[str, Any]) -> None:
     objects = render(chart, SECRET_KEY)
     c = container(find(objects, "Deployment", f"{RELEASE}-socketio-cluster-worker"), "worker")
+    assert c["command"] == ["python", "-m", "workers", "worker"]
     assert c["command"] + c["args"] == compose["services"]["worker"]["command"]
     # compose shares one environment anchor; only the nodes drain and serve
     # connections (their limits)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.cluster.test_recovery import RECOVERY
+from tests.recovery.test_replay import RECOVERY
 from tests.harness.peers import Peer, Stream
 
 HERE = Path(__file__).resolve().parent

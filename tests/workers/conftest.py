@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cluster.local_cluster import ManagedProcess, stop_all
+from cluster.devtools.local_cluster import ManagedProcess, stop_all
 from tests.harness.fixtures import _used_by
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -26,7 +26,7 @@ WORKER_START_TIMEOUT = 30.0
 SIGNING_SECRET = "workers-tests-signing-secret-0123456789"
 
 CELERY_WORKER = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker"]
-CLUSTER_WORKER = [sys.executable, "-m", "workers.cli", "worker"]
+CLUSTER_WORKER = [sys.executable, "-m", "workers", "worker"]
 # fast start and a quiet broker: no peer discovery, no events between workers
 WORKER_FLAGS = ["--loglevel", "INFO", "--pool", "threads", "--concurrency", "2", "--without-mingle",
                 "--without-gossip", "--without-heartbeat"]

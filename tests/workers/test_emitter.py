@@ -12,7 +12,7 @@ import pytest
 
 from cluster.bus import (BusConfigurationError, BusPublishError, BusSerializationError,
                          Codec)
-from cluster.processes import free_port
+from cluster.devtools.processes import free_port
 from workers import ConfigurationError, Emitter, PayloadError, PublishError
 
 URL = "redis://127.0.0.1:6399/0"  # never contacted: the send is replaced

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import socketio
 
-from cluster.haproxy_config import cookie_value
+from cluster.devtools.haproxy_config import cookie_value
 
 from tests.harness.peers import Peer
 from tests.workers.conftest import CLUSTER_WORKER, SIGNING_SECRET
@@ -100,7 +100,7 @@ def test_celery_job_reports_to_clients_on_both_nodes_over_redis(
     env = {"CELERY_BROKER_URL": redis_url, "CLUSTER_SIGNING_SECRET": SIGNING_SECRET}
     nodes = node_factory(app=APP, count=2, env=env)
     proxy = haproxy_factory(nodes)
-    # started as `python -m workers.cli worker`, what `python -m cluster worker` runs
+    # started as `python -m workers worker`, what compose, the chart and ./dev up run
     # with Celery's default prefork pool: the emitter must survive the fork
     worker = celery_worker_factory({**env, "MESSAGE_QUEUE_URL": redis_url},
                                    command=CLUSTER_WORKER,

@@ -1,0 +1,288 @@
+"""The node's Engine.IO socket: websocket frames written directly, bounded.
+
+:class:`ClusterSocket` is python-engineio's socket with a different
+websocket transport under eventlet (polling is untouched):
+
+- once a connection is on the websocket, :meth:`ClusterSocket.send` turns
+  the packet into a frame (shared by every recipient of a broadcast, see
+  :mod:`.frames`) and appends it to the connection's
+  :class:`~.frame_writer.FrameWriter`: no queue, no writer green thread, no
+  per-packet timer, and one ``send`` per socket per turn of the event loop;
+- pings are hub timers instead of one sleeping green thread per connection;
+- what a client leaves unread is bounded in bytes (``max_backlog`` of the
+  Engine.IO server), on the websocket and on long-polling alike: past it
+  the client is disconnected, logged and counted (``slow_consumers``).
+
+The upgrade from polling keeps python-engineio's protocol exactly: the
+probe, the NOOP that ends the pending poll, the UPGRADE packet; whatever was
+queued while polling is written first, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+
+from cluster import compat
+from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG, Flusher, FrameWriter
+from cluster.node.frames import frame, frame_of
+from cluster.node.websocket_reader import WebSocketReader
+
+logger = logging.getLogger("cluster.transport")
+
+#: one flusher per process: the event loop it serves is per process too
+FLUSHER = Flusher()
+PING_FRAME = frame(b"2")
+
+
+class _SpentQueue:
+    """Stands in for python-engineio's packet queue (an eventlet queue with
+    its events and locks, ~2 KiB) once the socket writes frames itself."""
+
+    __slots__ = ("_empty",)
+
+    def __init__(self, empty: type[Exception]) -> None:
+        self._empty = empty
+
+    def put(self, item: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._empty()
+
+    def task_done(self) -> None:
+        pass
+
+    def join(self, *args: Any) -> None:
+        pass
+
+
+def _packet_size(pkt: Any) -> int:
+    data = pkt.data
+    return len(data) + 2 if isinstance(data, (str, bytes, bytearray)) else 64
+
+
+class ClusterSocket(compat.EngineSocketSeam):
+    """python-engineio's ``Socket`` with the node's websocket transport.
+
+    Adopted by :class:`~.engine.ClusterEngineServer` right after python-engineio
+    creates the socket (see :func:`.compat.adopt_socket`); it adds no
+    ``__init__`` state, only class-level defaults.
+    """
+
+    frame_writer: FrameWriter | None = None
+    websocket: Any = None
+    compressed = False
+    polling_backlog = 0
+    ping_timer: Any = None
+
+    # -- sending -----------------------------------------------------------
+
+    @property
+    def unread_bytes(self) -> int:
+        """Bytes sent to this client that it has not taken yet (what
+        ``max_backlog`` bounds)."""
+        writer = self.frame_writer
+        return writer.backlog if writer is not None else self.polling_backlog
+
+    def send(self, pkt: Any) -> None:
+        writer = self.frame_writer
+        if writer is None:
+            self._send_polling(pkt)
+            return
+        if not self.check_ping_timeout():
+            return
+        if self.compressed:
+            writer.write(compat.compressed_frame(self.websocket, pkt.encode()))
+        else:
+            writer.write(frame_of(pkt))
+
+    def _send_polling(self, pkt: Any) -> None:
+        size = _packet_size(pkt)
+        limit = getattr(self.server, "max_backlog", DEFAULT_MAX_BACKLOG)
+        if self.polling_backlog + size > limit and not self.closing and not self.closed:
+            self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+            self._report_backlog(self.polling_backlog + size)
+            return
+        self.polling_backlog += size
+        super().send(pkt)
+
+    def poll(self) -> list[Any]:
+        packets = super().poll()
+        self.polling_backlog = max(0, self.polling_backlog - sum(map(_packet_size, packets)))
+        return packets
+
+    def _report_backlog(self, backlog: int) -> None:
+        report = getattr(self.server, "backlog_exceeded", None)
+        if callable(report):
+            report(self.sid, backlog)
+
+    def _writer_overflowed(self, backlog: int) -> None:
+        # runs in a green thread of its own (see FrameWriter._overflow)
+        self._report_backlog(backlog)
+        self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+
+    # -- pings: timers, not a sleeping green thread per connection ---------
+
+    def schedule_ping(self) -> None:
+        if self.last_ping:
+            self.last_ping = None
+            from eventlet.hubs import get_hub
+
+            self.ping_timer = get_hub().schedule_call_global(self.server.ping_interval,
+                                                             self._ping_due)
+
+    def _cancel_ping(self) -> None:
+        # a pending timer holds this socket, its writer, websocket and
+        # environ for up to ping_interval after the connection is gone:
+        # ~12 KB per closed connection under churn
+        timer, self.ping_timer = self.ping_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _ping_due(self) -> None:
+        # runs in the hub: only non-blocking work here
+        if self.closing or self.closed:
+            return
+        self.last_ping = time.time()
+        writer = self.frame_writer
+        if writer is not None:
+            writer.write(PING_FRAME)
+        else:
+            from eventlet import spawn_n
+
+            spawn_n(self.send, eio_packet.Packet(eio_packet.PING))
+
+    # -- closing -----------------------------------------------------------
+
+    def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        self._cancel_ping()
+        writer = self.frame_writer
+        if writer is None:
+            super().close(wait=wait, abort=abort, reason=reason)
+            return
+        if self.closed or self.closing:
+            return
+        self.closing = True
+        try:
+            self.trigger_disconnect(reason or self.server.reason.SERVER_DISCONNECT)
+        finally:
+            self.closed = True
+            if not abort:
+                writer.write(frame_of(eio_packet.Packet(eio_packet.CLOSE)))
+                if wait and not _in_hub():
+                    writer.wait_drained(timeout=1.0)
+                else:
+                    writer.flush()
+            writer.close()
+
+    # -- the websocket transport -------------------------------------------
+
+    def upgrade_to_websocket(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self.upgraded:
+            raise OSError("Socket has been upgraded already")
+        app = compat.websocket_app(self.server, self._serve_websocket)
+        if app is None:
+            return self.bad_request()
+        return app(environ, start_response)
+
+    def _serve_websocket(self, ws: Any) -> list[Any]:
+        server = self.server
+        sock = compat.websocket_socket(ws)
+        # a read that sees nothing for a whole ping cycle means a dead peer
+        sock.settimeout(server.ping_interval + server.ping_timeout)
+        writer = FrameWriter(sock, FLUSHER,
+                             max_backlog=getattr(server, "max_backlog", DEFAULT_MAX_BACKLOG),
+                             on_overflow=self._writer_overflowed)
+        compat.route_websocket_writes(ws, writer.write)
+        self.websocket = ws
+        deflate = compat.websocket_deflate_options(ws)
+        self.compressed = deflate is not None
+        reader = WebSocketReader(sock, writer.write, max_message=server.max_http_buffer_size,
+                                 deflate=deflate)
+        receive_frame = reader.read_message
+
+        try:
+            if self.connected:
+                if not self._finish_upgrade(receive_frame, writer):
+                    return []
+            else:
+                self.connected = True
+                self.upgraded = True
+            for pkt in compat.drain_queue(self.queue):
+                if pkt is None:  # closed while upgrading
+                    return []
+                writer.write(self._frame(pkt))
+            self.frame_writer = writer
+            # nothing reads the queue from now on: free it
+            self.queue = _SpentQueue(server.get_queue_empty_exception())
+            self._read_loop(receive_frame)
+        finally:
+            if self.frame_writer is writer:
+                self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+            writer.close()
+        return []
+
+    def _frame(self, pkt: Any) -> bytes:
+        if self.compressed:
+            return compat.compressed_frame(self.websocket, pkt.encode())
+        return frame_of(pkt)
+
+    def _finish_upgrade(self, receive_frame: Any, writer: FrameWriter) -> bool:
+        """python-engineio's upgrade handshake: probe, NOOP, UPGRADE."""
+        self.upgrading = True  # sends keep going to the polling queue meanwhile
+        try:
+            probe = eio_packet.Packet(encoded_packet=receive_frame())
+            if probe.packet_type != eio_packet.PING or probe.data != "probe":
+                self.server.logger.info("%s: Failed websocket upgrade, no PING packet",
+                                        self.sid)
+                return False
+            writer.write(self._frame(eio_packet.Packet(eio_packet.PONG, data="probe")))
+            self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            upgrade = eio_packet.Packet(encoded_packet=receive_frame())
+            if upgrade.packet_type != eio_packet.UPGRADE:
+                self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE",
+                                        self.sid)
+                return False
+            self.upgraded = True
+            return True
+        finally:
+            self.upgrading = False
+
+    def _read_loop(self, receive_frame: Any) -> None:
+        from eventlet import sleep  # this transport only runs under eventlet
+
+        while True:
+            try:
+                data = receive_frame()
+            except Exception as exc:
+                if not self.closed:
+                    self.server.logger.info('%s: Unexpected error "%s", closing connection',
+                                            self.sid, exc)
+                return
+            if data is None:  # closed by the client, or a protocol violation
+                return
+            try:
+                self.receive(eio_packet.Packet(encoded_packet=data))
+                # a client that sends without pause would otherwise keep
+                # this green thread running (its reads never wait): let the
+                # other connections have the hub after each message
+                sleep(0)
+            except eio_exceptions.UnknownPacketError:
+                pass
+            except eio_exceptions.SocketIsClosedError:
+                return
+            except Exception:
+                self.server.logger.exception("Unknown receive error")
+                return
+
+
+def _in_hub() -> bool:
+    import greenlet
+    from eventlet.hubs import get_hub
+
+    return greenlet.getcurrent() is get_hub().greenlet

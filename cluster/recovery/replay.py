@@ -1,0 +1,355 @@
+"""Connection state recovery: replaying what a returning client missed.
+
+Socket.IO 4.6+ semantics, across the cluster:
+
+- every emit carries its offset (an id of the bus's recovery stream) as the
+  event's last argument, and the CONNECT reply carries ``pid``;
+- a client that comes back sends ``pid`` and its last ``offset``; when the
+  pid is valid (any node) the connection gets its old sid, its rooms and its
+  forked session back, then every packet sent to those rooms since
+  ``offset`` is replayed, in order, before anything new, and the official
+  client reports ``socket.recovered === true``.
+
+Only the client's own history is replayed: the offset must be in the
+stream and no older than the session's recorded start (the stream's newest
+offset when the session first connected), and nothing after it may have
+been trimmed. The replay is read before the connection is accepted, bounded
+in packets (``max_replay_packets``, default 2,000) and bytes
+(``max_replay_bytes``, default 512 KiB); past a bound, or from an offset
+that cannot be trusted, the client gets a plain resume (its session and
+rooms, a new sid, ``recovered`` false), the reason is logged and counted
+(``recovery_failed``, ``recovery_over_limit``).
+
+The gap between "replay read" and "connection registered" is closed by
+buffering: from the moment the recovering connection is registered, packets
+for it are held; after the connect the few entries logged since the replay
+was read are read too, and held packets whose offset the replay already
+covered are dropped, so every packet arrives exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from socketio import packet as sio_packet
+from socketio.packet import Packet
+
+from cluster.recovery.stream import OFFSET_RE
+
+if TYPE_CHECKING:
+    from cluster.node.server import ClusterServer
+
+logger = logging.getLogger("cluster.recovery.replay")
+
+DEFAULT_MAX_DISCONNECTION_DURATION = 120.0
+
+
+@dataclass(frozen=True)
+class RecoveryOptions:
+    """``connection_state_recovery={...}`` of the extension.
+
+    :param max_disconnection_duration: seconds a client may stay away and
+        still recover (default 120, socket.io's default). Also how long the
+        recovery stream keeps emits and how long the session stays resumable.
+    :param skip_connect_handler: on a successful recovery, do not run the
+        connect handler again (socket.io's ``skipMiddlewares``). Default False.
+    """
+
+    max_disconnection_duration: float = DEFAULT_MAX_DISCONNECTION_DURATION
+    skip_connect_handler: bool = False
+
+    @classmethod
+    def from_option(cls, value: Any) -> "RecoveryOptions | None":
+        if not value:
+            return None
+        if value is True:
+            return cls()
+        if not isinstance(value, dict):
+            raise TypeError(
+                "connection_state_recovery takes a dict such as "
+                "{'max_disconnection_duration': 120, 'skip_connect_handler': False}.")
+        unknown = set(value) - {"max_disconnection_duration", "skip_connect_handler"}
+        if unknown:
+            raise TypeError(f"connection_state_recovery: unknown option(s) {sorted(unknown)}.")
+        duration = float(value.get("max_disconnection_duration",
+                                   DEFAULT_MAX_DISCONNECTION_DURATION))
+        if duration <= 0:
+            raise ValueError("max_disconnection_duration must be a positive number of seconds.")
+        return cls(duration, bool(value.get("skip_connect_handler", False)))
+
+
+#: seconds a recovered connection's floor lasts at most (see PacketHold)
+FLOOR_SECONDS = 30.0
+
+
+@dataclass
+class _Held:
+    packets: list[tuple[str, Any]] | None = field(default_factory=list)
+    #: after the replay: ``(namespace, offset)`` at or below which a live
+    #: packet was replayed already
+    floor: tuple[str, str] | None = None
+    until: float = 0.0
+
+
+class PacketHold:
+    """Packets for connections being recovered, held until their replay;
+    then the live ones the replay already sent are dropped.
+
+    A replay reads the recovery stream directly, while the listener delivers
+    what Redis publishes, which may be behind it: a packet the replay sent
+    can still arrive live afterwards. So once a connection's replay is out
+    it gets a *floor*, the last offset the replay read in its namespace: a
+    live packet of that namespace at or below it is dropped (counted in
+    ``recovery_duplicates_dropped``). Packets arrive in stream order, so the
+    first one above the floor ends it, and so do ``FLOOR_SECONDS``.
+
+    :param locate: ``(kind, item) -> (offset, namespace)`` of a packet
+        (``None`` where it has none).
+    :param counters: where the drops are counted.
+    """
+
+    def __init__(self, locate: Callable[[str, Any], tuple[str | None, str | None]],
+                 counters: dict[str, int]) -> None:
+        self._held: dict[str, _Held] = {}
+        self._locate = locate
+        self._counters = counters
+        counters.setdefault("recovery_duplicates_dropped", 0)
+
+    def start(self, eio_sid: str) -> None:
+        self._held[eio_sid] = _Held()
+
+    def holding(self, eio_sid: str) -> bool:
+        """Whether packets for ``eio_sid`` must go through :meth:`hold`
+        (the hot path's one dict lookup)."""
+        return eio_sid in self._held
+
+    def hold(self, eio_sid: str, kind: str, item: Any) -> bool:
+        """Take a packet for ``eio_sid``: True when it was held or dropped,
+        False when the caller delivers it now."""
+        held = self._held.get(eio_sid)
+        if held is None:
+            return False
+        if held.packets is not None:
+            held.packets.append((kind, item))
+            return True
+        floor = held.floor
+        if floor is None or time.monotonic() > held.until:
+            self._held.pop(eio_sid, None)
+            return False
+        offset, namespace = self._locate(kind, item)
+        if offset is None or namespace != floor[0]:
+            return False  # not logged, or another namespace: the floor stays
+        if newer(offset, floor[1]):
+            self._held.pop(eio_sid, None)  # past the replay: the floor is done
+            return False
+        self._counters["recovery_duplicates_dropped"] += 1
+        return True
+
+    def release(self, eio_sid: str, floor: tuple[str, str] | None = None
+                ) -> list[tuple[str, Any]]:
+        """The held packets; with ``floor`` (namespace, offset), later live
+        packets at or below it are dropped (see the class doc)."""
+        held = self._held.pop(eio_sid, None)
+        if floor is not None:
+            self._held[eio_sid] = _Held(packets=None, floor=floor,
+                                        until=time.monotonic() + FLOOR_SECONDS)
+        if held is None or held.packets is None:
+            return []
+        return held.packets
+
+    def forget(self, eio_sid: str) -> None:
+        """The connection is gone."""
+        self._held.pop(eio_sid, None)
+
+
+def message_reaches(message: dict[str, Any], sid: str, namespace: str,
+                    rooms: Iterable[str]) -> bool:
+    """Whether a logged emit was addressed to ``sid`` in ``namespace``."""
+    if message.get("method") != "emit" or (message.get("namespace") or "/") != namespace:
+        return False
+    skip = message.get("skip_sid")
+    if skip is not None and (sid == skip or (isinstance(skip, list) and sid in skip)):
+        return False
+    target = message.get("room")
+    if target is None:
+        return True
+    if isinstance(rooms, (set, frozenset)) and sid in rooms:
+        member_of = rooms  # prepared by the caller: no copy per message
+    else:
+        member_of = set(rooms) | {sid}
+    if isinstance(target, list):
+        return any(room in member_of for room in target)
+    return target in member_of
+
+
+def replay_packet(server: "ClusterServer", message: dict[str, Any], offset: str,
+                  namespace: str) -> Any:
+    """The EVENT packet a logged emit becomes, offset appended."""
+    data = list(message.get("data") or [])
+    if message.get("binary") and data:
+        attachments = [base64.b64decode(item) for item in data[1:]]
+        data = Packet.reconstruct_binary(data[0], attachments)
+        data = list(data) if isinstance(data, list) else [data]
+    return server.packet_class(sio_packet.EVENT, namespace=namespace,
+                               data=[message.get("event"), *data, offset])
+
+
+def _decoded(server: "ClusterServer", kind: str, item: Any) -> Any:
+    if kind != "eio":
+        return item
+    encoded = getattr(item, "data", None)
+    if not isinstance(encoded, str):
+        return None  # a binary attachment
+    try:
+        return server.packet_class(encoded_packet=encoded)
+    except (ValueError, TypeError):
+        return None
+
+
+def locate(server: "ClusterServer", kind: str, item: Any) -> tuple[str | None, str | None]:
+    """``(offset, namespace)`` of a packet on its way to a client."""
+    pkt = _decoded(server, kind, item)
+    if pkt is None:
+        return None, None
+    return _offset_of_packet(pkt), pkt.namespace or "/"
+
+
+def namespace_of(server: "ClusterServer", kind: str, item: Any) -> str | None:
+    """The namespace of a held packet (None for a binary attachment)."""
+    pkt = _decoded(server, kind, item)
+    return (pkt.namespace or "/") if pkt is not None else None
+
+
+def offset_of(server: "ClusterServer", kind: str, item: Any) -> str | None:
+    """The offset a held packet carries, if any (text packets only)."""
+    pkt = _decoded(server, kind, item)
+    return _offset_of_packet(pkt) if pkt is not None else None
+
+
+def _offset_of_packet(pkt: Any) -> str | None:
+    if pkt.packet_type != sio_packet.EVENT or not isinstance(pkt.data, list) \
+            or pkt.attachment_count:
+        return None
+    last = pkt.data[-1] if len(pkt.data) > 1 else None
+    return last if isinstance(last, str) and OFFSET_RE.match(last) else None
+
+
+def newer(offset: str, than: str | None) -> bool:
+    if than is None:
+        return True
+    a_ms, a_seq = (int(part) for part in offset.split("-"))
+    b_ms, b_seq = (int(part) for part in than.split("-"))
+    return (a_ms, a_seq) > (b_ms, b_seq)
+
+
+# -- bounded replay ------------------------------------------------------------
+
+#: stream entries read per round trip while a replay is collected
+REPLAY_PAGE = 256
+#: entries a replay may scan (most may be for other rooms), per packet allowed
+SCAN_FACTOR = 10
+
+#: a page of the recovery stream: ``(offset, message or None, size in bytes)``
+#: (``None``: an entry that failed its signature check); ``None`` when the
+#: stream cannot be read
+PageReader = Callable[[str, int], "list[tuple[str, dict[str, Any] | None, int]] | None"]
+
+
+@dataclass
+class Replay:
+    """What a recovering connection is sent, read before it is accepted.
+
+    ``refused`` says why the connection gets a plain resume instead (then
+    nothing is sent); ``covered`` is the last offset read, so the packets
+    held meanwhile that it covers are not sent twice.
+    """
+
+    packets: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    covered: str | None = None
+    size: int = 0
+    scanned: int = 0
+    refused: str | None = None
+    #: refused for a bound (not because the log could not be read)
+    over_limit: bool = False
+
+
+def read_replay(read_page: PageReader, offset: str, sid: str, namespace: str,
+                rooms: Iterable[str], *, max_packets: int, max_bytes: int,
+                pause: Callable[[], Any] = lambda: None) -> Replay:
+    """Collect the packets after ``offset`` that reach ``sid``, within bounds.
+
+    At most ``max_packets`` packets and ``max_bytes`` bytes, scanning at most
+    ``SCAN_FACTOR * max_packets`` entries, a page at a time (``pause`` runs
+    between pages so the event loop serves others while a long log is
+    read). Past a bound the replay is refused rather than cut short: a
+    client missing part of its history must not be told it recovered.
+    """
+    replay = Replay()
+    members = frozenset(rooms) | {sid}
+    cursor = offset
+    max_scanned = SCAN_FACTOR * max_packets
+    while True:
+        page = read_page(cursor, REPLAY_PAGE)
+        if page is None:
+            replay.refused = "the recovery log is unreadable"
+            return replay
+        for entry_offset, message, size in page:
+            replay.scanned += 1
+            replay.covered = entry_offset
+            if message is not None and message_reaches(message, sid, namespace, members):
+                replay.packets.append((entry_offset, message))
+                replay.size += size
+                if len(replay.packets) > max_packets:
+                    replay.refused = f"more than max_replay_packets={max_packets} packets missed"
+                elif replay.size > max_bytes:
+                    replay.refused = f"more than max_replay_bytes={max_bytes} bytes missed"
+            elif replay.scanned > max_scanned:
+                replay.refused = (f"more than {max_scanned} logged packets to scan "
+                                  f"(SCAN_FACTOR x max_replay_packets)")
+            if replay.refused is not None:
+                replay.packets = []
+                replay.over_limit = True
+                return replay
+        if len(page) < REPLAY_PAGE:
+            return replay
+        cursor = page[-1][0]
+        pause()
+
+
+def replay_from(offset: Any, start: str | None, rebased: str | None) -> Any:
+    """Where a replay starts: the client's offset, or, when the recovery
+    stream restarted while the session lived (``rebased``, its start since:
+    see :mod:`cluster.sessions.leases`) and the offset is older than that,
+    the restart. The client was connected until then and missed nothing
+    before it; what came after is in the new stream."""
+    if (rebased is not None and rebased == start and isinstance(offset, str)
+            and OFFSET_RE.match(offset) and OFFSET_RE.match(rebased)
+            and newer(rebased, offset)):
+        return rebased
+    return offset
+
+
+def trustworthy_offset(offset: Any, start: str | None, exists: Callable[[str], bool],
+                       readable: Callable[[str], bool]) -> str | None:
+    """Why a replay from ``offset`` cannot be trusted, or ``None`` if it can.
+
+    The offset must be one the server could have sent this session: no
+    older than the session's recorded ``start`` and present in the stream
+    (``start`` itself, where a client that received nothing resumes, need
+    not be), and nothing after it may have been trimmed.
+    """
+    if start is None:
+        return "the session has no recorded start"
+    if not isinstance(offset, str) or not OFFSET_RE.match(offset) or not OFFSET_RE.match(start):
+        return "malformed offset"
+    if newer(start, offset):
+        return "offset older than the session's start"
+    if offset != start and not exists(offset):
+        return "offset not in the recovery log"
+    if not readable(offset):
+        return "packets after the offset were trimmed"
+    return None

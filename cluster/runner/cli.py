@@ -1,0 +1,267 @@
+"""The command line: ``python -m cluster node`` (``socketio-cluster node``).
+
+``node`` serves one socket node. The local cluster of ``./dev up`` is dev
+tooling (``python -m cluster.devtools``) and the Celery worker belongs to
+:mod:`workers` (``python -m workers worker``); neither is imported here.
+Environment variables are read here, once, and
+nowhere else: ``MESSAGE_QUEUE_URL`` (then ``REDIS_URL``) for the bus,
+``CLUSTER_SIGNING_SECRET`` for message signing, ``CLUSTER_*`` for the limits
+(see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Sequence
+
+from cluster.runner.log_format import LOG_FORMATS
+
+NODE_DESCRIPTION = """\
+Serve a Flask + Socket.IO application as one node of the cluster, under
+eventlet's WSGI server, on one port: the app's routes, Socket.IO at
+/socket.io/, and the probes /healthz (alive), /readyz (ready: bus reachable,
+not draining) and /metrics (Prometheus).
+
+SIGTERM or SIGINT drains the node: it reports not-ready, disconnects its
+clients so they reconnect to other nodes, then exits.
+"""
+
+
+
+
+def _env_flag(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cluster",
+        description="A horizontally scaled Socket.IO cluster for Flask.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    node = commands.add_parser(
+        "node", help="serve one socket node", description=NODE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    node.add_argument("--app", required=True, metavar="MODULE:ATTR",
+                      help="the application: a module and the name of its cluster.SocketIO "
+                           "object or of its Flask app, e.g. 'chat:socketio'")
+    node.add_argument("--host", default="127.0.0.1",
+                      help="interface to listen on (default: 127.0.0.1; use 0.0.0.0 in a "
+                           "container)")
+    node.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    node.add_argument("--message-queue", metavar="URL",
+                      default=os.environ.get("MESSAGE_QUEUE_URL") or os.environ.get("REDIS_URL"),
+                      help="bus URL that joins the node to the cluster: redis://, rediss://, "
+                           "unix://, redis+sentinel://, redis+cluster:// (Redis Cluster, "
+                           "sharded pub/sub) or a kombu URL such as amqp:// "
+                           "(default: $MESSAGE_QUEUE_URL, then $REDIS_URL; none: a single node)")
+    node.add_argument("--channel", default=os.environ.get("MESSAGE_QUEUE_CHANNEL"),
+                      help="bus channel shared by the nodes and the emitters (default: the "
+                           "app's setting, else 'flask-socketio')")
+    node.add_argument("--signing-secret", default=os.environ.get("CLUSTER_SIGNING_SECRET"),
+                      help="shared secret signing every bus message; unsigned messages are "
+                           "dropped (default: $CLUSTER_SIGNING_SECRET; a node with a message queue and no "
+                           "secret refuses to start unless --allow-unsigned-bus)")
+    node.add_argument("--allow-unsigned-bus", action="store_true",
+                      default=_env_flag(os.environ.get("CLUSTER_ALLOW_UNSIGNED_BUS"), False),
+                      help="run on a bus without a signing secret (logged as a warning); "
+                           "without it a node with a message queue and no secret refuses to "
+                           "start. Only for stock python-socketio emitters (default: "
+                           "$CLUSTER_ALLOW_UNSIGNED_BUS)")
+    node.add_argument("--name", default=os.environ.get("NODE_NAME"),
+                      help="this node's name in logs, metrics and cluster queries (default: "
+                           "$NODE_NAME, else host:pid)")
+    node.add_argument("--session-ttl", type=float,
+                      default=float(os.environ["SESSION_TTL"]) if os.environ.get("SESSION_TTL")
+                      else None,
+                      help="seconds a disconnected client's session (and rooms) can be resumed "
+                           "on any node (default: $SESSION_TTL, else the app's setting, else 120)")
+    node.add_argument("--recovery-window", type=float,
+                      default=float(os.environ["CONNECTION_STATE_RECOVERY"])
+                      if os.environ.get("CONNECTION_STATE_RECOVERY") else None,
+                      help="turn connection state recovery on with this maximum disconnection "
+                           "duration in seconds (default: $CONNECTION_STATE_RECOVERY, else the "
+                           "app's connection_state_recovery setting, else off)")
+    node.add_argument("--max-connections", type=int, default=None,
+                      help="concurrent connections this node accepts (default: 100000; "
+                           "eventlet's own default of 1024 silently hangs connection 1025)")
+    # argparse converts string defaults taken from the environment with the
+    # flag's type, here and in the flags below
+    node.add_argument("--max-backlog", type=int, metavar="BYTES",
+                      default=os.environ.get("CLUSTER_MAX_BACKLOG") or None,
+                      help="bytes a client may leave unread before it is disconnected, logged "
+                           "and counted as a slow consumer (default: $CLUSTER_MAX_BACKLOG, "
+                           "else 1048576)")
+    # per-connection limits (cluster.node.limits)
+    node.add_argument("--max-events-per-second", type=float, metavar="N",
+                      default=os.environ.get("CLUSTER_MAX_EVENTS_PER_SECOND") or None,
+                      help="per-connection rate limit of incoming events, bursts of twice "
+                           "that; excess events are dropped and counted, a client sending "
+                           "10x the rate for 3 s is disconnected; 0 switches the limit off "
+                           "(default: $CLUSTER_MAX_EVENTS_PER_SECOND, else the app's setting, "
+                           "else 100)")
+    node.add_argument("--max-rooms-per-connection", type=int, metavar="N",
+                      default=os.environ.get("CLUSTER_MAX_ROOMS_PER_CONNECTION") or None,
+                      help="rooms one connection may be in per namespace; join_room past it "
+                           "raises RoomLimitExceeded (default: "
+                           "$CLUSTER_MAX_ROOMS_PER_CONNECTION, else the app's setting, else "
+                           "1000)")
+    node.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                      default=os.environ.get("CLUSTER_CONNECT_TIMEOUT") or None,
+                      help="close a connection that has not completed a Socket.IO CONNECT "
+                           "within this time; refused ones are closed after their "
+                           "CONNECT_ERROR (default: $CLUSTER_CONNECT_TIMEOUT, else the app's "
+                           "setting, else 45)")
+    node.add_argument("--max-replay-packets", type=int, metavar="N",
+                      default=os.environ.get("CLUSTER_MAX_REPLAY_PACKETS") or None,
+                      help="connection state recovery replays at most this many missed "
+                           "packets; past it the client gets a plain resume (default: "
+                           "$CLUSTER_MAX_REPLAY_PACKETS, else the app's setting, else 2000)")
+    node.add_argument("--max-replay-bytes", type=int, metavar="BYTES",
+                      default=os.environ.get("CLUSTER_MAX_REPLAY_BYTES") or None,
+                      help="the same bound in bytes; keep it below --max-backlog (default: "
+                           "$CLUSTER_MAX_REPLAY_BYTES, else the app's setting, else 524288)")
+    node.add_argument("--http-header-timeout", type=float, metavar="SECONDS",
+                      default=os.environ.get("CLUSTER_HTTP_HEADER_TIMEOUT") or None,
+                      help="seconds a client has to send a complete HTTP request head; 0 "
+                           "switches it off (default: $CLUSTER_HTTP_HEADER_TIMEOUT, else the "
+                           "app's setting, else 10)")
+    node.add_argument("--http-idle-timeout", type=float, metavar="SECONDS",
+                      default=os.environ.get("CLUSTER_HTTP_IDLE_TIMEOUT") or None,
+                      help="seconds a kept-alive HTTP connection, a request body or a response "
+                           "may stay silent; websockets use their ping timeout instead; 0 "
+                           "switches it off (default: $CLUSTER_HTTP_IDLE_TIMEOUT, else the "
+                           "app's setting, else 60)")
+    nodelay = node.add_mutually_exclusive_group()
+    nodelay.add_argument("--tcp-nodelay", dest="tcp_nodelay", action="store_true", default=None,
+                         help="set TCP_NODELAY on the listening socket (the default): small "
+                              "frames leave at once instead of waiting ~40 ms for an ACK")
+    nodelay.add_argument("--no-tcp-nodelay", dest="tcp_nodelay", action="store_false",
+                         help="leave Nagle's algorithm on (fewer packets, more latency)")
+    node.add_argument("--websocket-compression", action="store_true", default=None,
+                      help="accept permessage-deflate when a client offers it (default: "
+                           "declined; it costs 2.5-3x CPU and memory per delivery)")
+    node.add_argument("--drain-seconds", type=float,
+                      default=float(os.environ.get("CLUSTER_DRAIN_SECONDS", "10")),
+                      help="on SIGTERM, how long in-flight handlers may take to finish before "
+                           "the node exits (default: 10)")
+    node.add_argument("--access-log", action="store_true",
+                      help="log every HTTP request (default: off; polling makes it noisy)")
+    node.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
+                      help="logging level (default: $LOG_LEVEL, else INFO)")
+    node.add_argument("--log-format", choices=LOG_FORMATS,
+                      default=os.environ.get("LOG_FORMAT") or "text",
+                      help="'text' lines, or 'json': one JSON object per line for log "
+                           "collectors; both carry the node's name and the client's sid "
+                           "(default: $LOG_FORMAT, else text)")
+
+    return parser
+
+
+def _monkey_patch() -> None:
+    # eventlet must patch the standard library before Flask, python-socketio,
+    # redis-py or the application import it; patching twice is a no-op
+    with warnings.catch_warnings():
+        # eventlet announces its maintenance mode on import; the node's
+        # operators cannot act on that warning, so it stays out of the log
+        warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+        import eventlet
+
+    eventlet.monkey_patch()
+
+
+def run_node(args: argparse.Namespace) -> int:
+    _monkey_patch()
+    from cluster.runner.log_format import configure_logging, default_node_name
+
+    configure_logging(args.log_level, args.log_format, args.name or default_node_name())
+    from cluster.runner.app_loader import load_socketio
+    from cluster.exceptions import ClusterError
+    from cluster.node.limits import Limits
+    from cluster.runner.serve import serve_eventlet
+    from cluster.runner.start_checks import check_bus_url, check_port_free
+
+    try:
+        # configuration mistakes stop the node here, before the slow app import
+        check_port_free(args.host, args.port)
+        if args.message_queue:
+            check_bus_url(args.message_queue)
+        socketio = load_socketio(args.app)
+        overrides = {
+            "max_connections": args.max_connections,
+            "tcp_nodelay": args.tcp_nodelay,
+            "websocket_compression": args.websocket_compression,
+            "session_ttl": args.session_ttl,
+            "max_backlog": args.max_backlog,
+            "http_header_timeout": args.http_header_timeout,
+            "http_idle_timeout": args.http_idle_timeout,
+        }
+        limits = {
+            "max_events_per_second": args.max_events_per_second,
+            "max_rooms_per_connection": args.max_rooms_per_connection,
+            "connect_timeout": args.connect_timeout,
+            "max_replay_packets": args.max_replay_packets,
+            "max_replay_bytes": args.max_replay_bytes,
+        }
+        overrides.update(limits)
+        socketio.server_options.update({k: v for k, v in overrides.items() if v is not None})
+        if any(value is not None for value in limits.values()):
+            socketio.server.set_limits(Limits.from_options(socketio.server_options))
+        if args.recovery_window is not None:
+            recovery = dict(socketio.server_options.get("connection_state_recovery") or {})
+            recovery["max_disconnection_duration"] = args.recovery_window
+            socketio.server_options["connection_state_recovery"] = recovery
+        if args.message_queue:
+            bus_options = {}
+            if args.channel:
+                bus_options["channel"] = args.channel
+            if args.signing_secret:
+                bus_options["signing_secret"] = args.signing_secret
+            if args.name:
+                bus_options["node_name"] = args.name
+            socketio.use_message_queue(args.message_queue, **bus_options)
+        from cluster.bus import BusConfigurationError
+        from cluster.bus.startup import check_bus
+
+        try:  # an unsigned bus without the opt-out, a Redis that refuses us
+            check_bus(socketio.server.manager, args.allow_unsigned_bus)
+        except BusConfigurationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if socketio.app is None:
+        print("error: the SocketIO object has no Flask app; call init_app(app) in the module.",
+              file=sys.stderr)
+        return 2
+    try:
+        serve_eventlet(socketio, socketio.app, args.host, args.port,
+                       log_output=args.access_log, drain_seconds=args.drain_seconds)
+    except OSError as exc:
+        from cluster.runner.start_checks import listen_error
+
+        message = listen_error(exc, args.host, args.port)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["node"]:
+        # before anything imports Flask, redis-py or the application
+        _monkey_patch()
+    args = build_parser().parse_args(argv)
+    if args.command == "node":
+        return run_node(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands

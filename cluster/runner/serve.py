@@ -1,0 +1,360 @@
+"""Serving a node: eventlet's WSGI server with production defaults.
+
+Defaults a user would otherwise find the hard way:
+
+- ``max_connections`` (default 100,000): eventlet serves at most 1,024
+  connections unless told otherwise, and connection 1,025 hangs silently.
+  The process's open-file limit is raised to its hard limit for the same
+  reason.
+- ``tcp_nodelay`` (default on) on the listening socket, inherited by every
+  accepted socket: with Nagle's algorithm a second small frame sent right
+  after a first waits for the peer's delayed ACK (~40 ms).
+- permessage-deflate is declined unless ``websocket_compression=True``
+  (see :class:`DeclineCompressionMiddleware`).
+- ``http_header_timeout`` (default 10 s) and ``http_idle_timeout`` (default
+  60 s): without them (eventlet's ``socket_timeout=None``) a connection that
+  never completes its request head is kept forever, and with 100,000
+  connections allowed one stranger can hold them all. See
+  :func:`http_protocol`.
+- SIGTERM/SIGINT stop the node: readiness turns false, the listener closes,
+  clients are disconnected (they reconnect to another node) and pending
+  session writes are flushed before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from cluster.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    import flask
+
+    from cluster.flask_integration.extension import SocketIO
+
+logger = logging.getLogger("cluster.node")
+
+DEFAULT_MAX_CONNECTIONS = 100_000
+DEFAULT_BACKLOG = 2048
+#: seconds a client has to send a complete request head (HAProxy's
+#: ``timeout http-request`` in the shipped config is 10 s too)
+DEFAULT_HTTP_HEADER_TIMEOUT = 10.0
+#: seconds an HTTP connection may stay silent: between keep-alive requests,
+#: or with a request body or a response stuck; longer than a balancer's
+#: own keep-alive timeout, so that the balancer, not the node, closes
+#: first and never sends a request into a closing connection
+DEFAULT_HTTP_IDLE_TIMEOUT = 60.0
+
+
+class DeclineCompressionMiddleware:
+    """Hide the client's ``Sec-WebSocket-Extensions`` offer from the server.
+
+    Browsers always offer permessage-deflate and eventlet accepts it when
+    offered; per-message compression then costs 2.5-3x CPU and memory on every
+    delivery. Removing the offer makes the handshake decline it.
+    """
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], options: dict[str, Any]) -> None:
+        self.wsgi_app = wsgi_app
+        # read per request: the node runner may switch it on after import
+        self.options = options
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not self.options.get("websocket_compression", False):
+            environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        return self.wsgi_app(environ, start_response)
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft open-file limit to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            logger.warning("Could not raise the open-file limit above %s", soft)
+    return soft
+
+
+def listen(host: str, port: int, *, tcp_nodelay: bool = True, backlog: int = DEFAULT_BACKLOG) -> Any:
+    """An eventlet listening socket with the node's socket options."""
+    import eventlet
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = eventlet.listen((host, port), family=family, backlog=backlog, reuse_addr=True)
+    if tcp_nodelay:
+        # accepted sockets inherit TCP_NODELAY from the listener on Linux
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _timeout_option(options: dict[str, Any], key: str, default: float) -> float | None:
+    """``options[key]`` in seconds; ``None`` when switched off (None or 0)."""
+    value = options.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigurationError(
+            f"{key}={value!r}: use a number of seconds (default {default:g}), or None or 0 "
+            f"to switch the timeout off.")
+    return float(value) or None
+
+
+def http_protocol(header_timeout: float | None = DEFAULT_HTTP_HEADER_TIMEOUT,
+                  idle_timeout: float | None = DEFAULT_HTTP_IDLE_TIMEOUT) -> Any:
+    """eventlet's ``HttpProtocol`` with small buffers and request timeouts.
+
+    Buffers: eventlet keeps a buffered reader (8 KiB) and writer (16 KiB)
+    for every connection for its whole life, though a websocket uses
+    neither after its handshake: 24 KiB of each idle websocket's ~54 KiB.
+    2 KiB each still holds an HTTP request head or a polling response in
+    one read or write; larger bodies bypass the buffers anyway.
+
+    Timeouts (``None`` switches one off):
+
+    ``header_timeout``
+        a deadline for the whole request head, from the connection's accept
+        (first request) or from the first byte of the request (later ones
+        on a kept-alive connection) to its blank line. A deadline, not a
+        socket timeout: a socket timeout restarts with every byte, so a
+        client dribbling one byte every few seconds would never hit it.
+    ``idle_timeout``
+        how long a kept-alive connection may wait for its next request, and
+        (as eventlet's ``socket_timeout``, which restarts with every byte)
+        how long a request body or a response may stall.
+
+    Neither touches what the application does once the head is read: a
+    long-polling GET waits in python-engineio (up to ``ping_interval``)
+    without reading the socket, and an upgraded websocket sets its own
+    socket timeout (``ping_interval + ping_timeout``, see
+    :mod:`.websocket_transport`). eventlet offers only per-operation socket
+    timeouts (``socket_timeout``, a numeric ``keepalive``), hence the head
+    deadline here, as an ``eventlet.Timeout`` armed around the read of the
+    head and cancelled in :meth:`get_environ`, which eventlet calls once the
+    head is complete and before the application runs.
+    """
+    import eventlet
+    import eventlet.wsgi
+
+    class NodeHttpProtocol(eventlet.wsgi.HttpProtocol):
+        rbufsize = 2048
+        wbufsize = 2048
+        _head_timer: Any = None
+        _requests = 0
+
+        def handle_one_request(self) -> None:
+            if self._requests and not self._next_request_arrives():
+                self.close_connection = 1
+                return
+            self._requests += 1
+            timer = self._head_timer = (
+                eventlet.Timeout(header_timeout) if header_timeout else None)
+            try:
+                super().handle_one_request()
+            except eventlet.Timeout as exc:
+                if exc is not timer:
+                    raise
+                self.close_connection = 1
+                # debug only: a flood of these must not flood the log
+                logger.debug("closed %s: no complete request head within %.1f s",
+                             self.client_address, header_timeout)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                self._head_timer = None
+
+        def get_environ(self) -> dict[str, Any]:
+            # the head is complete: the request now belongs to the application
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            environ: dict[str, Any] = super().get_environ()
+            return environ
+
+        def _next_request_arrives(self) -> bool:
+            """Wait (up to the idle timeout) for the next request's first byte."""
+            if self.rfile.closed:
+                return False
+            if not idle_timeout:
+                return True
+            timer = eventlet.Timeout(idle_timeout)
+            try:
+                return bool(self.rfile.peek(1))  # b"": the client closed
+            except eventlet.Timeout as exc:
+                if exc is not timer:
+                    raise
+                return False
+            except OSError:  # reset by the peer, or the socket timeout
+                return False
+            finally:
+                timer.cancel()
+
+    return NodeHttpProtocol
+
+
+def watch_stop_signals(socketio: "SocketIO") -> Any:
+    """An event that fires with the signal number on SIGTERM or SIGINT.
+
+    A Python signal handler alone is not enough under eventlet: it runs
+    while the hub sleeps in ``epoll`` and whatever it wakes only runs when
+    that sleep ends, which can be many seconds later. The signal number is
+    therefore also written to a pipe (``signal.set_wakeup_fd``) that a green
+    thread watches, so the hub wakes at once.
+    """
+    import os
+
+    import eventlet
+    import eventlet.event
+    from eventlet.hubs import trampoline
+
+    stop_requested = eventlet.event.Event()
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+
+    def note_signal(_signum: int, _frame: Any) -> None:
+        # runs inside the hub: flags only, no logging (its lock may be held)
+        socketio.node_state.draining = True
+
+    def wait_for_signal() -> None:
+        while True:
+            trampoline(read_fd, read=True)
+            try:
+                data = os.read(read_fd, 16)
+            except BlockingIOError:
+                continue
+            for signum in data:
+                if signum in (signal.SIGTERM, signal.SIGINT) and not stop_requested.ready():
+                    stop_requested.send(signum)
+
+    signal.signal(signal.SIGTERM, note_signal)
+    signal.signal(signal.SIGINT, note_signal)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    eventlet.spawn(wait_for_signal)
+    return stop_requested
+
+
+def serve_eventlet(socketio: "SocketIO", wsgi_app: Callable[..., Any], host: str, port: int, *,
+                   log_output: bool = False, drain_seconds: float = 10.0) -> None:
+    """Serve ``wsgi_app`` until SIGTERM/SIGINT, then stop gracefully."""
+    import eventlet
+    import eventlet.wsgi
+
+    options = socketio.server_options
+    raise_open_file_limit()
+    if options.get("max_backlog") is not None:
+        socketio.server.eio.set_max_backlog(options["max_backlog"])
+    socketio.server.initialize_manager()
+    header_timeout = _timeout_option(options, "http_header_timeout", DEFAULT_HTTP_HEADER_TIMEOUT)
+    idle_timeout = _timeout_option(options, "http_idle_timeout", DEFAULT_HTTP_IDLE_TIMEOUT)
+    sock = listen(host, port, tcp_nodelay=options.get("tcp_nodelay", True))
+    stop_requested = watch_stop_signals(socketio)
+    server_thread = eventlet.spawn(
+        eventlet.wsgi.server, sock, wsgi_app,
+        max_size=options.get("max_connections", DEFAULT_MAX_CONNECTIONS),
+        log_output=log_output, log=logging.getLogger("cluster.access"),
+        # per socket operation, restarted by every byte: bounds a stalled
+        # body or response; websockets replace it with their ping timeout
+        socket_timeout=idle_timeout, debug=False,
+        protocol=http_protocol(header_timeout, idle_timeout),
+    )
+    socketio.wsgi_server = server_thread
+    logger.info("Node listening on http://%s:%s", host, port)
+    signum = stop_requested.wait()
+    logger.info("Received %s: draining the node", signal.Signals(signum).name)
+    # new Socket.IO connections are refused from now on (see HealthMiddleware)
+    # while the open ones are served until the drain closes them; stopping
+    # the WSGI server first would cut every websocket at once
+    shutdown_node(socketio, drain_seconds=drain_seconds)
+    server_thread.kill()
+    sock.close()
+    logger.info("Node stopped")
+
+
+def drain_node(socketio: "SocketIO", grace_seconds: float) -> None:
+    """Take a node out of the cluster without losing anything.
+
+    In order: ``/readyz`` turns 503 and new Socket.IO connections are
+    refused; handlers already running get up to ``grace_seconds`` to finish
+    (their session writes are write-through, so once they return nothing is
+    pending); every client is then closed at the Engine.IO level, not with a
+    Socket.IO DISCONNECT (which tells clients not to come back), so they
+    reconnect through the load balancer to another node and resume or
+    recover there; finally the bus publishes what is still queued and says
+    goodbye.
+    """
+    deadline = time.monotonic() + grace_seconds
+    socketio.node_state.draining = True
+    runner = socketio.runner
+    if not runner.wait_idle(timeout=max(0.0, deadline - time.monotonic())):
+        logger.warning("drain: %d handler(s) still running after %.1f s; closing anyway",
+                       runner.in_flight, grace_seconds)
+    eio = socketio.server.eio
+    closed = 0
+    for eio_sid, eio_socket in list(getattr(eio, "sockets", {}).items()):
+        try:
+            # abort: no Engine.IO CLOSE packet, which clients take as "do not
+            # reconnect"; a dropped transport makes them retry
+            eio_socket.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
+            closed += 1
+        except Exception:  # a socket closing under us is fine here
+            logger.debug("connection %s already gone while draining", eio_sid[:8])
+        eio.sockets.pop(eio_sid, None)
+    logger.info("drain: closed %d connection(s); they reconnect to other nodes", closed)
+    if socketio.sessions is not None:
+        socketio.sessions.flush(timeout=max(0.0, deadline - time.monotonic()))
+    close = getattr(socketio.server.manager, "close", None)
+    if callable(close):
+        close(timeout=max(0.5, deadline - time.monotonic()))
+
+
+def shutdown_node(socketio: "SocketIO", *, drain_seconds: float) -> None:
+    """Disconnect every local client and flush what must survive the node."""
+    drain_node(socketio, drain_seconds)
+    socketio.server.shutdown()
+
+
+def run_app(socketio: "SocketIO", app: "flask.Flask | None", host: str | None = None,
+            port: int | None = None, **kwargs: Any) -> None:
+    """``SocketIO.run``: eventlet's server, or Werkzeug's in threading mode."""
+    if app is None:
+        raise RuntimeError("SocketIO.run() needs the Flask application.")
+    host = host or "127.0.0.1"
+    if port is None:
+        server_name = app.config.get("SERVER_NAME")
+        port = int(server_name.rsplit(":", 1)[1]) if server_name and ":" in server_name else 5000
+    debug = kwargs.pop("debug", app.debug)
+    log_output = kwargs.pop("log_output", debug)
+    use_reloader = kwargs.pop("use_reloader", debug)
+    allow_unsafe_werkzeug = kwargs.pop("allow_unsafe_werkzeug", False)
+    app.debug = debug
+    async_mode = socketio.server.async_mode
+    if async_mode == "eventlet":
+        serve_eventlet(socketio, app, host, port, log_output=log_output,
+                       drain_seconds=kwargs.pop("drain_seconds", 10.0))
+        return
+    if async_mode != "threading":
+        raise RuntimeError(f"async_mode {async_mode!r} is not supported by SocketIO.run().")
+    if not debug and not allow_unsafe_werkzeug:
+        raise RuntimeError(
+            "Werkzeug's development server is not meant for production. Run the "
+            "node with `python -m cluster node --app MODULE:ATTR` (eventlet), or "
+            "pass allow_unsafe_werkzeug=True to run() to use it anyway."
+        )
+    app.run(host=host, port=port, threaded=True, use_reloader=use_reloader, **kwargs)
+
+
+def stop_app(socketio: "SocketIO") -> None:
+    """Stop a server started by :func:`run_app` (eventlet mode)."""
+    server_thread = getattr(socketio, "wsgi_server", None)
+    if server_thread is None:
+        raise RuntimeError("stop() only stops a server started by SocketIO.run() under eventlet.")
+    shutdown_node(socketio, drain_seconds=0)
+    server_thread.kill()

@@ -1,0 +1,481 @@
+"""The forked session of each connection: bound, saved, resumed, released.
+
+A connection's forked session is a :class:`session_store.ForkedSession`
+held in the connection's WSGI environ, so every namespace of one Engine.IO
+connection shares it, as in Flask-SocketIO. All handlers of a connection run
+on the node holding it and share that one object.
+
+With a store (Redis in a cluster) the fork is also persisted:
+
+- at connect it is forked from the HTTP session, or, when the CONNECT
+  payload carries a valid resume id (``pid``), loaded from the store, the
+  rooms of the old connection re-joined, and ``request.resumed`` set;
+- it is written to the store only once the connection exists, when the
+  CONNECT reply goes out: a CONNECT that is refused, or aimed at a
+  namespace that does not exist, leaves nothing in Redis nor in the node
+  (a resumed session it claimed goes back to how it was);
+- every change is written through before the ack or the next event; a room
+  join or leave is one set operation in Redis;
+- each connection gets a fresh single-use resume id, bound to the identity
+  (Flask-Login's user id, or what ``resume_identity`` returns), sent to the
+  client as ``pid`` in the CONNECT reply;
+- when the connection ends the session's TTL starts.
+
+If the store is unreachable at connect the connection still works with an
+in-process fork (counted and logged); it just cannot be resumed later.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from session_store import ForkedSession, SessionNotFound, SessionStore, SessionStoreError, redact
+
+from cluster.flask_integration.bound_session import BoundSession
+from cluster.sessions.connection_state import empty_record
+
+if TYPE_CHECKING:
+    from cluster.flask_integration.extension import SocketIO
+
+logger = logging.getLogger("cluster.sessions")
+
+ENVIRON_KEY = "cluster.connection_session"
+# asked of every node before a resume takes over a session: does a live
+# connection of yours hold it? A silent node is taken as holding nothing.
+HOLDER_QUERY = "cluster:holds-session"
+# a live node answers within one bus round trip (milliseconds); the whole
+# wait is paid only when the holder died (SIGKILL), by every resume from it
+HOLDER_TIMEOUT = 0.25
+
+
+class ConnectionSessions:
+    """Forked sessions of the connections on this node.
+
+    :param store: where forks persist; ``None`` keeps them in the connection
+        only (Flask-SocketIO's behaviour, nothing to resume).
+    :param state: where the rooms of resumable connections persist.
+    :param identity_loader: ``f(auth) -> str | None`` called inside the
+        connect request context; default: Flask-Login's user id from the
+        HTTP session, else ``None`` (anonymous).
+    """
+
+    def __init__(self, socketio: "SocketIO", store: SessionStore | None = None,
+                 state: Any = None,
+                 identity_loader: Callable[[Any], str | None] | None = None,
+                 stable_resume_ids: bool = False) -> None:
+        self.socketio = socketio
+        self.store = store
+        self.state = state
+        self.identity_loader = identity_loader
+        # connection state recovery: a resumed connection keeps its pid
+        self.stable_resume_ids = stable_resume_ids
+        self.counters: dict[str, int] = {
+            "forked": 0, "persisted": 0, "resumed": 0, "resume_refused": 0,
+            "resume_in_use": 0, "store_errors": 0,
+        }
+        # session id -> environ of the connections bound on this node
+        self.local: dict[str, dict[str, Any]] = {}
+        #: renews the live sessions' leases (:mod:`.session_leases`); started
+        #: by the first accepted connection
+        self.leases: Any = None
+
+    def live_bindings(self) -> list[tuple[str, BoundSession]]:
+        """``(session id, binding)`` of each live, stored connection here."""
+        live = []
+        for session_id, environ in list(self.local.items()):
+            bound = environ.get(ENVIRON_KEY)
+            if bound is not None and bound.accepted and bound.sids:
+                live.append((session_id, bound))
+        return live
+
+    def holds(self, session_id: str) -> bool:
+        """Whether a live connection on this node holds ``session_id``."""
+        environ = self.local.get(session_id)
+        bound = environ.get(ENVIRON_KEY) if environ is not None else None
+        return bool(bound is not None and bound.sids)
+
+    # -- used by the handler runner and the server ----------------------------
+
+    def session_for(self, environ: Mapping[str, Any]) -> ForkedSession | None:
+        bound = environ.get(ENVIRON_KEY)
+        return bound.session if bound is not None else None
+
+    def recovery_offset(self, environ: Mapping[str, Any], namespace: str) -> str | None:
+        """Where the replay of a recovering connection starts."""
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None:
+            return None
+        return bound.offset or bound.base_offsets.get(namespace)
+
+    def recovery_start(self, environ: Mapping[str, Any], namespace: str) -> str | None:
+        """The session's recorded start in ``namespace``: no replay before it."""
+        bound = environ.get(ENVIRON_KEY)
+        return bound.base_offsets.get(namespace) if bound is not None else None
+
+    def recovery_rebased(self, environ: Mapping[str, Any], namespace: str) -> str | None:
+        """Where the recovery stream restarted while the session lived, if it did."""
+        bound = environ.get(ENVIRON_KEY)
+        return bound.rebased.get(namespace) if bound is not None else None
+
+    def saved_rooms(self, environ: Mapping[str, Any], namespace: str) -> list[str]:
+        """The rooms a resumed connection gets back in ``namespace``."""
+        bound = environ.get(ENVIRON_KEY)
+        return sorted(bound.rooms.get(namespace, ())) if bound is not None else []
+
+    def mark_recovered(self, environ: Mapping[str, Any]) -> None:
+        bound = environ.get(ENVIRON_KEY)
+        if bound is not None:
+            bound.recovered = True
+
+    def is_recovered(self, environ: Mapping[str, Any]) -> bool:
+        bound = environ.get(ENVIRON_KEY)
+        return bool(bound is not None and bound.recovered)
+
+    def is_resumed(self, environ: Mapping[str, Any]) -> bool:
+        bound = environ.get(ENVIRON_KEY)
+        return bool(bound is not None and bound.resumed)
+
+    def resume_id(self, environ: Mapping[str, Any]) -> str | None:
+        bound = environ.get(ENVIRON_KEY)
+        return bound.resume_id if bound is not None else None
+
+    def fork(self, environ: dict[str, Any], http_session: Mapping[str, Any]) -> ForkedSession:
+        """Bind an in-process copy of ``http_session``, once (no store, or store down)."""
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None:
+            bound = BoundSession(session=ForkedSession(dict(http_session)))
+            environ[ENVIRON_KEY] = bound
+            self.counters["forked"] += 1
+        return bound.session
+
+    def save(self, environ: Mapping[str, Any], session: Any) -> None:
+        """Write the handler's changes (session and rooms) through to the store."""
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None or not bound.accepted or bound.session_id is None \
+                or self.store is None:
+            return  # not accepted yet: accept() writes everything at once
+        try:
+            if isinstance(session, ForkedSession) and session.modified:
+                self.store.save(bound.session_id, session)
+            self._flush_rooms(bound)
+        except SessionNotFound:
+            logger.warning("session %s expired in the store while connected; changes stay "
+                           "in this connection only", redact(bound.session_id))
+            self.counters["store_errors"] += 1
+        except SessionStoreError as exc:
+            # the changes stay pending in the ForkedSession and go with the next save
+            self.counters["store_errors"] += 1
+            logger.error("could not persist session %s: %s", redact(bound.session_id), exc)
+
+    # -- rooms ---------------------------------------------------------------
+
+    def on_rooms_changed(self, sid: str, namespace: str, environ: Mapping[str, Any] | None,
+                         room: Any, joined: bool, in_handler: bool) -> None:
+        """Track a local membership change; persisted now or after the handler."""
+        bound = environ.get(ENVIRON_KEY) if environ is not None else None
+        if bound is None or self.store is None or room == sid or not isinstance(room, str):
+            return
+        if namespace not in bound.sids:
+            # leaving the namespace: these are the disconnect's own room exits,
+            # and the rooms are exactly what a resume must restore
+            return
+        if not bound.note_room(namespace, room, joined):
+            return  # e.g. a resumed connection re-entering its saved rooms
+        if not in_handler and bound.accepted:
+            try:
+                self._flush_rooms(bound)
+            except SessionStoreError as exc:
+                self.counters["store_errors"] += 1
+                logger.error("could not persist rooms of %s: %s", redact(bound.session_id), exc)
+
+    def _flush_rooms(self, bound: BoundSession) -> None:
+        """Write the pending joins and leaves: one set operation each."""
+        if not bound.room_changes or bound.session_id is None or self.store is None:
+            return
+        changes = bound.take_room_changes()
+        added = [key for key, joined in changes.items() if joined]
+        removed = [key for key, joined in changes.items() if not joined]
+        try:
+            self.state.change_rooms(bound.session_id, added, removed, self.store.lease_ttl)
+        except Exception as exc:  # redis errors of the rooms set
+            bound.put_back_room_changes(changes)
+            raise SessionStoreError(f"rooms of the connection: {exc}") from exc
+
+    def _write_record(self, bound: BoundSession) -> None:
+        if bound.session_id is None or self.store is None:
+            return
+        try:
+            self.state.save(bound.session_id, bound.record(), self.store.lease_ttl)
+        except Exception as exc:  # redis errors of the connection record
+            raise SessionStoreError(f"connection record: {exc}") from exc
+        self._flush_rooms(bound)
+
+    def _restore_rooms(self, bound: BoundSession, sid: str, namespace: str) -> None:
+        server = self.socketio.server
+        cap = server.limits.max_rooms_per_connection
+        rooms, dropped = bound.rooms_to_restore(namespace, cap)
+        if dropped:
+            # saved under a higher max_rooms_per_connection: keep what fits
+            logger.warning("connection %s had %d rooms in %s; max_rooms_per_connection=%d "
+                           "restores the first %d", sid[:8], len(rooms) + dropped, namespace,
+                           cap, cap)
+        for room in rooms:
+            server.manager.enter_room(sid, namespace, room)
+
+    # -- lifecycle hooks of the server ---------------------------------------
+
+    def prepare(self, namespace: str, environ: dict[str, Any], auth: Any) -> str | None:
+        """Bind the connection's session before its sid exists.
+
+        Nothing is written yet (see :meth:`accept`). Returns the sid to
+        restore when the connection resumes one that had a sid in
+        ``namespace`` (used with connection state recovery).
+        """
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None and self.store is not None:
+            bound = self._bind(environ, auth)
+        if bound is None or not bound.resumed or not self.stable_resume_ids:
+            return None
+        return bound.previous_sids.get(namespace)
+
+    def on_connect(self, sid: str, namespace: str, environ: dict[str, Any], auth: Any) -> None:
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None:
+            return
+        bound.sids[namespace] = sid
+        if bound.resumed:
+            self._restore_rooms(bound, sid, namespace)
+        if self.stable_resume_ids and not bound.recovered:
+            # a fresh start in this namespace: the client has received nothing
+            # before this offset, so no replay may start earlier
+            last = getattr(self.socketio.server.manager, "recovery_last_offset", None)
+            base = last() if callable(last) else None
+            bound.rebased.pop(namespace, None)
+            if base is not None:
+                bound.base_offsets[namespace] = base
+            else:  # start unknown (Redis down): no recovery from this session
+                bound.base_offsets.pop(namespace, None)
+        if bound.accepted and bound.session_id is not None and self.store is not None:
+            # a later namespace of an accepted connection
+            try:
+                if bound.expiring:
+                    self.store.persist(bound.session_id)
+                    bound.expiring = False
+                    self.local[bound.session_id] = environ
+                self._write_record(bound)
+            except SessionStoreError as exc:
+                self.counters["store_errors"] += 1
+                logger.error("could not record connection %s: %s", redact(bound.session_id), exc)
+
+    def accept(self, environ: dict[str, Any]) -> str | None:
+        """The connection exists (its CONNECT reply goes out now): persist it.
+
+        Writes the new session (with what the connect handler put in it), or
+        renews the resumed one, issues the resume id and records the sids
+        and rooms. Returns the resume id for the reply's ``pid``; ``None``
+        without a store, or when the store is down (the connection then has
+        an in-process session that cannot be resumed).
+        """
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None:
+            return None
+        if bound.accepted or self.store is None:
+            return bound.resume_id
+        bound.accepted = True
+        store = self.store
+        if bound.session_id is None:
+            try:
+                mark = bound.session.change_mark
+                handle = store.create(dict(bound.session), bound.identity)
+            except SessionStoreError as exc:
+                self.counters["store_errors"] += 1
+                self.counters["forked"] += 1
+                logger.error("session store unavailable at connect (%s); this connection gets "
+                             "an in-process session that cannot be resumed", exc)
+                return None
+            bound.session.mark_saved(through=mark)
+            bound.session_id = handle.session_id
+            self.counters["persisted"] += 1
+        self.local[bound.session_id] = environ
+        if self.leases is not None:
+            self.leases.start()
+        try:
+            if bound.resumed:
+                store.persist(bound.session_id)  # the connected lease
+                if bound.session.modified:
+                    store.save(bound.session_id, bound.session)
+            reuse = bound.claimed_pid if self.stable_resume_ids else None
+            bound.resume_id = store.issue_resume(bound.session_id, bound.identity, reuse=reuse)
+            bound.claimed_pid = None
+            self._write_record(bound)
+        except SessionStoreError as exc:
+            self.counters["store_errors"] += 1
+            logger.error("could not record connection %s (%s); it may not be resumable",
+                         redact(bound.session_id), exc)
+        return bound.resume_id
+
+    def settle(self, namespace: str, environ: dict[str, Any], connected: bool) -> None:
+        """After a CONNECT to ``namespace``: a failed one leaves nothing behind.
+
+        A CONNECT that was refused, aimed at an unknown namespace, or that
+        failed otherwise, on a connection in no other namespace, drops the
+        binding; a session it claimed to resume goes back to how it was.
+        """
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None:
+            return
+        if connected:
+            bound.connected_once = True
+            return
+        if bound.sids or bound.connected_once:
+            return  # the binding belongs to a connection that exists
+        environ.pop(ENVIRON_KEY, None)
+        if bound.session_id is None or self.store is None:
+            return
+        try:
+            if bound.accepted and not bound.resumed:
+                # always_connect: the CONNECT reply went out before the refusal
+                self.local.pop(bound.session_id, None)
+                self.store.delete(bound.session_id)
+                self.state.delete(bound.session_id)
+            elif bound.resumed:
+                self._unclaim(bound)
+        except SessionStoreError as exc:
+            self.counters["store_errors"] += 1
+            logger.error("could not release refused session %s: %s",
+                         redact(bound.session_id), exc)
+        except Exception as exc:  # the connection record's own redis errors
+            self.counters["store_errors"] += 1
+            logger.error("could not release refused connection %s: %s",
+                         redact(bound.session_id), exc)
+
+    def _unclaim(self, bound: BoundSession) -> None:
+        store, session_id = self.store, bound.session_id
+        if store is None or session_id is None:
+            return
+        self.local.pop(session_id, None)
+        pid = bound.claimed_pid
+        if self.stable_resume_ids and pid is not None:
+            # the client keeps its pid and may come back with it: re-arm it
+            # (with the TTL the session still has) instead of spending it
+            try:
+                store.issue_resume(session_id, bound.identity, reuse=pid)
+            except SessionNotFound:
+                pass  # expired meanwhile: nothing to give back
+        else:
+            # its resume id is spent: nothing could resume the session again
+            store.delete(session_id)
+            self.state.delete(session_id)
+
+    def _bind(self, environ: dict[str, Any], auth: Any) -> BoundSession | None:
+        app = self.socketio.app
+        if app is None or self.store is None:
+            return None
+        with app.request_context(environ) as context:
+            http_session = dict(context.session)
+            identity = self._identity(auth, http_session)
+        pid = auth.get("pid") if isinstance(auth, dict) else None
+        bound: BoundSession | None = None
+        if pid is not None:
+            try:
+                bound = self._resume(pid, identity)
+            except SessionStoreError as exc:
+                self.counters["store_errors"] += 1
+                logger.error("session store unavailable at connect (%s); the resume id is "
+                             "not checked and this connection gets a new session", exc)
+        if bound is None:
+            # in the process only until the connection is accepted
+            bound = BoundSession(session=ForkedSession(http_session, new=True),
+                                 identity=identity)
+        if isinstance(auth, dict) and isinstance(auth.get("offset"), str):
+            bound.offset = auth["offset"]
+        environ[ENVIRON_KEY] = bound
+        return bound
+
+    def _resume(self, pid: Any, identity: str | None) -> BoundSession | None:
+        store = self.store
+        if store is None:
+            return None
+        result = store.claim_resume(pid, identity)
+        if not result.granted or result.session_id is None:
+            self.counters["resume_refused"] += 1
+            return None
+        if self._held_by_a_live_connection(result.session_id):
+            # the id stays the holder's: put it back and refuse this claimant
+            store.issue_resume(result.session_id, identity, reuse=pid)
+            self.counters["resume_in_use"] += 1
+            logger.warning("resume %s refused: its session is held by a live connection",
+                           redact(pid))
+            return None
+        session = store.load(result.session_id)
+        if session is None:
+            self.counters["resume_refused"] += 1
+            return None
+        try:
+            record = self.state.load(result.session_id)
+        except Exception as exc:  # a missing record only loses the rooms
+            logger.warning("connection record of %s unavailable: %s",
+                           redact(result.session_id), exc)
+            record = empty_record()
+        self.counters["resumed"] += 1
+        return BoundSession(session=session, session_id=result.session_id, identity=identity,
+                            resumed=True, claimed_pid=pid,
+                            rooms={ns: set(rooms) for ns, rooms in record["rooms"].items()},
+                            previous_sids=record["sids"], base_offsets=record["base"],
+                            rebased=record["rebased"])
+
+    def _held_by_a_live_connection(self, session_id: str) -> bool:
+        if self.holds(session_id):
+            return True
+        cluster = getattr(self.socketio.server.manager, "cluster", None)
+        if cluster is None:
+            return False
+        from cluster.bus import ClusterRequestError, ClusterRequestTimeout
+
+        try:
+            answers = cluster.server_side_call(HOLDER_QUERY, session_id, timeout=HOLDER_TIMEOUT)
+        except ClusterRequestTimeout as exc:
+            # a node that does not answer (killed, say) holds nothing any more
+            answers = [a.get("result") for a in exc.partial.values() if isinstance(a, dict)]
+        except ClusterRequestError:
+            return False
+        return any(answer is True for answer in answers)
+
+    def _identity(self, auth: Any, http_session: Mapping[str, Any]) -> str | None:
+        if self.identity_loader is not None:
+            identity = self.identity_loader(auth)
+            return None if identity is None else str(identity)
+        user_id = http_session.get("_user_id")  # Flask-Login's key
+        return None if user_id is None else str(user_id)
+
+    def on_refused(self, sid: str, namespace: str, environ: dict[str, Any]) -> None:
+        self._leave(namespace, environ)
+
+    def on_disconnect(self, sid: str, namespace: str, environ: dict[str, Any]) -> None:
+        self._leave(namespace, environ)
+
+    def flush(self, timeout: float) -> None:
+        """Nothing is pending: every save is write-through."""
+
+    def _leave(self, namespace: str, environ: dict[str, Any]) -> None:
+        bound = environ.get(ENVIRON_KEY)
+        if bound is None:
+            return
+        bound.sids.pop(namespace, None)
+        if bound.sids or not bound.accepted or bound.session_id is None or self.store is None:
+            return
+        self.local.pop(bound.session_id, None)
+        bound.expiring = True
+        # the last namespace of the connection is gone: the resume window opens
+        try:
+            self._flush_rooms(bound)
+            self.store.expire(bound.session_id)
+            self.state.expire(bound.session_id, self.store.ttl)
+        except SessionStoreError as exc:
+            self.counters["store_errors"] += 1
+            logger.error("could not start the TTL of session %s: %s",
+                         redact(bound.session_id), exc)
+        except Exception as exc:  # the rooms record's own redis errors
+            self.counters["store_errors"] += 1
+            logger.error("could not expire rooms of %s: %s", redact(bound.session_id), exc)
