@@ -40,7 +40,10 @@ from cluster.bus.kombu_manager import KombuManager
 from cluster.bus.manager import ClusterManager
 from cluster.bus.membership import LocalManager, MembershipEvents
 from cluster.bus.presence import Presence
-from cluster.bus.redis_manager import SCHEMES as REDIS_SCHEMES, RedisManager
+from cluster.bus.redis_connection import SCHEMES as REDIS_SCHEMES
+from cluster.bus.redis_manager import RedisManager
+from cluster.bus.settings import BusSettings
+from cluster.bus.transport import Subscription, Transport
 from cluster.bus.stats import COUNTERS, GAUGES
 from cluster.bus.view import ClusterView
 
@@ -51,6 +54,7 @@ __all__ = [
     "BusSerializationError", "BusMessageTooLarge", "BusPublishError", "ClusterRequestError",
     "ClusterRequestTimeout", "UnsignedBusError", "BusAccessDenied", "check_signing",
     "bus_features", "BusFeatures", "RecoveryReader", "DEFAULT_CHANNEL",
+    "BusSettings", "Transport", "Subscription", "REDIS_SCHEMES",
 ]
 
 
@@ -78,7 +82,7 @@ def create_manager(url: str, *, channel: str = DEFAULT_CHANNEL,
                      ``buffer_bytes``, ``max_message_bytes``,
                      ``ack_timeout``, ``request_timeout``,
                      ``heartbeat_interval``, ``node_timeout``,
-                     ``max_backoff``...), see :class:`ClusterManager`.
+                     ``max_backoff``...), see :class:`BusSettings`.
     """
     if not isinstance(url, str) or "://" not in url:
         raise BusConfigurationError(

@@ -16,10 +16,14 @@ of the callable, so a wrapper made with ``functools.wraps`` keeps them.
 from __future__ import annotations
 
 import heapq
+import itertools
 import threading
 import time
-from typing import Any
 from collections.abc import Callable
+from typing import Any
+
+from cluster import compat
+from cluster.bus.stats import BusStats
 
 
 class TimedAck:
@@ -73,3 +77,50 @@ class AckDeadlines:
                 _, ack_id, sid = heapq.heappop(self._heap)
                 out.append((sid, ack_id))
         return out
+
+
+class AckTable:
+    """The manager's ack callbacks: numbered, tracked, expired.
+
+    ``callbacks`` is python-socketio's own table (the manager's
+    ``callbacks``, which ``trigger_callback`` reads when an ack arrives);
+    ids come from one process-wide counter, so they stay unique even after
+    an expired sid's table is removed and a late ack cannot hit a newer
+    callback.
+
+    :param spawn: runs an expiry hook in a task of its own, errors logged.
+    """
+
+    def __init__(self, callbacks: dict[Any, Any], default_timeout: float | None,
+                 stats: BusStats, spawn: Callable[..., Any]) -> None:
+        self.callbacks = callbacks
+        self.deadlines = AckDeadlines(default_timeout)
+        self.stats = stats
+        self.spawn = spawn
+        self._ids = itertools.count(1)
+
+    def add(self, sid: Any, callback: Any) -> int:
+        """File ``callback`` for ``sid``; its ack id."""
+        ack_id = compat.register_ack(self.callbacks, sid, self._ids, callback)
+        self.deadlines.track(sid, ack_id, callback)
+        return ack_id
+
+    def discard(self, sid: Any, ack_id: int) -> None:
+        """Forget a callback whose emit was never sent."""
+        compat.pop_ack(self.callbacks, sid, ack_id)
+
+    def expire(self) -> None:
+        """Drop the callbacks past their deadline, calling their
+        ``on_ack_timeout`` hooks; counted in ``acks_expired``."""
+        for sid, ack_id in self.deadlines.due():
+            callback = compat.pop_ack(self.callbacks, sid, ack_id)
+            if callback is None:
+                continue
+            self.stats.incr("acks_expired")
+            on_timeout = getattr(callback, "on_ack_timeout", None)
+            if on_timeout is not None:
+                self.spawn(on_timeout)
+
+    def pending(self) -> int:
+        """Callbacks still waiting (-1 when unknown for a moment)."""
+        return compat.pending_ack_count(self.callbacks)

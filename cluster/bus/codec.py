@@ -68,6 +68,7 @@ from typing import Any
 
 from cluster.bus.errors import (BusConfigurationError, BusMessageTooLarge, BusSerializationError,
                      UnsignedBusError)
+from cluster.recovery.offsets import Offset
 
 #: methods python-socketio's PubSubManager understands
 STOCK_METHODS = frozenset(
@@ -378,10 +379,10 @@ class Codec:
             return
         if not log:
             raise Dropped("dropped_bad_offset", "offset on a message not signed as logged")
-        try:
-            stamped = int(offset.split("-", 1)[0])  # the caller matched OFFSET_RE
-        except ValueError:
-            raise Dropped("dropped_bad_offset", "malformed offset") from None
+        parsed = Offset.parse(offset)
+        if parsed is None:
+            raise Dropped("dropped_bad_offset", "malformed offset")
+        stamped = parsed.ms
         if not ts - self.skew_ms <= stamped <= ts + self.max_age_ms:
             raise Dropped("dropped_bad_offset",
                           f"offset {offset} is {stamped - ts} ms from its message")

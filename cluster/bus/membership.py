@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import socketio
 
+from cluster import compat
+
 MembershipListener = Callable[[Any, str, Any, bool], None]
 
 
@@ -66,12 +68,7 @@ class MembershipEvents:
         for room in list(self._sid_rooms.get((namespace, sid), ())):
             self.basic_leave_room(sid, namespace, room)
         self.callbacks.pop(sid, None)
-        for pending in (getattr(self, "pending_connect", None),
-                        getattr(self, "pending_disconnect", None)):
-            if pending and namespace in pending and sid in pending[namespace]:
-                pending[namespace].remove(sid)
-                if not pending[namespace]:
-                    del pending[namespace]
+        compat.forget_pending_connections(self, sid, namespace)
 
     def _announce(self, sid: Any, namespace: str, room: Any, joined: bool) -> None:
         listener = self.membership_listener
@@ -81,3 +78,17 @@ class MembershipEvents:
 
 class LocalManager(MembershipEvents, socketio.Manager):
     """python-socketio's single-node manager with the room index and events."""
+
+
+def named_rooms(rooms: dict[str, dict[Any, Any]]) -> list[tuple[str, Any]]:
+    """``(namespace, room)`` of every room with members in a manager's
+    ``rooms`` table, without the ``None`` room and the sids' own rooms."""
+    for _ in range(10):
+        try:
+            return [(ns, room) for ns, table in list(rooms.items())
+                    for room, members in list(table.items())
+                    if room is not None and members
+                    and not (len(members) == 1 and room in members)]
+        except RuntimeError:  # resized by another thread: copy again
+            continue
+    return []

@@ -18,20 +18,27 @@ register one (they run the same application code).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
 from collections.abc import Callable
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from cluster.bus.manager import ClusterManager
+from cluster.bus.link import BusLink
+from cluster.bus.membership import named_rooms
 
 PresenceCallback = Callable[[str, Any, str], Any]
 
 
 class Presence:
-    """Room presence tracker of one manager (``manager.presence``)."""
+    """Room presence tracker of one manager (``manager.presence``).
 
-    def __init__(self, manager: ClusterManager) -> None:
-        self._m = manager
+    :param link: publishes the announcements, runs the callbacks.
+    :param local_rooms: the ``(namespace, room)`` pairs with members on
+        this node.
+    """
+
+    def __init__(self, link: BusLink,
+                 local_rooms: Callable[[], list[tuple[str, Any]]]) -> None:
+        self.link = link
+        self.local_rooms = local_rooms
         self._callbacks: list[PresenceCallback] = []
         self._remote: dict[tuple[str, Any], set[str]] = {}
 
@@ -47,23 +54,26 @@ class Presence:
 
     def rooms(self, namespace: str = "/") -> list[Any]:
         """Rooms known to have members somewhere in the cluster."""
-        local = {room for ns, room in self._local_rooms() if ns == namespace}
+        local = {room for ns, room in self.local_rooms() if ns == namespace}
         remote = {room for (ns, room), hosts in self._remote.items()
                   if ns == namespace and hosts}
         return sorted(local | remote, key=str)
 
     # -- fed by the manager ---------------------------------------------------
-    def _local_added(self, namespace: str, room: Any) -> None:
+    def local_added(self, namespace: str, room: Any) -> None:
+        """``room`` got its first member on this node."""
         self._announce("add", namespace, room)
         if not self._remote.get((namespace, room)):
             self._fire("first_join", room, namespace)
 
-    def _local_removed(self, namespace: str, room: Any) -> None:
+    def local_removed(self, namespace: str, room: Any) -> None:
+        """``room`` lost its last member on this node."""
         self._announce("remove", namespace, room)
         if not self._remote.get((namespace, room)):
             self._fire("last_leave", room, namespace)
 
-    def _handle_message(self, message: dict[str, Any]) -> None:
+    def handle_message(self, message: dict[str, Any]) -> None:
+        """Another node's announcement."""
         if not self.enabled:
             return
         host, op = message["host_id"], message["op"]
@@ -83,12 +93,13 @@ class Presence:
                 if not known:
                     del self._remote[key]
 
-    def _node_gone(self, host_id: str) -> None:
+    def node_gone(self, host_id: str) -> None:
+        """A node left: the lowest-id survivor reports its vanished rooms."""
         if not self.enabled:
             return
-        survivors = [h for h in self._m._nodes.ids() if h != host_id]
-        report = bool(survivors) and survivors[0] == self._m.host_id
-        local = set(self._local_rooms())
+        survivors = [h for h in self.link.nodes.ids() if h != host_id]
+        report = bool(survivors) and survivors[0] == self.link.host_id
+        local = set(self.local_rooms())
         for key, hosts in list(self._remote.items()):
             if host_id in hosts:
                 hosts.discard(host_id)
@@ -97,41 +108,24 @@ class Presence:
                     if report and key not in local:
                         self._fire("last_leave", key[1], key[0])
 
-    def _on_subscribed(self) -> None:
-        if self.enabled:
-            self._sync()
-
-    def _node_joined(self) -> None:
-        # the newcomer knows nothing yet: tell it what lives here
-        if self.enabled:
-            self._sync()
+    def resync(self) -> None:
+        """Tell the others what lives here: after (re)subscribing, and when
+        a newcomer joined (it knows nothing yet)."""
+        if not self.enabled:
+            return
+        self.link.publish({"method": "presence", "op": "sync",
+                           "host_id": self.link.host_id, "room": "",
+                           "rooms": [list(r) for r in self.local_rooms()]},
+                          volatile=True)
 
     # -- plumbing -------------------------------------------------------------
-    def _sync(self) -> None:
-        self._m._publish({"method": "presence", "op": "sync",
-                          "host_id": self._m.host_id, "room": "",
-                          "rooms": [list(r) for r in self._local_rooms()]},
-                         volatile=True)
-
     def _announce(self, op: str, namespace: str, room: Any) -> None:
-        if not self._m.write_only:
-            self._m._publish({"method": "presence", "op": op,
-                              "host_id": self._m.host_id, "room": room,
-                              "namespace": namespace})
+        if not self.link.write_only:
+            self.link.publish({"method": "presence", "op": op,
+                               "host_id": self.link.host_id, "room": room,
+                               "namespace": namespace})
 
     def _fire(self, event: str, room: Any, namespace: str) -> None:
         for callback in list(self._callbacks):
-            self._m._runtime.spawn(self._m._safe_call, callback, event, room,
-                                   namespace)
+            self.link.spawn(callback, event, room, namespace)
 
-    def _local_rooms(self) -> list[tuple[str, Any]]:
-        rooms = self._m.rooms
-        for _ in range(10):
-            try:
-                return [(ns, room) for ns, table in list(rooms.items())
-                        for room, members in list(table.items())
-                        if room is not None and members
-                        and not (len(members) == 1 and room in members)]
-            except RuntimeError:  # resized by another thread: copy again
-                continue
-        return []

@@ -20,6 +20,11 @@ class Runtime:
     def __init__(self, server: Any = None) -> None:
         self.server = server
 
+    def attach(self, server: Any) -> None:
+        """Run in ``server``'s async mode from now on (its tasks, sleeps and
+        events); every part holding this runtime follows."""
+        self.server = server
+
     def spawn(self, target: Callable[..., Any], *args: Any) -> Any:
         if self.server is not None:
             return self.server.start_background_task(target, *args)

@@ -15,14 +15,14 @@ published once; they do not wait, like their socket.io counterparts.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from collections.abc import Callable, Iterable
 
 from cluster.bus.errors import (BusSerializationError, ClusterRequestError,
                      ClusterRequestTimeout)
+from cluster.bus.link import BusLink
+from cluster.bus.membership import named_rooms
 
-if TYPE_CHECKING:  # pragma: no cover
-    from cluster.bus.manager import ClusterManager
 
 
 def _retrying(read: Callable[[], Any]) -> Any:
@@ -50,8 +50,15 @@ class ClusterView:
     ``"/"`` everywhere.
     """
 
-    def __init__(self, manager: ClusterManager) -> None:
-        self._m = manager
+    def __init__(self, link: BusLink, local: Any, request_timeout: float) -> None:
+        """:param link: publishes the requests and answers.
+        :param local: this node's python-socketio manager (its public API
+            answers the local part of every query and applies commands).
+        :param request_timeout: default seconds a query waits for answers.
+        """
+        self.link = link
+        self.local = local
+        self.request_timeout = request_timeout
         self._pending: dict[str, _Pending] = {}
         self._handlers: dict[tuple[str, str], Callable[..., Any]] = {}
 
@@ -59,7 +66,7 @@ class ClusterView:
     def live_nodes(self) -> list[dict[str, Any]]:
         """Nodes heard from within ``node_timeout``, this one included:
         ``[{"id", "name", "age" (s since last heartbeat), "self"}]``."""
-        return self._m._nodes.describe()
+        return self.link.nodes.describe()
 
     def room_members(self, room: Any, namespace: str = "/",
                      timeout: float | None = None) -> list[str]:
@@ -98,7 +105,7 @@ class ClusterView:
         for node_id, entries in answers.items():
             for entry in entries or ():
                 out.append({"sid": entry["sid"], "namespace": namespace,
-                            "node": self._m._nodes.name_of(node_id),
+                            "node": self.link.nodes.name_of(node_id),
                             "node_id": node_id, "rooms": entry["rooms"]})
         return sorted(out, key=lambda e: e["sid"])
 
@@ -154,14 +161,14 @@ class ClusterView:
                 result = self.server_side_call(event, *args, namespace=namespace,
                                                timeout=timeout)
             except ClusterRequestTimeout as exc:
-                self._m._get_logger().warning("%s", exc)
+                self.link.logger.warning("%s", exc)
                 result = self._values(exc.partial)
             except ClusterRequestError as exc:
-                self._m._get_logger().warning("%s", exc)
+                self.link.logger.warning("%s", exc)
                 result = []
             callback(result)
-        self._m._codec.dumps(payload)  # raise a bad payload here, not later
-        self._m._runtime.spawn(self._m._safe_call, wait_and_call)
+        self.link.dumps(payload)  # raise a bad payload here, not later
+        self.link.spawn(wait_and_call)
 
     def server_side_call(self, event: str, *args: Any, namespace: str = "/",
                          timeout: float | None = None) -> list[Any]:
@@ -190,81 +197,80 @@ class ClusterView:
 
     def _ask(self, op: str, args: dict[str, Any], timeout: float | None,
              include_self: bool = True) -> dict[str, Any]:
-        m = self._m
-        if m.write_only:
+        link = self.link
+        if link.write_only:
             raise ClusterRequestError(
                 "A write-only bus manager receives no answers: run cluster "
                 "queries on a socket node.")
         answers: dict[str, Any] = {}
         if include_self:
-            answers[m.host_id] = self._apply(op, args)
-        peers = {h for h in m._nodes.ids() if h != m.host_id}
+            answers[link.host_id] = self._apply(op, args)
+        peers = {h for h in link.nodes.ids() if h != link.host_id}
         if not peers:
             return answers
-        if not m.ready:
+        if not link.ready():
             raise ClusterRequestError(
                 "The cluster bus is disconnected; cluster-wide queries work "
                 "again once it reconnects (see /readyz).")
         req_id = uuid.uuid4().hex
-        pending = _Pending(peers, m._runtime.event())
+        pending = _Pending(peers, link.event())
         self._pending[req_id] = pending
-        timeout = m.request_timeout if timeout is None else timeout
+        timeout = self.request_timeout if timeout is None else timeout
         try:
-            m._publish({"method": "request", "host_id": m.host_id,
-                        "req_id": req_id, "op": op, "args": args,
-                        "reply": True}, volatile=True)
+            link.publish({"method": "request", "host_id": link.host_id,
+                          "req_id": req_id, "op": op, "args": args,
+                          "reply": True}, volatile=True)
             pending.event.wait(timeout)
         finally:
             self._pending.pop(req_id, None)
         answers.update(pending.results)
         if pending.waiting:
-            m._stats.incr("requests_timed_out")
+            link.stats.incr("requests_timed_out")
             missing = sorted(pending.waiting)
             raise ClusterRequestTimeout(
                 f"Cluster query {op!r} timed out after {timeout} s waiting "
-                f"for node(s) {', '.join(m._nodes.name_of(h) for h in missing)}",
+                f"for node(s) {', '.join(link.nodes.name_of(h) for h in missing)}",
                 dict(answers), missing)
         return answers
 
     def _command(self, op: str, args: dict[str, Any],
                  apply_here: bool = True) -> None:
-        m = self._m
-        m._publish({"method": "request", "host_id": m.host_id,
-                    "req_id": uuid.uuid4().hex, "op": op, "args": args,
-                    "reply": False})
-        if apply_here and not m.write_only:
+        self.link.publish({"method": "request", "host_id": self.link.host_id,
+                           "req_id": uuid.uuid4().hex, "op": op, "args": args,
+                           "reply": False})
+        if apply_here and not self.link.write_only:
             self._apply(op, args)
 
-    def _handle_request(self, message: dict[str, Any]) -> None:
+    def handle_request(self, message: dict[str, Any]) -> None:
+        """Another node's query or command."""
         op, args = message["op"], message["args"]
         if op == "server_side_emit":
             # application code: run it off the listener task
-            self._m._runtime.spawn(self._m._safe_call, self._answer, message)
+            self.link.spawn(self._answer, message)
         elif message.get("reply", False):
             self._answer(message)
         else:
             self._apply(op, args)
 
     def _answer(self, message: dict[str, Any]) -> None:
-        m = self._m
-        response = {"method": "response", "host_id": m.host_id,
+        link = self.link
+        response = {"method": "response", "host_id": link.host_id,
                     "to": message["host_id"], "req_id": message["req_id"]}
         try:
             result = self._apply(message["op"], message["args"])
         except Exception as exc:
-            m._get_logger().exception("Cluster request %r failed",
-                                      message["op"])
+            link.logger.exception("Cluster request %r failed", message["op"])
             result = {"error": f"{type(exc).__name__}: {exc}"}
         if not message.get("reply", False):
             return
         try:
-            m._publish(dict(response, result=result), volatile=True)
+            link.publish(dict(response, result=result), volatile=True)
         except BusSerializationError as exc:
-            m._publish(dict(response, result={"error": str(exc)}),
-                       volatile=True)
+            link.publish(dict(response, result={"error": str(exc)}), volatile=True)
 
-    def _handle_response(self, message: dict[str, Any]) -> None:
-        if message["to"] != self._m.host_id:
+    def handle_response(self, message: dict[str, Any]) -> None:
+        """An answer to one of our queries."""
+        if message["to"] != self.link.host_id:
             return
         pending = self._pending.get(message["req_id"])
         if pending is None:
@@ -274,7 +280,8 @@ class ClusterView:
         if not pending.waiting:
             pending.event.set()
 
-    def _node_gone(self, host_id: str) -> None:
+    def node_gone(self, host_id: str) -> None:
+        """Stop waiting for a node that left."""
         for pending in list(self._pending.values()):
             pending.waiting.discard(host_id)
             if not pending.waiting:
@@ -285,7 +292,7 @@ class ClusterView:
         ns = args.get("namespace") or "/"
         if op == "room_members":
             return _retrying(lambda: [
-                sid for sid in self._m.rooms.get(ns, {}).get(args["room"], {})])
+                sid for sid in self.local.rooms.get(ns, {}).get(args["room"], {})])
         if op == "rooms_of":
             return self._local_rooms_of(args["sid"], ns)
         if op == "sockets":
@@ -296,15 +303,15 @@ class ClusterView:
             for sid in sids:
                 for room in args["rooms"]:
                     if op == "sockets_join":
-                        if room != sid and not self._m.is_sid_room(ns, room):
-                            self._m.basic_enter_room(sid, ns, room)
+                        if room != sid and not self.local.is_sid_room(ns, room):
+                            self.local.basic_enter_room(sid, ns, room)
                     elif room != sid:
-                        self._m.basic_leave_room(sid, ns, room)
+                        self.local.basic_leave_room(sid, ns, room)
             return len(sids)
         if op == "disconnect_sockets":
             sids = self._local_sids(ns, args.get("to"))
             for sid in sids:
-                self._m.server.disconnect(sid, namespace=ns, ignore_queue=True)
+                self.local.server.disconnect(sid, namespace=ns, ignore_queue=True)
             return len(sids)
         if op == "server_side_emit":
             handler = self._handlers.get((ns, args["event"]))
@@ -312,22 +319,22 @@ class ClusterView:
                 return {"nohandler": True}
             return {"result": handler(*args["args"])}
         if op == "presence_sync":
-            return self._m.presence._local_rooms()
+            return named_rooms(self.local.rooms)
         raise ValueError(f"unknown cluster request {op!r}")
 
     def _local_rooms_of(self, sid: str, ns: str) -> list[Any] | None:
-        m = self._m
-        if not m.is_connected(sid, ns) and not m.is_pre_connected(sid, ns):
+        local = self.local
+        if not local.is_connected(sid, ns) and not local.is_pre_connected(sid, ns):
             return None
-        return _retrying(lambda: [r for r in m.get_rooms(sid, ns) if r != sid])
+        return _retrying(lambda: [r for r in local.get_rooms(sid, ns) if r != sid])
 
     def _local_sids(self, ns: str, to: list[Any] | None) -> list[str]:
-        rooms = self._m.rooms.get(ns, {})
+        rooms = self.local.rooms.get(ns, {})
 
         def read() -> list[str]:
             if to is None:
                 sids = set(rooms.get(None, {}))
             else:
                 sids = {sid for room in to for sid in rooms.get(room, {})}
-            return sorted(sid for sid in sids if self._m.is_connected(sid, ns))
+            return sorted(sid for sid in sids if self.local.is_connected(sid, ns))
         return _retrying(read)

@@ -42,7 +42,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
-from cluster.bus.redis_manager import close_quietly
+from cluster.bus.features import bus_features
+from cluster.bus.redis_connection import close_quietly
 from cluster.exceptions import ConfigurationError, LeaseLost
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class SingletonTask:
             server.sleep(0.1)
         self._connect = self._client_factory()
         if self._connect is None:
-            if server.options.get("message_queue"):
+            if server.config.bus.url:
                 logger.error(
                     "singleton task %r does not run: its lease needs Redis and the "
                     "message queue is not a Redis URL; pass redis_url= to "
@@ -335,20 +336,26 @@ class SingletonTask:
         if self.redis_url:
             url = self.redis_url
             return lambda: redis.Redis.from_url(url, **timeouts)
-        client = getattr(self.socketio.server.manager, "new_client", None)
-        if callable(client):
+        features = bus_features(self.socketio.server.manager)
+        try:
+            first = features.new_redis_client()
+        except Exception:  # a Redis bus, unreachable now: _call retries
+            return features.new_redis_client
+        if first is not None:
             # the Redis bus's own connection logic (TLS, password, Sentinel,
-            # the channel's shard of a Redis Cluster) and options
-            return client
-        url = self.socketio.server.options.get("redis_url")
-        if isinstance(url, str) and url.split(":", 1)[0] in REDIS_SCHEMES:
+            # the channel's shard of a Redis Cluster) and options; the
+            # client that told us so is the first one used
+            unused = [first]
+            return lambda: unused.pop() if unused else features.new_redis_client()
+        url = self.socketio.server.config.redis_url
+        if url and url.split(":", 1)[0] in REDIS_SCHEMES:
             return lambda: redis.Redis.from_url(url, **timeouts)
         return None
 
     def _key(self, kind: str) -> str:
         # hash-tagged with the channel: in a Redis Cluster the keys live on
         # the shard that carries the channel, which the bus's client reaches
-        channel = self.socketio.server.options.get("channel") or "flask-socketio"
+        channel = self.socketio.server.config.bus.channel
         return f"{{{channel}}}:singleton:{self.name}:{kind}"
 
     def _drop_client(self) -> None:
@@ -356,4 +363,4 @@ class SingletonTask:
         close_quietly(client)
 
     def _draining(self) -> bool:
-        return bool(getattr(self.socketio.node_state, "draining", False))
+        return bool(self.socketio.node_state.draining)

@@ -14,11 +14,13 @@ from collections.abc import Iterator
 import socketio
 
 from cluster.bus.manager import ClusterManager
+from cluster.bus.transport import Subscription, Transport
 
 
 class LoopbackHub:
     def __init__(self) -> None:
-        self.subscribers: list[LoopbackManager] = []
+        self.subscribers: list[LoopbackTransport] = []
+        self.managers: list[ClusterManager] = []
         self.down = False
         self.sent: list[bytes] = []
         self.lock = threading.Lock()
@@ -28,21 +30,19 @@ class LoopbackHub:
             sub.inbox.put(raw)
 
 
-class LoopbackManager(ClusterManager):
+class LoopbackTransport(Transport):
     name = "loopback"
 
-    def __init__(self, hub: LoopbackHub, **kwargs: Any) -> None:
-        kwargs.setdefault("heartbeat_interval", 0.2)
-        super().__init__(**kwargs)
+    def __init__(self, hub: LoopbackHub) -> None:
         self.hub = hub
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.batches: list[int] = []
 
-    def _connect_publisher(self) -> None:
+    def connect(self) -> None:
         if self.hub.down:
             raise ConnectionError("loopback bus is down")
 
-    def _send_batch(self, payloads: list[bytes]) -> None:
+    def send(self, payloads: list[bytes]) -> None:
         if self.hub.down:
             raise ConnectionError("loopback bus is down")
         with self.hub.lock:
@@ -51,13 +51,13 @@ class LoopbackManager(ClusterManager):
             for payload in payloads:
                 self.hub.inject(payload)
 
-    def _subscriber_count(self) -> int | None:
+    def subscriber_count(self) -> int | None:
         return len(self.hub.subscribers)
 
-    def _listen(self) -> Iterator[Any]:
+    def listen(self, subscription: Subscription) -> Iterator[Any]:
         self.hub.subscribers.append(self)
-        self._on_subscribed()
-        while not self._closed:
+        subscription.up()
+        while not subscription.closed:
             try:
                 yield self.inbox.get(timeout=0.1)
             except queue.Empty:
@@ -66,7 +66,9 @@ class LoopbackManager(ClusterManager):
 
 def make_node(hub: LoopbackHub, **kwargs: Any) -> tuple[Any, LoopbackManager]:
     """A threading-mode server whose sockets are recorded, not networked."""
-    manager = LoopbackManager(hub, **kwargs)
+    kwargs.setdefault("heartbeat_interval", 0.2)
+    manager = ClusterManager(LoopbackTransport(hub), **kwargs)
+    hub.managers.append(manager)
     server = socketio.Server(client_manager=manager, async_mode="threading")
     server.sent = []
     server._send_eio_packet = lambda eio_sid, pkt: server.sent.append(

@@ -1,4 +1,4 @@
-"""The manager's logic at the _publish/_listen seam (no network)."""
+"""The manager's logic over the loopback transport (no network)."""
 from __future__ import annotations
 
 import json
@@ -19,8 +19,14 @@ from tests.bus.loopback import LoopbackHub, make_node, wait_for
 def hub():
     hub = LoopbackHub()
     yield hub
-    for manager in list(hub.subscribers):
+    for manager in list(hub.managers):
         manager.close(timeout=0.5)
+
+
+def published(publish: mock.Mock) -> list[dict]:
+    """The messages a mocked Publisher.publish was given."""
+    return [c.args[0] if c.args else json.loads(c.kwargs["body"])
+            for c in publish.call_args_list]
 
 
 def events(server):
@@ -31,18 +37,18 @@ def test_emit_delivers_locally_and_publishes_exactly_once(hub) -> None:
     server, manager = make_node(hub)
     sid = manager.connect("eio1", "/")
     manager.enter_room(sid, "/", "lobby")
-    with mock.patch.object(manager, "_publish") as publish:
+    with mock.patch.object(manager.publisher, "publish", return_value=True) as publish:
         server.emit("chat", {"n": 1}, to="lobby")
     assert events(server) == ['2["chat",{"n":1}]']  # delivered, no round trip
     publish.assert_called_once()
-    message = publish.call_args[0][0]
+    message = published(publish)[0]
     assert message["room"] == "lobby" and message["data"] == [{"n": 1}]
 
 
 def test_unserializable_payload_raises_before_anything_happens(hub) -> None:
     server, manager = make_node(hub)
     sid = manager.connect("eio1", "/")
-    with mock.patch.object(manager, "_publish") as publish:
+    with mock.patch.object(manager.publisher, "publish", return_value=True) as publish:
         with pytest.raises(BusSerializationError, match="'chat'"):
             server.emit("chat", {"when": object()}, to=sid,
                         callback=lambda *a: None)
@@ -53,7 +59,7 @@ def test_unserializable_payload_raises_before_anything_happens(hub) -> None:
 def test_oversized_emit_raises_at_the_caller_before_anything_happens(hub) -> None:
     server, manager = make_node(hub, max_message_bytes=10_000)
     sid = manager.connect("eio1", "/")
-    with mock.patch.object(manager, "_publish") as publish:
+    with mock.patch.object(manager.publisher, "publish", return_value=True) as publish:
         with pytest.raises(BusMessageTooLarge, match="max_message_bytes") as info:
             server.emit("chat", "x" * 20_000, to=sid, callback=lambda *a: None)
         with pytest.raises(BusSerializationError):  # what workers map to PayloadError
@@ -61,7 +67,7 @@ def test_oversized_emit_raises_at_the_caller_before_anything_happens(hub) -> Non
         server.emit("chat", "x" * 9_000, to=sid)  # under the limit: sent
     assert info.value.limit == 10_000 and info.value.size > 20_000
     assert "out of band" in str(info.value)
-    emits = [c for c in publish.call_args_list if c.args[0]["method"] == "emit"]
+    emits = [m for m in published(publish) if m["method"] == "emit"]
     assert len(emits) == 1  # (heartbeats may pass the mock too)
     assert [d for _, d in server.sent] == ['2["chat","' + "x" * 9_000 + '"]']
     assert manager.stats()["pending_acks"] == 0
@@ -82,14 +88,15 @@ def test_bus_limits_given_with_the_driver_options() -> None:
     manager = create_manager("redis://127.0.0.1:1/0", write_only=True, options={
         "buffer_size": 7, "buffer_bytes": 5_000, "max_message_bytes": 2_000,
         "socket_timeout": 1.0})
-    assert (manager.buffer_size, manager.buffer_bytes, manager.max_message_bytes) == (
+    settings = manager.settings
+    assert (settings.buffer_size, settings.buffer_bytes, settings.max_message_bytes) == (
         7, 5_000, 2_000)
     assert manager.redis_options["socket_timeout"] == 1.0
     assert "buffer_bytes" not in manager.redis_options
     kombu = create_manager("amqp://guest:guest@127.0.0.1:1//", write_only=True,
                            options={"max_message_bytes": 3_000})
-    assert kombu.max_message_bytes == 3_000
-    assert "max_message_bytes" not in kombu.connection_options
+    assert kombu.settings.max_message_bytes == 3_000
+    assert "max_message_bytes" not in kombu.transport.connection_options
     with pytest.raises(BusConfigurationError, match="max_message_bytes=-1"):
         create_manager("redis://127.0.0.1:1/0", options={"max_message_bytes": -1})
 
@@ -115,7 +122,7 @@ def test_forged_messages_dropped_counted_and_nothing_runs(hub) -> None:
         def __reduce__(self):
             return (pytest.fail, ("pickle payload executed",))
 
-    with mock.patch.object(manager, "_handle_emit") as handle:
+    with mock.patch.object(manager, "apply_emit") as handle:
         hub.inject(json.dumps({"method": "emit", "event": "x", "data": [1],
                                "namespace": "/", "room": sid,
                                "host_id": "evil"}))
@@ -180,7 +187,7 @@ def test_burst_is_batched(hub) -> None:
     for i in range(2000):
         s1.emit("b", i, to="nobody")
     assert m1.flush(5)
-    assert sum(m1.batches) >= 2000 and max(m1.batches) > 1
+    assert sum(m1.transport.batches) >= 2000 and max(m1.transport.batches) > 1
 
 
 def test_write_only_publish_error_is_raised_not_swallowed() -> None:
@@ -246,8 +253,8 @@ def test_node_death_reports_its_rooms_vacated_once(hub) -> None:
     m3.enter_room(sid, "/", "user:9")
     wait_for(lambda: m1.presence.rooms() == ["user:9"]
              and m2.presence.rooms() == ["user:9"])
-    m3._closed = True  # crash: no goodbye, heartbeats stop
-    hub.subscribers.remove(m3)
+    m3.subscription.closed = True  # crash: no goodbye, heartbeats stop
+    hub.subscribers.remove(m3.transport)
     wait_for(lambda: len(m1.cluster.live_nodes()) == 2
              and len(m2.cluster.live_nodes()) == 2, timeout=5)
     wait_for(lambda: any(ev == "last_leave" for _, ev, _ in seen))

@@ -249,7 +249,7 @@ def test_recovery_reads_do_not_wait_for_the_publisher_lock(redis_url: str) -> No
     holding, release = threading.Event(), threading.Event()
 
     def publisher_busy() -> None:
-        with manager._pub_lock:
+        with manager.publisher.lock:
             holding.set()
             release.wait(WAIT)
 
@@ -257,7 +257,7 @@ def test_recovery_reads_do_not_wait_for_the_publisher_lock(redis_url: str) -> No
     assert holding.wait(WAIT)
     result: dict[str, Any] = {}
     reader = threading.Thread(target=lambda: result.update(
-        last=manager.recovery_last_offset(), readable=manager.recovery_readable("0-0")),
+        last=manager.recovery.last_offset(), readable=manager.recovery.readable("0-0")),
         daemon=True)
     try:
         reader.start()
@@ -267,7 +267,7 @@ def test_recovery_reads_do_not_wait_for_the_publisher_lock(redis_url: str) -> No
     finally:
         release.set()
         reader.join(5)
-        manager._close_reader()
+        manager.transport.close()
 
 
 # -- part 4: room joins O(1) in Redis, and capped -------------------------------

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from cluster.bus import (BusConfigurationError, BusPublishError, BusSerializationError,
-                         Codec)
+from cluster.bus import BusConfigurationError, BusPublishError, BusSerializationError, Codec
 from cluster.devtools.processes import free_port
 from workers import ConfigurationError, Emitter, PayloadError, PublishError
 
@@ -30,8 +29,8 @@ class Wire:
 
     def patch(self) -> None:
         manager = self.emitter.manager
-        manager._connect_publisher = lambda: None  # type: ignore[method-assign]
-        manager._send_batch = self.raw.extend  # type: ignore[method-assign]
+        manager.transport.connect = lambda: None  # type: ignore[method-assign]
+        manager.transport.send = self.raw.extend  # type: ignore[method-assign]
 
     def messages(self) -> list[dict[str, Any]]:
         out = []
@@ -189,7 +188,7 @@ def test_from_env_reads_the_nodes_variables() -> None:
                                 "CLUSTER_SIGNING_SECRET": SECRET})
     assert (emitter.url, emitter.channel) == (URL, "chan")
     assert emitter.manager.channel == "chan"
-    assert emitter.manager._codec.signed
+    assert emitter.manager.codec.signed
     assert SECRET not in repr(emitter)
     with pytest.raises(ConfigurationError, match="MESSAGE_QUEUE_URL"):
         Emitter.from_env({})

@@ -1,0 +1,120 @@
+"""The receiving half of the bus: listen, check, dispatch.
+
+Every raw message goes through :meth:`Receiver.dispatch`, which never
+raises: the codec either returns a checked message or says why it was
+dropped (counted in ``stats()`` and logged at most every 10 s, since a flood
+of forged messages must not flood the log too), and a message that fails
+while being applied is counted in ``handler_errors``. The listener therefore
+survives any single bad message and any backend failure.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cluster.bus.codec import Codec, Dropped
+from cluster.bus.runtime import Backoff
+from cluster.bus.stats import BusStats
+from cluster.bus.transport import Subscription, Transport
+from cluster.recovery.stream import split_published
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+class Receiver:
+    """Runs the listener of one manager.
+
+    :param handlers: what to do with each message method coming from
+        another host (``"emit"``, ``"disconnect"``, ``"heartbeat"``...);
+        ``"callback"`` is the one method taken only when addressed to this
+        host. Methods without a handler are ignored.
+    :param own_emit: this host's own logged emit coming back through the
+        channel, to be delivered to this node's clients in stream order.
+    """
+
+    def __init__(self, transport: Transport, subscription: Subscription, codec: Codec,
+                 stats: BusStats, logger: logging.Logger, *, host_id: str,
+                 handlers: Mapping[str, Handler], own_emit: Handler) -> None:
+        self.transport = transport
+        self.subscription = subscription
+        self.codec = codec
+        self.stats = stats
+        self.logger = logger
+        self.host_id = host_id
+        self.handlers = handlers
+        self.own_emit = own_emit
+        self._local = threading.local()  # green-thread local under eventlet
+        self._last_drop_log = 0.0
+
+    def in_listener(self) -> bool:
+        """Whether the caller runs inside this listener (an ack callback or
+        a presence hook it called), which must never wait for the listener."""
+        return getattr(self._local, "inside", False)
+
+    def run(self) -> None:
+        """The listener task: returns once the subscription is closed."""
+        self._local.inside = True
+        try:
+            self._listen()
+        finally:
+            self._local.inside = False
+
+    def _listen(self) -> None:
+        subscription = self.subscription
+        backoff = Backoff(cap=subscription.max_backoff)
+        while not subscription.closed:
+            try:
+                for raw in self.transport.listen(subscription):
+                    self.dispatch(raw)
+                    if subscription.closed:
+                        return
+            except Exception:  # a listener must outlive any single failure
+                self.logger.exception("Cluster bus listener failed")
+                subscription.lost()
+                subscription.sleep(backoff.next())
+
+    def dispatch(self, raw: Any) -> None:
+        """Check and apply one raw bus message; never raises."""
+        self.stats.incr("received")
+        self.subscription.received()
+        offset, raw = split_published(raw)
+        try:
+            message, sent_ms = self.codec.open(raw, offset=offset)
+        except Dropped as drop:
+            self.stats.incr(drop.reason)
+            self._log_drop(drop)
+            return
+        if offset is not None and message.get("method") == "emit":
+            message["offset"] = offset
+        method, host = message["method"], message.get("host_id")
+        try:
+            if method == "callback":
+                if host == self.host_id:
+                    self.handlers["callback"](message)
+                return
+            if host == self.host_id:
+                # our own message coming back: a logged emit is delivered
+                # to this node's clients now, in stream order
+                if method == "emit" and "lid" in message:
+                    self.own_emit(message)
+                return
+            if sent_ms is not None:
+                self.stats.record_lag(time.time() - sent_ms / 1000)
+            handler = self.handlers.get(method)
+            if handler is not None:
+                handler(message)
+        except Exception:
+            self.stats.incr("handler_errors")
+            self.logger.exception("Error applying bus message %r", method)
+
+    def _log_drop(self, drop: Dropped) -> None:
+        now = time.monotonic()
+        if now - self._last_drop_log > 10:  # rate limited: could be a flood
+            self._last_drop_log = now
+            self.logger.warning(
+                "Dropped a bus message (%s: %s). If this is a peer of ours, "
+                "check that every node and emitter uses the same signing "
+                "secret.", drop.reason, drop)

@@ -1,0 +1,211 @@
+"""The Redis transport of the bus: pipelined publishes (through the
+recovery stream's script when emits are logged) and one subscriber.
+
+Connections come from :class:`~.redis_connection.RedisConnector` (plain,
+TLS, unix socket, Sentinel, Redis Cluster with sharded pub/sub); reads of
+the recovery stream from :class:`~.redis_recovery.RedisRecoveryReader`,
+on a client of their own.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from cluster.bus.redis_connection import RedisConnector, close_quietly
+from cluster.bus.redis_recovery import RedisRecoveryReader
+from cluster.bus.runtime import Backoff
+from cluster.bus.transport import Subscription, Transport
+from cluster.recovery.stream import RecoveryLog
+
+#: bus messages handled back to back before the listener yields
+LISTEN_BURST = 64
+
+RESUBSCRIBED = (
+    "Redis closed the subscriber connection and redis-py re-subscribed; "
+    "messages published meanwhile were missed. If this repeats, this node "
+    "reads the bus too slowly or bursts of large messages pass Redis's "
+    "client-output-buffer-limit for pubsub (32 MB by default): lower "
+    "max_message_bytes or raise that limit")
+
+
+class RedisTransport(Transport):
+    """Publishes and subscribes on one Redis channel.
+
+    :param connector: makes the clients.
+    :param log: the recovery stream when emits are logged (None: plain
+        publishes only).
+    """
+
+    name = "redis"
+
+    def __init__(self, connector: RedisConnector, log: RecoveryLog | None) -> None:
+        self.connector = connector
+        self.channel = connector.channel
+        self.log = log
+        self.logs_recovery = log is not None
+        self._pub: redis.Redis | None = None
+
+    # -- publishing -------------------------------------------------------------
+    def connect(self) -> None:
+        self._close_publisher()
+        client = self.connector.client()
+        client.ping()
+        if self.log is not None:
+            self.log.load_script(client)
+        self._pub = client
+
+    def _close_publisher(self) -> None:
+        client, self._pub = self._pub, None
+        close_quietly(client)
+
+    def _publisher(self) -> redis.Redis:
+        if self._pub is None or self.connector.stale(self._pub):
+            self.connect()
+        assert self._pub is not None  # set by connect()
+        return self._pub
+
+    def send(self, payloads: list[bytes]) -> None:
+        pipe = self._publisher().pipeline(transaction=False)
+        command = pipe.spublish if self.connector.sharded else pipe.publish
+        for payload in payloads:
+            command(self.channel, payload)
+        try:
+            pipe.execute()
+        except Exception:
+            self._close_publisher()  # reconnect (and rediscover) next time
+            raise
+
+    def send_logged(self, payloads: list[bytes], logged: list[bool]) -> list[str | None]:
+        """One pipeline: logged payloads go through the recovery script
+        (stream append + publish), the others are plain publishes."""
+        log = self.log
+        if log is None:
+            self.send(payloads)
+            return [None] * len(payloads)
+        pipe = self._publisher().pipeline(transaction=False)
+        command = pipe.spublish if self.connector.sharded else pipe.publish
+        for payload, append in zip(payloads, logged):
+            if append:
+                log.append(pipe, payload)
+            else:
+                command(self.channel, payload)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+            missing = [i for i, reply in enumerate(replies)
+                       if isinstance(reply, redis.exceptions.NoScriptError)]
+            if missing:
+                # Redis restarted (empty) under redis-py's own reconnect:
+                # the script is gone, while the plain publishes went out.
+                # Load it and append just those, in their order
+                log.load_script(self._publisher())
+                again = self._publisher().pipeline(transaction=False)
+                for i in missing:
+                    log.append(again, payloads[i])
+                for i, reply in zip(missing, again.execute()):
+                    replies[i] = reply
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        except Exception:
+            self._close_publisher()  # reconnect (and rediscover) next time
+            raise
+        return [log.offset_from(reply) if append else None
+                for reply, append in zip(replies, logged)]
+
+    def subscriber_count(self) -> int | None:
+        client = self._publisher()
+        if self.connector.sharded:
+            reply = client.pubsub_shardnumsub(self.channel)
+        else:
+            reply = client.pubsub_numsub(self.channel)
+        return int(reply[0][1]) if reply else 0
+
+    def check(self) -> None:
+        self.connector.check()
+
+    def new_client(self) -> redis.Redis:
+        """A new redis-py client for the node that carries the bus channel,
+        connected the way the bus connects (TLS, password, Sentinel, the
+        channel's shard of a Redis Cluster), for other parts that keep
+        keys beside the channel (singleton task leases)."""
+        return self.connector.client()
+
+    def close(self) -> None:
+        self._close_publisher()
+        if isinstance(self.recovery, RedisRecoveryReader):
+            self.recovery.close()
+
+    # -- listening ----------------------------------------------------------------
+    def _subscribe(self) -> tuple[Any, Any]:
+        client = self.connector.client()
+        pubsub = client.pubsub()
+        try:
+            if self.connector.sharded:
+                pubsub.ssubscribe(self.channel)
+            else:
+                pubsub.subscribe(self.channel)
+            # wait for the confirmation: only then are we really listening
+            for _ in range(50):
+                message = pubsub.get_message(timeout=0.1)
+                if message and message["type"] in ("subscribe", "ssubscribe"):
+                    return client, pubsub
+            raise TimeoutError("no subscription confirmation within 5 s")
+        except Exception:
+            pubsub.close()
+            raise
+
+    def listen(self, subscription: Subscription) -> Iterator[bytes]:
+        backoff = Backoff(cap=subscription.max_backoff)
+        data_type = "smessage" if self.connector.sharded else "message"
+        while not subscription.closed:
+            pubsub = None
+            try:
+                client, pubsub = self._subscribe()
+                subscription.up()
+                backoff.reset()
+                burst = 0
+                while not subscription.closed:
+                    # messages already read off the socket are taken without
+                    # yielding (timeout 0), up to LISTEN_BURST: the frames
+                    # they produce then leave in one write per client at the
+                    # end of the burst, so a busy node coalesces by itself
+                    # while an idle one still delivers each message at once
+                    message = pubsub.get_message(timeout=0 if burst else 1.0)
+                    if message is None and burst:
+                        burst = 0
+                        continue
+                    burst = burst + 1 if burst < LISTEN_BURST else 0
+                    if burst == 0:
+                        subscription.sleep(0)  # let handlers and the flush run
+                    if self.connector.stale(client):
+                        raise ConnectionError("the Redis master changed")
+                    if message is None:
+                        if subscription.deaf():
+                            raise ConnectionError(
+                                "subscribed but not even our own heartbeats arrive")
+                        continue
+                    kind = message["type"]
+                    if kind == data_type:
+                        yield message["data"]
+                    elif kind in ("subscribe", "ssubscribe"):
+                        # _subscribe took the first confirmation: another one
+                        # means redis-py lost the connection and re-subscribed
+                        # on its own (e.g. Redis cut us at its pub/sub output
+                        # buffer limit); what was published meanwhile is lost
+                        subscription.resubscribed(RESUBSCRIBED)
+                    elif kind in ("unsubscribe", "sunsubscribe"):
+                        # e.g. the channel's slot moved to another shard
+                        raise ConnectionError("unsubscribed by the server")
+            except Exception as exc:  # any failure: resubscribe with backoff
+                if subscription.closed:
+                    break
+                subscription.lost(exc)
+                subscription.sleep(backoff.next())
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # broken connection: nothing to close
+                        pass

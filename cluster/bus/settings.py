@@ -1,0 +1,100 @@
+"""The bus's settings: one typed, validated object per manager.
+
+Built once from the manager's keyword arguments (:class:`BusSettings`) and
+handed to the parts that need them: the publisher, the receiver, the
+heartbeat and the queries read fields, never a dict.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from typing import Any
+
+from cluster.bus.codec import DEFAULT_MAX_MESSAGE_BYTES
+from cluster.bus.errors import BusConfigurationError
+from cluster.bus.outbox import DEFAULT_MAX_BYTES
+
+#: manager settings a user may put among the driver options: the
+#: extension passes ``message_queue_options`` on as driver options only,
+#: and these are the limits a deployment tunes there
+DRIVER_OPTION_SETTINGS = frozenset({"buffer_size", "buffer_bytes", "max_message_bytes",
+                                    "max_clock_skew"})
+
+_POSITIVE = ("buffer_size", "buffer_bytes", "max_message_bytes", "max_batch", "max_backoff",
+             "request_timeout", "heartbeat_interval", "max_message_age", "publish_timeout")
+
+
+def split_settings(driver_options: dict[str, Any] | None,
+                   settings: dict[str, Any]) -> dict[str, Any]:
+    """Move :data:`DRIVER_OPTION_SETTINGS` out of ``driver_options`` (in
+    place) into a copy of ``settings``; an explicit keyword wins."""
+    merged = dict(settings)
+    for key in DRIVER_OPTION_SETTINGS:
+        if driver_options and key in driver_options:
+            value = driver_options.pop(key)
+            merged.setdefault(key, value)
+    return merged
+
+
+def driver_only(options: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``options`` without the bus settings, for other clients
+    built from the same ``message_queue_options`` (the session store's)."""
+    return {k: v for k, v in (options or {}).items() if k not in DRIVER_OPTION_SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class BusSettings:
+    """Every tunable of one bus manager (see :class:`~.manager.ClusterManager`
+    for what each one does); validated on construction."""
+
+    node_name: str = ""
+    buffer_size: int = 10_000
+    buffer_bytes: int = DEFAULT_MAX_BYTES
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_batch: int = 500
+    max_backoff: float = 1.0
+    ack_timeout: float | None = 60.0
+    request_timeout: float = 5.0
+    heartbeat_interval: float = 1.0
+    node_timeout: float | None = None
+    max_message_age: float = 60.0
+    max_clock_skew: float = 2.0
+    publish_timeout: float = 5.0
+    resume_wait: float = 3.0
+    recovery_window: float | None = None
+    recovery_max_entries: int = 100_000
+
+    def __post_init__(self) -> None:
+        for key in _POSITIVE:
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise BusConfigurationError(
+                    f"Bus option {key}={value!r} must be a positive number.")
+        if self.buffer_bytes < self.max_message_bytes:
+            raise BusConfigurationError(
+                f"Bus option buffer_bytes={self.buffer_bytes!r} is smaller than "
+                f"max_message_bytes={self.max_message_bytes!r}: the largest message "
+                f"could never be buffered. Raise buffer_bytes or lower "
+                f"max_message_bytes.")
+        # normalised once here, so that every part reads final values
+        set_field = object.__setattr__
+        set_field(self, "node_name", self.node_name or f"{socket.gethostname()}:{os.getpid()}")
+        for key in ("buffer_size", "buffer_bytes", "max_message_bytes", "max_batch"):
+            set_field(self, key, int(getattr(self, key)))
+        if not self.node_timeout:
+            set_field(self, "node_timeout", 3 * self.heartbeat_interval + 0.5)
+
+    @property
+    def silence_limit(self) -> float:
+        """Seconds of silence after which a node counts as gone."""
+        assert self.node_timeout is not None  # set in __post_init__
+        return self.node_timeout
+
+    @property
+    def offset_wait(self) -> float:
+        """Seconds a logged emit waits to come back through the channel,
+        where the listener delivers it (offset and all) in stream order,
+        before it is delivered locally without an offset (it is still
+        logged later)."""
+        return min(2.0, self.publish_timeout)

@@ -1,0 +1,161 @@
+"""The one small interface a bus backend implements, and the subscription
+state it reports to.
+
+A backend (Redis, Redis Cluster and Sentinel in :mod:`.redis_transport`,
+kombu in :mod:`.kombu_transport`) only moves bytes: it connects a
+publisher, sends a batch of sealed payloads in one round trip, and yields
+the payloads it receives, telling the :class:`Subscription` when it
+subscribed, re-subscribed or lost the channel. Everything else (checking,
+ordering, delivery, retries) belongs to the manager's other parts.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from cluster.bus.features import RecoveryReader
+from cluster.bus.nodes import NodeRegistry
+from cluster.bus.runtime import Runtime
+from cluster.bus.stats import BusStats
+
+
+class Transport:
+    """Base of the bus backends; the defaults suit a backend without a
+    recovery stream or a topology to follow."""
+
+    #: shown in logs ("redis bus initialized ...")
+    name = "transport"
+    #: whether :meth:`send_logged` appends to a recovery stream
+    logs_recovery = False
+    #: reads of that stream (None without one)
+    recovery: RecoveryReader | None = None
+
+    def connect(self) -> None:
+        """(Re)connect the publishing side; raises when the bus is down."""
+        raise NotImplementedError
+
+    def send(self, payloads: list[bytes]) -> None:
+        """Publish ``payloads`` in one round trip; raises on failure."""
+        raise NotImplementedError
+
+    def send_logged(self, payloads: list[bytes], logged: list[bool]) -> list[str | None]:
+        """Publish ``payloads`` in one round trip, appending the ``logged``
+        ones to the recovery stream; their offsets (None for the others)."""
+        self.send(payloads)
+        return [None] * len(payloads)
+
+    def listen(self, subscription: Subscription) -> Iterator[Any]:
+        """Yield received payloads until ``subscription.closed``, reporting
+        (re)subscriptions and losses to it and resubscribing by itself."""
+        raise NotImplementedError
+
+    def subscriber_count(self) -> int | None:
+        """How many subscribers the channel has (None: unknown)."""
+        return None
+
+    def check(self) -> None:
+        """Called about once per heartbeat: follow topology changes (a
+        Sentinel failover)."""
+
+    def new_client(self) -> Any:
+        """A new client of the bus's server for other parts (None if the
+        backend offers none)."""
+        return None
+
+    def close(self) -> None:
+        """Close every connection; safe to call on broken ones."""
+
+
+class Subscription:
+    """The listener's hold on the channel, as the transport reports it.
+
+    Parts that care register with :meth:`on_subscribed` / :meth:`on_lost`
+    (the node registry, presence, the ordered delivery of own emits).
+    """
+
+    def __init__(self, stats: BusStats, nodes: NodeRegistry, runtime: Runtime,
+                 logger: logging.Logger, *, node_timeout: float, max_backoff: float,
+                 publishing: Callable[[], bool]) -> None:
+        self.stats = stats
+        self.nodes = nodes
+        self.runtime = runtime
+        self.logger = logger
+        self.node_timeout = node_timeout
+        #: cap of the transports' resubscribe backoff, in seconds
+        self.max_backoff = max_backoff
+        self.publishing = publishing
+        self.closed = False
+        self.subscribed = False
+        self.ever_subscribed = False
+        self.first_subscribed_at = 0.0
+        self.subscribed_at = 0.0
+        self.last_received = time.monotonic()
+        self._on_subscribed: list[Callable[[], None]] = []
+        self._on_lost: list[Callable[[], None]] = []
+
+    def on_subscribed(self, callback: Callable[[], None]) -> None:
+        self._on_subscribed.append(callback)
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        self._on_lost.append(callback)
+
+    def sleep(self, seconds: float) -> None:
+        self.runtime.sleep(seconds)
+
+    def received(self) -> None:
+        self.last_received = time.monotonic()
+
+    # -- reported by the transport ---------------------------------------------
+    def up(self) -> None:
+        """The transport is subscribed (first time, or again)."""
+        if self.ever_subscribed and not self.subscribed:
+            self.stats.incr("reconnects")
+            self.logger.warning("Cluster bus subscription restored")
+        now = time.monotonic()
+        if not self.ever_subscribed:
+            self.first_subscribed_at = now
+        self.ever_subscribed = True
+        self.subscribed = True
+        self.subscribed_at = self.last_received = now
+        self.nodes.thaw()
+        for callback in self._on_subscribed:
+            callback()
+
+    def resubscribed(self, reason: str) -> None:
+        """The driver re-subscribed by itself after losing the connection.
+
+        redis-py does this under its pubsub object: it reconnects and
+        re-subscribes without telling anyone. Messages published in between
+        are lost to this node, exactly as in an outage we noticed, so it is
+        reported the same way: logged as lost and restored, counted in
+        ``reconnects``, the node registry and presence resynchronised.
+        """
+        self.lost(ConnectionError(reason))
+        self.up()
+
+    def lost(self, exc: BaseException | None = None) -> None:
+        """The subscription is gone (the transport retries by itself)."""
+        if self.subscribed:
+            self.logger.error(
+                "Cluster bus subscription lost (%s); serving local clients "
+                "only until it returns", exc or "listener stopped")
+        self.subscribed = False
+        self.nodes.freeze()
+        for callback in self._on_lost:
+            callback()
+
+    def deaf(self) -> bool:
+        """Subscribed, publishing fine, yet not even our own heartbeats
+        come back: the subscription is silently broken."""
+        now = time.monotonic()
+        return (self.publishing()
+                and now - self.last_received > self.node_timeout
+                and now - self.subscribed_at > self.node_timeout)
+
+    def knows_peers(self, heartbeat_interval: float) -> bool:
+        """Subscribed for longer than a heartbeat interval: the other
+        nodes' heartbeats have had time to arrive."""
+        return bool(self.ever_subscribed
+                    and time.monotonic() - self.first_subscribed_at > heartbeat_interval * 1.5)
