@@ -4,13 +4,13 @@ Emits from handlers, workers and cluster commands, heartbeats, queries,
 presence and room changes all go through :meth:`Publisher.publish`: the
 message is serialized (raising at the caller when it cannot be), queued in
 the :class:`~.outbox.Outbox` (on a node) or sent before returning (a
-write-only emitter), sealed in order and sent through the transport, with
-the outbox's one retry policy either way.
+write-only emitter), with the outbox's one retry policy either way; the
+outbox hands each batch to the :class:`~.sender.SealedSender`, which seals
+it in order and writes it to the transport.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +19,7 @@ from cluster.bus.codec import Codec
 from cluster.bus.errors import BusConfigurationError, BusPublishError
 from cluster.bus.outbox import Outbox, Waiter
 from cluster.bus.runtime import Runtime
+from cluster.bus.sender import SealedSender
 from cluster.bus.settings import BusSettings
 from cluster.bus.stats import BusStats
 from cluster.bus.transport import Transport
@@ -47,19 +48,15 @@ class Publisher:
         self.write_only = write_only
         self.expected_peers = expected_peers
         self.outbox: Outbox | None = None
-        # reentrant: a write-only publish holds it across its retries (so
-        # one thread's reconnect cannot cut another's send) and the send
-        # itself takes it again; sealing (which numbers signed messages)
-        # and sending happen under it, so messages leave in the order of
-        # their sequence numbers whichever thread sends them
-        self.lock = threading.RLock()
+        self.sender = SealedSender(transport, codec, host_id)
+        self.lock = self.sender.lock
         self._last_backend_check = 0.0
 
     # -- lifecycle ------------------------------------------------------------
     def _make_outbox(self) -> Outbox:
         s = self.settings
         return Outbox(
-            self.runtime, self._seal_and_send, self.stats, self.logger,
+            self.runtime, self.sender.send, self.stats, self.logger,
             connect=self.transport.connect, before_resume=self._wait_for_peers,
             max_size=s.buffer_size, max_bytes=s.buffer_bytes, max_batch=s.max_batch,
             max_backoff=s.max_backoff)
@@ -129,15 +126,6 @@ class Publisher:
             self.start()
         assert self.outbox is not None
         return self.outbox.put(body, volatile, logged=logged, waiter=waiter)
-
-    def _seal_and_send(self, bodies: list[str], logged: list[bool]) -> list[str | None]:
-        with self.lock:
-            payloads = [self.codec.seal(body, self.host_id, logged=log)
-                        for body, log in zip(bodies, logged)]
-            if any(logged):
-                return self.transport.send_logged(payloads, logged)
-            self.transport.send(payloads)
-            return [None] * len(payloads)
 
     def _publish_now(self, body: str, logged: bool) -> None:
         if self.outbox is None:
