@@ -19,7 +19,8 @@ from engineio import packet as eio_packet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster.bus.codec import Codec, Dropped
+from cluster.bus.codec import Codec
+from cluster.bus.errors import Dropped
 from cluster.recovery.stream import split_published
 from cluster.node.packets import ClusterPacket
 from cluster.node.websocket_reader import WebSocketReader, unmask

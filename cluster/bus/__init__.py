@@ -30,7 +30,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from cluster.bus.acks import TimedAck, with_timeout
-from cluster.bus.codec import Codec, check_signing
+from cluster.bus.codec import Codec
+from cluster.bus.signing_policy import check_signing
 from cluster.bus.errors import (BusAccessDenied, BusConfigurationError, BusError, BusPublishError,
                      BusMessageTooLarge, BusSerializationError, ClusterRequestError,
                      ClusterRequestTimeout, UnsignedBusError)

@@ -10,7 +10,7 @@ clock, ms) used for the lag gauge::
 
 so stock write-only emitters (``socketio.RedisManager(url, write_only=True)``)
 interoperate; a node or worker runs unsigned only with an explicit opt-out
-(:func:`check_signing`). With a secret every message travels in an
+(:func:`.signing_policy.check_signing`). With a secret every message travels in an
 envelope::
 
     {"v": 2, "src": "<sender host_id>", "seq": 42, "ts": 1732520000123,
@@ -66,16 +66,11 @@ import threading
 import time
 from typing import Any
 
-from cluster.bus.errors import (BusConfigurationError, BusMessageTooLarge, BusSerializationError,
-                     UnsignedBusError)
+from cluster.bus.errors import (BusConfigurationError, BusMessageTooLarge,
+                               BusSerializationError, Dropped)
+from cluster.bus.message_schema import check_fields
 from cluster.recovery.offsets import Offset
 
-#: methods python-socketio's PubSubManager understands
-STOCK_METHODS = frozenset(
-    {"emit", "callback", "disconnect", "enter_room", "leave_room", "close_room"})
-#: methods only cluster nodes speak
-CLUSTER_METHODS = frozenset(
-    {"heartbeat", "bye", "request", "response", "presence"})
 #: default ``max_message_bytes``: well under Redis's 32 MB pub/sub output
 #: buffer limit, even with a signed envelope around it
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -92,110 +87,8 @@ def encoded_size(body: str) -> int:
     return len(body) if body.isascii() else len(body.encode("utf-8"))
 
 
-UNSIGNED_WARNING = (
-    "%s runs on an UNSIGNED cluster bus (explicit opt-out): anyone who can "
-    "reach Redis or the broker can emit to, move and disconnect every "
-    "client. Set a signing secret shared by every node and worker "
-    "(CLUSTER_SIGNING_SECRET) unless stock python-socketio emitters must "
-    "reach these nodes.")
-
-
-def check_signing(signed: bool, allow_unsigned: bool, who: str,
-                  opt_out: str, logger: Any) -> None:
-    """Refuse an unsigned bus unless ``allow_unsigned`` (then warn).
-
-    ``who`` names the process in the messages ("This node", "The emitter")
-    and ``opt_out`` how to opt out (a flag, a keyword), so the error says
-    exactly what to change.
-    """
-    if signed:
-        return
-    if not allow_unsigned:
-        raise UnsignedBusError(
-            f"{who} has a message queue but no signing secret: unsigned, "
-            f"anyone who can reach Redis or the broker could emit to, move "
-            f"and disconnect every client. Give every node and worker the "
-            f"same secret with CLUSTER_SIGNING_SECRET (or --signing-secret / "
-            f"signing_secret=), e.g. the output of `python -c 'import "
-            f"secrets; print(secrets.token_hex(32))'`; or, to run unsigned "
-            f"on purpose (stock python-socketio emitters), {opt_out}.")
-    logger.warning(UNSIGNED_WARNING, who)
-
-
-class Dropped(Exception):
-    """Raised by :meth:`Codec.open`; ``reason`` is a stats counter name."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(detail or reason)
-        self.reason = reason
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _is_room(value: Any) -> bool:
-    return isinstance(value, (str, int)) and not isinstance(value, bool)
-
-
-def _check(message: dict[str, Any]) -> None:
-    """Field checks per method: the listener relies on these types."""
-    method = message.get("method")
-    ns = message.get("namespace", "/")
-    if ns is not None and not isinstance(ns, str):
-        raise Dropped("dropped_malformed", "namespace must be a string")
-    host = message.get("host_id")
-    if host is not None and not isinstance(host, str):
-        raise Dropped("dropped_malformed", "host_id must be a string")
-    if method == "emit":
-        room, skip, cb = (message.get("room"), message.get("skip_sid"),
-                          message.get("callback"))
-        ok = (isinstance(message.get("event"), str)
-              and isinstance(message.get("data"), list)
-              and (room is None or _is_room(room) or (
-                  isinstance(room, list) and all(map(_is_room, room))))
-              and (skip is None or isinstance(skip, str) or (
-                  isinstance(skip, list)
-                  and all(isinstance(s, str) for s in skip)))
-              and (cb is None or (
-                  isinstance(cb, list) and len(cb) == 3
-                  and isinstance(cb[0], str) and isinstance(cb[2], int)))
-              and isinstance(message.get("binary", False), bool))
-        if ok and message.get("binary"):
-            data = message["data"]
-            ok = len(data) >= 1 and all(isinstance(a, str) for a in data[1:])
-    elif method == "callback":
-        ok = (isinstance(message.get("sid"), str)
-              and isinstance(message.get("id"), int)
-              and isinstance(message.get("args"), list))
-    elif method in ("disconnect", "enter_room", "leave_room"):
-        ok = isinstance(message.get("sid"), str) and (
-            method == "disconnect" or _is_room(message.get("room")))
-    elif method == "close_room":
-        ok = _is_room(message.get("room"))
-    elif method in CLUSTER_METHODS:
-        ok = isinstance(host, str)
-        if method == "request":
-            ok = ok and isinstance(message.get("op"), str) and isinstance(
-                message.get("req_id"), str) and isinstance(
-                message.get("args"), dict)
-        elif method == "response":
-            ok = ok and isinstance(message.get("req_id"), str) and isinstance(
-                message.get("to"), str)
-        elif method == "presence":
-            op = message.get("op")
-            ok = ok and op in ("add", "remove", "sync") and _is_room(
-                message.get("room"))
-            if ok and op == "sync":
-                rooms = message.get("rooms")
-                ok = isinstance(rooms, list) and all(
-                    isinstance(r, list) and len(r) == 2
-                    and isinstance(r[0], str) and _is_room(r[1])
-                    for r in rooms)
-    else:
-        raise Dropped("dropped_malformed", f"unknown method {method!r}")
-    if not ok:
-        raise Dropped("dropped_malformed", f"bad fields for {method!r}")
 
 
 class Codec:
@@ -330,7 +223,7 @@ class Codec:
             message, sent = outer, outer.get("ts")
             ts = sent if isinstance(sent, int) and not isinstance(
                 sent, bool) else None
-        _check(message)
+        check_fields(message)
         return message, ts
 
     def open_archived(self, raw: Any) -> tuple[dict[str, Any], int | None]:

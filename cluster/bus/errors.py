@@ -75,3 +75,11 @@ class ClusterRequestTimeout(ClusterRequestError, TimeoutError):
         super().__init__(message)
         self.partial = partial
         self.missing = missing
+
+
+class Dropped(Exception):
+    """Raised by :meth:`Codec.open`; ``reason`` is a stats counter name."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason

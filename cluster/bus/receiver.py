@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cluster.bus.codec import Codec, Dropped
+from cluster.bus.codec import Codec
+from cluster.bus.errors import Dropped
 from cluster.bus.runtime import Backoff
 from cluster.bus.stats import BusStats
 from cluster.bus.transport import Subscription, Transport

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.bus.codec import Dropped
+from cluster.bus.errors import Dropped
 from cluster.bus.defaults import DEFAULT_CHANNEL
 from cluster.bus.manager import ClusterManager
 from cluster.bus.redis_connection import SCHEMES, RedisConnector

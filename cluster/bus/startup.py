@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cluster.bus.codec import check_signing
+from cluster.bus.signing_policy import check_signing
 from cluster.bus.manager import ClusterManager
 from cluster.bus.redis_access import check_access
 from cluster.bus.redis_manager import RedisManager

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from cluster.bus.codec import Codec, Dropped
+from cluster.bus.codec import Codec
+from cluster.bus.errors import Dropped
 from cluster.bus.errors import BusConfigurationError, BusSerializationError
 
 SECRET = "s" * 32
