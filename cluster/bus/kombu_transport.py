@@ -126,10 +126,8 @@ class KombuTransport(Transport):
                         while inbox:
                             yield inbox.popleft()
             except Exception as exc:  # any failure: resubscribe with backoff
-                if subscription.closed:
+                if not subscription.retry_after(exc, backoff):
                     break
-                subscription.lost(exc)
-                subscription.sleep(backoff.next())
             finally:
                 inbox.clear()
                 if conn is not None:

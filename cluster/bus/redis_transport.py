@@ -199,10 +199,8 @@ class RedisTransport(Transport):
                         # e.g. the channel's slot moved to another shard
                         raise ConnectionError("unsubscribed by the server")
             except Exception as exc:  # any failure: resubscribe with backoff
-                if subscription.closed:
+                if not subscription.retry_after(exc, backoff):
                     break
-                subscription.lost(exc)
-                subscription.sleep(backoff.next())
             finally:
                 if pubsub is not None:
                     try:

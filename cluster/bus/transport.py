@@ -17,7 +17,7 @@ from typing import Any
 
 from cluster.bus.features import RecoveryReader
 from cluster.bus.nodes import NodeRegistry
-from cluster.bus.runtime import Runtime
+from cluster.bus.runtime import Backoff, Runtime
 from cluster.bus.stats import BusStats
 
 
@@ -145,6 +145,15 @@ class Subscription:
         self.nodes.freeze()
         for callback in self._on_lost:
             callback()
+
+    def retry_after(self, exc: BaseException, backoff: Backoff) -> bool:
+        """A transport's listener failed: report the loss and wait one
+        backoff step; False when the subscription was closed (stop)."""
+        if self.closed:
+            return False
+        self.lost(exc)
+        self.sleep(backoff.next())
+        return True
 
     def deaf(self) -> bool:
         """Subscribed, publishing fine, yet not even our own heartbeats

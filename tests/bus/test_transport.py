@@ -60,3 +60,14 @@ def test_the_base_transport_logs_nothing_and_sends_logged_as_plain() -> None:
     assert plain.send_logged([b"a", b"b"], [True, False]) == [None, None]
     assert plain.sent == [b"a", b"b"] and not plain.logs_recovery
     assert plain.recovery is None and plain.subscriber_count() is None
+
+
+def test_a_failed_listener_retries_until_the_subscription_closes() -> None:
+    from cluster.bus.runtime import Backoff
+
+    sub = subscription()
+    sub.up()
+    assert sub.retry_after(ConnectionError("reset"), Backoff(initial=0.001, cap=0.001))
+    assert not sub.subscribed  # reported lost, registry frozen
+    sub.closed = True
+    assert not sub.retry_after(ConnectionError("reset"), Backoff(initial=0.001, cap=0.001))
