@@ -31,11 +31,18 @@ from urllib.parse import urlparse
 
 from cluster.bus.acks import TimedAck, with_timeout
 from cluster.bus.codec import Codec
-from cluster.bus.signing_policy import check_signing
-from cluster.bus.errors import (BusAccessDenied, BusConfigurationError, BusError, BusPublishError,
-                     BusMessageTooLarge, BusSerializationError, ClusterRequestError,
-                     ClusterRequestTimeout, UnsignedBusError)
 from cluster.bus.defaults import DEFAULT_CHANNEL
+from cluster.bus.errors import (
+    BusAccessDenied,
+    BusConfigurationError,
+    BusError,
+    BusMessageTooLarge,
+    BusPublishError,
+    BusSerializationError,
+    ClusterRequestError,
+    ClusterRequestTimeout,
+    UnsignedBusError,
+)
 from cluster.bus.features import BusFeatures, RecoveryReader, bus_features
 from cluster.bus.kombu_manager import KombuManager
 from cluster.bus.manager import ClusterManager
@@ -44,12 +51,14 @@ from cluster.bus.presence import Presence
 from cluster.bus.redis_connection import SCHEMES as REDIS_SCHEMES
 from cluster.bus.redis_manager import RedisManager
 from cluster.bus.settings import BusSettings
-from cluster.bus.transport import Subscription, Transport
+from cluster.bus.signing_policy import check_signing
 from cluster.bus.stats import COUNTERS, GAUGES
+from cluster.bus.transport import Subscription, Transport
 from cluster.bus.view import ClusterView
 
 __all__ = [
-    "create_manager", "ClusterManager", "LocalManager", "MembershipEvents", "RedisManager", "KombuManager",
+    "create_manager", "ClusterManager", "LocalManager", "MembershipEvents", "RedisManager",
+    "KombuManager",
     "ClusterView", "Presence", "Codec", "TimedAck", "with_timeout",
     "COUNTERS", "GAUGES", "BusError", "BusConfigurationError",
     "BusSerializationError", "BusMessageTooLarge", "BusPublishError", "ClusterRequestError",

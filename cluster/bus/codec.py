@@ -66,8 +66,12 @@ import threading
 import time
 from typing import Any
 
-from cluster.bus.errors import (BusConfigurationError, BusMessageTooLarge,
-                               BusSerializationError, Dropped)
+from cluster.bus.errors import (
+    BusConfigurationError,
+    BusMessageTooLarge,
+    BusSerializationError,
+    Dropped,
+)
 from cluster.bus.message_schema import check_fields
 from cluster.recovery.offsets import Offset
 

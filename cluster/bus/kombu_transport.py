@@ -17,9 +17,13 @@ from cluster.bus.runtime import Backoff
 from cluster.bus.transport import Subscription, Transport
 
 try:
-    import kombu
+    import kombu as _kombu
 except ImportError:  # pragma: no cover
-    kombu = None  # type: ignore[assignment]
+    _kombu = None  # type: ignore[assignment]
+
+#: kombu's own annotations are partial and it re-exports implicitly: used
+#: as an untyped module
+kombu: Any = _kombu
 
 
 class KombuTransport(Transport):

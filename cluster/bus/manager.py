@@ -160,7 +160,8 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         self.subscription.on_subscribed(self.presence.resync)
         self.subscription.on_lost(self._emitters_stop_waiting)
         self.receiver = Receiver(transport, self.subscription, self.codec, self.bus_stats,
-                                 log, host_id=self.host_id, own_emit=self._deliver_own_logged, handlers={
+                                 log, host_id=self.host_id,
+                                 own_emit=self._deliver_own_logged, handlers={
                                      "emit": self._deliver,
                                      "callback": self.apply_callback,
                                      "disconnect": self.apply_disconnect,
@@ -295,8 +296,9 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
             if callback is None and self.logs_recovery:
                 # never logged: it ends with the "no offset" marker (see _deliver)
                 data = (*(data if isinstance(data, tuple) else (data,)), None)
-            return self.emit_here(event, data, namespace or "/", room=room,
-                                  skip_sid=skip_sid, callback=callback)
+            self.emit_here(event, data, namespace or "/", room=room,
+                           skip_sid=skip_sid, callback=callback)
+            return
         namespace = namespace or "/"
         if callback is not None:
             if self.server is None:
@@ -376,7 +378,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
     def _deliver_own_logged(self, message: dict[str, Any]) -> None:
         """The listener's part: this node's logged emit came back."""
         lid = message.get("lid")
-        if self.ordered.arrived(lid):
+        if isinstance(lid, int) and self.ordered.arrived(lid):
             try:
                 self._deliver(message)
             finally:

@@ -15,7 +15,8 @@ Every way a sid enters or leaves a room on this node (a handler's
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import socketio
 
@@ -76,7 +77,7 @@ class MembershipEvents:
             listener(sid, namespace, room, joined)
 
 
-class LocalManager(MembershipEvents, socketio.Manager):
+class LocalManager(MembershipEvents, socketio.Manager):  # type: ignore[misc]  # untyped base
     """python-socketio's single-node manager with the room index and events."""
 
 

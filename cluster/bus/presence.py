@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.bus.link import BusLink
-from cluster.bus.membership import named_rooms
 
 PresenceCallback = Callable[[str, Any, str], Any]
 

@@ -15,9 +15,8 @@ from urllib.parse import urlparse
 
 import redis
 
-from session_store.redis_errors import access_problem
-
 from cluster.bus.errors import BusAccessDenied
+from session_store.redis_errors import access_problem
 
 __all__ = ["access_problem", "check_access"]
 

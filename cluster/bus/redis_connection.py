@@ -126,7 +126,7 @@ class RedisConnector:
         try:
             pool = redis.Redis.from_url(self.url,
                                         **self.options).connection_pool
-            pool.make_connection().disconnect()
+            pool.make_connection().disconnect()  # type: ignore[no-untyped-call]
         except (TypeError, ValueError) as exc:
             raise BusConfigurationError(
                 f"Invalid Redis bus URL or option ({exc}). Options go to "
@@ -158,8 +158,8 @@ class RedisConnector:
             sentinel_kwargs = dict(self.sentinel_kwargs or {
                 k: v for k, v in self.options.items()
                 if k.startswith("socket_")})
-            self._sentinel = Sentinel(_hosts(parsed.netloc),
-                                      sentinel_kwargs=sentinel_kwargs)
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                _hosts(parsed.netloc), sentinel_kwargs=sentinel_kwargs)
         parts = [p for p in urlparse(self.url).path.split("/") if p]
         service = parts[1] if len(parts) > 1 else self.channel
         host, port = self._sentinel.discover_master(service)
@@ -191,12 +191,13 @@ class RedisConnector:
         kwargs = dict(self.options, **_credentials(parsed))
         kwargs.pop("retry", None)
         if parsed.scheme.endswith("+cluster"):
-            seeds = [ClusterNode(h, p) for h, p in _hosts(parsed.netloc)]
+            seeds = [ClusterNode(h, p)  # type: ignore[no-untyped-call]
+                     for h, p in _hosts(parsed.netloc)]
             cluster = RedisCluster(startup_nodes=seeds, **kwargs)
         else:
             cluster = RedisCluster.from_url(self.url, **kwargs)
         try:
-            node = cluster.get_node_from_key(self.channel)
+            node = cluster.get_node_from_key(self.channel)  # type: ignore[no-untyped-call]
         finally:
             cluster.close()
         node_kwargs = dict(self.options, **_credentials(parsed))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.bus.errors import Dropped
 from cluster.bus.defaults import DEFAULT_CHANNEL
+from cluster.bus.errors import Dropped
 from cluster.bus.manager import ClusterManager
 from cluster.bus.redis_connection import SCHEMES, RedisConnector
 from cluster.bus.redis_recovery import RedisRecoveryReader

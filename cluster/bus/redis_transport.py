@@ -86,7 +86,7 @@ class RedisTransport(Transport):
             return [None] * len(payloads)
         pipe = self._publisher().pipeline(transaction=False)
         command = pipe.spublish if self.connector.sharded else pipe.publish
-        for payload, append in zip(payloads, logged):
+        for payload, append in zip(payloads, logged, strict=True):
             if append:
                 log.append(pipe, payload)
             else:
@@ -103,7 +103,7 @@ class RedisTransport(Transport):
                 again = self._publisher().pipeline(transaction=False)
                 for i in missing:
                     log.append(again, payloads[i])
-                for i, reply in zip(missing, again.execute()):
+                for i, reply in zip(missing, again.execute(), strict=True):
                     replies[i] = reply
             for reply in replies:
                 if isinstance(reply, Exception):
@@ -112,7 +112,7 @@ class RedisTransport(Transport):
             self._close_publisher()  # reconnect (and rediscover) next time
             raise
         return [log.offset_from(reply) if append else None
-                for reply, append in zip(replies, logged)]
+                for reply, append in zip(replies, logged, strict=True)]
 
     def subscriber_count(self) -> int | None:
         client = self._publisher()
@@ -140,7 +140,7 @@ class RedisTransport(Transport):
     # -- listening ----------------------------------------------------------------
     def _subscribe(self) -> tuple[Any, Any]:
         client = self.connector.client()
-        pubsub = client.pubsub()
+        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
         try:
             if self.connector.sharded:
                 pubsub.ssubscribe(self.channel)

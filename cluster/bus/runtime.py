@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 
 class Runtime:

@@ -27,7 +27,7 @@ class SealedSender:
         the others, and for all when the transport keeps no stream)."""
         with self.lock:
             payloads = [self.codec.seal(body, self.host_id, logged=log)
-                        for body, log in zip(bodies, logged)]
+                        for body, log in zip(bodies, logged, strict=True)]
             if any(logged):
                 return self.transport.send_logged(payloads, logged)
             self.transport.send(payloads)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cluster.bus.signing_policy import check_signing
 from cluster.bus.manager import ClusterManager
 from cluster.bus.redis_access import check_access
 from cluster.bus.redis_manager import RedisManager
+from cluster.bus.signing_policy import check_signing
 
 __all__ = ["check_bus"]
 

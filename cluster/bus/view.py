@@ -15,17 +15,17 @@ published once; they do not wait, like their socket.io counterparts.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-from cluster.bus.errors import (BusSerializationError, ClusterRequestError,
-                     ClusterRequestTimeout)
+from cluster.bus.errors import BusSerializationError, ClusterRequestError, ClusterRequestTimeout
 from cluster.bus.link import BusLink
 from cluster.bus.membership import named_rooms
 
+T = TypeVar("T")
 
 
-def _retrying(read: Callable[[], Any]) -> Any:
+def _retrying(read: Callable[[], T]) -> T:
     # under plain threads another thread may resize the room dicts while we
     # copy them; a copy is cheap, so just try again
     for _ in range(10):
@@ -91,7 +91,7 @@ class ClusterView:
                             timeout)
         for rooms in answers.values():
             if rooms is not None:
-                return rooms
+                return list(rooms)
         return []
 
     def sockets(self, namespace: str = "/", rooms: Iterable[Any] | None = None,

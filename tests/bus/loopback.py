@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
 from collections.abc import Iterator
+from typing import Any
 
 import socketio
 
@@ -64,7 +64,7 @@ class LoopbackTransport(Transport):
                 continue
 
 
-def make_node(hub: LoopbackHub, **kwargs: Any) -> tuple[Any, LoopbackManager]:
+def make_node(hub: LoopbackHub, **kwargs: Any) -> tuple[Any, ClusterManager]:
     """A threading-mode server whose sockets are recorded, not networked."""
     kwargs.setdefault("heartbeat_interval", 0.2)
     manager = ClusterManager(LoopbackTransport(hub), **kwargs)

@@ -8,8 +8,7 @@ import time
 import pytest
 
 from cluster.bus.codec import Codec
-from cluster.bus.errors import Dropped
-from cluster.bus.errors import BusConfigurationError, BusSerializationError
+from cluster.bus.errors import BusConfigurationError, BusSerializationError, Dropped
 
 SECRET = "s" * 32
 EMIT = {"method": "emit", "event": "chat", "data": ["hi"], "binary": False,

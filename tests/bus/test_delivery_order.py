@@ -43,7 +43,7 @@ def test_local_and_remote_emits_arrive_in_offset_order(
             peer.client.emit("to_room", {"room": "feed", "text": f"{tag}{i}"})
 
     threads = [threading.Thread(target=send, args=(peer, tag))
-               for peer, tag in zip(senders, ("local", "remote"))]
+               for peer, tag in zip(senders, ("local", "remote"), strict=True)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -55,7 +55,7 @@ def test_local_and_remote_emits_arrive_in_offset_order(
     tags = {text.rstrip("0123456789") for text, _ in received}
     assert tags == {"local", "remote"}
     offsets = [_offset_parts(offset) for _, offset in received]
-    out_of_order = sum(1 for a, b in zip(offsets, offsets[1:]) if b <= a)
+    out_of_order = sum(1 for a, b in zip(offsets, offsets[1:], strict=False) if b <= a)
     assert out_of_order == 0, f"{out_of_order} of {len(offsets)} packets arrived out of order"
 
 

@@ -8,8 +8,13 @@ from unittest import mock
 
 import pytest
 
-from cluster.bus import (BusConfigurationError, BusPublishError,
-                         BusSerializationError, create_manager, with_timeout)
+from cluster.bus import (
+    BusConfigurationError,
+    BusPublishError,
+    BusSerializationError,
+    create_manager,
+    with_timeout,
+)
 from cluster.bus.errors import BusMessageTooLarge
 from cluster.bus.redis_manager import RedisManager
 from tests.bus.loopback import LoopbackHub, make_node, wait_for

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import logging
+import threading
 from typing import Any
 
 from cluster.bus.codec import Codec
