@@ -65,7 +65,8 @@ def encode_frame(text: str, opcode: int = OP_TEXT) -> bytes:
     mask = os.urandom(4)
     # XOR with the repeated mask, done on one big integer (fast enough for small frames)
     repeated = (mask * (length // 4 + 1))[:length]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(length, "big")
+    masked = (int.from_bytes(payload, "big")
+              ^ int.from_bytes(repeated, "big")).to_bytes(length, "big")
     return header + mask + masked
 
 
@@ -200,7 +201,8 @@ _ACK_RE = re.compile(r"^43(\d+)")
 
 
 def parse_message(text: str) -> tuple[str, Any, Any]:
-    """Classify a Socket.IO message: ``("event", name, args)``, ``("ack", id, args)``, else other."""
+    """Classify a Socket.IO message: ``("event", name, args)``,
+    ``("ack", id, args)``, else other."""
     if text.startswith("42"):
         body = text[2:]
         start = body.index("[")

@@ -66,12 +66,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.fanout", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: every target and measurement once, small and short (~1.5-2 min)")
+                   help="smoke run: every target and measurement once, small and short "
+                        "(~1.5-2 min)")
     p.add_argument("--targets", default=",".join(targets.TARGETS),
                    help=f"comma-separated, in the order they interleave (default: all: "
                         f"{','.join(targets.TARGETS)})")
-    p.add_argument("--skip", default="", help=f"measurements to leave out: {','.join(MEASUREMENTS)}")
-    p.add_argument("--rounds", type=int, default=2, help="ladder rounds over the targets (default 2)")
+    p.add_argument("--skip", default="",
+                   help=f"measurements to leave out: {','.join(MEASUREMENTS)}")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="ladder rounds over the targets (default 2)")
     p.add_argument("--scenarios", default="2x200,3x1000",
                    help="NODESxCLIENTS, clients in total over the nodes (default 2x200,3x1000)")
     p.add_argument("--ladder-start", type=float, default=20_000, help="first rung, deliveries/s")
@@ -85,7 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deflate-rounds", type=int, default=1,
                    help="rounds that include the deflate ladder (default 1: the first)")
     p.add_argument("--step-seconds", type=float, default=5.0, help="measured window per step")
-    p.add_argument("--warmup-seconds", type=float, default=1.0, help="publishing before each window")
+    p.add_argument("--warmup-seconds", type=float, default=1.0,
+                   help="publishing before each window")
     p.add_argument("--drain-seconds", type=float, default=2.0,
                    help="how long late deliveries still count after a window")
     p.add_argument("--max-p99-ms", type=float, default=250.0, help="a step passes below this p99")
@@ -134,7 +138,8 @@ def estimate(args: argparse.Namespace, keys: list[str], skip: set[str]) -> tuple
                 connect = 1 + scenario(s)[1] / 300
                 typical += start + connect + steps(rungs, True) * step
                 worst += start + connect + steps(rungs, False) * step + args.drain_seconds
-            if "deflate" not in skip and targets.TARGETS[key].deflate and rnd <= args.deflate_rounds:
+            if ("deflate" not in skip and targets.TARGETS[key].deflate
+                    and rnd <= args.deflate_rounds):
                 typical += steps(drungs, True) * step
                 worst += steps(drungs, False) * step
     extra = 0.0
@@ -244,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
             for key in keys:
                 t = targets.TARGETS[key]
                 if "memory" not in skip and t.memory:
-                    print(f"[{(time.monotonic() - started) / 60:4.1f} min] memory: {key}", flush=True)
+                    print(f"[{(time.monotonic() - started) / 60:4.1f} min] memory: {key}",
+                          flush=True)
                     mem = guarded(results, f"memory {key}", measure_memory, procs, t, redis_url,
                                   args.memory_count_list, settle_s=args.memory_settle_seconds)
                     if mem:

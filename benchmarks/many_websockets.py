@@ -303,8 +303,9 @@ def kib(value: int | None) -> str:
 def report(r: RunResult) -> None:
     print(f"\n== {r.label} ==")
     print(f"  connections opened:      {r.opened} of {r.target}")
+    top_errors = ", ".join(f"{k} x{v}" for k, v in r.errors.most_common(3))
     print(f"  failed:                  {r.failed}"
-          + (f"  ({', '.join(f'{k} x{v}' for k, v in r.errors.most_common(3))})" if r.errors else ""))
+          + (f"  ({top_errors})" if r.errors else ""))
     if r.stalled or r.hung or r.not_attempted:
         print(f"  stalled:                 {'yes' if r.stalled else 'no'}; {r.hung} hung in the "
               f"handshake, {r.not_attempted} not attempted")

@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--restart-every", type=float, default=120.0,
                    help="seconds between rolling restarts (default 120)")
     p.add_argument("--first-restart", type=float, default=None,
-                   help="seconds into the run of the first rolling restart (default: --restart-every)")
+                   help="seconds into the run of the first rolling restart "
+                        "(default: --restart-every)")
     p.add_argument("--redis-restart-at", type=float, default=None,
                    help="seconds into the run of the Redis restart (default: halfway between the "
                         "two rolling restarts around the middle); negative: none")
@@ -198,7 +199,8 @@ class Run:
             results["t0"] = t0
             print(f"  traffic: {ready['listeners']} listeners (synced {ready['synced']}), "
                   f"{ready['senders']} senders", flush=True)
-            restarts, redis_at = results["settings"]["restarts_at_s"], results["settings"]["redis_at_s"]
+            restarts = results["settings"]["restarts_at_s"]
+            redis_at = results["settings"]["redis_at_s"]
             actions = sorted([(at, "rolling restart") for at in restarts]
                              + ([(redis_at, "Redis restart")] if redis_at is not None else []))
             for at, what in actions:

@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     nodes = {
         "nodelay": NodeProcess(APP, name="nodelay", extra_args=["--tcp-nodelay", *NO_RATE_LIMIT],
                                log_path=os.path.join(logdir, "nodelay.log"), cwd=repo_root()),
-        "no-nodelay": NodeProcess(APP, name="no-nodelay", extra_args=["--no-tcp-nodelay", *NO_RATE_LIMIT],
+        "no-nodelay": NodeProcess(APP, name="no-nodelay",
+                                  extra_args=["--no-tcp-nodelay", *NO_RATE_LIMIT],
                                   log_path=os.path.join(logdir, "no-nodelay.log"), cwd=repo_root()),
     }
     started = time.monotonic()

@@ -50,9 +50,17 @@ _LOCATIONS = {
 
 if TYPE_CHECKING:
     from cluster.client import Client
-
-    from cluster.flask_integration.context_functions import call, close_room, disconnect, emit, join_room, leave_room, rooms, send
     from cluster.exceptions import ConnectionRefusedError
+    from cluster.flask_integration.context_functions import (
+        call,
+        close_room,
+        disconnect,
+        emit,
+        join_room,
+        leave_room,
+        rooms,
+        send,
+    )
     from cluster.flask_integration.extension import SocketIO
     from cluster.flask_integration.namespace import Namespace
     from cluster.flask_integration.testing import SocketIOTestClient

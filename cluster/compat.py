@@ -10,7 +10,9 @@ moves one of them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import engineio
 import engineio.socket
@@ -18,7 +20,7 @@ import socketio
 from socketio import packet as sio_packet
 
 
-class EngineSocketSeam(engineio.socket.Socket):
+class EngineSocketSeam(engineio.socket.Socket):  # type: ignore[misc]  # python-engineio is untyped
     """python-engineio's socket with its private hooks under public names.
 
     python-engineio picks a transport's upgrade by name
@@ -40,7 +42,7 @@ class EngineSocketSeam(engineio.socket.Socket):
         return self.server._bad_request()
 
 
-class EngineServerSeam(engineio.Server):
+class EngineServerSeam(engineio.Server):  # type: ignore[misc]  # python-engineio is untyped
     """python-engineio's server, told when it has created a socket.
 
     ``Server._handle_connect`` creates the socket, queues the OPEN packet
@@ -107,7 +109,8 @@ def websocket_deflate_options(ws: Any) -> dict[str, Any] | None:
 def compressed_frame(ws: Any, payload: str | bytes) -> bytes:
     """A frame of ``payload`` compressed with ``ws``'s own deflate context
     (context takeover makes compressed frames differ per socket)."""
-    return ws._pack_message(payload)
+    compressed: bytes = ws._pack_message(payload)
+    return compressed
 
 
 def route_websocket_writes(ws: Any, write: Callable[[bytes], None]) -> None:
@@ -135,7 +138,8 @@ def pending_binary_packets(server: Any) -> dict[str, Any]:
     connection (``Server._binary_packet``): the node decodes client packets
     itself to tell malformed ones from application errors
     (:mod:`cluster.node.packet_dispatch`)."""
-    return server._binary_packet
+    pending: dict[str, Any] = server._binary_packet
+    return pending
 
 
 # -- python-socketio's server ------------------------------------------------
@@ -150,7 +154,7 @@ def _bind_hooks(cls: type, hooks: dict[str, str]) -> None:
             setattr(cls, private, cls.__dict__[public])
 
 
-class SocketServerSeam(socketio.Server):
+class SocketServerSeam(socketio.Server):  # type: ignore[misc]  # python-socketio is untyped
     """python-socketio's server with its private hooks under public names.
 
     python-socketio calls these private methods on ``self`` (every one
@@ -209,6 +213,10 @@ class SocketServerSeam(socketio.Server):
         super().__init_subclass__(**kwargs)
         _bind_hooks(cls, cls._HOOKS)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.in_process = {}
+        super().__init__(*args, **kwargs)
+
     def deliver_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
         """The hot path of every broadcast, once per recipient: straight to
         the Engine.IO socket (``eio.sockets``, python-engineio's sockets by
@@ -222,7 +230,7 @@ class SocketServerSeam(socketio.Server):
         self.deliver_eio_packet_slowly(eio_sid, eio_pkt)
 
     #: connections served in process (``eio_sid -> sink``): while any exists
-    #: :meth:`deliver_eio_packet` always takes the slow way
+    #: :meth:`deliver_eio_packet` always takes the slow way (set in __init__)
     in_process: dict[str, Callable[[Any], None]]
 
     def deliver_eio_packet_slowly(self, eio_sid: str, eio_pkt: Any) -> None:
@@ -231,7 +239,8 @@ class SocketServerSeam(socketio.Server):
     def environ_of(self, eio_sid: str) -> dict[str, Any] | None:
         """The WSGI environ of an Engine.IO connection (python-socketio's
         ``environ``, by eio sid; ``get_environ`` wants a Socket.IO sid)."""
-        return self.environ.get(eio_sid)
+        environ: dict[str, Any] | None = self.environ.get(eio_sid)
+        return environ
 
     def serves_namespace(self, namespace: str) -> bool:
         """The test python-socketio's ``_handle_connect`` applies before it
@@ -258,16 +267,39 @@ def room_has_member(manager: Any, namespace: str, room: Any, sid: str) -> bool:
     return members is not None and sid in members
 
 
+def is_local_connection(manager: Any, sid: str, namespace: str) -> bool:
+    """Whether ``sid`` is a connection of this node in ``namespace``, also
+    while its connect handler runs: from 5.13 python-socketio registers it
+    then as *pre-connected* (``is_pre_connected``); 5.12 connects it before
+    the handler runs and has no such state."""
+    if manager.is_connected(sid, namespace):
+        return True
+    pre_connected = getattr(manager, "is_pre_connected", None)
+    return bool(pre_connected is not None and pre_connected(sid, namespace))
+
+
+#: ``Packet.reconstruct_binary`` is a classmethod ``(data, attachments)``
+#: returning the data in recent python-socketio; in 5.12 it is a method
+#: ``(attachments)`` that rebuilds the packet's own ``data``
+_RECONSTRUCT_IS_CLASSMETHOD = isinstance(
+    inspect.getattr_static(sio_packet.Packet, "reconstruct_binary"), classmethod)
+
+
 def binary_event_data(first: Any, attachments: list[bytes]) -> Any:
     """An event's arguments with its binary attachments put back in their
     placeholders (``Packet.reconstruct_binary``, python-socketio's decoder)."""
-    return sio_packet.Packet.reconstruct_binary(first, attachments)
+    if _RECONSTRUCT_IS_CLASSMETHOD:
+        return sio_packet.Packet.reconstruct_binary(first, attachments)
+    pkt = sio_packet.Packet(sio_packet.EVENT)
+    pkt.data, pkt.attachments = first, list(attachments)
+    pkt.reconstruct_binary(pkt.attachments)
+    return pkt.data
 
 
 # -- python-socketio's client ------------------------------------------------
 
 
-class ClientSeam(socketio.Client):
+class ClientSeam(socketio.Client):  # type: ignore[misc]  # python-socketio is untyped
     """python-socketio's client with the hooks a resuming client needs.
 
     - :meth:`connect_payload`: the CONNECT payload per namespace. The
@@ -312,7 +344,7 @@ class ClientSeam(socketio.Client):
 # python-socketio's PubSubManager, the seam the bus is built on (see
 # DESIGN.md), under public names. Its private hooks are named here only.
 
-class PubSubSeam(socketio.PubSubManager):
+class PubSubSeam(socketio.PubSubManager):  # type: ignore[misc]  # python-socketio is untyped
     """python-socketio's ``PubSubManager`` with its private hooks renamed.
 
     - ``_publish(data)``: PubSubManager's ``enter_room``, ``leave_room``,
@@ -328,6 +360,14 @@ class PubSubSeam(socketio.PubSubManager):
       ``apply_*``.
     - ``_get_logger()``: the server's logger, or python-socketio's default.
     """
+
+    def __init__(self, channel: str, write_only: bool = False, logger: Any = None,
+                 json: Any = None) -> None:
+        # PubSubManager takes json= from 5.16.1 on; BaseManager keeps it in
+        # .json in every version
+        super().__init__(channel=channel, write_only=write_only, logger=logger)
+        if json is not None:
+            self.json = json
 
     def _publish(self, data: Any) -> Any:
         return self.publish_message(data)

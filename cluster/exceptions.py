@@ -4,6 +4,7 @@ The tree::
 
     ClusterError
     ├── ConfigurationError      the extension or the runner was set up wrongly
+    │                           (cluster.config validates every option once)
     ├── AppLoadError            ``--app MODULE:ATTR`` could not be resolved
     ├── NotInHandlerError       a context function was called outside a handler
     ├── LeaseLost               a singleton task's node no longer holds its lease

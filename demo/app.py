@@ -21,8 +21,14 @@ import functools
 import os
 
 from flask import Flask, redirect, render_template, request, session, url_for
-from flask_login import LoginManager, UserMixin, current_user, login_required, login_user
-from flask_login import logout_user
+from flask_login import (
+    LoginManager,
+    UserMixin,
+    current_user,
+    login_required,
+    login_user,
+    logout_user,
+)
 
 from cluster import SocketIO, disconnect, emit, join_room, leave_room, rooms
 from demo.client import add_client_route, require_secret_key

@@ -29,7 +29,7 @@ Typical use by a socket node::
         new_resume_id = store.issue_resume(result.session_id, user_id)
 """
 
-from .base import SessionHandle, SessionStore
+from .base import SessionStore
 from .codec import decode_value, encode_value
 from .exceptions import (
     InvalidSessionId,
@@ -40,12 +40,15 @@ from .exceptions import (
     SessionStoreUnavailable,
     SessionValueError,
 )
-from .forked_session import ForkedSession
+from .forked_session import ForkedSession, SessionHandle
+from .layout import DEFAULT_KEY_PREFIX, DEFAULT_TTL
 from .memory_store import MemorySessionStore
 from .redis_store import RedisSessionStore
 from .resume import ResumeResult, ResumeStatus, redact
 
 __all__ = [
+    "DEFAULT_KEY_PREFIX",
+    "DEFAULT_TTL",
     "ForkedSession",
     "InvalidSessionId",
     "MemorySessionStore",

@@ -1,21 +1,12 @@
 """The store interface and the logic every backend shares.
 
 :class:`SessionStore` holds everything that does not depend on where bytes
-live: id generation and validation, value encoding, the stored field layout,
-identity hashing, refusal counters and logging. A backend implements a
-handful of ``_backend_*`` primitives, each of which must be atomic on its own
-(a Lua script in Redis, a lock in memory).
-
-Stored layout of one session (a Redis hash, or a dict in memory)::
-
-    d:<key>      tagged-JSON value of session[key]    (one field per key)
-    m:identity   identity digest (see resume.identity_digest)
-    m:created    unix time of create()
-    m:updated    unix time of the last save()
-    m:version    number of saves since create()
-    m:resume     the session's current resume id, if one was issued
-
-The ``d:``/``m:`` prefixes keep session keys from ever colliding with metadata.
+live: id generation and validation, value encoding, identity hashing, MACs,
+refusal counters and logging. A backend implements a handful of
+``_backend_*`` primitives, each of which must be atomic on its own (a Lua
+script in Redis, a lock in memory). The stored field layout every backend
+keeps is in :mod:`session_store.layout`; the claim counters in
+:mod:`session_store.claim_counts`.
 
 With a ``secret``, every ``d:`` value and every resume record carries a MAC
 (:mod:`session_store.record_mac`); a session with a value that fails the
@@ -25,22 +16,30 @@ counted (:attr:`SessionStore.rejected_records`).
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
+from .claim_counts import ClaimCounts
 from .codec import decode_items, decode_value, encode_items
 from .exceptions import InvalidSessionId, SessionNotFound
-from .forked_session import ForkedSession
-from .record_mac import RecordMac
+from .forked_session import ForkedSession, SessionHandle
+from .layout import (
+    DATA,
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_TTL,
+    META_CREATED,
+    META_IDENTITY,
+    META_UPDATED,
+    META_VERSION,
+    resume_record,
+    text,
+    ttl_ms,
+)
+from .record_mac import MacForSecret, RecordMac
 from .resume import (
-    REFUSALS,
     ResumeResult,
     ResumeStatus,
     identity_digest,
@@ -50,38 +49,9 @@ from .resume import (
     stored_form,
 )
 
-__all__ = ["SessionHandle", "SessionStore"]
+__all__ = ["SessionStore"]
 
 logger = logging.getLogger("session_store")
-
-DATA = "d:"
-META_IDENTITY = "m:identity"
-META_CREATED = "m:created"
-META_UPDATED = "m:updated"
-META_VERSION = "m:version"
-META_RESUME = "m:resume"
-
-
-# eq=False: the session is a mutable dict, so handles compare by identity.
-@dataclass(frozen=True, eq=False)
-class SessionHandle:
-    """A session just created: its id and the live :class:`ForkedSession`."""
-
-    session_id: str
-    session: ForkedSession
-
-    def __repr__(self) -> str:
-        return f"SessionHandle(session_id={redact(self.session_id)}, keys={len(self.session)})"
-
-
-def _ms(seconds: float, name: str) -> int:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
-    return max(1, int(seconds * 1000))
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 class SessionStore(ABC):
@@ -114,8 +84,8 @@ class SessionStore(ABC):
     def __init__(
         self,
         *,
-        key_prefix: str = "sio:sess:",
-        ttl: float = 120,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        ttl: float = DEFAULT_TTL,
         lease_ttl: float = 86400,
         tombstone_ttl: float = 600,
         secret: str | bytes | Callable[[], str | bytes | None] | None = None,
@@ -126,15 +96,16 @@ class SessionStore(ABC):
         self.ttl = float(ttl)
         self.lease_ttl = float(lease_ttl)
         self.tombstone_ttl = float(tombstone_ttl)
-        self._ttl_ms = _ms(ttl, "ttl")
-        self._lease_ms = _ms(lease_ttl, "lease_ttl")
-        self._tombstone_ms = _ms(tombstone_ttl, "tombstone_ttl")
-        self._counts_lock = threading.Lock()
-        self._counts: Counter[str] = Counter({s.value: 0 for s in ResumeStatus})
-        self._secret = secret
-        self._mac_for: tuple[str | bytes, RecordMac] | None = None
-        #: stored values and resume records that failed their MAC check
-        self.rejected_records = 0
+        self._ttl_ms = ttl_ms(ttl, "ttl")
+        self._lease_ms = ttl_ms(lease_ttl, "lease_ttl")
+        self._tombstone_ms = ttl_ms(tombstone_ttl, "tombstone_ttl")
+        self._claims = ClaimCounts()
+        self._macs = MacForSecret(secret)
+
+    @property
+    def rejected_records(self) -> int:
+        """Stored values and resume records that failed their MAC check."""
+        return self._claims.rejected
 
     # -- sessions ------------------------------------------------------------
 
@@ -202,14 +173,14 @@ class SessionStore(ABC):
         mac = self._mac()
         data: dict[str, Any] = {}
         for raw_name, raw_value in fields.items():
-            name = _text(raw_name)
+            name = text(raw_name)
             if name.startswith(DATA):
                 key = name[len(DATA) :]
                 if mac is not None:
                     opened = mac.open_field(session_id, name, raw_value)
                     if opened is None:
                         # one forged or foreign value taints the whole record
-                        self._reject("session %s: value %r failed its MAC check",
+                        self._claims.reject("session %s: value %r failed its MAC check",
                                      redact(session_id), key)
                         return None
                     raw_value = opened
@@ -253,7 +224,7 @@ class SessionStore(ABC):
         Returns ``False`` if the session no longer exists.
         """
         self._check_id(session_id)
-        ms = self._ttl_ms if ttl is None else _ms(ttl, "ttl")
+        ms = self._ttl_ms if ttl is None else ttl_ms(ttl, "ttl")
         return self._backend_set_ttl([session_id], ms) == 1
 
     def persist(self, session_id: str) -> bool:
@@ -283,7 +254,7 @@ class SessionStore(ABC):
         for session_id in ids:
             self._check_id(session_id)
         found = self._backend_set_ttl_each(ids, self._lease_ms) if ids else []
-        return [session_id for session_id, exists in zip(ids, found) if not exists]
+        return [session_id for session_id, exists in zip(ids, found, strict=True) if not exists]
 
     def _backend_set_ttl_each(self, session_ids: list[str], ttl_ms: int) -> list[bool]:
         """:meth:`_backend_set_ttl` per session, saying which exist (backends
@@ -319,11 +290,9 @@ class SessionStore(ABC):
             self._check_id(reuse)
         resume_id = reuse if reuse is not None else new_id()
         digest = identity_digest(identity)
-        entry = {"s": session_id, "i": digest}
         mac = self._mac()
-        if mac is not None:
-            entry["m"] = mac.resume_tag(resume_id, session_id, digest)
-        record = json.dumps(entry)
+        tag = None if mac is None else mac.resume_tag(resume_id, session_id, digest)
+        record = resume_record(session_id, digest, tag)
         if not self._backend_issue(session_id, stored_form(resume_id), record):
             raise SessionNotFound(
                 f"Session {redact(session_id)} no longer exists; cannot issue a resume id. "
@@ -344,42 +313,34 @@ class SessionStore(ABC):
         """
         digest = identity_digest(identity)
         if not is_well_formed_id(resume_id):
-            return self._refuse(ResumeStatus.MALFORMED, resume_id)
+            return self._claims.refuse(ResumeStatus.MALFORMED, resume_id)
         status, session_id, tag = self._backend_claim(stored_form(resume_id), digest,
                                                       self._tombstone_ms)
         if status is not ResumeStatus.GRANTED:
-            return self._refuse(status, resume_id)
+            return self._claims.refuse(status, resume_id)
         mac = self._mac()
         if mac is not None and not mac.check_resume(resume_id, session_id or "", digest, tag):
             # written by someone without the secret: as if it did not exist
-            self._reject("resume record %s failed its MAC check", redact(resume_id))
-            return self._refuse(ResumeStatus.UNKNOWN, resume_id)
-        self._count(ResumeStatus.GRANTED)
+            self._claims.reject("resume record %s failed its MAC check", redact(resume_id))
+            return self._claims.refuse(ResumeStatus.UNKNOWN, resume_id)
+        self._claims.count(ResumeStatus.GRANTED)
         logger.info("resume %s granted for session %s", redact(resume_id), redact(session_id))
         return ResumeResult(ResumeStatus.GRANTED, session_id)
 
     def resume_counts(self) -> dict[str, int]:
         """Claims so far by outcome, every ``ResumeStatus`` value present (zeros too)."""
-        with self._counts_lock:
-            return dict(self._counts)
+        return self._claims.by_status()
 
     @property
     def refusals(self) -> dict[str, int]:
         """Refused claims so far by reason (every refusal reason present)."""
-        counts = self.resume_counts()
-        return {s.value: counts[s.value] for s in REFUSALS}
+        return self._claims.refusals()
 
     # -- shared helpers ------------------------------------------------------
 
     def _mac(self) -> RecordMac | None:
         """The record MAC for the current secret (``None``: no secret)."""
-        secret = self._secret() if callable(self._secret) else self._secret
-        if not secret:
-            return None
-        cached = self._mac_for
-        if cached is None or cached[0] != secret:
-            cached = self._mac_for = (secret, RecordMac(secret))
-        return cached[1]
+        return self._macs.current()
 
     def _sealed(self, session_id: str, encoded: Mapping[str, str]) -> dict[str, str]:
         """The ``d:`` fields for encoded values, tagged when there is a secret."""
@@ -388,21 +349,6 @@ class SessionStore(ABC):
             return {DATA + k: v for k, v in encoded.items()}
         return {DATA + k: mac.seal_field(session_id, DATA + k, v) for k, v in encoded.items()}
 
-    def _reject(self, message: str, *args: Any) -> None:
-        with self._counts_lock:
-            self.rejected_records += 1
-        logger.warning(message + " (written without the deployment's secret, or "
-                       "under another one); treated as missing", *args)
-
-    def _refuse(self, status: ResumeStatus, resume_id: object) -> ResumeResult:
-        self._count(status)
-        logger.warning("resume %s refused: %s", redact(resume_id), status.value)
-        return ResumeResult(status)
-
-    def _count(self, status: ResumeStatus) -> None:
-        with self._counts_lock:
-            self._counts[status.value] += 1
-
     @staticmethod
     def _check_id(session_id: object) -> None:
         if not is_well_formed_id(session_id):
@@ -410,21 +356,6 @@ class SessionStore(ABC):
                 f"{redact(session_id)} is not a session id issued by this store; "
                 "pass SessionHandle.session_id (or a granted ResumeResult.session_id) unchanged."
             )
-
-    @staticmethod
-    def _parse_claim(record: str | bytes, digest: str
-                     ) -> tuple[ResumeStatus, str | None, str | None]:
-        """Decide a claim from a stored resume record (for backends without
-        scripts): status, session id and the record's MAC tag."""
-        try:
-            parsed = json.loads(record)
-            session_id, stored_digest = parsed["s"], parsed["i"]
-        except (ValueError, TypeError, KeyError):
-            return ResumeStatus.MALFORMED, None, None
-        if stored_digest != digest:
-            return ResumeStatus.IDENTITY_MISMATCH, None, None
-        tag = parsed.get("m")
-        return ResumeStatus.GRANTED, session_id, tag if isinstance(tag, str) else None
 
     # -- backend primitives (each atomic) -------------------------------------
 

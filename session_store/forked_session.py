@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask.sessions import SessionMixin
 
-__all__ = ["ForkedSession"]
+from .resume import redact
+
+__all__ = ["ForkedSession", "SessionHandle"]
 
 _T = TypeVar("_T")
 _MISSING: Any = object()
@@ -197,3 +200,16 @@ class ForkedSession(dict[str, Any], SessionMixin):
         # The lock cannot be copied; copy.copy/deepcopy rebuild from the
         # contents, giving a session with no pending changes.
         return (type(self), (dict(self),))
+
+
+# eq=False: the session is a mutable dict, so handles compare by identity.
+@dataclass(frozen=True, eq=False)
+class SessionHandle:
+    """A session just created (:meth:`SessionStore.create
+    <session_store.SessionStore.create>`): its id and the live :class:`ForkedSession`."""
+
+    session_id: str
+    session: ForkedSession
+
+    def __repr__(self) -> str:
+        return f"SessionHandle(session_id={redact(self.session_id)}, keys={len(self.session)})"

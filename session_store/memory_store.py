@@ -12,7 +12,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from .base import META_RESUME, META_UPDATED, META_VERSION, SessionStore
+from .base import SessionStore
+from .layout import (
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_TTL,
+    META_RESUME,
+    META_UPDATED,
+    META_VERSION,
+    parse_resume_record,
+)
 from .resume import ResumeStatus
 
 __all__ = ["MemorySessionStore"]
@@ -43,8 +51,8 @@ class MemorySessionStore(SessionStore):
     def __init__(
         self,
         *,
-        key_prefix: str = "sio:sess:",
-        ttl: float = 120,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        ttl: float = DEFAULT_TTL,
         lease_ttl: float = 86400,
         tombstone_ttl: float = 600,
         clock: Callable[[], float] = time.monotonic,
@@ -158,7 +166,7 @@ class MemorySessionStore(SessionStore):
                 if self._live(self._tombstones, resume_id) is not None:
                     return ResumeStatus.REPLAYED, None, None
                 return ResumeStatus.UNKNOWN, None, None
-            status, session_id, tag = self._parse_claim(item.record, digest)
+            status, session_id, tag = parse_resume_record(item.record, digest)
             if status is ResumeStatus.GRANTED:
                 del self._resumes[resume_id]
                 self._tombstones[resume_id] = _Item(self._deadline(tombstone_ms))

@@ -30,8 +30,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Callable
 
-__all__ = ["LABEL", "RecordMac", "derive_key"]
+__all__ = ["LABEL", "MacForSecret", "RecordMac", "derive_key"]
 
 #: the derivation label; a new label (v2) would invalidate every stored tag
 LABEL = b"flask-socketio-cluster/session-store/records/v1"
@@ -94,3 +95,24 @@ class RecordMac:
         """Whether ``tag`` is the record's (constant time)."""
         return isinstance(tag, str) and hmac.compare_digest(
             tag, self.resume_tag(resume_id, session_id, digest))
+
+
+class MacForSecret:
+    """The :class:`RecordMac` of a store's ``secret``: a value, or a callable
+    read when needed (an app's ``SECRET_KEY`` set after start-up counts);
+    ``None`` or empty means no MACs. The key is derived again only when the
+    secret changes."""
+
+    def __init__(self, secret: str | bytes | Callable[[], str | bytes | None] | None) -> None:
+        self._secret = secret
+        self._cached: tuple[str | bytes, RecordMac] | None = None
+
+    def current(self) -> RecordMac | None:
+        """The record MAC for the secret as it is now (``None``: no secret)."""
+        secret = self._secret() if callable(self._secret) else self._secret
+        if not secret:
+            return None
+        cached = self._cached
+        if cached is None or cached[0] != secret:
+            cached = self._cached = (secret, RecordMac(secret))
+        return cached[1]

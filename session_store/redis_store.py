@@ -2,7 +2,7 @@
 
 Key layout (``P`` is ``key_prefix``, default ``sio:sess:``)::
 
-    P data:<session id>    hash, one field per session key (see session_store.base)
+    P data:<session id>    hash, one field per session key (see session_store.layout)
     P resume:<resume id>   string, JSON {"s": session id, "i": identity digest,
                            "m": MAC tag (with a secret)}
     P used:<resume id>     string "1": tombstone of a claimed resume id
@@ -21,13 +21,14 @@ Sentinel, is what this store supports.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import redis
 
 from .base import SessionStore
 from .exceptions import SessionStoreAccessDenied, SessionStoreUnavailable
+from .layout import DEFAULT_KEY_PREFIX, DEFAULT_TTL
 from .redis_errors import access_problem
 from .resume import ResumeStatus, stored_form
 
@@ -138,8 +139,8 @@ class RedisSessionStore(SessionStore):
         self,
         redis_client_or_url: redis.Redis | str,
         *,
-        key_prefix: str = "sio:sess:",
-        ttl: float = 120,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        ttl: float = DEFAULT_TTL,
         lease_ttl: float = 86400,
         tombstone_ttl: float = 600,
         redis_options: Mapping[str, Any] | None = None,

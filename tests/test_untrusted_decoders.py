@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from cluster.bus.codec import Codec
 from cluster.bus.errors import Dropped
-from cluster.recovery.stream import split_published
 from cluster.node.packets import ClusterPacket
 from cluster.node.websocket_reader import WebSocketReader, unmask
+from cluster.recovery.stream import split_published
 from session_store.codec import decode_value
 from session_store.exceptions import SessionDataError
 

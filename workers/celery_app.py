@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery, signals
 
@@ -85,7 +86,8 @@ def get_emitter() -> Emitter:
         return _emitter
 
 
-@signals.worker_ready.connect
+# celery ships no type information: its decorators erase the signature
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _check_message_queue(**_: Any) -> None:
     # tasks would fail one by one later; say it once, at start-up
     if not settings.message_queue:

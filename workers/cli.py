@@ -45,7 +45,9 @@ _ENV = {"message_queue": "MESSAGE_QUEUE_URL", "channel": "MESSAGE_QUEUE_CHANNEL"
         "queue": "CELERY_QUEUE"}
 
 
-def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_worker_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """Add the ``worker`` command to ``subparsers`` and return its parser.
 
     Flags default to ``None``, meaning "the environment decides", so the

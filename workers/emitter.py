@@ -18,11 +18,18 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-from cluster.bus import (BusConfigurationError, BusPublishError,
-                         BusSerializationError, ClusterManager, check_signing,
-                         create_manager)
+from cluster.bus import (
+    BusConfigurationError,
+    BusPublishError,
+    BusSerializationError,
+    ClusterManager,
+    RedisManager,
+    check_signing,
+    create_manager,
+)
 from cluster.bus.redis_access import check_access
 
 from .exceptions import ConfigurationError, PayloadError, PublishError
@@ -152,7 +159,7 @@ class Emitter:
         self._get_manager()  # a bad URL, secret or option fails here, not later
 
     @classmethod
-    def from_settings(cls, settings: WorkerSettings, **kwargs: Any) -> "Emitter":
+    def from_settings(cls, settings: WorkerSettings, **kwargs: Any) -> Emitter:
         """An emitter for ``settings`` (keyword arguments override)."""
         kwargs.setdefault("channel", settings.channel)
         kwargs.setdefault("signing_secret", settings.signing_secret)
@@ -162,7 +169,7 @@ class Emitter:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
-                 **kwargs: Any) -> "Emitter":
+                 **kwargs: Any) -> Emitter:
         """An emitter configured like the nodes, from ``MESSAGE_QUEUE_URL``
         (then ``REDIS_URL``), ``MESSAGE_QUEUE_CHANNEL``,
         ``CLUSTER_SIGNING_SECRET`` and ``CLUSTER_ALLOW_UNSIGNED_BUS``; see
@@ -186,7 +193,9 @@ class Emitter:
                     # once per emitter: a refused password or an untrusted
                     # certificate fails here with the fix, not after retries
                     with _errors():
-                        check_access(self.url, getattr(self._manager, "redis_options", None))
+                        options = (self._manager.redis_options
+                                   if isinstance(self._manager, RedisManager) else None)
+                        check_access(self.url, options)
                 self._pid = pid
             return self._manager
 
@@ -207,7 +216,7 @@ class Emitter:
         if manager is not None and self._pid == os.getpid():
             manager.close()
 
-    def __enter__(self) -> "Emitter":
+    def __enter__(self) -> Emitter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

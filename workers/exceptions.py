@@ -15,8 +15,7 @@ already catches those keeps working. Messages name the fix.
 """
 from __future__ import annotations
 
-from cluster.bus import (BusConfigurationError, BusPublishError,
-                         BusSerializationError)
+from cluster.bus import BusConfigurationError, BusPublishError, BusSerializationError
 
 __all__ = ["WorkerError", "ConfigurationError", "PayloadError", "PublishError"]
 

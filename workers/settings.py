@@ -30,15 +30,16 @@ variable                    meaning (default)
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
+
+from cluster.bus.defaults import DEFAULT_CHANNEL
 
 from .exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_CHANNEL", "WorkerSettings"]
 
-#: the node's default channel (Flask-SocketIO's), so emitters match nodes
-DEFAULT_CHANNEL = "flask-socketio"
 
 
 def _get(environ: Mapping[str, str], *names: str) -> str | None:
@@ -92,7 +93,7 @@ class WorkerSettings:
     allow_unsigned_bus: bool = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
         """Read the variables listed in the module doc (``os.environ`` by
         default). Empty values count as unset."""
         env = os.environ if environ is None else environ
@@ -108,7 +109,7 @@ class WorkerSettings:
             in {"1", "true", "yes", "on"},
         )
 
-    def with_overrides(self, **changes: Any) -> "WorkerSettings":
+    def with_overrides(self, **changes: Any) -> WorkerSettings:
         """A copy with the non-``None`` ``changes`` applied (CLI flags)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 

@@ -24,7 +24,8 @@ from .celery_app import app, get_emitter
 __all__ = ["long_job", "broadcast"]
 
 
-@app.task(bind=True)
+# celery ships no type information: app.task erases the signature for mypy
+@app.task(bind=True)  # type: ignore[untyped-decorator]
 def long_job(self: Any, to: Any, steps: int = 5, step_seconds: float = 0.5,
              namespace: str = "/") -> dict[str, Any]:
     """Work in ``steps`` slices, reporting progress to ``to`` (a sid or a
@@ -54,7 +55,7 @@ def long_job(self: Any, to: Any, steps: int = 5, step_seconds: float = 0.5,
     return result
 
 
-@app.task
+@app.task  # type: ignore[untyped-decorator]
 def broadcast(event: str, data: Any = None, room: Any = None,
               namespace: str = "/", skip_sid: Any = None) -> None:
     """Emit ``event`` with ``data`` to ``room`` (everyone when ``None``),

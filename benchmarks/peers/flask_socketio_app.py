@@ -20,16 +20,16 @@ from __future__ import annotations
 import eventlet
 
 # before Flask, redis-py and python-socketio are imported, as Flask-SocketIO requires;
-# hence the imports below it
+# hence the imports below it (noqa: E402: they must follow the monkey-patching)
 eventlet.monkey_patch()
 
-import argparse
-import os
-import sys
-from typing import Any
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
 
-from flask import Flask
-from flask_socketio import SocketIO, emit, join_room
+from flask import Flask  # noqa: E402
+from flask_socketio import SocketIO, emit, join_room  # noqa: E402
 
 # eventlet's wsgi server accepts at most this many connections at once
 MAX_CONNECTIONS = 100_000

@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from .._common import rss_kib
 from .loadgen import Event, Loadgen
 from .procs import (
     HOST,
@@ -34,7 +35,6 @@ from .procs import (
     free_port,
     wait_until,
 )
-from .._common import rss_kib
 from .targets import ROOT, TARGETS, Target, haproxy_executable, node_url, start_nodes
 
 

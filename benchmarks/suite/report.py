@@ -13,8 +13,8 @@ import os
 import platform
 import statistics
 import subprocess
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .targets import TARGETS, haproxy_executable, node_executable, node_package_version
@@ -209,12 +209,14 @@ def ratio_rows(results: dict[str, Any], scenarios: list[str], deflate: str) -> l
     rows = []
     for s in scenarios:
         a, b, c = (summary(results, t, s) for t in (SELF, FSIO, NODE))
-        rows.append([f"max delivered/s, {s} (higher is better)", ratio(a["max_median"], b["max_median"]),
+        rows.append([f"max delivered/s, {s} (higher is better)",
+                     ratio(a["max_median"], b["max_median"]),
                      ratio(a["max_median"], c["max_median"])])
         rows.append([f"node CPU per delivery at max, {s} (lower is better)",
                      ratio(a["cpu_us_median"], b["cpu_us_median"]),
                      ratio(a["cpu_us_median"], c["cpu_us_median"])])
-        rows.append([f"p99 at half load, {s} (lower is better)", ratio(a["half_p99"], b["half_p99"]),
+        rows.append([f"p99 at half load, {s} (lower is better)",
+                     ratio(a["half_p99"], b["half_p99"]),
                      ratio(a["half_p99"], c["half_p99"])])
     mem = results["memory"]
     for count in results["settings"]["memory_counts"]:
@@ -223,7 +225,8 @@ def ratio_rows(results: dict[str, Any], scenarios: list[str], deflate: str) -> l
         rows.append([f"idle memory per websocket at {count:,} (lower is better)",
                      ratio(per[SELF], per[FSIO]), ratio(per[SELF], per[NODE])])
     a, b, c = (summary(results, t, deflate) for t in (SELF, FSIO, NODE))
-    rows.append([f"max delivered/s, deflate offered, {deflate}", ratio(a["max_median"], b["max_median"]),
+    rows.append([f"max delivered/s, deflate offered, {deflate}",
+                 ratio(a["max_median"], b["max_median"]),
                  ratio(a["max_median"], c["max_median"])])
     lines = table(["figure", "vs Flask-SocketIO", "vs Node socket.io"], rows)
     for s in scenarios:

@@ -28,8 +28,18 @@ from typing import Any
 
 from .._common import rss_kib
 from .measures import haproxy_states
-from .procs import HOST, Proc, Procs, SuiteError, child_env, free_port, http_status, redis_command
-from .procs import start_redis, wait_until
+from .procs import (
+    HOST,
+    Proc,
+    Procs,
+    SuiteError,
+    child_env,
+    free_port,
+    http_status,
+    redis_command,
+    start_redis,
+    wait_until,
+)
 from .targets import PYTHON, ROOT, START_TIMEOUT, haproxy_executable
 
 APP = "tests.apps.chat_app:socketio"

@@ -152,7 +152,8 @@ def memory(samples: list[dict[str, Any]], timeline: list[dict[str, Any]]) -> lis
     for row in samples:
         for name, node in row.get("nodes", {}).items():
             if node.get("rss_kib") is not None:
-                series.setdefault((name, node["pid"]), []).append((row["t"], node["rss_kib"] / 1024))
+                series.setdefault((name, node["pid"]), []).append(
+                    (row["t"], node["rss_kib"] / 1024))
     rows = []
     for (name, pid), points in sorted(series.items(), key=lambda kv: (kv[0][0], kv[1][0][0])):
         born = ready.get((name, pid), first_t)
@@ -203,7 +204,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["## Messages", "",
                   "| phase | sent | counted | deliveries expected | delivered | missed | "
                   "messages with a miss | duplicates | unconfirmed | slowest receipt p50 / p99 / "
-                  "max ms |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "max ms |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for phase in PHASES:
             ph = summary["phases"][phase]
             lines.append(f"| {PHASE_LABELS[phase]} | {_f(ph['sent'])} | {_f(ph['counted'])} | "
@@ -255,7 +257,8 @@ def markdown(results: dict[str, Any]) -> str:
             end = "end" if w["end_s"] == float("inf") else f"{w['end_s']:.0f}"
             lines.append(f"| {w['start_s']:.0f}-{end} | {PHASE_LABELS[w['phase']]} | "
                          f"{w['recovered']} | {w['new_session']} | {w['missed']} |")
-        redis_starts = [w["start_s"] for w in summary["per_window"] if w["phase"] == "redis_restart"]
+        redis_starts = [w["start_s"] for w in summary["per_window"]
+                        if w["phase"] == "redis_restart"]
         after = [w for w in summary["per_window"] if w["phase"] == "node_restarts"
                  and w["new_session"] and any(r < w["start_s"] for r in redis_starts)]
         if after:
@@ -270,7 +273,8 @@ def markdown(results: dict[str, Any]) -> str:
               f"steady sample {WARM_S:g} s after ready; slope: least squares over the steady "
               f"samples from there (restart windows left out: a node then holds the moved "
               f"clients); last and max: every sample.", "",
-              "| node | pid | lived s | RSS warm MiB | RSS last MiB | RSS max MiB | slope MiB/min |",
+              "| node | pid | lived s | RSS warm MiB | RSS last MiB | RSS max MiB "
+              "| slope MiB/min |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in results.get("memory", []):
         lines.append(f"| {row['node']} | {row['pid']} | {row['lived_s']:.0f} | "
@@ -297,13 +301,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     t0 = results.get("t0") or (results["samples"][0]["t"] if results.get("samples") else 0.0)
     fig, axes = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
     names = sorted({n for r in results.get("samples", []) for n in r.get("nodes", {})})
-    colors = dict(zip(names, ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown")))
+    # more nodes than colours: the rest get matplotlib's own (colors.get below)
+    colors = dict(zip(names, ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"),
+                      strict=False))
     for name in names:
         pts = [((r["t"] - t0) / 60, r["nodes"][name]) for r in results["samples"]
                if name in r.get("nodes", {})]
         # one line per incarnation: a restart is a new process, not a drop in memory
         for k, pid in enumerate(dict.fromkeys(n["pid"] for _, n in pts)):
-            mine = [(x, n["rss_kib"] / 1024) for x, n in pts if n["pid"] == pid and n.get("rss_kib")]
+            mine = [(x, n["rss_kib"] / 1024) for x, n in pts
+                    if n["pid"] == pid and n.get("rss_kib")]
             axes[0].plot([x for x, _ in mine], [v for _, v in mine], label=name if k == 0 else None,
                          color=colors.get(name), linewidth=1.2, marker=".", markersize=3)
         axes[1].plot([x for x, n in pts if n.get("connections") is not None],

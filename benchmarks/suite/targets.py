@@ -137,6 +137,7 @@ def ensure_python_bench() -> None:
 
 def node_package_version(name: str) -> str | None:
     try:
-        return json.loads((NODE_DIR / "node_modules" / name / "package.json").read_text())["version"]
+        package_json = NODE_DIR / "node_modules" / name / "package.json"
+        return json.loads(package_json.read_text())["version"]
     except (OSError, ValueError, KeyError):
         return None

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from cluster import compat
 from cluster.bus.errors import BusSerializationError, ClusterRequestError, ClusterRequestTimeout
 from cluster.bus.link import BusLink
 from cluster.bus.membership import named_rooms
@@ -324,7 +325,7 @@ class ClusterView:
 
     def _local_rooms_of(self, sid: str, ns: str) -> list[Any] | None:
         local = self.local
-        if not local.is_connected(sid, ns) and not local.is_pre_connected(sid, ns):
+        if not compat.is_local_connection(local, sid, ns):
             return None
         return _retrying(lambda: [r for r in local.get_rooms(sid, ns) if r != sid])
 

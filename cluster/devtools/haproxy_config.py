@@ -218,8 +218,8 @@ def render_haproxy_config(
         "    http-check expect status 200",
         f"    default-server inter {check_interval} fall {fall} rise {rise}",
     ]
-    lines += [f"    server {b.name} {b.host}:{b.port} check cookie {cookie_value(b.name, cookie_salt)}"
-              for b in items]
+    lines += [f"    server {b.name} {b.host}:{b.port} check cookie "
+              f"{cookie_value(b.name, cookie_salt)}" for b in items]
     if stats_port is not None:
         lines += [
             "",

@@ -32,7 +32,6 @@ from types import FrameType
 from typing import Self
 
 from cluster.devtools.haproxy_process import HAProxyProcess
-from cluster.devtools.state_file import StateFile
 from cluster.devtools.processes import (
     ClusterProcessError,
     ExecutableNotFoundError,
@@ -45,6 +44,7 @@ from cluster.devtools.processes import (
     port_accepts,
     stop_all,
 )
+from cluster.devtools.state_file import StateFile
 from cluster.devtools.worker_process import WorkerProcess
 
 __all__ = [

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from session_store import ForkedSession
-
 from cluster.sessions.connection_state import RoomKey
+from session_store import ForkedSession
 
 
 @dataclass

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 __all__ = ["call", "close_room", "disconnect", "emit", "join_room", "leave_room", "rooms", "send"]
 
 
-def _socketio() -> "SocketIO":
-    return flask.current_app.extensions["socketio"]
+def _socketio() -> SocketIO:
+    socketio: SocketIO = flask.current_app.extensions["socketio"]
+    return socketio
 
 
 def _current(attribute: str, function: str) -> Any:

@@ -11,24 +11,32 @@ extra keyword arguments and never changes what the familiar ones do.
 
 from __future__ import annotations
 
-import functools
-import logging
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import flask
 import socketio
 
+from cluster.bus.features import BusFeatures, bus_features
+from cluster.config import NodeConfig
 from cluster.exceptions import ConfigurationError
+from cluster.flask_integration.cluster_registrations import (
+    ClusterRegistrations,
+    cluster_view,
+    presence_of,
+)
+from cluster.flask_integration.emitting import Emitter
 from cluster.flask_integration.handler_context import HandlerRunner
-from cluster.runner.health import HealthMiddleware, NodeState
-from cluster.runner.serve import DeclineCompressionMiddleware
+from cluster.flask_integration.registration import HandlerRegistry
+from cluster.flask_integration.tasks import TasksAndServing
+from cluster.flask_integration.wsgi_stack import wrap_wsgi_app
 from cluster.node.server import ClusterServer
-from cluster.node.server_setup import create_server
-from cluster.flask_integration.singleton_tasks import check_lease
+from cluster.node.server_setup import build_manager, create_connection_sessions, create_server
+from cluster.runner.health import NodeState
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-logger = logging.getLogger("cluster")
+__all__ = ["SocketIO"]
 
 class SocketIO:
     """Create a Socket.IO server for a Flask application, ready to cluster.
@@ -117,8 +125,10 @@ class SocketIO:
 
     Attributes Flask-SocketIO applications read: ``async_mode`` (after
     ``init_app``), ``reason`` (the disconnect reasons, ``SocketIO.reason.
-    CLIENT_DISCONNECT`` and the like), ``server``, ``server_options``,
-    ``manage_session``, ``wsgi_server``.
+    CLIENT_DISCONNECT`` and the like), ``server``, ``server_options`` (the
+    keyword arguments as given), ``manage_session``, ``wsgi_server``. The
+    validated configuration is ``config`` (:class:`cluster.config.NodeConfig`,
+    also ``server.config``), built once by ``init_app``.
     """
 
     #: why a client disconnected (the ``reason`` of disconnect handlers)
@@ -127,17 +137,19 @@ class SocketIO:
     def __init__(self, app: flask.Flask | None = None, **kwargs: Any) -> None:
         self.app: flask.Flask | None = None
         self.server: ClusterServer = None  # type: ignore[assignment]
+        #: the keyword arguments as given (Flask-SocketIO's attribute); the
+        #: node reads ``config``, built from them by init_app
         self.server_options: dict[str, Any] = {}
+        self.config: NodeConfig | None = None
         self.manage_session = True
         self.sessions: Any = None
-        self.handlers: list[tuple[str, Callable[..., Any], str]] = []
-        self.namespace_handlers: list[Any] = []
-        self.exception_handlers: dict[str, Callable[[Exception], Any]] = {}
-        self.default_exception_handler: Callable[[Exception], Any] | None = None
         self.runner = HandlerRunner(self)
-        self.cluster_handlers: list[tuple[str, Callable[..., Any], str]] = []
-        self.presence_callbacks: list[Callable[..., Any]] = []
-        self.node_state = NodeState(self)
+        self._registry = HandlerRegistry(lambda: self.server, self.runner, self)
+        self.cluster_registrations = ClusterRegistrations(
+            lambda: self._features() if self.server is not None else None)
+        self.node_state = NodeState(self._features)
+        self._emitter = Emitter(lambda: self.server, self.runner)
+        self._tasks = TasksAndServing(lambda: self.server, lambda: self.app, self.node_state, self)
         self.wsgi_server: Any = None
         #: the async mode in use ("eventlet" or "threading"); set by init_app
         self.async_mode: str | None = None
@@ -158,44 +170,181 @@ class SocketIO:
             options.pop("client_manager")
         options.update(kwargs)
         self.server_options = options
+        # validated before the app is touched: a mistake leaves it as it was
+        config = NodeConfig.from_options(options, has_app=app is not None)
         if app is not None:
             if not hasattr(app, "extensions"):
                 app.extensions = {}  # pragma: no cover - very old Flask
             app.extensions["socketio"] = self
             self.app = app
-        self.manage_session = options.get("manage_session", True)
-        self.server = create_server(self, app, options)
+        self.config = config
+        self.manage_session = config.sessions.manage_session
+        parts = create_server(config, self)
+        self.server, self.sessions = parts.server, parts.sessions
         self.async_mode = self.server.async_mode
         self._remember_manager()
-        for event, handler, namespace in self.handlers:
-            self.server.on(event, handler, namespace=namespace)
-        for namespace_handler in self.namespace_handlers:
-            self.server.register_namespace(namespace_handler)
-        if app is not None and not getattr(app, "_cluster_socketio_wrapped", False):
-            # Socket.IO is served under its path ahead of the Flask routes, and
-            # the probes ahead of both
-            wsgi_app: Any = socketio.WSGIApp(
-                self.server, app.wsgi_app, socketio_path=self.server.socketio_path
-            )
-            wsgi_app = DeclineCompressionMiddleware(wsgi_app, self.server_options)
-            app.wsgi_app = HealthMiddleware(wsgi_app, self, self.node_state)  # type: ignore[method-assign]
-            app._cluster_socketio_wrapped = True  # type: ignore[attr-defined]
+        self._registry.register_on(self.server)
+        self.cluster_registrations.apply(self._features())
+        if app is not None:
+            wrap_wsgi_app(app, self)
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Apply a new configuration (the node runner's flags) before the
+        first client connects: limits and transport settings at once, and
+        a new bus manager and session binding when those settings changed.
+        """
+        old, server = self.config, self.server
+        if old is None or server is None:
+            raise ConfigurationError("reconfigure() needs an initialised SocketIO: call "
+                                     "init_app(app) first.")
+        if config.bus.write_only != old.bus.write_only:
+            raise ConfigurationError("write_only cannot change after init_app().")
+        bus_changed = config.bus != old.bus or config.bus.client_manager is not \
+            old.bus.client_manager or config.recovery != old.recovery
+        if bus_changed:
+            # checked first: it refuses once clients are served
+            server.replace_manager(
+                build_manager(config.bus, config.recovery, write_only=config.bus.write_only))
+        self.config = server.config = config
+        self.manage_session = config.sessions.manage_session
+        server.recovery = config.recovery
+        server.set_limits(config.limits)
+        server.eio.set_max_backlog(config.transport.max_backlog)
+        if bus_changed:
+            self._remember_manager()
+            self.cluster_registrations.apply(self._features())
+        if bus_changed or config.sessions != old.sessions or config.redis_url != old.redis_url:
+            self.sessions = create_connection_sessions(self, config, server)
 
     def use_message_queue(self, url: str | None, **kwargs: Any) -> None:
-        """Join (or leave, with ``None``) a bus after the app was created.
-
-        The node runner calls this with ``--message-queue`` so an application
-        module need not know the deployment's URL. It must happen before the
-        first client connects.
-        """
-        self.server.replace_manager(url, **kwargs)
-        self._remember_manager()
+        """Join (or leave, with ``None``) a bus before the first client connects;
+        ``kwargs``: ``channel``, ``signing_secret``, ``node_name``,
+        ``message_queue_options``."""
+        if self.config is None:
+            raise ConfigurationError("use_message_queue() needs init_app(app) first.")
+        if url is None:
+            self.reconfigure(self.config.without("message_queue").with_overrides(**kwargs))
+        else:
+            self.reconfigure(self.config.with_overrides(message_queue=url, **kwargs))
 
     def _remember_manager(self) -> None:
         # Flask-SocketIO exposes the manager in use as
         # server_options["client_manager"]; an explicit one stays the user's
         self._built_manager = self.server.manager
         self.server_options["client_manager"] = self.server.manager
+
+    def _features(self) -> BusFeatures:
+        return bus_features(self.server.manager if self.server is not None else None)
+
+    # -- handlers (cluster.flask_integration.registration) -----------------
+
+    def on(self, message: str, namespace: str | None = None) -> Callable[[F], F]:
+        """Decorator registering a handler for ``message`` on ``namespace``."""
+        return self._registry.on(message, namespace)
+
+    def on_event(self, message: str, handler: Callable[..., Any],
+                 namespace: str | None = None) -> None:
+        """Register ``handler`` for ``message`` without a decorator. Catch-alls as
+        in Flask-SocketIO: a ``"*"`` handler gets ``(event, *data)`` of events
+        without a handler; one on ``namespace="*"`` serves every namespace."""
+        self._registry.on_event(message, handler, namespace)
+
+    def event(self, *args: Any, **kwargs: Any) -> Any:
+        """``@socketio.event`` or ``@socketio.event(namespace="/chat")``: a
+        handler named after the decorated function."""
+        return self._registry.event(*args, **kwargs)
+
+    def on_namespace(self, namespace_handler: Any) -> None:
+        """Register a class-based :class:`cluster.Namespace` instance."""
+        self._registry.on_namespace(namespace_handler)
+
+    def on_error(self, namespace: str | None = None) -> Callable[[F], F]:
+        """Decorator registering the error handler of ``namespace``: it gets
+        the exception, its return value is the ack."""
+        return self._registry.on_error(namespace)
+
+    def on_error_default(self, exception_handler: F) -> F:
+        """Decorator registering the error handler of every namespace."""
+        return self._registry.on_error_default(exception_handler)
+
+    # Flask-SocketIO's attributes, kept by the registry
+    @property
+    def handlers(self) -> list[tuple[str, Callable[..., Any], str]]:
+        return self._registry.handlers
+
+    @handlers.setter
+    def handlers(self, value: list[tuple[str, Callable[..., Any], str]]) -> None:
+        self._registry.handlers = value
+
+    @property
+    def namespace_handlers(self) -> list[Any]:
+        return self._registry.namespace_handlers
+
+    @namespace_handlers.setter
+    def namespace_handlers(self, value: list[Any]) -> None:
+        self._registry.namespace_handlers = value
+
+    @property
+    def exception_handlers(self) -> dict[str, Callable[[Exception], Any]]:
+        return self._registry.exception_handlers
+
+    @exception_handlers.setter
+    def exception_handlers(self, value: dict[str, Callable[[Exception], Any]]) -> None:
+        self._registry.exception_handlers = value
+
+    @property
+    def default_exception_handler(self) -> Callable[[Exception], Any] | None:
+        return self._registry.default_exception_handler
+
+    @default_exception_handler.setter
+    def default_exception_handler(self, value: Callable[[Exception], Any] | None) -> None:
+        self._registry.default_exception_handler = value
+
+    # -- tasks and serving (cluster.flask_integration.tasks) ---------------
+
+    def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Start ``target`` in the async mode's thread kind; ``.join()`` waits.
+        It runs on every node that calls this (see :meth:`start_singleton_task`)."""
+        return self._tasks.start_background_task(target, *args, **kwargs)
+
+    def start_singleton_task(self, name: str, target: Callable[..., Any], *args: Any,
+                             lease_seconds: float = 5.0, redis_url: str | None = None,
+                             **kwargs: Any) -> Any:
+        """Run ``target(*args, **kwargs)`` on exactly one node of the cluster: the
+        holder of its Redis lease (``redis_url``, default the message queue),
+        replaced ``lease_seconds`` after it dies. Returns a
+        :class:`cluster.flask_integration.singleton_tasks.SingletonTask`."""
+        return self._tasks.start_singleton_task(name, target, *args, lease_seconds=lease_seconds,
+                                                redis_url=redis_url, **kwargs)
+
+    def sleep(self, seconds: float = 0) -> None:
+        """Sleep without blocking other clients; in a singleton task that lost
+        its lease it raises :class:`cluster.exceptions.LeaseLost`."""
+        self._tasks.sleep(seconds)
+
+    def run(self, app: flask.Flask | None = None, host: str | None = None,
+            port: int | None = None, **kwargs: Any) -> None:
+        """Serve the app: under eventlet with the node runner's server, else with
+        Werkzeug's (``allow_unsafe_werkzeug=True`` outside debug, as in Flask-SocketIO)."""
+        self._tasks.run(app, host=host, port=port, **kwargs)
+
+    def drain(self, grace_seconds: float = 10.0) -> None:
+        """Report not-ready, let handlers finish (up to ``grace_seconds``), then
+        send every local client to resume on another node. SIGTERM does this."""
+        self._tasks.drain(grace_seconds)
+
+    def stop(self) -> None:
+        """Stop a server started with :meth:`run`."""
+        self._tasks.stop()
+
+    def test_client(self, app: flask.Flask, namespace: str | None = None,
+                    query_string: str | None = None, headers: dict[str, str] | None = None,
+                    auth: dict[str, Any] | None = None, flask_test_client: Any = None) -> Any:
+        """A client that talks to this server in-process, for unit tests."""
+        return self._tasks.test_client(app, namespace, query_string, headers, auth,
+                                       flask_test_client)
+
+    # -- cluster-wide (cluster.flask_integration.cluster_registrations) ----
 
     @property
     def cluster(self) -> Any:
@@ -204,21 +353,13 @@ class SocketIO:
         ``sockets_join``, ``sockets_leave``, ``disconnect_sockets``,
         ``server_side_emit``/``server_side_call`` and ``on``, ``live_nodes``.
         Needs a message queue."""
-        view = getattr(self.server.manager, "cluster", None)
-        if view is None:
-            raise ConfigurationError(
-                "socketio.cluster needs a message queue: pass message_queue= to SocketIO() "
-                "or --message-queue to the node runner.")
-        return view
+        return cluster_view(self._features())
 
     @property
     def presence(self) -> Any:
         """First-join / last-leave room events across the cluster:
         ``socketio.presence.on(callback(event, room, namespace))``."""
-        presence = getattr(self.server.manager, "presence", None)
-        if presence is None:
-            raise ConfigurationError("socketio.presence needs a message queue.")
-        return presence
+        return presence_of(self._features())
 
     def on_cluster_event(self, event: str, namespace: str = "/") -> Callable[[F], F]:
         """Decorator: handle ``server_side_emit(event)`` from other nodes.
@@ -226,125 +367,14 @@ class SocketIO:
         Unlike ``socketio.cluster.on``, it may be used at import time, before
         the node runner joins the app to the bus. The return value is the ack.
         """
-        def decorator(handler: F) -> F:
-            self.cluster_handlers.append((event, handler, namespace))
-            self._apply_cluster_registrations()
-            return handler
-
-        return decorator
+        return self.cluster_registrations.on(event, namespace)
 
     def on_presence(self, callback: F) -> F:
         """Decorator: ``callback(event, room, namespace)`` when a room gets its
         first member (``"first_join"``) or loses its last (``"last_leave"``)
         anywhere in the cluster. Usable at import time."""
-        self.presence_callbacks.append(callback)
-        self._apply_cluster_registrations()
+        self.cluster_registrations.add_presence_callback(callback)
         return callback
-
-    def _apply_cluster_registrations(self) -> None:
-        manager = self.server.manager if self.server is not None else None
-        view = getattr(manager, "cluster", None)
-        if view is not None:
-            for event, handler, namespace in self.cluster_handlers:
-                view.on(event, handler, namespace=namespace)
-        presence = getattr(manager, "presence", None)
-        if presence is not None:
-            for callback in self.presence_callbacks:
-                if callback not in presence._callbacks:
-                    presence.on(callback)
-
-    # -- handler registration ----------------------------------------------
-
-    def on(self, message: str, namespace: str | None = None) -> Callable[[F], F]:
-        """Decorator registering a handler for ``message`` on ``namespace``."""
-        namespace = namespace or "/"
-
-        def decorator(handler: F) -> F:
-            self.on_event(message, handler, namespace)
-            return handler
-
-        return decorator
-
-    def on_event(
-        self, message: str, handler: Callable[..., Any], namespace: str | None = None
-    ) -> None:
-        """Register ``handler`` for ``message`` without a decorator.
-
-        Catch-alls work as in Flask-SocketIO: a ``"*"`` handler receives
-        ``(event, *data)`` for every event that has no handler of its own,
-        and a handler on ``namespace="*"`` handles ``message`` in every
-        namespace, with ``request.namespace`` the real one. In both,
-        ``request.sid`` is the client's sid and ``request.event["message"]``
-        the name the handler was registered for (``"*"`` for a catch-all).
-        """
-        namespace = namespace or "/"
-        runner = self.runner
-
-        def run_in_flask_context(*args: Any) -> Any:
-            # python-socketio puts what a catch-all caught before the sid:
-            # (event, sid, ...), (namespace, sid, ...) or (event, namespace, sid, ...)
-            real_namespace = namespace
-            caught: tuple[Any, ...] = ()
-            if message == "*":
-                caught, args = (args[0],), args[1:]
-            if namespace == "*":
-                real_namespace, args = args[0], args[1:]
-            return runner.run(handler, message, real_namespace, args[0], *caught, *args[1:])
-
-        run_in_flask_context.__wrapped__ = handler  # type: ignore[attr-defined]
-        if self.server is not None:
-            self.server.on(message, run_in_flask_context, namespace=namespace)
-        self.handlers.append((message, run_in_flask_context, namespace))
-
-    def event(self, *args: Any, **kwargs: Any) -> Any:
-        """Register a handler named after the decorated function.
-
-        ``@socketio.event`` or ``@socketio.event(namespace="/chat")``.
-        """
-        if len(args) == 1 and not kwargs and callable(args[0]):
-            handler = args[0]
-            return self.on(handler.__name__)(handler)
-
-        def decorator(handler: F) -> F:
-            return self.on(handler.__name__, *args, **kwargs)(handler)
-
-        return decorator
-
-    def on_namespace(self, namespace_handler: Any) -> None:
-        """Register a class-based :class:`cluster.Namespace` instance."""
-        from cluster.flask_integration.namespace import Namespace
-
-        if not isinstance(namespace_handler, Namespace):
-            raise ConfigurationError(
-                "on_namespace() takes a cluster.Namespace instance; derive your "
-                "class from cluster.Namespace rather than socketio.Namespace."
-            )
-        namespace_handler._set_socketio(self)
-        if self.server is not None:
-            self.server.register_namespace(namespace_handler)
-        self.namespace_handlers.append(namespace_handler)
-
-    def on_error(self, namespace: str | None = None) -> Callable[[F], F]:
-        """Decorator registering the error handler of ``namespace``.
-
-        It receives the exception; its return value becomes the ack response.
-        """
-        namespace = namespace or "/"
-
-        def decorator(exception_handler: F) -> F:
-            if not callable(exception_handler):
-                raise ConfigurationError("on_error() must decorate a function.")
-            self.exception_handlers[namespace] = exception_handler
-            return exception_handler
-
-        return decorator
-
-    def on_error_default(self, exception_handler: F) -> F:
-        """Decorator registering the error handler of every namespace."""
-        if not callable(exception_handler):
-            raise ConfigurationError("on_error_default() must decorate a function.")
-        self.default_exception_handler = exception_handler
-        return exception_handler
 
     # -- emitting ----------------------------------------------------------
 
@@ -355,53 +385,16 @@ class SocketIO:
         ``to``/``room`` (default: everyone), ``include_self`` (default
         ``True``), ``skip_sid``, ``callback`` (an ack; needs ``to``).
         """
-        namespace = kwargs.pop("namespace", "/") or "/"
-        to = kwargs.pop("to", None)
-        if to is None:
-            to = kwargs.pop("room", None)
-        else:
-            kwargs.pop("room", None)
-        include_self = kwargs.pop("include_self", True)
-        skip_sid = kwargs.pop("skip_sid", None)
-        if not include_self and skip_sid is None and flask.has_request_context():
-            skip_sid = getattr(flask.request, "sid", None)
-        check_lease()  # a singleton task that lost its lease emits no more
-        callback = kwargs.pop("callback", None)
-        if callback is not None:
-            callback = self._callback_in_flask_context(callback)
-        kwargs.pop("broadcast", None)
-        data = _event_data(args)
-        self.server.emit(
-            event, data, to=to, skip_sid=skip_sid, namespace=namespace,
-            callback=callback, **kwargs,
-        )
+        self._emitter.emit(event, *args, **kwargs)
 
     def call(self, event: str, *args: Any, **kwargs: Any) -> Any:
         """Emit to one client and wait for its ack (``to=``, ``timeout=60``)."""
-        namespace = kwargs.pop("namespace", "/") or "/"
-        to = kwargs.pop("to", None) or kwargs.pop("sid", None)
-        if to is None and flask.has_request_context():
-            to = getattr(flask.request, "sid", None)
-        if to is None:
-            raise ConfigurationError("call() needs the client: pass to=<sid>.")
-        timeout = kwargs.pop("timeout", 60)
-        check_lease()
-        return self.server.call(
-            event, _event_data(args), to=to, namespace=namespace, timeout=timeout,
-            **kwargs,
-        )
+        return self._emitter.call(event, *args, **kwargs)
 
-    def send(
-        self,
-        data: Any,
-        json: bool = False,
-        namespace: str | None = None,
-        to: str | None = None,
-        callback: Callable[..., Any] | None = None,
-        include_self: bool = True,
-        skip_sid: str | list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def send(self, data: Any, json: bool = False, namespace: str | None = None,
+             to: str | None = None, callback: Callable[..., Any] | None = None,
+             include_self: bool = True, skip_sid: str | list[str] | None = None,
+             **kwargs: Any) -> None:
         """Send a ``message`` (or ``json`` with ``json=True``) event."""
         to = to or kwargs.pop("room", None)
         self.emit(
@@ -412,121 +405,3 @@ class SocketIO:
     def close_room(self, room: str, namespace: str | None = None) -> None:
         """Remove every client from ``room``, on every node."""
         self.server.close_room(room, namespace or "/")
-
-    # -- tasks and serving -------------------------------------------------
-
-    def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Start ``target`` in the async mode's thread kind; ``.join()`` waits.
-
-        As in Flask-SocketIO the task runs in this process only, so every
-        node that calls this runs its own copy; for a task the cluster
-        should run once, see :meth:`start_singleton_task`.
-        """
-        return self.server.start_background_task(target, *args, **kwargs)
-
-    def start_singleton_task(self, name: str, target: Callable[..., Any], *args: Any,
-                             lease_seconds: float = 5.0, redis_url: str | None = None,
-                             **kwargs: Any) -> Any:
-        """Run ``target(*args, **kwargs)`` on exactly one node of the cluster.
-
-        Every node may call it (at import time too); the one that holds the
-        task's lease in Redis runs it, and if that node dies the lease
-        expires after ``lease_seconds`` (default 5 s) and another node starts
-        the task afresh. In a task that lost its lease, ``socketio.sleep`` and
-        ``emit`` raise :class:`cluster.exceptions.LeaseLost`. ``redis_url``
-        defaults to the Redis message queue. Returns a
-        :class:`cluster.flask_integration.singleton_tasks.SingletonTask` (``running``,
-        ``lease``, ``stop()``). See :mod:`cluster.flask_integration.singleton_tasks`.
-        """
-        from cluster.flask_integration.singleton_tasks import SingletonTask
-
-        return SingletonTask(self, name, target, args, kwargs,
-                             lease_seconds=lease_seconds, redis_url=redis_url)
-
-    def sleep(self, seconds: float = 0) -> None:
-        """Sleep without blocking other clients in the current async mode.
-
-        In a singleton task whose lease was lost it raises
-        :class:`cluster.exceptions.LeaseLost` (before or after sleeping).
-        """
-        check_lease()
-        self.server.sleep(seconds)
-        check_lease()
-
-    def run(self, app: flask.Flask | None = None, host: str | None = None,
-            port: int | None = None, **kwargs: Any) -> None:
-        """Serve the application (development and single-process use).
-
-        Under eventlet this is the production server of the node runner
-        (``python -m cluster node``); in ``threading`` mode it is Werkzeug's
-        development server, which needs ``allow_unsafe_werkzeug=True``
-        outside debug mode, as in Flask-SocketIO.
-        """
-        from cluster.runner.serve import run_app
-
-        # Flask-SocketIO's reloader arguments, in the form Werkzeug takes them
-        reloader_options = dict(kwargs.pop("reloader_options", None) or {})
-        extra_files = kwargs.pop("extra_files", None)
-        if extra_files:
-            reloader_options["extra_files"] = extra_files
-        kwargs.update(reloader_options)
-        run_app(self, app or self.app, host=host, port=port, **kwargs)
-
-    def drain(self, grace_seconds: float = 10.0) -> None:
-        """Stop taking part: report not-ready, let running handlers finish
-        (up to ``grace_seconds``), then send every local client away so it
-        reconnects to another node and resumes there. SIGTERM does this."""
-        from cluster.runner.serve import drain_node
-
-        drain_node(self, grace_seconds)
-
-    def stop(self) -> None:
-        """Stop a server started with :meth:`run`."""
-        from cluster.runner.serve import stop_app
-
-        stop_app(self)
-
-    def test_client(self, app: flask.Flask, namespace: str | None = None,
-                    query_string: str | None = None, headers: dict[str, str] | None = None,
-                    auth: dict[str, Any] | None = None,
-                    flask_test_client: Any = None) -> Any:
-        """A client that talks to this server in-process, for unit tests."""
-        from cluster.flask_integration.testing import SocketIOTestClient
-
-        return SocketIOTestClient(
-            app, self, namespace=namespace, query_string=query_string,
-            headers=headers, auth=auth, flask_test_client=flask_test_client,
-        )
-
-    # -- internals ---------------------------------------------------------
-
-    def _handle_event(self, handler: Callable[..., Any], message: str | None,
-                      namespace: str, sid: str | None, *args: Any) -> Any:
-        return self.runner.run(handler, message, namespace, sid, *args)
-
-    def _callback_in_flask_context(self, callback: Callable[..., Any]) -> Callable[..., Any]:
-        """Run an ack callback in the Flask context of the emitting handler."""
-        if not flask.has_request_context():
-            return callback
-        sid = getattr(flask.request, "sid", None)
-        namespace = getattr(flask.request, "namespace", None) or "/"
-        if sid is None:
-            return callback
-        runner = self.runner
-
-        def ack_in_flask_context(*ack_args: Any) -> Any:
-            return runner.run(callback, None, namespace, sid, *ack_args)
-
-        # keeps attributes such as the bus's ack timeout (cluster.bus.with_timeout)
-        functools.update_wrapper(ack_in_flask_context, callback)
-        return ack_in_flask_context
-
-
-def _event_data(args: tuple[Any, ...]) -> Any:
-    # python-socketio sends a tuple as several arguments and anything else as
-    # one; Flask-SocketIO's emit(event, *args) maps onto that
-    if len(args) == 1:
-        return args[0]
-    if not args:
-        return None
-    return tuple(args)

@@ -22,8 +22,9 @@ import inspect
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import flask
 
@@ -64,7 +65,7 @@ def accepts_positional_argument(handler: Callable[..., Any]) -> bool:
 class HandlerRunner:
     """Pushes the Flask contexts around a handler call for one extension."""
 
-    def __init__(self, socketio: "SocketIO") -> None:
+    def __init__(self, socketio: SocketIO) -> None:
         self.socketio = socketio
         self.in_flight = 0
         self._lock = threading.Lock()

@@ -18,17 +18,20 @@ if TYPE_CHECKING:
 __all__ = ["Namespace"]
 
 
-class Namespace(socketio.Namespace):
+class Namespace(socketio.Namespace):  # type: ignore[misc]  # python-socketio is untyped
     """Base class for class-based namespaces (default namespace ``"/"``)."""
 
     def __init__(self, namespace: str | None = None) -> None:
         super().__init__(namespace)
         self.socketio: SocketIO | None = None
 
-    def _set_socketio(self, socketio_ext: "SocketIO") -> None:
+    def bind(self, socketio_ext: SocketIO) -> None:
+        """Attach this instance to the extension it emits through and whose
+        handler context its ``on_<event>`` methods run in;
+        ``socketio.on_namespace(instance)`` calls it."""
         self.socketio = socketio_ext
 
-    def _extension(self) -> "SocketIO":
+    def _extension(self) -> SocketIO:
         if self.socketio is None:
             raise RuntimeError(
                 "This Namespace is not registered: call socketio.on_namespace(instance)."
@@ -56,7 +59,7 @@ class Namespace(socketio.Namespace):
             namespace, args = args[0], args[1:]
         sid = args[0] if args else None
         try:
-            return self._extension()._handle_event(handler, event, namespace, sid, *args[1:])
+            return self._extension().runner.run(handler, event, namespace, sid, *args[1:])
         except ConnectionRefusedError:
             raise
         except Exception as exc:

@@ -40,14 +40,16 @@ import logging
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from cluster.bus.features import bus_features
 from cluster.bus.redis_connection import close_quietly
 from cluster.exceptions import ConfigurationError, LeaseLost
 
 if TYPE_CHECKING:
-    from cluster.flask_integration.extension import SocketIO
+    from cluster.node.server import ClusterServer
+    from cluster.runner.health import NodeState
 
 __all__ = ["Lease", "LeaseLost", "SingletonTask", "check_lease", "current_lease"]
 
@@ -145,6 +147,9 @@ def check_lease() -> None:
 class SingletonTask:
     """One task competed for by every node (see the module docstring).
 
+    :param server: the node's server: its async mode runs the keeper and
+        the task, its manager is the bus whose Redis holds the lease.
+    :param node_state: a draining node gives the lease up at once.
     :param name: the task's name, the same on every node; one lease per name
         and ``channel``.
     :param lease_seconds: how long a lease lasts without renewal (default
@@ -156,7 +161,8 @@ class SingletonTask:
         ``redis_url`` option.
     """
 
-    def __init__(self, socketio: "SocketIO", name: str, target: Callable[..., Any],
+    def __init__(self, server: ClusterServer, node_state: NodeState, name: str,
+                 target: Callable[..., Any],
                  args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS,
                  redis_url: str | None = None) -> None:
@@ -164,7 +170,8 @@ class SingletonTask:
             raise ConfigurationError("start_singleton_task() needs a name, the same on every node.")
         if lease_seconds <= 0:
             raise ConfigurationError("lease_seconds must be positive (default 5).")
-        self.socketio = socketio
+        self.server = server
+        self.node_state = node_state
         self.name = name
         self.target = target
         self.args = args
@@ -180,7 +187,7 @@ class SingletonTask:
         self._redis: Any = None
         self._connect: Callable[[], Any] | None = None
         self._redis_failed = False
-        self._keeper = socketio.start_background_task(self._keep)
+        self._keeper = server.start_background_task(self._keep)
 
     @property
     def running(self) -> bool:
@@ -204,7 +211,7 @@ class SingletonTask:
                 self.lease._lose()
 
     def _keep_leasing(self) -> None:
-        server = self.socketio.server
+        server = self.server
         while not server.manager_initialized and not self._stopped:
             # under the node runner the bus URL arrives after the app module
             # ran; the manager starts once the node is about to serve
@@ -254,7 +261,7 @@ class SingletonTask:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self.socketio.server.sleep(min(left, 0.1))
+            self.server.sleep(min(left, 0.1))
 
     def _call(self, what: str, script: str, keys: list[str], holder: str) -> Any:
         """Run a lease script; ``None`` when Redis did not answer."""
@@ -281,7 +288,7 @@ class SingletonTask:
         self.lease = lease
         self._task_running.set()
         logger.info("singleton task %r starts on this node (fencing token %d)", self.name, token)
-        self.socketio.start_background_task(self._run, lease)
+        self.server.start_background_task(self._run, lease)
 
     def _lost(self, why: str) -> None:
         lease, self.lease = self.lease, None
@@ -310,7 +317,7 @@ class SingletonTask:
                              self.interval)
             if self.lease is lease:
                 self._give_up(self._key("lease"))
-                self.socketio.server.sleep(self.interval)
+                self.server.sleep(self.interval)
         finally:
             local.lease = None
             self._task_running.clear()
@@ -336,7 +343,7 @@ class SingletonTask:
         if self.redis_url:
             url = self.redis_url
             return lambda: redis.Redis.from_url(url, **timeouts)
-        features = bus_features(self.socketio.server.manager)
+        features = bus_features(self.server.manager)
         try:
             first = features.new_redis_client()
         except Exception:  # a Redis bus, unreachable now: _call retries
@@ -347,7 +354,7 @@ class SingletonTask:
             # client that told us so is the first one used
             unused = [first]
             return lambda: unused.pop() if unused else features.new_redis_client()
-        url = self.socketio.server.config.redis_url
+        url = self.server.config.redis_url
         if url and url.split(":", 1)[0] in REDIS_SCHEMES:
             return lambda: redis.Redis.from_url(url, **timeouts)
         return None
@@ -355,7 +362,7 @@ class SingletonTask:
     def _key(self, kind: str) -> str:
         # hash-tagged with the channel: in a Redis Cluster the keys live on
         # the shard that carries the channel, which the bus's client reaches
-        channel = self.socketio.server.config.bus.channel
+        channel = self.server.config.bus.channel
         return f"{{{channel}}}:singleton:{self.name}:{kind}"
 
     def _drop_client(self) -> None:
@@ -363,4 +370,4 @@ class SingletonTask:
         close_quietly(client)
 
     def _draining(self) -> bool:
-        return bool(self.socketio.node_state.draining)
+        return bool(self.node_state.draining)

@@ -37,9 +37,9 @@ class SocketIOTestClient:
     """
 
     #: every test client by its Engine.IO sid, as in Flask-SocketIO
-    clients: dict[str, "SocketIOTestClient"] = {}
+    clients: dict[str, SocketIOTestClient] = {}
 
-    def __init__(self, app: flask.Flask, socketio: "SocketIO", namespace: str | None = None,
+    def __init__(self, app: flask.Flask, socketio: SocketIO, namespace: str | None = None,
                  query_string: str | None = None, headers: dict[str, str] | None = None,
                  auth: dict[str, Any] | None = None, flask_test_client: Any = None) -> None:
         self.app = app
@@ -67,12 +67,12 @@ class SocketIOTestClient:
             environ = self._connection_environ(query_string, headers)
             server.test_sinks[self.eio_sid] = self._receive
             self.clients[self.eio_sid] = self
-            server._handle_eio_connect(self.eio_sid, environ)
+            server.handle_eio_connect(self.eio_sid, environ)
             self._eio_connected = True
         self.connected[namespace] = False
         self.connect_errors.pop(namespace, None)
         pkt = server.packet_class(sio_packet.CONNECT, data=auth, namespace=namespace)
-        server._handle_eio_message(self.eio_sid, pkt.encode())
+        server.handle_eio_message(self.eio_sid, pkt.encode())
 
     def disconnect(self, namespace: str | None = None) -> None:
         """Disconnect from ``namespace`` (default ``"/"``)."""
@@ -81,10 +81,10 @@ class SocketIOTestClient:
             raise RuntimeError("not connected")
         server = self.socketio.server
         pkt = server.packet_class(sio_packet.DISCONNECT, namespace=namespace)
-        server._handle_eio_message(self.eio_sid, pkt.encode())
+        server.handle_eio_message(self.eio_sid, pkt.encode())
         self.connected[namespace] = False
         if not any(self.connected.values()):
-            server._handle_eio_disconnect(self.eio_sid, server.reason.CLIENT_DISCONNECT)
+            server.handle_eio_disconnect(self.eio_sid, server.reason.CLIENT_DISCONNECT)
             server.test_sinks.pop(self.eio_sid, None)
             self.clients.pop(self.eio_sid, None)
             self._eio_connected = False
@@ -112,7 +112,7 @@ class SocketIOTestClient:
                                   namespace=namespace, id=ack_id)
         encoded = pkt.encode()
         for part in encoded if isinstance(encoded, list) else [encoded]:
-            server._handle_eio_message(self.eio_sid, part)
+            server.handle_eio_message(self.eio_sid, part)
         if ack_id is not None and ack_id in self.acks:
             ack = self.acks.pop(ack_id)
             return ack[0] if len(ack) == 1 else ack
@@ -140,7 +140,8 @@ class SocketIOTestClient:
 
     # -- internals ---------------------------------------------------------
 
-    def _connection_environ(self, query_string: str | None, headers: dict[str, str] | None) -> dict[str, Any]:
+    def _connection_environ(self, query_string: str | None,
+                            headers: dict[str, str] | None) -> dict[str, Any]:
         # only the application's own query string, as Flask-SocketIO's test
         # client: handlers reading request.args see what the test passed
         query = query_string or ""
@@ -195,6 +196,6 @@ class SocketIOTestClient:
                 # Flask-SocketIO test client does
                 reply = self.socketio.server.packet_class(
                     sio_packet.ACK, data=[], namespace=namespace, id=pkt.id)
-                self.socketio.server._handle_eio_message(self.eio_sid, reply.encode())
+                self.socketio.server.handle_eio_message(self.eio_sid, reply.encode())
         elif pkt.packet_type in (sio_packet.ACK, sio_packet.BINARY_ACK):
             self.acks[pkt.id] = pkt.data

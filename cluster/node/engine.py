@@ -2,9 +2,9 @@
 
 :class:`ClusterEngineServer` is python-engineio's server with:
 
-- :meth:`~ClusterEngineServer.restore_next_id`: python-socketio draws every
-  new sid from ``generate_id``; connection state recovery sets the previous
-  sid right before the connect so the recovered connection keeps it;
+- ``restore_next_id`` (of :class:`cluster.compat.EngineServerSeam`):
+  connection state recovery sets the previous sid right before the connect
+  so the recovered connection keeps it;
 - under eventlet, the node's websocket transport
   (:class:`~.websocket_transport.ClusterSocket`: frames written directly and
   coalesced, pings on timers) for every new connection;
@@ -33,8 +33,6 @@ class ClusterEngineServer(compat.EngineServerSeam):
         ``None`` keeps the default (1 MiB).
     """
 
-    _restored_id: str | None = None
-
     def __init__(self, *args: Any, max_backlog: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_backlog = DEFAULT_MAX_BACKLOG
@@ -52,13 +50,6 @@ class ClusterEngineServer(compat.EngineServerSeam):
                 f"max_backlog must be a whole number of bytes, at least 1024 (got "
                 f"{max_backlog!r}); e.g. max_backlog=4 * 1024 * 1024 for 4 MiB.")
         self.max_backlog = max_backlog
-
-    def restore_next_id(self, sid: str | None) -> None:
-        self._restored_id = sid
-
-    def generate_id(self) -> str:
-        sid, self._restored_id = self._restored_id, None
-        return sid if sid is not None else super().generate_id()
 
     def socket_created(self, eio_socket: Any) -> None:
         if self.async_mode == "eventlet":
@@ -79,7 +70,7 @@ class ClusterEngineServer(compat.EngineServerSeam):
 
     def unread_bytes(self, sid: str) -> int:
         """Bytes client ``sid`` has not taken yet (0 when unknown or gone)."""
-        socket = self.sockets.get(sid)
+        socket = compat.engine_socket(self, sid)
         return int(getattr(socket, "unread_bytes", 0)) if socket is not None else 0
 
     def transport_stats(self) -> dict[str, int]:

@@ -26,7 +26,8 @@ import errno
 import logging
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("cluster.transport")
 
@@ -54,7 +55,7 @@ class Flusher:
         #: ``writes`` (send calls) and ``frames`` (frames they carried)
         self.counters = {"writes": 0, "frames": 0}
 
-    def schedule(self, writer: "FrameWriter") -> None:
+    def schedule(self, writer: FrameWriter) -> None:
         self._dirty.append(writer)
         if not self._armed:
             self._armed = True

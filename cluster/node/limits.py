@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from cluster.exceptions import ConfigurationError
 
@@ -73,7 +74,7 @@ class Limits:
     max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> "Limits":
+    def from_options(cls, options: Mapping[str, Any]) -> Limits:
         """Read the limits from the extension's keyword options.
 
         A missing option takes its default. ``max_events_per_second=None``

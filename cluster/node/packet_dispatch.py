@@ -1,7 +1,7 @@
 """A client's malformed packet apart from an application's exception.
 
 Every message a client sends goes through two steps of
-:meth:`cluster.node.server.ClusterServer._handle_eio_message`:
+:meth:`cluster.node.server.ClusterServer.handle_eio_message`:
 
 1. :func:`decode_message` turns the Engine.IO message into a complete
    Socket.IO packet (binary attachments collected) and checks its shape.
@@ -47,7 +47,7 @@ _BINARY = (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK)
 _PLAIN = (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK)
 
 
-def decode_message(server: "ClusterServer", eio_sid: str, data: Any) -> Any:
+def decode_message(server: ClusterServer, eio_sid: str, data: Any) -> Any:
     """The packet ``data`` completes, or ``None`` while attachments are due.
 
     :raises ValueError: (or another of :data:`MALFORMED`) when ``data`` is not
@@ -79,17 +79,17 @@ def decode_message(server: "ClusterServer", eio_sid: str, data: Any) -> Any:
     return pkt
 
 
-def dispatch_packet(server: "ClusterServer", eio_sid: str, pkt: Any) -> None:
+def dispatch_packet(server: ClusterServer, eio_sid: str, pkt: Any) -> None:
     """Run the handlers of a decoded packet (python-socketio's dispatch)."""
     kind = pkt.packet_type
     if kind == sio_packet.CONNECT:
-        server._handle_connect(eio_sid, pkt.namespace, pkt.data)
+        server.handle_connect(eio_sid, pkt.namespace, pkt.data)
     elif kind == sio_packet.DISCONNECT:
-        server._handle_disconnect(eio_sid, pkt.namespace, server.reason.CLIENT_DISCONNECT)
+        server.handle_disconnect(eio_sid, pkt.namespace, server.reason.CLIENT_DISCONNECT)
     elif kind in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
-        server._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        server.handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
     else:
-        server._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        server.handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
 
 
 def describe(pkt: Any) -> str:
@@ -100,7 +100,7 @@ def describe(pkt: Any) -> str:
     return names.get(pkt.packet_type, "ack")
 
 
-def report_handler_error(server: "ClusterServer", exc: BaseException, eio_sid: str | None,
+def report_handler_error(server: ClusterServer, exc: BaseException, eio_sid: str | None,
                          what: str, namespace: str | None) -> None:
     """Log an exception no application error handler took, and count it."""
     server.counters["handler_errors"] += 1

@@ -18,7 +18,7 @@ from socketio import packet as sio_packet
 MAX_ATTACHMENTS = 10
 
 
-class ClusterPacket(sio_packet.Packet):
+class ClusterPacket(sio_packet.Packet):  # type: ignore[misc]  # python-socketio is untyped
     """``socketio.packet.Packet`` refusing more than ``MAX_ATTACHMENTS``."""
 
     def decode(self, encoded_packet: Any) -> Any:

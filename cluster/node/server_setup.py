@@ -1,39 +1,43 @@
-"""Building a node's server from the extension's keyword options.
+"""Building a node's parts from its :class:`cluster.config.NodeConfig`.
 
-:func:`create_server` sorts the options (the cluster's own, listed in
-:data:`cluster.node.server.EXTENSION_OPTIONS`, the rest for python-socketio),
-builds the client manager (a bus manager for a ``message_queue`` URL, else
-a local one) and the session binding (a Redis store when the bus is Redis).
+:func:`create_server` builds the server (with the client manager: a bus
+manager for a ``message_queue`` URL, else a local one) and the session
+binding (a Redis store when the bus is Redis), and returns both for the
+extension to keep; it reaches into nothing else.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from session_store import MemorySessionStore, RedisSessionStore
-
-from cluster.bus.manager import driver_only
+from cluster.bus.features import bus_features
+from cluster.bus.settings import driver_only
+from cluster.config import BusConfig, NodeConfig
 from cluster.node.packets import ClusterPacket
+from cluster.node.server import ClusterServer
+from cluster.recovery.replay import RecoveryOptions
+from cluster.runner.log_redaction import install as install_log_redaction
 from cluster.sessions.connection_sessions import HOLDER_QUERY, ConnectionSessions
 from cluster.sessions.connection_state import MemoryConnectionState, RedisConnectionState
-from cluster.exceptions import ConfigurationError
-from cluster.node.limits import Limits
-from cluster.runner.log_redaction import install as install_log_redaction
-from cluster.recovery.replay import RecoveryOptions
-from cluster.node.server import EXTENSION_OPTIONS, ClusterServer
 from cluster.sessions.leases import SessionLeases, default_interval
+from session_store import MemorySessionStore, RedisSessionStore
 
 if TYPE_CHECKING:
-    import flask
 
     from cluster.flask_integration.extension import SocketIO
 
-DEFAULT_SESSION_TTL = 120.0
-DEFAULT_KEY_PREFIX = "sio:sess:"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
-DEFAULT_CHANNEL = "flask-socketio"
+
+@dataclass(frozen=True)
+class NodeParts:
+    """What :func:`create_server` built."""
+
+    server: ClusterServer
+    sessions: ConnectionSessions
 
 
 def default_async_mode() -> str:
@@ -52,34 +56,33 @@ def default_async_mode() -> str:
     return "eventlet" if is_monkey_patched("socket") else "threading"
 
 
-def build_manager(options: dict[str, Any], *, write_only: bool) -> Any:
-    """The client manager for ``options``: a bus manager or a local one."""
+def build_manager(bus: BusConfig, recovery: RecoveryOptions | None, *, write_only: bool) -> Any:
+    """The client manager for ``bus``: the one given, a bus manager, or a local one."""
     from cluster.bus import LocalManager, create_manager
 
-    url = options.get("message_queue")
-    if not url:
+    if bus.client_manager is not None:
+        return bus.client_manager
+    if not bus.url:
         return LocalManager()
-    recovery = RecoveryOptions.from_option(options.get("connection_state_recovery"))
     settings: dict[str, Any] = {}
-    if options.get("node_name"):
-        settings["node_name"] = options["node_name"]
+    if bus.node_name:
+        settings["node_name"] = bus.node_name
     if recovery is not None:
         settings["recovery_window"] = recovery.max_disconnection_duration
     return create_manager(
-        url,
-        channel=options.get("channel") or DEFAULT_CHANNEL,
+        bus.url,
+        channel=bus.channel,
         write_only=write_only,
-        signing_secret=options.get("signing_secret"),
-        options=options.get("message_queue_options"),
+        signing_secret=bus.signing_secret,
+        options=dict(bus.driver_options) if bus.driver_options is not None else None,
         logger=logging.getLogger("cluster.bus"),
         **settings,
     )
 
 
-def create_server(ext: "SocketIO", app: "flask.Flask | None",
-                  options: dict[str, Any]) -> ClusterServer:
-    """Build the server for ``ext`` from the extension's keyword options."""
-    server_kwargs = {k: v for k, v in options.items() if k not in EXTENSION_OPTIONS}
+def create_server(config: NodeConfig, extension: SocketIO) -> NodeParts:
+    """Build the server and the session binding ``extension`` serves with."""
+    server_kwargs = dict(config.server_options)
     if server_kwargs.get("async_mode") is None:
         # None is Flask-SocketIO's "choose for me" (its example app passes it)
         server_kwargs["async_mode"] = default_async_mode()
@@ -87,32 +90,24 @@ def create_server(ext: "SocketIO", app: "flask.Flask | None",
         # python-socketio's JSON packets, with socket.io-parser's bound on
         # binary attachments
         server_kwargs["serializer"] = ClusterPacket
-    write_only = bool(options.get("write_only", app is None))
-    if write_only and not options.get("message_queue"):
-        raise ConfigurationError(
-            "A SocketIO without a Flask app is a write-only emitter and needs "
-            "message_queue=<bus URL> (e.g. 'redis://localhost:6379/0')."
-        )
-    manager = options.get("client_manager") or build_manager(options, write_only=write_only)
+    manager = build_manager(config.bus, config.recovery, write_only=config.bus.write_only)
     server = ClusterServer(
         client_manager=manager,
-        max_backlog=options.get("max_backlog"),
-        limits=Limits.from_options(options),
+        max_backlog=config.transport.max_backlog,
+        limits=config.limits,
         **server_kwargs,
     )
     # python-socketio's and python-engineio's own loggers log whole
     # packets, resume ids included, when logger=/engineio_logger= are on
     install_log_redaction(server)
-    server.extension = ext
-    server.options = options
-    server.recovery = RecoveryOptions.from_option(options.get("connection_state_recovery"))
-    server.socketio_path = (options.get("path") or options.get("resource") or "socket.io").strip("/")
-    ext.server = server  # the session binding registers on its manager
-    ext.sessions = create_connection_sessions(ext, options)
-    return server
+    server.extension = extension  # its hooks bind and persist the extension's sessions
+    server.config = config
+    server.recovery = config.recovery
+    server.socketio_path = config.transport.path
+    return NodeParts(server, create_connection_sessions(extension, config, server))
 
 
-def record_secret(socketio: "SocketIO", options: Mapping[str, Any]) -> Any:
+def record_secret(socketio: SocketIO, config: NodeConfig) -> Any:
     """What the Redis session store derives its record MAC key from.
 
     The bus signing secret when there is one, else the application's
@@ -120,71 +115,59 @@ def record_secret(socketio: "SocketIO", options: Mapping[str, Any]) -> Any:
     counts): both are shared by every node of a deployment, as the key must
     be. Neither (no signing, no ``SECRET_KEY``): records carry no MAC.
     """
-    signing = options.get("signing_secret")
-    if signing:
-        return signing
+    if config.bus.signing_secret:
+        return config.bus.signing_secret
     return lambda: getattr(socketio.app, "secret_key", None) if socketio.app else None
 
 
-def create_connection_sessions(socketio: "SocketIO", options: Mapping[str, Any]) -> ConnectionSessions:
-    """The session binding for the extension's options.
+def create_connection_sessions(socketio: SocketIO, config: NodeConfig,
+                               server: ClusterServer) -> ConnectionSessions:
+    """The session binding for ``config.sessions`` on ``server``.
 
     ``session_store``: a :class:`session_store.SessionStore`, ``"memory"``,
     or ``None`` (default: Redis when the bus URL is a Redis URL, else
-    in-connection forks only). ``session_ttl`` (default 120 s) is how long a
-    session may be resumed after its connection ends; ``session_key_prefix``
-    (default ``"sio:sess:"``) namespaces the keys.
+    in-connection forks only). ``session_ttl`` (see
+    :class:`cluster.config.SessionConfig`) is how long a session may be
+    resumed after its connection ends; ``session_key_prefix`` namespaces
+    the keys.
     """
-    recovery = options.get("connection_state_recovery")
-    default_ttl = DEFAULT_SESSION_TTL
-    if isinstance(recovery, dict) and recovery.get("max_disconnection_duration"):
-        # a session must outlive the window in which its client may recover
-        default_ttl = float(recovery["max_disconnection_duration"])
-    ttl = float(options.get("session_ttl") or default_ttl)
-    prefix = options.get("session_key_prefix") or DEFAULT_KEY_PREFIX
-    identity_loader = options.get("resume_identity")
-    store = options.get("session_store")
+    settings = config.sessions
+    ttl, prefix = settings.ttl, settings.key_prefix
+    store = settings.store
     if store is None:
-        url = options.get("redis_url") or options.get("message_queue")
-        if isinstance(url, str) and url.split(":", 1)[0] in ("redis", "rediss", "unix"):
+        url = config.redis_url or config.bus.url
+        if url and url.split(":", 1)[0] in REDIS_SCHEMES:
             # the bus's own settings (buffer_bytes, max_message_bytes...)
             # ride in message_queue_options too; redis-py gets only its own
+            driver_options = dict(config.bus.driver_options or {})
             store = RedisSessionStore(url, key_prefix=prefix, ttl=ttl,
                                       lease_ttl=ttl + default_interval(ttl),
-                                      redis_options=driver_only(options.get("message_queue_options")),
-                                      secret=record_secret(socketio, options))
+                                      redis_options=driver_only(driver_options),
+                                      secret=record_secret(socketio, config))
     elif store == "memory":
         store = MemorySessionStore(key_prefix=prefix, ttl=ttl,
                                    lease_ttl=ttl + default_interval(ttl))
     if store is None:
-        return ConnectionSessions(socketio, identity_loader=identity_loader)
+        return ConnectionSessions(socketio, identity_loader=settings.resume_identity)
     if isinstance(store, RedisSessionStore):
         state: Any = RedisConnectionState(store.redis, store.key_prefix,
-                                          secret=record_secret(socketio, options))
+                                          secret=record_secret(socketio, config))
     else:
         state = MemoryConnectionState()
     sessions = ConnectionSessions(socketio, store=store, state=state,
-                                  identity_loader=identity_loader,
-                                  stable_resume_ids=bool(options.get("connection_state_recovery")))
-    server = socketio.server
-    manager = server.manager if server is not None else None
-    cluster = getattr(manager, "cluster", None)
-    if cluster is not None:
-        cluster.on(HOLDER_QUERY, sessions.holds)
-    if server is not None:
-        sessions.leases = SessionLeases(
-            sessions, default_interval(store.ttl),
-            restart_point=lambda: _recovery_restart_point(manager),
-            reconnects=lambda: _bus_reconnects(manager),
-            spawn=server.start_background_task, sleep=server.sleep)
+                                  identity_loader=settings.resume_identity,
+                                  stable_resume_ids=config.recovery is not None)
+    features = bus_features(server.manager)
+    if features.cluster is not None:
+        features.cluster.on(HOLDER_QUERY, sessions.holds)
+    sessions.leases = SessionLeases(
+        sessions, default_interval(store.ttl),
+        restart_point=lambda: _recovery_restart_point(features),
+        reconnects=lambda: int(features.stats().get("reconnects", 0)),
+        spawn=server.start_background_task, sleep=server.sleep)
     return sessions
 
 
-def _recovery_restart_point(manager: Any) -> str | None:
-    point = getattr(manager, "recovery_restart_point", None)
-    return point() if callable(point) and getattr(manager, "logs_recovery", False) else None
-
-
-def _bus_reconnects(manager: Any) -> int:
-    stats = getattr(manager, "stats", None)
-    return int(stats().get("reconnects", 0)) if callable(stats) else 0
+def _recovery_restart_point(features: Any) -> str | None:
+    reader = features.recovery
+    return reader.restart_point() if reader is not None else None

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cluster.node.frames import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PONG, OPCODE_TEXT, frame
 
@@ -69,7 +70,8 @@ class WebSocketReader:
         self.max_message = int(max_message)
         self._buffer = bytearray()
         self._deflate = deflate
-        self._inflater: Any = None
+        # zlib._Decompress: typeshed's name for what zlib.decompressobj() returns
+        self._inflater: zlib._Decompress | None = None
         self.closed = False
 
     def read_message(self) -> str | bytes | None:

@@ -80,6 +80,15 @@ class ClusterSocket(compat.EngineSocketSeam):
     polling_backlog = 0
     ping_timer: Any = None
 
+    # python-engineio's own state (set in its ``Socket.__init__``), declared
+    # for mypy only: the base class is untyped
+    queue: Any
+    last_ping: float | None
+    connected: bool
+    upgraded: bool
+    closing: bool
+    closed: bool
+
     # -- sending -----------------------------------------------------------
 
     @property
@@ -112,7 +121,7 @@ class ClusterSocket(compat.EngineSocketSeam):
         super().send(pkt)
 
     def poll(self) -> list[Any]:
-        packets = super().poll()
+        packets: list[Any] = super().poll()
         self.polling_backlog = max(0, self.polling_backlog - sum(map(_packet_size, packets)))
         return packets
 

@@ -12,21 +12,38 @@ connection state recovery on) to :class:`RecoveryFlow`:
    out, then what was logged since the replay was read, then the packets
    held meanwhile that the replay did not cover.
 
-Reads go through the manager's recovery reader, never under the publisher's
-lock, a page at a time; the replay is sent at the pace the client reads it.
+Reads go through the bus's recovery reader (``bus_features(manager).recovery``,
+handed in as a callable: this package never imports the bus), never under
+the publisher's lock, a page at a time; the replay is sent at the pace the
+client reads it.
+
+:meth:`~RecoveryFlow.begin` and :meth:`~RecoveryFlow.end` wrap
+python-socketio's handling of a CONNECT: the first restores the old sid
+and starts holding live packets, the second replays and releases them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from cluster.recovery.replay import (Replay, namespace_of, newer, offset_of, read_replay, replay_from,
-                       replay_packet, trustworthy_offset)
+from cluster.recovery.offsets import newer
+from cluster.recovery.replay import (
+    Replay,
+    namespace_of,
+    offset_of,
+    read_replay,
+    replay_from,
+    replay_packet,
+    trustworthy_offset,
+)
 
 if TYPE_CHECKING:
     from cluster.node.server import ClusterServer
+    from cluster.sessions.connection_sessions import ConnectionSessions
 
 logger = logging.getLogger("cluster.node.server")
 
@@ -39,30 +56,110 @@ REPLAY_STALL = 10.0
 REPLAY_PAUSE = 0.005
 
 
+class RecoveryReader(Protocol):
+    """The reads of the recovery stream a replay needs (what the bus's
+    ``bus_features(manager).recovery`` offers; defaults when unreadable)."""
+
+    def readable(self, offset: str) -> bool: ...
+    def contains(self, offset: str) -> bool: ...
+    def page(self, offset: str, count: int
+             ) -> list[tuple[str, dict[str, Any] | None, int]] | None: ...
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One CONNECT as :meth:`RecoveryFlow.begin` found it."""
+
+    #: the old sid the connection gets back (recovering), else None
+    sid: str | None = None
+    replay: Replay | None = None
+    #: where the client's replay starts
+    offset: str | None = None
+
+    @property
+    def recovering(self) -> bool:
+        return self.replay is not None and self.sid is not None and self.offset is not None
+
+
 class RecoveryFlow:
-    """The recovery steps of one server's connects (see the module doc)."""
+    """The recovery steps of one server's connects (see the module doc).
 
-    def __init__(self, server: "ClusterServer") -> None:
+    :param server: the node's server (limits, counters, packet hold,
+        delivery, its Engine.IO server).
+    :param reader: the bus's recovery reader now (``None``: emits are not
+        logged); asked at each use, as the manager may be replaced before
+        the first connection.
+    """
+
+    def __init__(self, server: ClusterServer,
+                 reader: Callable[[], RecoveryReader | None]) -> None:
         self.server = server
+        self.reader = reader
 
-    def plan(self, environ: Any, namespace: str, sid: str) -> Replay | None:
+    # -- around python-socketio's CONNECT --------------------------------------
+
+    def begin(self, eio_sid: str, namespace: str, environ: Any,
+              sessions: ConnectionSessions | None, restore_sid: str | None) -> Attempt:
+        """Before the CONNECT is handled: plan the replay of a connection that
+        resumes a session whose sid was ``restore_sid``, restore that sid,
+        and hold what the connect handler emits until the reply is out
+        (clients then see "connected" before its first event)."""
+        server = self.server
+        attempt = Attempt()
+        if sessions is not None and environ is not None:
+            if restore_sid is not None and server.manager.is_connected(restore_sid, namespace):
+                restore_sid = None  # never two live connections with one sid
+            replay = None
+            if restore_sid is not None:
+                replay = self.plan(environ, namespace, restore_sid, sessions)
+            attempt = Attempt(restore_sid, replay, sessions.recovery_offset(environ, namespace))
+            if replay is not None:
+                sessions.mark_recovered(environ)
+                server.eio.restore_next_id(restore_sid)
+        server.packet_hold.start(eio_sid)
+        return attempt
+
+    def end(self, eio_sid: str, namespace: str, attempt: Attempt) -> None:
+        """After the CONNECT was handled: replay (if it recovered) and
+        release what was held."""
+        self.server.eio.restore_next_id(None)
+        if attempt.recovering:
+            self.finish(eio_sid, attempt.sid, namespace, attempt.offset,  # type: ignore[arg-type]
+                        attempt.replay)  # type: ignore[arg-type]
+        else:
+            self.release_held(eio_sid, namespace, covered=None)
+
+    def marks_offsets(self) -> bool:
+        """Whether events carry their offset as the last argument (the CONNECT
+        reply then says ``offsets: true``, which tells cluster.Client)."""
+        return self.server.recovery is not None and self.reader() is not None
+
+    def skips_connect_handler(self, sessions: ConnectionSessions, environ: Any) -> bool:
+        """Whether a recovered connection skips the connect handler
+        (``skip_connect_handler``, socket.io's ``skipMiddlewares``)."""
+        recovery = self.server.recovery
+        return bool(recovery is not None and recovery.skip_connect_handler
+                    and sessions.is_recovered(environ))
+
+    # -- the steps -------------------------------------------------------------
+
+    def plan(self, environ: Any, namespace: str, sid: str,
+             sessions: ConnectionSessions) -> Replay | None:
         """The bounded replay of a recovering connection, or ``None`` for a
         plain resume (the reason logged and counted)."""
         server = self.server
-        sessions = server.extension.sessions if server.extension is not None else None
-        if sessions is None:
-            return None
+        reader = self.reader()
         start = sessions.recovery_start(environ, namespace)
         offset = replay_from(sessions.recovery_offset(environ, namespace), start,
                              sessions.recovery_rebased(environ, namespace))
         reason = trustworthy_offset(
             offset, start,
-            lambda o: bool(self._read("recovery_contains", o, default=False)),
-            lambda o: bool(self._read("recovery_readable", o, default=False)))
+            lambda o: reader is not None and bool(reader.contains(o)),
+            lambda o: reader is not None and bool(reader.readable(o)))
         replay = None
         if reason is None:
             replay = read_replay(
-                self._page, offset, sid, namespace,  # type: ignore[arg-type]
+                self._page, offset, sid, namespace,
                 sessions.saved_rooms(environ, namespace),
                 max_packets=server.limits.max_replay_packets,
                 max_bytes=server.limits.max_replay_bytes, pause=lambda: server.sleep(0))
@@ -75,12 +172,9 @@ class RecoveryFlow:
         logger.info("connection %s resumed without recovery: %s", sid[:8], reason)
         return None
 
-    def _read(self, name: str, *args: Any, default: Any) -> Any:
-        read = getattr(self.server.manager, name, None)
-        return read(*args) if callable(read) else default
-
     def _page(self, offset: str, count: int) -> Any:
-        return self._read("recovery_page", offset, count, default=None)
+        reader = self.reader()
+        return reader.page(offset, count) if reader is not None else None
 
     def finish(self, eio_sid: str, sid: str, namespace: str, offset: str,
                replay: Replay) -> None:
@@ -131,7 +225,7 @@ class RecoveryFlow:
         high_water = min(REPLAY_HIGH_WATER, server.eio.max_backlog // 4)
         stall_until: float | None = None
         for entry_offset, message in packets:
-            server._deliver_packet(eio_sid, replay_packet(server, message, entry_offset,
+            server.deliver_packet(eio_sid, replay_packet(server, message, entry_offset,
                                                           namespace))
             while server.eio.unread_bytes(eio_sid) > high_water:
                 now = time.monotonic()
@@ -154,6 +248,6 @@ class RecoveryFlow:
             if covered is not None and held_offset is not None and not newer(held_offset, covered):
                 continue  # the replay already delivered it
             if kind == "pkt":
-                server._deliver_packet(eio_sid, item)
+                server.deliver_packet(eio_sid, item)
             else:
-                server._deliver_eio_packet(eio_sid, item)
+                server.deliver_eio_packet(eio_sid, item)

@@ -32,13 +32,14 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from socketio import packet as sio_packet
-from socketio.packet import Packet
 
-from cluster.recovery.stream import OFFSET_RE
+from cluster import compat
+from cluster.recovery.offsets import Offset, is_offset, newer
 
 if TYPE_CHECKING:
     from cluster.node.server import ClusterServer
@@ -63,7 +64,7 @@ class RecoveryOptions:
     skip_connect_handler: bool = False
 
     @classmethod
-    def from_option(cls, value: Any) -> "RecoveryOptions | None":
+    def from_option(cls, value: Any) -> RecoveryOptions | None:
         if not value:
             return None
         if value is True:
@@ -186,19 +187,19 @@ def message_reaches(message: dict[str, Any], sid: str, namespace: str,
     return target in member_of
 
 
-def replay_packet(server: "ClusterServer", message: dict[str, Any], offset: str,
+def replay_packet(server: ClusterServer, message: dict[str, Any], offset: str,
                   namespace: str) -> Any:
     """The EVENT packet a logged emit becomes, offset appended."""
     data = list(message.get("data") or [])
     if message.get("binary") and data:
         attachments = [base64.b64decode(item) for item in data[1:]]
-        data = Packet.reconstruct_binary(data[0], attachments)
+        data = compat.binary_event_data(data[0], attachments)
         data = list(data) if isinstance(data, list) else [data]
     return server.packet_class(sio_packet.EVENT, namespace=namespace,
                                data=[message.get("event"), *data, offset])
 
 
-def _decoded(server: "ClusterServer", kind: str, item: Any) -> Any:
+def _decoded(server: ClusterServer, kind: str, item: Any) -> Any:
     if kind != "eio":
         return item
     encoded = getattr(item, "data", None)
@@ -210,7 +211,7 @@ def _decoded(server: "ClusterServer", kind: str, item: Any) -> Any:
         return None
 
 
-def locate(server: "ClusterServer", kind: str, item: Any) -> tuple[str | None, str | None]:
+def locate(server: ClusterServer, kind: str, item: Any) -> tuple[str | None, str | None]:
     """``(offset, namespace)`` of a packet on its way to a client."""
     pkt = _decoded(server, kind, item)
     if pkt is None:
@@ -218,13 +219,13 @@ def locate(server: "ClusterServer", kind: str, item: Any) -> tuple[str | None, s
     return _offset_of_packet(pkt), pkt.namespace or "/"
 
 
-def namespace_of(server: "ClusterServer", kind: str, item: Any) -> str | None:
+def namespace_of(server: ClusterServer, kind: str, item: Any) -> str | None:
     """The namespace of a held packet (None for a binary attachment)."""
     pkt = _decoded(server, kind, item)
     return (pkt.namespace or "/") if pkt is not None else None
 
 
-def offset_of(server: "ClusterServer", kind: str, item: Any) -> str | None:
+def offset_of(server: ClusterServer, kind: str, item: Any) -> str | None:
     """The offset a held packet carries, if any (text packets only)."""
     pkt = _decoded(server, kind, item)
     return _offset_of_packet(pkt) if pkt is not None else None
@@ -235,15 +236,7 @@ def _offset_of_packet(pkt: Any) -> str | None:
             or pkt.attachment_count:
         return None
     last = pkt.data[-1] if len(pkt.data) > 1 else None
-    return last if isinstance(last, str) and OFFSET_RE.match(last) else None
-
-
-def newer(offset: str, than: str | None) -> bool:
-    if than is None:
-        return True
-    a_ms, a_seq = (int(part) for part in offset.split("-"))
-    b_ms, b_seq = (int(part) for part in than.split("-"))
-    return (a_ms, a_seq) > (b_ms, b_seq)
+    return last if is_offset(last) else None
 
 
 # -- bounded replay ------------------------------------------------------------
@@ -326,9 +319,10 @@ def replay_from(offset: Any, start: str | None, rebased: str | None) -> Any:
     see :mod:`cluster.sessions.leases`) and the offset is older than that,
     the restart. The client was connected until then and missed nothing
     before it; what came after is in the new stream."""
-    if (rebased is not None and rebased == start and isinstance(offset, str)
-            and OFFSET_RE.match(offset) and OFFSET_RE.match(rebased)
-            and newer(rebased, offset)):
+    if rebased is None or rebased != start:
+        return offset
+    client, restart = Offset.parse(offset), Offset.parse(rebased)
+    if client is not None and restart is not None and restart > client:
         return rebased
     return offset
 
@@ -344,9 +338,10 @@ def trustworthy_offset(offset: Any, start: str | None, exists: Callable[[str], b
     """
     if start is None:
         return "the session has no recorded start"
-    if not isinstance(offset, str) or not OFFSET_RE.match(offset) or not OFFSET_RE.match(start):
+    client, first = Offset.parse(offset), Offset.parse(start)
+    if client is None or first is None:
         return "malformed offset"
-    if newer(start, offset):
+    if first > client:
         return "offset older than the session's start"
     if offset != start and not exists(offset):
         return "offset not in the recovery log"

@@ -25,13 +25,11 @@ the offset to).
 from __future__ import annotations
 
 import hashlib
-import re
-import time
 from collections.abc import Callable
 from typing import Any
 
+from cluster.recovery.offsets import ZERO, Offset
 
-OFFSET_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
 PREFIX = b"@"
 
 # KEYS[1] stream; ARGV: channel, payload, window ms, max entries, publish cmd
@@ -55,7 +53,7 @@ def split_published(raw: Any) -> tuple[str | None, Any]:
         end = raw.find(PREFIX, 1)
         if end > 1:
             offset = bytes(raw[1:end]).decode("ascii", "replace")
-            if OFFSET_RE.match(offset):
+            if Offset.parse(offset) is not None:
                 return offset, bytes(raw[end + 1:])
     return None, raw
 
@@ -77,7 +75,7 @@ class RecoveryLog:
     def __init__(self, channel: str, open_entry: EntryOpener, window: float,
                  max_entries: int = 100_000, sharded: bool = False) -> None:
         # the hash tag keeps stream and channel in one slot on Redis Cluster
-        self.key = "{%s}:recovery" % channel
+        self.key = f"{{{channel}}}:recovery"
         self.channel = channel
         self.open_entry = open_entry
         self.window_ms = max(1000, int(window * 1000))
@@ -134,14 +132,15 @@ class RecoveryLog:
         (the start of a session that began on an empty stream) is readable
         only while the stream has never been trimmed.
         """
-        if not isinstance(offset, str) or not OFFSET_RE.match(offset):
+        parsed = Offset.parse(offset)
+        if parsed is None:
             return False
-        if offset == "0-0":
+        if parsed == ZERO:
             return _never_trimmed(client, self.key)
         oldest = client.xrange(self.key, count=1)
         if oldest:
-            return not _older(offset, _text(oldest[0][0]))
-        return _age_ms(offset) <= self.window_ms
+            return not parsed < Offset.of(_text(oldest[0][0]))
+        return parsed.age_ms() <= self.window_ms
 
     def restart_point(self, client: Any, mark: bytes) -> str:
         """Where a session's history starts now, for a session whose
@@ -158,7 +157,7 @@ class RecoveryLog:
 
     def contains(self, client: Any, offset: Any) -> bool:
         """Whether ``offset`` is the id of an entry of the stream."""
-        if not isinstance(offset, str) or not OFFSET_RE.match(offset):
+        if Offset.parse(offset) is None:
             return False
         return bool(client.xrange(self.key, min=offset, max=offset, count=1))
 
@@ -168,8 +167,7 @@ class RecoveryLog:
         ``(offset, message, size)``: ``message`` is ``None`` for an entry
         that fails the signature check (never trusted), ``size`` the bytes
         it holds."""
-        if not isinstance(offset, str) or not OFFSET_RE.match(offset):
-            raise ValueError(f"not a recovery offset: {offset!r}")
+        Offset.of(offset)  # raises InvalidOffset (a ValueError) for anything else
         entries = client.xrange(self.key, min="(" + offset, count=int(count))
         out: list[tuple[str, dict[str, Any] | None, int]] = []
         for entry_id, fields in entries:
@@ -210,15 +208,3 @@ def _never_trimmed(client: Any, key: str) -> bool:
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
-
-def _parts(offset: str) -> tuple[int, int]:
-    ms, seq = offset.split("-")
-    return int(ms), int(seq)
-
-
-def _older(offset: str, than: str) -> bool:
-    return _parts(offset) < _parts(than)
-
-
-def _age_ms(offset: str) -> int:
-    return int(time.time() * 1000) - _parts(offset)[0]

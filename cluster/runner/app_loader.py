@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from cluster.flask_integration.extension import SocketIO
 
 
-def load_socketio(spec: str) -> "SocketIO":
+def load_socketio(spec: str) -> SocketIO:
     """Import ``MODULE:ATTR`` and return its :class:`cluster.SocketIO`.
 
     ``ATTR`` may name the SocketIO object or the Flask application (its
@@ -47,8 +47,9 @@ def load_socketio(spec: str) -> "SocketIO":
         if isinstance(target, SocketIO):
             return target
         extensions = getattr(target, "extensions", None)
-        if isinstance(extensions, dict) and isinstance(extensions.get("socketio"), SocketIO):
-            return extensions["socketio"]
+        found = extensions.get("socketio") if isinstance(extensions, dict) else None
+        if isinstance(found, SocketIO):
+            return found
         raise AppLoadError(
             f"--app {spec!r}: {module_name}.{name} is neither a cluster.SocketIO nor a Flask "
             "app with one; create it with `socketio = cluster.SocketIO(app)`."
@@ -83,7 +84,8 @@ def _import_error(spec: str, module_name: str, exc: ImportError) -> AppLoadError
     if is_the_module:
         return AppLoadError(
             f"--app {spec!r}: cannot import module {module_name!r}: no module named "
-            f"{missing!r} in {os.getcwd()} or the environment. Run the command from the directory that contains "
+            f"{missing!r} in {os.getcwd()} or the environment. Run the command from the "
+            f"directory that contains "
             f"{module_name.split('.')[0]!r} (./dev up keeps your working directory), or "
             f"pip install your application into the environment.")
     # the module exists but something it imports is missing or broken

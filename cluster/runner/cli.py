@@ -15,9 +15,13 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from cluster.runner.log_format import LOG_FORMATS
+
+if TYPE_CHECKING:
+    from cluster.config import NodeConfig
 
 NODE_DESCRIPTION = """\
 Serve a Flask + Socket.IO application as one node of the cluster, under
@@ -28,8 +32,6 @@ not draining) and /metrics (Prometheus).
 SIGTERM or SIGINT drains the node: it reports not-ready, disconnects its
 clients so they reconnect to other nodes, then exits.
 """
-
-
 
 
 def _env_flag(value: str | None, default: bool) -> bool:
@@ -67,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "app's setting, else 'flask-socketio')")
     node.add_argument("--signing-secret", default=os.environ.get("CLUSTER_SIGNING_SECRET"),
                       help="shared secret signing every bus message; unsigned messages are "
-                           "dropped (default: $CLUSTER_SIGNING_SECRET; a node with a message queue and no "
-                           "secret refuses to start unless --allow-unsigned-bus)")
+                           "dropped (default: $CLUSTER_SIGNING_SECRET; a node with a message "
+                           "queue and no secret refuses to start unless --allow-unsigned-bus)")
     node.add_argument("--allow-unsigned-bus", action="store_true",
                       default=_env_flag(os.environ.get("CLUSTER_ALLOW_UNSIGNED_BUS"), False),
                       help="run on a bus without a signing secret (logged as a warning); "
@@ -177,14 +179,38 @@ def _monkey_patch() -> None:
     eventlet.monkey_patch()
 
 
+#: flags that override the application's keyword option of the same name
+_OVERRIDING_FLAGS = (
+    "max_connections", "tcp_nodelay", "websocket_compression", "session_ttl", "max_backlog",
+    "http_header_timeout", "http_idle_timeout", "max_events_per_second",
+    "max_rooms_per_connection", "connect_timeout", "max_replay_packets", "max_replay_bytes",
+    "channel", "signing_secret",
+)
+
+
+def node_config(base: NodeConfig, args: argparse.Namespace) -> NodeConfig:
+    """The application's configuration with the node's flags (and the
+    environment variables behind their defaults) applied: a flag that was
+    not given keeps the application's setting."""
+    overrides: dict[str, Any] = {name: getattr(args, name) for name in _OVERRIDING_FLAGS}
+    overrides["message_queue"] = args.message_queue
+    overrides["node_name"] = args.name
+    if args.recovery_window is not None:
+        skip = base.recovery.skip_connect_handler if base.recovery is not None else False
+        overrides["connection_state_recovery"] = {
+            "max_disconnection_duration": args.recovery_window, "skip_connect_handler": skip}
+    return base.with_overrides(**overrides)
+
+
 def run_node(args: argparse.Namespace) -> int:
     _monkey_patch()
     from cluster.runner.log_format import configure_logging, default_node_name
 
     configure_logging(args.log_level, args.log_format, args.name or default_node_name())
-    from cluster.runner.app_loader import load_socketio
+    from cluster.bus import BusConfigurationError
+    from cluster.bus.startup import check_bus
     from cluster.exceptions import ClusterError
-    from cluster.node.limits import Limits
+    from cluster.runner.app_loader import load_socketio
     from cluster.runner.serve import serve_eventlet
     from cluster.runner.start_checks import check_bus_url, check_port_free
 
@@ -194,42 +220,11 @@ def run_node(args: argparse.Namespace) -> int:
         if args.message_queue:
             check_bus_url(args.message_queue)
         socketio = load_socketio(args.app)
-        overrides = {
-            "max_connections": args.max_connections,
-            "tcp_nodelay": args.tcp_nodelay,
-            "websocket_compression": args.websocket_compression,
-            "session_ttl": args.session_ttl,
-            "max_backlog": args.max_backlog,
-            "http_header_timeout": args.http_header_timeout,
-            "http_idle_timeout": args.http_idle_timeout,
-        }
-        limits = {
-            "max_events_per_second": args.max_events_per_second,
-            "max_rooms_per_connection": args.max_rooms_per_connection,
-            "connect_timeout": args.connect_timeout,
-            "max_replay_packets": args.max_replay_packets,
-            "max_replay_bytes": args.max_replay_bytes,
-        }
-        overrides.update(limits)
-        socketio.server_options.update({k: v for k, v in overrides.items() if v is not None})
-        if any(value is not None for value in limits.values()):
-            socketio.server.set_limits(Limits.from_options(socketio.server_options))
-        if args.recovery_window is not None:
-            recovery = dict(socketio.server_options.get("connection_state_recovery") or {})
-            recovery["max_disconnection_duration"] = args.recovery_window
-            socketio.server_options["connection_state_recovery"] = recovery
-        if args.message_queue:
-            bus_options = {}
-            if args.channel:
-                bus_options["channel"] = args.channel
-            if args.signing_secret:
-                bus_options["signing_secret"] = args.signing_secret
-            if args.name:
-                bus_options["node_name"] = args.name
-            socketio.use_message_queue(args.message_queue, **bus_options)
-        from cluster.bus import BusConfigurationError
-        from cluster.bus.startup import check_bus
-
+        if socketio.config is None:
+            print("error: the SocketIO object has no Flask app; call init_app(app) in the "
+                  "module.", file=sys.stderr)
+            return 2
+        socketio.reconfigure(node_config(socketio.config, args))
         try:  # an unsigned bus without the opt-out, a Redis that refuses us
             check_bus(socketio.server.manager, args.allow_unsigned_bus)
         except BusConfigurationError as exc:

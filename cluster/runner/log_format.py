@@ -1,6 +1,6 @@
 """Log lines that say which node (and which client) they come from.
 
-``python -m cluster node`` and ``python -m cluster worker`` call
+``python -m cluster node`` and ``python -m workers worker`` call
 :func:`configure_logging`; every record then carries ``node`` (the node's
 name: ``--name``, ``$NODE_NAME``, else ``host:pid``) and ``sid`` (the
 Socket.IO sid of the event being handled, or ``-`` outside a handler), in
@@ -94,7 +94,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "node": getattr(record, "node", None),
-            "sid": None if getattr(record, "sid", "-") == "-" else record.sid,
+            "sid": None if (sid := getattr(record, "sid", "-")) == "-" else sid,
             "logger": record.name,
             "message": record.getMessage(),
         }

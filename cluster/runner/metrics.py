@@ -8,35 +8,43 @@ them into samples.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from cluster import compat
+from cluster.bus.features import bus_features
+
 if TYPE_CHECKING:
-    from cluster.flask_integration.extension import SocketIO
+    from cluster.node.server import ClusterServer
+    from cluster.runner.health import NodeState
+    from cluster.sessions.connection_sessions import ConnectionSessions
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class NodeCollector:
-    """Collects one extension's connection, room, event, bus and session figures."""
+    """Collects one node's connection, room, event, bus and session figures."""
 
-    def __init__(self, socketio: "SocketIO", node_state: Any) -> None:
-        self.socketio = socketio
+    def __init__(self, server: ClusterServer, sessions: ConnectionSessions | None,
+                 node_state: NodeState) -> None:
+        self.server = server
+        self.sessions = sessions
         self.node_state = node_state
 
     def collect(self) -> Iterator[Any]:
-        server = self.socketio.server
+        server = self.server
         connections = GaugeMetricFamily(
             "socketio_connections", "Engine.IO connections open on this node")
-        connections.add_metric([], len(getattr(server.eio, "sockets", {})))
+        connections.add_metric([], len(compat.open_engine_sockets(server.eio)))
         yield connections
 
         rooms = GaugeMetricFamily(
             "socketio_rooms", "Rooms with members on this node", labels=["namespace"])
-        for namespace, namespace_rooms in list(getattr(server.manager, "rooms", {}).items()):
-            rooms.add_metric([namespace], len(namespace_rooms))
+        for namespace, count in compat.local_room_counts(server.manager).items():
+            rooms.add_metric([namespace], count)
         yield rooms
 
         server_counters = CounterMetricFamily(
@@ -45,24 +53,22 @@ class NodeCollector:
             server_counters.add_metric([name], value)
         yield server_counters
 
-        transport_stats = getattr(server.eio, "transport_stats", None)
-        if callable(transport_stats):
-            transport = CounterMetricFamily(
-                "socketio_websocket", "Websocket sends and the frames they carried "
-                "(frames/writes is the coalescing ratio)", labels=["kind"])
-            for name, value in sorted(transport_stats().items()):
-                transport.add_metric([name], value)
-            yield transport
+        transport = CounterMetricFamily(
+            "socketio_websocket", "Websocket sends and the frames they carried "
+            "(frames/writes is the coalescing ratio)", labels=["kind"])
+        for name, value in sorted(server.eio.transport_stats().items()):
+            transport.add_metric([name], value)
+        yield transport
 
-        stats = getattr(server.manager, "stats", None)
-        if callable(stats):
+        stats = bus_features(server.manager).stats()
+        if stats:
             bus = GaugeMetricFamily("socketio_bus", "Cluster bus figures", labels=["kind"])
-            for name, value in sorted(stats().items()):
-                if isinstance(value, (int, float)):
-                    bus.add_metric([name], value)
+            for name, figure in sorted(stats.items()):
+                if isinstance(figure, (int, float)):
+                    bus.add_metric([name], figure)
             yield bus
 
-        sessions = self.socketio.sessions
+        sessions = self.sessions
         session_counters = getattr(sessions, "counters", None)
         if session_counters:
             family = CounterMetricFamily(
@@ -81,8 +87,9 @@ class NodeCollector:
         yield ready
 
 
-def render_metrics(socketio: "SocketIO", node_state: Any) -> bytes:
+def render_metrics(server: ClusterServer, sessions: ConnectionSessions | None,
+                   node_state: NodeState) -> bytes:
     """The Prometheus text exposition of the node's figures."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(socketio, node_state))
+    registry.register(NodeCollector(server, sessions, node_state))
     return generate_latest(registry)

@@ -28,9 +28,16 @@ import resource
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from cluster.exceptions import ConfigurationError
+from cluster import compat
+from cluster.bus.features import bus_features
+from cluster.config import (
+    DEFAULT_HTTP_HEADER_TIMEOUT,
+    DEFAULT_HTTP_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+)
 
 if TYPE_CHECKING:
     import flask
@@ -39,16 +46,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("cluster.node")
 
-DEFAULT_MAX_CONNECTIONS = 100_000
+__all__ = [
+    "DEFAULT_BACKLOG", "DEFAULT_HTTP_HEADER_TIMEOUT", "DEFAULT_HTTP_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS", "DeclineCompressionMiddleware", "drain_node", "http_protocol",
+    "listen", "raise_open_file_limit", "run_app", "serve_eventlet", "shutdown_node",
+    "stop_app", "watch_stop_signals",
+]
+
+#: the listening socket's accept queue
 DEFAULT_BACKLOG = 2048
-#: seconds a client has to send a complete request head (HAProxy's
-#: ``timeout http-request`` in the shipped config is 10 s too)
-DEFAULT_HTTP_HEADER_TIMEOUT = 10.0
-#: seconds an HTTP connection may stay silent: between keep-alive requests,
-#: or with a request body or a response stuck; longer than a balancer's
-#: own keep-alive timeout, so that the balancer, not the node, closes
-#: first and never sends a request into a closing connection
-DEFAULT_HTTP_IDLE_TIMEOUT = 60.0
 
 
 class DeclineCompressionMiddleware:
@@ -59,13 +65,15 @@ class DeclineCompressionMiddleware:
     delivery. Removing the offer makes the handshake decline it.
     """
 
-    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], options: dict[str, Any]) -> None:
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]],
+                 compression_allowed: Callable[[], bool]) -> None:
         self.wsgi_app = wsgi_app
-        # read per request: the node runner may switch it on after import
-        self.options = options
+        # asked per request: the node runner may switch it on after import
+        self.compression_allowed = compression_allowed
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if not self.options.get("websocket_compression", False):
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not self.compression_allowed():
             environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         return self.wsgi_app(environ, start_response)
 
@@ -83,7 +91,8 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def listen(host: str, port: int, *, tcp_nodelay: bool = True, backlog: int = DEFAULT_BACKLOG) -> Any:
+def listen(host: str, port: int, *, tcp_nodelay: bool = True,
+           backlog: int = DEFAULT_BACKLOG) -> Any:
     """An eventlet listening socket with the node's socket options."""
     import eventlet
 
@@ -93,18 +102,6 @@ def listen(host: str, port: int, *, tcp_nodelay: bool = True, backlog: int = DEF
         # accepted sockets inherit TCP_NODELAY from the listener on Linux
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
-
-
-def _timeout_option(options: dict[str, Any], key: str, default: float) -> float | None:
-    """``options[key]`` in seconds; ``None`` when switched off (None or 0)."""
-    value = options.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigurationError(
-            f"{key}={value!r}: use a number of seconds (default {default:g}), or None or 0 "
-            f"to switch the timeout off.")
-    return float(value) or None
 
 
 def http_protocol(header_timeout: float | None = DEFAULT_HTTP_HEADER_TIMEOUT,
@@ -143,7 +140,7 @@ def http_protocol(header_timeout: float | None = DEFAULT_HTTP_HEADER_TIMEOUT,
     import eventlet
     import eventlet.wsgi
 
-    class NodeHttpProtocol(eventlet.wsgi.HttpProtocol):
+    class NodeHttpProtocol(eventlet.wsgi.HttpProtocol):  # type: ignore[misc]  # eventlet is untyped
         rbufsize = 2048
         wbufsize = 2048
         _head_timer: Any = None
@@ -199,7 +196,7 @@ def http_protocol(header_timeout: float | None = DEFAULT_HTTP_HEADER_TIMEOUT,
     return NodeHttpProtocol
 
 
-def watch_stop_signals(socketio: "SocketIO") -> Any:
+def watch_stop_signals(socketio: SocketIO) -> Any:
     """An event that fires with the signal number on SIGTERM or SIGINT.
 
     A Python signal handler alone is not enough under eventlet: it runs
@@ -241,24 +238,21 @@ def watch_stop_signals(socketio: "SocketIO") -> Any:
     return stop_requested
 
 
-def serve_eventlet(socketio: "SocketIO", wsgi_app: Callable[..., Any], host: str, port: int, *,
+def serve_eventlet(socketio: SocketIO, wsgi_app: Callable[..., Any], host: str, port: int, *,
                    log_output: bool = False, drain_seconds: float = 10.0) -> None:
     """Serve ``wsgi_app`` until SIGTERM/SIGINT, then stop gracefully."""
     import eventlet
     import eventlet.wsgi
 
-    options = socketio.server_options
+    transport = socketio.server.config.transport
     raise_open_file_limit()
-    if options.get("max_backlog") is not None:
-        socketio.server.eio.set_max_backlog(options["max_backlog"])
     socketio.server.initialize_manager()
-    header_timeout = _timeout_option(options, "http_header_timeout", DEFAULT_HTTP_HEADER_TIMEOUT)
-    idle_timeout = _timeout_option(options, "http_idle_timeout", DEFAULT_HTTP_IDLE_TIMEOUT)
-    sock = listen(host, port, tcp_nodelay=options.get("tcp_nodelay", True))
+    header_timeout, idle_timeout = transport.http_header_timeout, transport.http_idle_timeout
+    sock = listen(host, port, tcp_nodelay=transport.tcp_nodelay)
     stop_requested = watch_stop_signals(socketio)
     server_thread = eventlet.spawn(
         eventlet.wsgi.server, sock, wsgi_app,
-        max_size=options.get("max_connections", DEFAULT_MAX_CONNECTIONS),
+        max_size=transport.max_connections,
         log_output=log_output, log=logging.getLogger("cluster.access"),
         # per socket operation, restarted by every byte: bounds a stalled
         # body or response; websockets replace it with their ping timeout
@@ -278,7 +272,7 @@ def serve_eventlet(socketio: "SocketIO", wsgi_app: Callable[..., Any], host: str
     logger.info("Node stopped")
 
 
-def drain_node(socketio: "SocketIO", grace_seconds: float) -> None:
+def drain_node(socketio: SocketIO, grace_seconds: float) -> None:
     """Take a node out of the cluster without losing anything.
 
     In order: ``/readyz`` turns 503 and new Socket.IO connections are
@@ -298,7 +292,7 @@ def drain_node(socketio: "SocketIO", grace_seconds: float) -> None:
                        runner.in_flight, grace_seconds)
     eio = socketio.server.eio
     closed = 0
-    for eio_sid, eio_socket in list(getattr(eio, "sockets", {}).items()):
+    for eio_sid, eio_socket in compat.open_engine_sockets(eio):
         try:
             # abort: no Engine.IO CLOSE packet, which clients take as "do not
             # reconnect"; a dropped transport makes them retry
@@ -306,26 +300,30 @@ def drain_node(socketio: "SocketIO", grace_seconds: float) -> None:
             closed += 1
         except Exception:  # a socket closing under us is fine here
             logger.debug("connection %s already gone while draining", eio_sid[:8])
-        eio.sockets.pop(eio_sid, None)
+        compat.forget_engine_socket(eio, eio_sid)
     logger.info("drain: closed %d connection(s); they reconnect to other nodes", closed)
     if socketio.sessions is not None:
         socketio.sessions.flush(timeout=max(0.0, deadline - time.monotonic()))
-    close = getattr(socketio.server.manager, "close", None)
-    if callable(close):
-        close(timeout=max(0.5, deadline - time.monotonic()))
+    bus_features(socketio.server.manager).close(timeout=max(0.5, deadline - time.monotonic()))
 
 
-def shutdown_node(socketio: "SocketIO", *, drain_seconds: float) -> None:
+def shutdown_node(socketio: SocketIO, *, drain_seconds: float) -> None:
     """Disconnect every local client and flush what must survive the node."""
     drain_node(socketio, drain_seconds)
     socketio.server.shutdown()
 
 
-def run_app(socketio: "SocketIO", app: "flask.Flask | None", host: str | None = None,
+def run_app(socketio: SocketIO, app: flask.Flask | None, host: str | None = None,
             port: int | None = None, **kwargs: Any) -> None:
     """``SocketIO.run``: eventlet's server, or Werkzeug's in threading mode."""
     if app is None:
         raise RuntimeError("SocketIO.run() needs the Flask application.")
+    # Flask-SocketIO's reloader arguments, in the form Werkzeug takes them
+    reloader_options = dict(kwargs.pop("reloader_options", None) or {})
+    extra_files = kwargs.pop("extra_files", None)
+    if extra_files:
+        reloader_options["extra_files"] = extra_files
+    kwargs.update(reloader_options)
     host = host or "127.0.0.1"
     if port is None:
         server_name = app.config.get("SERVER_NAME")
@@ -351,9 +349,9 @@ def run_app(socketio: "SocketIO", app: "flask.Flask | None", host: str | None = 
     app.run(host=host, port=port, threaded=True, use_reloader=use_reloader, **kwargs)
 
 
-def stop_app(socketio: "SocketIO") -> None:
+def stop_app(socketio: SocketIO) -> None:
     """Stop a server started by :func:`run_app` (eventlet mode)."""
-    server_thread = getattr(socketio, "wsgi_server", None)
+    server_thread = socketio.wsgi_server
     if server_thread is None:
         raise RuntimeError("stop() only stops a server started by SocketIO.run() under eventlet.")
     shutdown_node(socketio, drain_seconds=0)

@@ -28,25 +28,26 @@ in-process fork (counted and logged); it just cannot be resumed later.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
+from cluster.bus import bus_features
+from cluster.bus.features import BusFeatures
+from cluster.flask_integration.bound_session import BoundSession
+from cluster.recovery import history
+from cluster.sessions import resume
+from cluster.sessions.resume import HOLDER_QUERY, HOLDER_TIMEOUT
 from session_store import ForkedSession, SessionNotFound, SessionStore, SessionStoreError, redact
 
-from cluster.flask_integration.bound_session import BoundSession
-from cluster.sessions.connection_state import empty_record
+__all__ = ["ConnectionSessions", "ENVIRON_KEY", "HOLDER_QUERY", "HOLDER_TIMEOUT"]
 
 if TYPE_CHECKING:
     from cluster.flask_integration.extension import SocketIO
 
 logger = logging.getLogger("cluster.sessions")
 
+#: where a connection's binding lives in its WSGI environ
 ENVIRON_KEY = "cluster.connection_session"
-# asked of every node before a resume takes over a session: does a live
-# connection of yours hold it? A silent node is taken as holding nothing.
-HOLDER_QUERY = "cluster:holds-session"
-# a live node answers within one bus round trip (milliseconds); the whole
-# wait is paid only when the holder died (SIGKILL), by every resume from it
-HOLDER_TIMEOUT = 0.25
 
 
 class ConnectionSessions:
@@ -60,7 +61,7 @@ class ConnectionSessions:
         HTTP session, else ``None`` (anonymous).
     """
 
-    def __init__(self, socketio: "SocketIO", store: SessionStore | None = None,
+    def __init__(self, socketio: SocketIO, store: SessionStore | None = None,
                  state: Any = None,
                  identity_loader: Callable[[Any], str | None] | None = None,
                  stable_resume_ids: bool = False) -> None:
@@ -103,20 +104,15 @@ class ConnectionSessions:
 
     def recovery_offset(self, environ: Mapping[str, Any], namespace: str) -> str | None:
         """Where the replay of a recovering connection starts."""
-        bound = environ.get(ENVIRON_KEY)
-        if bound is None:
-            return None
-        return bound.offset or bound.base_offsets.get(namespace)
+        return history.replay_offset(environ.get(ENVIRON_KEY), namespace)
 
     def recovery_start(self, environ: Mapping[str, Any], namespace: str) -> str | None:
         """The session's recorded start in ``namespace``: no replay before it."""
-        bound = environ.get(ENVIRON_KEY)
-        return bound.base_offsets.get(namespace) if bound is not None else None
+        return history.session_start(environ.get(ENVIRON_KEY), namespace)
 
     def recovery_rebased(self, environ: Mapping[str, Any], namespace: str) -> str | None:
         """Where the recovery stream restarted while the session lived, if it did."""
-        bound = environ.get(ENVIRON_KEY)
-        return bound.rebased.get(namespace) if bound is not None else None
+        return history.restart_point(environ.get(ENVIRON_KEY), namespace)
 
     def saved_rooms(self, environ: Mapping[str, Any], namespace: str) -> list[str]:
         """The rooms a resumed connection gets back in ``namespace``."""
@@ -211,8 +207,17 @@ class ConnectionSessions:
             raise SessionStoreError(f"connection record: {exc}") from exc
         self._flush_rooms(bound)
 
+    def server(self) -> Any:
+        """The node's Socket.IO server (its manager and limits)."""
+        return self.socketio.server
+
+    def features(self) -> BusFeatures:
+        """What the node's client manager can answer (asked at each use: the
+        manager may be replaced before the first connection)."""
+        return bus_features(self.server().manager)
+
     def _restore_rooms(self, bound: BoundSession, sid: str, namespace: str) -> None:
-        server = self.socketio.server
+        server = self.server()
         cap = server.limits.max_rooms_per_connection
         rooms, dropped = bound.rooms_to_restore(namespace, cap)
         if dropped:
@@ -232,9 +237,11 @@ class ConnectionSessions:
         restore when the connection resumes one that had a sid in
         ``namespace`` (used with connection state recovery).
         """
-        bound = environ.get(ENVIRON_KEY)
+        bound: BoundSession | None = environ.get(ENVIRON_KEY)
         if bound is None and self.store is not None:
-            bound = self._bind(environ, auth)
+            bound = resume.bind(self, environ, auth)
+            if bound is not None:
+                environ[ENVIRON_KEY] = bound
         if bound is None or not bound.resumed or not self.stable_resume_ids:
             return None
         return bound.previous_sids.get(namespace)
@@ -249,13 +256,9 @@ class ConnectionSessions:
         if self.stable_resume_ids and not bound.recovered:
             # a fresh start in this namespace: the client has received nothing
             # before this offset, so no replay may start earlier
-            last = getattr(self.socketio.server.manager, "recovery_last_offset", None)
-            base = last() if callable(last) else None
-            bound.rebased.pop(namespace, None)
-            if base is not None:
-                bound.base_offsets[namespace] = base
-            else:  # start unknown (Redis down): no recovery from this session
-                bound.base_offsets.pop(namespace, None)
+            reader = self.features().recovery
+            history.start_fresh(bound, namespace,
+                                reader.last_offset() if reader is not None else None)
         if bound.accepted and bound.session_id is not None and self.store is not None:
             # a later namespace of an accepted connection
             try:
@@ -277,7 +280,7 @@ class ConnectionSessions:
         without a store, or when the store is down (the connection then has
         an in-process session that cannot be resumed).
         """
-        bound = environ.get(ENVIRON_KEY)
+        bound: BoundSession | None = environ.get(ENVIRON_KEY)
         if bound is None:
             return None
         if bound.accepted or self.store is None:
@@ -340,7 +343,7 @@ class ConnectionSessions:
                 self.store.delete(bound.session_id)
                 self.state.delete(bound.session_id)
             elif bound.resumed:
-                self._unclaim(bound)
+                resume.unclaim(self, bound)
         except SessionStoreError as exc:
             self.counters["store_errors"] += 1
             logger.error("could not release refused session %s: %s",
@@ -349,105 +352,6 @@ class ConnectionSessions:
             self.counters["store_errors"] += 1
             logger.error("could not release refused connection %s: %s",
                          redact(bound.session_id), exc)
-
-    def _unclaim(self, bound: BoundSession) -> None:
-        store, session_id = self.store, bound.session_id
-        if store is None or session_id is None:
-            return
-        self.local.pop(session_id, None)
-        pid = bound.claimed_pid
-        if self.stable_resume_ids and pid is not None:
-            # the client keeps its pid and may come back with it: re-arm it
-            # (with the TTL the session still has) instead of spending it
-            try:
-                store.issue_resume(session_id, bound.identity, reuse=pid)
-            except SessionNotFound:
-                pass  # expired meanwhile: nothing to give back
-        else:
-            # its resume id is spent: nothing could resume the session again
-            store.delete(session_id)
-            self.state.delete(session_id)
-
-    def _bind(self, environ: dict[str, Any], auth: Any) -> BoundSession | None:
-        app = self.socketio.app
-        if app is None or self.store is None:
-            return None
-        with app.request_context(environ) as context:
-            http_session = dict(context.session)
-            identity = self._identity(auth, http_session)
-        pid = auth.get("pid") if isinstance(auth, dict) else None
-        bound: BoundSession | None = None
-        if pid is not None:
-            try:
-                bound = self._resume(pid, identity)
-            except SessionStoreError as exc:
-                self.counters["store_errors"] += 1
-                logger.error("session store unavailable at connect (%s); the resume id is "
-                             "not checked and this connection gets a new session", exc)
-        if bound is None:
-            # in the process only until the connection is accepted
-            bound = BoundSession(session=ForkedSession(http_session, new=True),
-                                 identity=identity)
-        if isinstance(auth, dict) and isinstance(auth.get("offset"), str):
-            bound.offset = auth["offset"]
-        environ[ENVIRON_KEY] = bound
-        return bound
-
-    def _resume(self, pid: Any, identity: str | None) -> BoundSession | None:
-        store = self.store
-        if store is None:
-            return None
-        result = store.claim_resume(pid, identity)
-        if not result.granted or result.session_id is None:
-            self.counters["resume_refused"] += 1
-            return None
-        if self._held_by_a_live_connection(result.session_id):
-            # the id stays the holder's: put it back and refuse this claimant
-            store.issue_resume(result.session_id, identity, reuse=pid)
-            self.counters["resume_in_use"] += 1
-            logger.warning("resume %s refused: its session is held by a live connection",
-                           redact(pid))
-            return None
-        session = store.load(result.session_id)
-        if session is None:
-            self.counters["resume_refused"] += 1
-            return None
-        try:
-            record = self.state.load(result.session_id)
-        except Exception as exc:  # a missing record only loses the rooms
-            logger.warning("connection record of %s unavailable: %s",
-                           redact(result.session_id), exc)
-            record = empty_record()
-        self.counters["resumed"] += 1
-        return BoundSession(session=session, session_id=result.session_id, identity=identity,
-                            resumed=True, claimed_pid=pid,
-                            rooms={ns: set(rooms) for ns, rooms in record["rooms"].items()},
-                            previous_sids=record["sids"], base_offsets=record["base"],
-                            rebased=record["rebased"])
-
-    def _held_by_a_live_connection(self, session_id: str) -> bool:
-        if self.holds(session_id):
-            return True
-        cluster = getattr(self.socketio.server.manager, "cluster", None)
-        if cluster is None:
-            return False
-        from cluster.bus import ClusterRequestError, ClusterRequestTimeout
-
-        try:
-            answers = cluster.server_side_call(HOLDER_QUERY, session_id, timeout=HOLDER_TIMEOUT)
-        except ClusterRequestTimeout as exc:
-            # a node that does not answer (killed, say) holds nothing any more
-            answers = [a.get("result") for a in exc.partial.values() if isinstance(a, dict)]
-        except ClusterRequestError:
-            return False
-        return any(answer is True for answer in answers)
-
-    def _identity(self, auth: Any, http_session: Mapping[str, Any]) -> str | None:
-        if self.identity_loader is not None:
-            identity = self.identity_loader(auth)
-            return None if identity is None else str(identity)
-        user_id = http_session.get("_user_id")  # Flask-Login's key
-        return None if user_id is None else str(user_id)
 
     def on_refused(self, sid: str, namespace: str, environ: dict[str, Any]) -> None:
         self._leave(namespace, environ)

@@ -41,7 +41,8 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from session_store.record_mac import RecordMac
 

@@ -26,8 +26,10 @@ seconds (30 s for the default 120 s TTL).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from cluster.recovery import history
 from session_store import SessionStoreError, redact
 
 if TYPE_CHECKING:
@@ -59,7 +61,7 @@ class SessionLeases:
     :param sleep: the server's ``sleep``.
     """
 
-    def __init__(self, sessions: "ConnectionSessions", interval: float, *,
+    def __init__(self, sessions: ConnectionSessions, interval: float, *,
                  restart_point: Callable[[], str | None], reconnects: Callable[[], int],
                  spawn: Callable[..., Any], sleep: Callable[[float], Any]) -> None:
         self.sessions = sessions
@@ -138,7 +140,7 @@ class SessionLeases:
         self.counters["sessions_restored"] += restored
         return restored
 
-    def _restore(self, bound: "BoundSession", start: str | None) -> bool:
+    def _restore(self, bound: BoundSession, start: str | None) -> bool:
         sessions = self.sessions
         store, state = sessions.store, sessions.state
         session_id = bound.session_id
@@ -151,12 +153,7 @@ class SessionLeases:
             if bound.resume_id is not None:
                 store.issue_resume(session_id, bound.identity, reuse=bound.resume_id)
             if sessions.stable_resume_ids:
-                for namespace in bound.sids:
-                    if start is not None:
-                        bound.base_offsets[namespace] = bound.rebased[namespace] = start
-                    else:  # start unknown: no recovery from this session
-                        bound.base_offsets.pop(namespace, None)
-                        bound.rebased.pop(namespace, None)
+                history.restart(bound, bound.sids, start)
             state.save(session_id, bound.record(), store.lease_ttl)
             everything = [(namespace, room) for namespace, rooms in bound.rooms.items()
                           for room in rooms]

@@ -14,7 +14,6 @@ from typing import Any
 from flask import Flask, request
 
 from cluster import SocketIO, close_room, disconnect, join_room, leave_room
-
 from cluster.bus import ClusterRequestTimeout, with_timeout
 
 app = Flask(__name__)

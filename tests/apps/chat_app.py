@@ -15,8 +15,17 @@ from typing import Any
 from flask import Flask, current_app, g, jsonify, request, session
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
-from cluster import ConnectionRefusedError, SocketIO, close_room, disconnect, emit, join_room
-from cluster import leave_room, rooms, send
+from cluster import (
+    ConnectionRefusedError,
+    SocketIO,
+    close_room,
+    disconnect,
+    emit,
+    join_room,
+    leave_room,
+    rooms,
+    send,
+)
 
 NODE_NAME = os.environ.get("NODE_NAME", "node")
 

@@ -283,7 +283,11 @@ def test_publish_over_redis_output_buffer_limit_refused_or_reconnect_counted(
     del huge
     wait_for(lambda: stats(client)["reconnects"] >= 1, timeout=10)
     log = node.log_tail(200)
-    assert "subscription lost" in log and "re-subscribed" in log
+    # recent redis-py re-subscribes silently under its pubsub object (the
+    # listener notices a second confirmation and says so); older releases
+    # (5.0) raise instead: either way the loss is reported and healed
+    lost = [line for line in log.splitlines() if "subscription lost" in line]
+    assert lost and ("re-subscribed" in log or "Error" in lost[0] or "closed" in lost[0])
     assert "subscription restored" in log
     ours.emit("relayed", "still on the bus", room=client.sid)
     assert client.wait_event("relayed") == ["still on the bus"]

@@ -22,7 +22,8 @@ def _connect(sio_client_factory: Any, node: Any, **kwargs: Any) -> Peer:
     return Peer(sio_client_factory, node.url, cls=socketio.Client, **kwargs)
 
 
-def test_clients_land_on_the_nodes_they_target(two_nodes: list[Any], sio_client_factory: Any) -> None:
+def test_clients_land_on_the_nodes_they_target(
+        two_nodes: list[Any], sio_client_factory: Any) -> None:
     first = _connect(sio_client_factory, two_nodes[0])
     second = _connect(sio_client_factory, two_nodes[1])
     assert first.welcome["node"] != second.welcome["node"]
@@ -48,7 +49,8 @@ def test_broadcast_reaches_every_node(two_nodes: list[Any], sio_client_factory: 
         assert client.next("broadcast_message")["text"] == "everyone"
 
 
-def test_include_self_false_skips_only_the_sender(two_nodes: list[Any], sio_client_factory: Any) -> None:
+def test_include_self_false_skips_only_the_sender(
+        two_nodes: list[Any], sio_client_factory: Any) -> None:
     sender = _connect(sio_client_factory, two_nodes[0])
     local_peer = _connect(sio_client_factory, two_nodes[0])
     remote_peer = _connect(sio_client_factory, two_nodes[1])
@@ -58,7 +60,8 @@ def test_include_self_false_skips_only_the_sender(two_nodes: list[Any], sio_clie
     assert sender.none_of("broadcast_message", wait=0.5)
 
 
-def test_skip_sid_of_a_client_on_another_node(two_nodes: list[Any], sio_client_factory: Any) -> None:
+def test_skip_sid_of_a_client_on_another_node(
+        two_nodes: list[Any], sio_client_factory: Any) -> None:
     sender = _connect(sio_client_factory, two_nodes[0])
     skipped = _connect(sio_client_factory, two_nodes[1])
     other = _connect(sio_client_factory, two_nodes[1])
@@ -116,7 +119,8 @@ def test_transports_through_haproxy(two_nodes: list[Any], haproxy_factory: Any,
     assert client.client.transport() == transports[-1]
 
 
-def test_sticky_cookie_keeps_polling_on_one_node(two_nodes: list[Any], haproxy_factory: Any) -> None:
+def test_sticky_cookie_keeps_polling_on_one_node(
+        two_nodes: list[Any], haproxy_factory: Any) -> None:
     proxy = haproxy_factory(two_nodes)
     session = requests.Session()
     nodes = {session.get(proxy.url + "/node", timeout=5).json()["node"] for _ in range(6)}

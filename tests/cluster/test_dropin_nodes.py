@@ -19,8 +19,9 @@ APP = "tests.apps.compat_app:socketio"
 WAIT = 10.0
 
 
-def _connect(factory: Any, url: str, cls: type = Client, **kwargs: Any) -> tuple[Any, "queue.Queue[Any]"]:
-    events: "queue.Queue[Any]" = queue.Queue()
+def _connect(factory: Any, url: str, cls: type = Client,
+             **kwargs: Any) -> tuple[Any, queue.Queue[Any]]:
+    events: queue.Queue[Any] = queue.Queue()
     client = factory(cls=cls)
 
     @client.on("*")
@@ -40,7 +41,7 @@ def _connect(factory: Any, url: str, cls: type = Client, **kwargs: Any) -> tuple
     return client, events
 
 
-def _next(events: "queue.Queue[Any]", name: str) -> list[Any]:
+def _next(events: queue.Queue[Any], name: str) -> list[Any]:
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         try:

@@ -59,7 +59,7 @@ def test_example_index_renders_and_its_handlers_answer(example_node: Any,
     assert page.status_code == 200
     assert "Async mode is: <b>eventlet</b>" in page.text  # the node runner's mode
 
-    received: "queue.Queue[Any]" = queue.Queue()
+    received: queue.Queue[Any] = queue.Queue()
     client = sio_client_factory(cls=socketio.Client)
     client.on("my_response", received.put)
     client.connect(example_node.url, transports=["websocket"], wait_timeout=WAIT)

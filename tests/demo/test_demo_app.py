@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import ast
 import base64
-import hashlib
 import functools
+import hashlib
 import queue
 import secrets
 import tokenize
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,8 +56,8 @@ def _logged_in(proxy_url: str, name: str) -> requests.Session:
     return http
 
 
-def _client(factory: Any, proxy_url: str, http: requests.Session) -> tuple[Any, "queue.Queue[Any]"]:
-    events: "queue.Queue[Any]" = queue.Queue()
+def _client(factory: Any, proxy_url: str, http: requests.Session) -> tuple[Any, queue.Queue[Any]]:
+    events: queue.Queue[Any] = queue.Queue()
     client = factory(http_session=http)
     client.on("status", lambda data: events.put(("status", data)))
     client.on("chat", lambda data: events.put(("chat", data)))
@@ -65,11 +65,11 @@ def _client(factory: Any, proxy_url: str, http: requests.Session) -> tuple[Any, 
     return client, events
 
 
-def _put(events: "queue.Queue[Any]", kind: str, data: Any, *offset: Any) -> None:
+def _put(events: queue.Queue[Any], kind: str, data: Any, *offset: Any) -> None:
     events.put((kind, data))  # with recovery on, an offset follows the data
 
 
-def _next(events: "queue.Queue[Any]", kind: str) -> Any:
+def _next(events: queue.Queue[Any], kind: str) -> Any:
     while True:
         got_kind, data = events.get(timeout=WAIT)
         if got_kind == kind:
@@ -155,7 +155,7 @@ def test_protocol_online_presence_and_jobs_across_nodes(demo_cluster: LocalClust
     for name in ("alice", "bob"):
         for _ in range(8):
             http = _logged_in(url, name)
-            events: "queue.Queue[Any]" = queue.Queue()
+            events: queue.Queue[Any] = queue.Queue()
             client = sio_client_factory(http_session=http)
             for event in ("status", "presence", "job_progress", "job_result"):
                 client.on(event, functools.partial(_put, events, event))

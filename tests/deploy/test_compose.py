@@ -9,8 +9,9 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -133,8 +134,8 @@ def _login(url: str, name: str) -> requests.Session:
     return http
 
 
-def _chat_client(url: str, http: requests.Session) -> tuple[Client, "queue.Queue[Any]"]:
-    events: "queue.Queue[Any]" = queue.Queue()
+def _chat_client(url: str, http: requests.Session) -> tuple[Client, queue.Queue[Any]]:
+    events: queue.Queue[Any] = queue.Queue()
     client = Client(http_session=http, reconnection_delay=0.3, reconnection_delay_max=1)
     client.on("status", lambda data: events.put(("status", data)))
     client.on("chat", lambda data: events.put(("chat", data)))
@@ -142,7 +143,7 @@ def _chat_client(url: str, http: requests.Session) -> tuple[Client, "queue.Queue
     return client, events
 
 
-def _next(events: "queue.Queue[Any]", kind: str, timeout: float = WAIT) -> Any:
+def _next(events: queue.Queue[Any], kind: str, timeout: float = WAIT) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         got, data = events.get(timeout=max(0.01, deadline - time.monotonic()))
@@ -198,7 +199,7 @@ def test_compose_up_runs_the_demo_cluster(compose_cluster: str) -> None:
     online = bob.call("online", {"room": "compose"}, timeout=WAIT)
     assert sorted((m["name"], m["node"]) for m in online["members"]) == sorted(
         [("alice", bob_node), (f"bob{attempt}", bob_node)])
-    results: "queue.Queue[Any]" = queue.Queue()
+    results: queue.Queue[Any] = queue.Queue()
     bob.on("job_result", lambda data, *offset: results.put(data))
     job = bob.call("start_job", {"steps": 2}, timeout=WAIT)
     assert results.get(timeout=30)["job_id"] == job["job_id"]

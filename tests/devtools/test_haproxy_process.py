@@ -18,6 +18,7 @@ from cluster.devtools.haproxy_process import HAProxyProcess
 from cluster.devtools.processes import NodeProcess, ProcessStartError
 from tests.devtools.fake_node import served_by
 
+
 def test_haproxy_keeps_a_session_on_its_node_and_balances_new_ones(
     fake_nodes: Callable[..., list[NodeProcess]], haproxy_factory: Callable[..., HAProxyProcess]
 ) -> None:

@@ -21,6 +21,7 @@ import requests
 from cluster.devtools.local_cluster import LocalCluster, free_port, run_local_cluster
 from cluster.devtools.processes import port_accepts
 
+
 def test_local_cluster_starts_everything_and_stops_it_by_pid(
     fake_node_path: str, tmp_path: Path
 ) -> None:

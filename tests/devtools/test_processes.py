@@ -22,6 +22,7 @@ from cluster.devtools.processes import (
     port_accepts,
 )
 
+
 def test_free_port_is_free_and_never_the_system_redis() -> None:
     ports = {free_port() for _ in range(20)}
     assert 6379 not in ports

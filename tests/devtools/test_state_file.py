@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cluster.devtools.state_file import StateFile
 
+
 def test_leftovers_of_a_dead_runner_are_named_with_their_pids(tmp_path: Path) -> None:
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

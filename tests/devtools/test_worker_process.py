@@ -8,6 +8,7 @@ from pathlib import Path
 from cluster.devtools.processes import RedisServerProcess
 from cluster.devtools.worker_process import WorkerProcess
 
+
 def test_worker_log_lines_carry_its_name_in_json(tmp_path: Path) -> None:
     with RedisServerProcess(workdir=tmp_path / "redis") as redis:
         worker = WorkerProcess(redis.url, log_format="json", log_path=tmp_path / "worker1.log",

@@ -25,7 +25,7 @@ def test_public_names_match_flask_socketio() -> None:
         assert getattr(cluster, name) is not None
     assert sorted(cluster.__all__) == sorted(set(cluster.__all__))
     with pytest.raises(AttributeError):
-        getattr(cluster, "no_such_name")
+        _ = cluster.no_such_name
 
 
 def test_init_app_later_registers_handlers_declared_before() -> None:
@@ -83,7 +83,8 @@ def test_class_based_namespace() -> None:
     sid = hello["args"][0]["sid"]
     assert client.emit("join", "loud", namespace="/chat", callback=True) == sorted(["loud", sid])
     client.emit("shout", "HEY", namespace="/chat")
-    assert client.get_received("/chat") == [{"name": "shout", "args": ["HEY"], "namespace": "/chat"}]
+    assert client.get_received("/chat") == [
+        {"name": "shout", "args": ["HEY"], "namespace": "/chat"}]
 
 
 def test_on_namespace_rejects_plain_python_socketio_namespaces() -> None:
@@ -133,6 +134,44 @@ def test_write_only_emitter_needs_a_queue() -> None:
         SocketIO(write_only=True).init_app(None, write_only=True)
 
 
+def test_options_are_validated_once_into_the_config_before_the_app_is_touched() -> None:
+    app = _app()
+    with pytest.raises(ConfigurationError, match="max_backlog must be a whole number"):
+        SocketIO(app, max_backlog=10)
+    assert "socketio" not in app.extensions
+    socketio = SocketIO(app, channel="chat", max_rooms_per_connection=3, ping_interval=7)
+    config = socketio.config
+    assert config is not None and socketio.server.config is config
+    assert config.bus.channel == "chat" and socketio.server.limits == config.limits
+    assert socketio.server.eio.ping_interval == 7  # python-socketio's options pass through
+    # Flask-SocketIO's attribute keeps the keyword arguments as given
+    assert socketio.server_options["channel"] == "chat"
+
+
+def test_cluster_registrations_reach_a_bus_joined_later() -> None:
+    app = _app()
+    socketio = SocketIO(app)
+    with pytest.raises(ConfigurationError, match="needs a message queue"):
+        _ = socketio.cluster
+    handler_calls: list[Any] = []
+
+    @socketio.on_cluster_event("refresh")
+    def refresh(*args: Any) -> str:
+        handler_calls.append(args)
+        return "ok"
+
+    @socketio.on_presence
+    def presence_changed(event: str, room: str, namespace: str) -> None:
+        pass
+
+    socketio.use_message_queue("redis://127.0.0.1:1/0")
+    assert socketio.cluster._handlers[("/", "refresh")] is refresh
+    assert socketio.presence._callbacks == [presence_changed]
+    # applied once per manager, however often registrations are re-applied
+    socketio.cluster_registrations.apply(socketio._features())
+    assert socketio.presence._callbacks == [presence_changed]
+
+
 def test_binary_payloads_round_trip() -> None:
     app = _app()
     socketio = SocketIO(app)
@@ -143,7 +182,8 @@ def test_binary_payloads_round_trip() -> None:
 
     client = socketio.test_client(app)
     client.emit("echo", b"\x00\x01binary")
-    assert client.get_received() == [{"name": "echoed", "args": [b"\x00\x01binary"], "namespace": "/"}]
+    assert client.get_received() == [
+        {"name": "echoed", "args": [b"\x00\x01binary"], "namespace": "/"}]
 
 
 def test_rate_limit_drops_excess_events() -> None:

@@ -19,7 +19,8 @@ def http() -> Any:
 @pytest.fixture()
 def client(http: Any) -> Any:
     http.get("/login/alice")
-    client = chat_app.socketio.test_client(chat_app.app, flask_test_client=http, auth={"token": "t1"})
+    client = chat_app.socketio.test_client(chat_app.app, flask_test_client=http,
+                                           auth={"token": "t1"})
     yield client
     if client.is_connected():
         client.disconnect()
@@ -75,7 +76,8 @@ def test_returning_false_refuses_the_connection() -> None:
 def test_connection_refused_error_carries_its_data_to_the_client() -> None:
     client = chat_app.socketio.test_client(chat_app.app, auth={"refuse": "raise"})
     assert not client.is_connected()
-    assert client.connect_errors["/"] == {"message": "go away", "data": {"reason": "refused by test"}}
+    assert client.connect_errors["/"] == {
+        "message": "go away", "data": {"reason": "refused by test"}}
 
 
 def test_session_is_a_fork_of_the_http_session(client: Any, http: Any) -> None:

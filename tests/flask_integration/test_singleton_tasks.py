@@ -47,6 +47,19 @@ class TickLog:
             time.sleep(0.05)
         raise AssertionError(f"no matching tick within {timeout}s")
 
+    def wait_since(self, moment: float, count: int, timeout: float = 15,
+                   node: str | None = None) -> list[dict[str, Any]]:
+        """Wait until ``count`` ticks (of ``node``, if given) arrived since
+        ``moment``; the ticker sends one every 0.2 s, so this is also a
+        window of about ``count * 0.2`` s in which to see what else arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ticks = [tick for tick in self.since(moment) if node is None or tick["node"] == node]
+            if len(ticks) >= count:
+                return ticks
+            assert time.monotonic() < deadline, f"{len(ticks)} of {count} ticks in {timeout}s"
+            time.sleep(0.05)
+
 
 def _holder(log: TickLog) -> dict[str, Any]:
     return log.wait_for(lambda tick: True, timeout=15)[1]
@@ -58,10 +71,10 @@ def test_one_node_runs_the_task_and_another_takes_over_when_it_dies(
     logs = {node.name: TickLog(sio_client_factory, node.url) for node in nodes}
     first = _holder(next(iter(logs.values())))
     steady = time.monotonic()
-    time.sleep(2.0)
+    for log in logs.values():
+        log.wait_since(steady, 10)
     for log in logs.values():
         ticks = log.since(steady)
-        assert len(ticks) >= 5
         # one runner: every client hears one node, each tick once
         assert {tick["node"] for tick in ticks} == {first["node"]}
         counts = [tick["n"] for tick in ticks]
@@ -78,9 +91,9 @@ def test_one_node_runs_the_task_and_another_takes_over_when_it_dies(
     assert second["n"] == 1  # started afresh
     assert second["token"] > first["token"]
     resumed = time.monotonic()
-    time.sleep(1.5)
     for name, log in logs.items():
         if name != doomed.name:
+            log.wait_since(resumed, 8)
             assert {tick["node"] for tick in log.since(resumed)} == {second["node"]}
 
 
@@ -91,7 +104,7 @@ def test_a_stalled_holder_stops_when_it_wakes_after_losing_its_lease(
     first = _holder(next(iter(logs.values())))
     stalled = next(node for node in nodes if node.name == first["node"])
     watcher = next(log for name, log in logs.items() if name != stalled.name)
-    time.sleep(0.5)
+    watcher.wait_since(0, 1, node=stalled.name)  # the watcher hears the holder too
     last_before = max(tick["n"] for tick in watcher.since(0) if tick["node"] == stalled.name)
     stalled.kill(signal.SIGSTOP)
     try:
@@ -100,7 +113,8 @@ def test_a_stalled_holder_stops_when_it_wakes_after_losing_its_lease(
     finally:
         stalled.kill(signal.SIGCONT)
     woke = time.monotonic()
-    time.sleep(2.5)
+    # long enough for the woken node to emit, had it kept running the task
+    watcher.wait_since(woke, 12, node=second["node"])
     # nothing the stalled node's task would have emitted after waking
     stale = [tick for tick in watcher.since(0)
              if tick["node"] == stalled.name and tick["n"] > last_before]

@@ -204,7 +204,8 @@ def haproxy_factory(
 
     Returns once every node has passed a ``/readyz`` check (``UP`` in
     HAProxy), unless ``wait_ready=False`` (for a test that starts HAProxy in
-    front of a node that is not ready on purpose). Backend names are the nodes' names (the ``SERVERID`` cookie values are their
+    front of a node that is not ready on purpose). Backend names are the
+    nodes' names (the ``SERVERID`` cookie values are their
     :func:`cluster.devtools.haproxy_config.cookie_value`);
     ``config`` goes to :func:`cluster.devtools.haproxy_config.render_haproxy_config`
     (``check_interval``, ``tunnel_timeout``...). Skips the test when haproxy

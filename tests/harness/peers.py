@@ -29,7 +29,7 @@ class Peer:
     def __init__(self, factory: Any, url: str, cls: type = Client, auth: Any = None,
                  http: requests.Session | None = None, transports: list[str] | None = None,
                  headers: dict[str, str] | None = None, **kwargs: Any) -> None:
-        self.events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.answers: list[Any] = []
         self.disconnected = threading.Event()
         options: dict[str, Any] = {"reconnection_delay": 0.2, "reconnection_delay_max": 0.5}

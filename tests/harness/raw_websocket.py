@@ -113,7 +113,7 @@ class RawWebSocket:
                 self.sock.settimeout(max(0.01, deadline - time.monotonic()))
                 if self.read() is None:
                     return True
-        except socket.timeout:
+        except TimeoutError:
             return False
         except OSError:  # reset by the node: closed too
             return True

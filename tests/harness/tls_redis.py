@@ -36,7 +36,12 @@ from typing import Any
 
 import pytest
 
-from cluster.devtools.processes import ExecutableNotFoundError, ManagedProcess, find_executable, free_port
+from cluster.devtools.processes import (
+    ExecutableNotFoundError,
+    ManagedProcess,
+    find_executable,
+    free_port,
+)
 
 __all__ = ["ACL_USER", "Certificates", "TlsRedisProcess", "make_certificates", "tls_certificates",
            "tls_redis", "tls_redis_url"]
@@ -102,7 +107,8 @@ class TlsRedisProcess(ManagedProcess):
         self.host = "127.0.0.1"
         self.port = port or free_port(self.host)
 
-    def url(self, password: str = ACL_PASSWORD, ca: Path | None = None, user: str = ACL_USER) -> str:
+    def url(self, password: str = ACL_PASSWORD, ca: Path | None = None,
+            user: str = ACL_USER) -> str:
         """The ``rediss://`` URL the nodes, workers and stores are given."""
         ca_path = ca or self.certificates.ca
         return f"rediss://{user}:{password}@{self.host}:{self.port}/0?ssl_ca_certs={ca_path}"

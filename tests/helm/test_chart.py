@@ -71,7 +71,8 @@ def render(chart: helm.Chart, values: dict[str, Any]) -> list[dict[str, Any]]:
 
 def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected one {kind}/{name}, got {[(o['kind'], o['metadata']['name']) for o in objects]}"
+    present = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    assert len(matches) == 1, f"expected one {kind}/{name}, got {present}"
     return matches[0]
 
 
@@ -80,7 +81,8 @@ def kinds(objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 
 def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    (found,) = [c for c in containers if c["name"] == name]
     return found
 
 
@@ -106,13 +108,15 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def image_cmd() -> list[str]:
-    (line,) = [l for l in (ROOT / "Dockerfile").read_text().splitlines() if l.startswith("CMD ")]
+    (line,) = [text for text in (ROOT / "Dockerfile").read_text().splitlines()
+                if text.startswith("CMD ")]
     cmd: list[str] = json.loads(line[len("CMD "):])
     return cmd
 
 
 def compose_probe_path(service: dict[str, Any]) -> str:
-    (url,) = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w+)", " ".join(service["healthcheck"]["test"]))
+    (url,) = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w+)",
+                        " ".join(service["healthcheck"]["test"]))
     return url[1]
 
 
@@ -132,7 +136,9 @@ def test_lint_is_clean(values_file: Path) -> None:
 
 
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
-def test_manifests_validate_against_kubernetes_schemas(chart: helm.Chart, values_file: Path) -> None:
+def test_manifests_validate_against_kubernetes_schemas(
+    chart: helm.Chart, values_file: Path
+) -> None:
     objects = render(chart, ci_values(values_file))
     assert objects
     for obj in objects:
@@ -141,11 +147,14 @@ def test_manifests_validate_against_kubernetes_schemas(chart: helm.Chart, values
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message} at "
                         f"{'/'.join(map(str, exc.path))}")
-        assert used == KUBE_VERSION.rsplit(".", 1)[0], "kubernetes-validate fell back to older schemas"
+        assert used == KUBE_VERSION.rsplit(".", 1)[0], (
+            "kubernetes-validate fell back to older schemas")
 
 
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
-def test_one_resource_per_template_and_standard_labels(chart: helm.Chart, values_file: Path) -> None:
+def test_one_resource_per_template_and_standard_labels(
+    chart: helm.Chart, values_file: Path
+) -> None:
     for template, docs in render_templates(chart, ci_values(values_file)).items():
         assert len(docs) <= 1, f"{template} renders {len(docs)} resources"
         for obj in docs:
@@ -160,7 +169,8 @@ def test_one_resource_per_template_and_standard_labels(chart: helm.Chart, values
 def test_ci_values_render_every_template(chart: helm.Chart) -> None:
     rendered: set[str] = set()
     for values_file in CI_VALUES:
-        rendered |= {t for t, docs in render_templates(chart, ci_values(values_file)).items() if docs}
+        templates = render_templates(chart, ci_values(values_file))
+        rendered |= {t for t, docs in templates.items() if docs}
     assert rendered == {p.name for p in TEMPLATES.glob("*.yaml")}
 
 
@@ -184,7 +194,8 @@ def test_selectors_match_their_pods(chart: helm.Chart, values_file: Path) -> Non
             assert selects(obj["spec"]["podSelector"]["matchLabels"]) == [
                 f"{RELEASE}-socketio-cluster-redis"]
         elif obj["kind"] == "PodDisruptionBudget":
-            assert selects(obj["spec"]["selector"]["matchLabels"]) == [f"{RELEASE}-socketio-cluster"]
+            selected = selects(obj["spec"]["selector"]["matchLabels"])
+            assert selected == [f"{RELEASE}-socketio-cluster"]
 
 
 # -- the node runs what docker-compose.yml runs ---------------------------------------
@@ -253,7 +264,7 @@ def test_limits_reach_the_runner_and_default_when_null(chart: helm.Chart,
     assert len(names) == 8
     for name in names:  # empty: the runner's default, in both
         assert env[name]["value"] == "", name
-        assert compose_env[name] == "${%s:-}" % name  # unset: empty
+        assert compose_env[name] == f"${{{name}:-}}"  # unset: empty
     env = env_of(node(render(chart, {**SECRET_KEY, "limits": {
         "maxBacklog": 4194304, "maxEventsPerSecond": 0, "connectTimeoutSeconds": 2.5}})))
     assert env["CLUSTER_MAX_BACKLOG"]["value"] == "4194304"  # not 4.194304e+06
@@ -269,7 +280,8 @@ def test_drain_fits_in_the_grace_period(chart: helm.Chart) -> None:
     sleep = c["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
     drain = float(env_of(c)["CLUSTER_DRAIN_SECONDS"]["value"])
-    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(sleep[1]) + drain
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > int(sleep[1]) + drain
     # a new node is ready before an old one drains
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
@@ -323,7 +335,8 @@ def test_bundled_redis_is_the_composes(chart: helm.Chart, compose: dict[str, Any
 # -- values switch resources on and off --------------------------------------------
 
 def test_existing_secret_removes_the_secret(chart: helm.Chart) -> None:
-    values = {"existingSecret": "mine", "existingSecretKeys": {"secretKey": "flask", "signingSecret": "bus"}}
+    values = {"existingSecret": "mine",
+              "existingSecretKeys": {"secretKey": "flask", "signingSecret": "bus"}}
     objects = render(chart, values)
     # only the bundled Redis's password stays the chart's
     assert [o["metadata"]["name"] for o in objects if o["kind"] == "Secret"] == [
@@ -354,11 +367,13 @@ def test_worker_disabled_removes_the_worker(chart: helm.Chart) -> None:
 
 def test_external_redis_replaces_the_bundled_one(chart: helm.Chart) -> None:
     url = "rediss://:pw@redis.example.com:6380/0"
-    objects = render(chart, {**SECRET_KEY, "redis": {"enabled": False}, "externalRedis": {"url": url}})
+    objects = render(chart, {**SECRET_KEY, "redis": {"enabled": False},
+                             "externalRedis": {"url": url}})
     assert not [o for o in objects if o["metadata"]["name"].endswith("-redis")]
     assert env_of(node(objects))["MESSAGE_QUEUE_URL"] == {"name": "MESSAGE_QUEUE_URL", "value": url}
     from_secret = render(chart, {**SECRET_KEY, "redis": {"enabled": False},
-                                 "externalRedis": {"existingSecret": "bus", "existingSecretKey": "url"}})
+                                 "externalRedis": {"existingSecret": "bus",
+                                                   "existingSecretKey": "url"}})
     assert env_of(node(from_secret))["MESSAGE_QUEUE_URL"]["valueFrom"] == {
         "secretKeyRef": {"name": "bus", "key": "url"}}
 
@@ -404,7 +419,8 @@ def test_ingress_is_off_by_default_and_sticky_when_on(chart: helm.Chart) -> None
     ({**SECRET_KEY, "replicaCount": -1}, "/replicaCount"),
     ({**SECRET_KEY, "signingSecret": "too-short"}, "/signingSecret"),
     ({**SECRET_KEY, "redis": {"enabled": False}}, "/externalRedis"),
-    ({**SECRET_KEY, "redis": {"enabled": False}, "externalRedis": {"url": "http://x"}}, "/externalRedis/url"),
+    ({**SECRET_KEY, "redis": {"enabled": False}, "externalRedis": {"url": "http://x"}},
+     "/externalRedis/url"),
     ({**SECRET_KEY, "service": {"type": "ExternalName"}}, "/service/type"),
     ({**SECRET_KEY, "image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ({**SECRET_KEY, "app": "no-attribute"}, "/app"),
@@ -413,7 +429,9 @@ def test_ingress_is_off_by_default_and_sticky_when_on(chart: helm.Chart) -> None
     ({**SECRET_KEY, "limits": {"maxBacklog": 10}}, "/limits/maxBacklog"),
     ({**SECRET_KEY, "limits": {"maxEvents": 10}}, "maxEvents"),
 ], ids=lambda v: v if isinstance(v, str) else None)
-def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
+def test_schema_rejects_bad_values(
+    chart: helm.Chart, values: dict[str, Any], complaint: str
+) -> None:
     with pytest.raises(helm.HelmValuesError, match=re.escape(complaint)):
         render(chart, values)
 
@@ -483,7 +501,8 @@ def test_values_are_camel_case_and_documented_by_name() -> None:
         if parent in owned:
             checked += 1
             assert re.fullmatch(r"[a-z][a-zA-Z0-9]*", key), f"{path} is not camelCase"
-            assert comment and comment[0].startswith(f"# {path} "), f"{path}: comment must start with its name"
+            assert comment and comment[0].startswith(f"# {path} "), (
+                f"{path}: comment must start with its name")
         comment = []
     assert checked > 50
 

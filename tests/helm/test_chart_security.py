@@ -56,8 +56,9 @@ def test_the_secrets_are_kept_across_upgrades_through_lookup(chart: Any, tmp_pat
     copy = tmp_path / "socketio-cluster"
     shutil.copytree(CHART, copy)
     kept = base64.b64encode(b"kept-from-the-last-release").decode()
+    # %-formatting: the Go template's own braces would all need doubling in an f-string
     (copy / "templates" / "zz-kept.yaml").write_text(
-        '{{- $old := dict "data" (dict "signing-secret" "%s") }}\n'
+        '{{- $old := dict "data" (dict "signing-secret" "%s") }}\n'  # noqa: UP031
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kept\n  labels: {}\ndata:\n"
         '  kept: {{ include "socketio-cluster.keptSecret" (dict "existing" $old "key" '
         '"signing-secret" "given" "" "length" 48) | quote }}\n'
@@ -117,18 +118,23 @@ def test_only_the_releases_pods_reach_the_bundled_redis(chart: Any) -> None:
     admitted = peer["podSelector"]["matchLabels"]
     assert admitted == {"app.kubernetes.io/name": "socketio-cluster",
                         "app.kubernetes.io/instance": RELEASE}
-    assert admitted.items() <= pods[NODES].items() and admitted.items() <= pods[f"{NODES}-worker"].items()
+    assert admitted.items() <= pods[NODES].items()
+    assert admitted.items() <= pods[f"{NODES}-worker"].items()
     assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
-    off = render(chart, {**SECRET_KEY, "redis": {"enabled": True, "networkPolicy": {"enabled": False}}})
+    off = render(chart, {**SECRET_KEY,
+                         "redis": {"enabled": True, "networkPolicy": {"enabled": False}}})
     assert not [o for o in off if o["kind"] == "NetworkPolicy"]
 
 
 def test_the_ingress_routes_no_probe_or_metrics_path(chart: Any) -> None:
-    objects = render(chart, {**SECRET_KEY, "ingress": {"enabled": True, "host": "chat.example.com"}})
+    objects = render(chart, {**SECRET_KEY,
+                             "ingress": {"enabled": True, "host": "chat.example.com"}})
     ingress = find(objects, "Ingress", NODES)
     (rule,) = ingress["spec"]["rules"]
-    routes = {(p["path"], p["pathType"]): p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
-    assert routes == {("/healthz", "Exact"): f"{NODES}-unrouted", ("/readyz", "Exact"): f"{NODES}-unrouted",
+    routes = {(p["path"], p["pathType"]): p["backend"]["service"]["name"]
+              for p in rule["http"]["paths"]}
+    assert routes == {("/healthz", "Exact"): f"{NODES}-unrouted",
+                      ("/readyz", "Exact"): f"{NODES}-unrouted",
                       ("/metrics", "Exact"): f"{NODES}-unrouted", ("/", "Prefix"): NODES}
     unrouted = find(objects, "Service", f"{NODES}-unrouted")
     assert "selector" not in unrouted["spec"]  # no endpoints: nothing answers behind it

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.recovery.test_replay import RECOVERY
 from tests.harness.peers import Peer, Stream
+from tests.recovery.test_replay import RECOVERY
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "recovery_client.mjs"
@@ -38,7 +38,7 @@ class NodeClient:
         self.process = subprocess.Popen(
             [node, str(CLIENT), url, "feed"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, cwd=HERE)
-        self.lines: "queue.Queue[dict[str, Any]]" = queue.Queue()
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:

@@ -9,7 +9,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -18,8 +19,8 @@ import socketio
 from flask import Flask
 
 from cluster import SocketIO, join_room
-from cluster.node.connect_deadlines import ConnectDeadlines
 from cluster.exceptions import ConfigurationError, RoomLimitExceeded
+from cluster.node.connect_deadlines import ConnectDeadlines
 from cluster.node.limits import ALLOW, DROP, FLOOD, Limits, RateLimiter
 from tests.harness.peers import WAIT, Peer
 from tests.harness.raw_websocket import RawWebSocket, metric
@@ -61,7 +62,7 @@ def _recording_client(factory: Any, url: str, auth: dict[str, Any]) -> tuple[Any
     client = factory(cls=socketio.Client, reconnection=False)
     texts: list[str] = []
     offsets: list[str] = []
-    welcome: "queue.Queue[Any]" = queue.Queue()
+    welcome: queue.Queue[Any] = queue.Queue()
 
     @client.on("room_message")
     def on_room_message(message: dict[str, Any], *rest: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import socketio
 
+from tests.bus.loopback import wait_for
 from tests.harness.peers import Peer, Stream, record_room_messages, wait_for_texts, wait_reconnected
 
 RECOVERY = {"RECOVERY_WINDOW": "60"}
@@ -25,11 +26,12 @@ def test_sigkilled_node_client_recovers_everything_in_order(
     survivor = next(n for n in nodes if n is not doomed)
     sender = Peer(sio_client_factory, survivor.url, cls=socketio.Client)
     stream = Stream(sender, "feed")
-    time.sleep(0.5)
+    wait_for(lambda: len(received) >= 10, timeout=15)  # the stream reaches the listener
     old_sid = listener.client.get_sid()
     doomed.kill(signal.SIGKILL)
     welcome = wait_reconnected(listener, old_sid)
-    time.sleep(0.5)
+    resumed_at = stream.sent
+    wait_for(lambda: stream.sent >= resumed_at + 10, timeout=15)  # and goes on after
     sent = stream.stop()
     assert welcome["recovered"] is True and welcome["node"] == survivor.name
     assert listener.client.recovered is True
@@ -51,11 +53,14 @@ def test_drained_node_rolling_restart_misses_nothing(
                   reconnection_delay=0.2, reconnection_delay_max=0.5)
     stream = Stream(sender, "feed")
     for node in nodes:
-        time.sleep(0.5)
+        before = stream.sent
+        wait_for(lambda before=before: stream.sent >= before + 10,  # type: ignore[misc]
+                 timeout=15)  # running before each
         node.stop(grace=10)
         node.start()
         proxy.wait_all_up(timeout=20)
-    time.sleep(1.0)
+    after = stream.sent
+    wait_for(lambda: stream.sent >= after + 20, timeout=15)  # and after the last one
     sent = stream.stop()
     assert sent > 50  # the stream ran through both restarts
     expected = {f"m{i:04d}" for i in range(sent)}
@@ -118,8 +123,9 @@ def test_options_parse_like_socketio_and_reject_typos() -> None:
 
     assert RecoveryOptions.from_option(None) is None
     assert RecoveryOptions.from_option(True) == RecoveryOptions(120.0, False)
-    assert RecoveryOptions.from_option({"max_disconnection_duration": 30,
-                                        "skip_connect_handler": True}) == RecoveryOptions(30.0, True)
+    assert RecoveryOptions.from_option(
+        {"max_disconnection_duration": 30, "skip_connect_handler": True}
+    ) == RecoveryOptions(30.0, True)
     with pytest.raises(TypeError, match="maxDisconnectionDuration|unknown"):
         RecoveryOptions.from_option({"maxDisconnectionDuration": 30})
     with pytest.raises(ValueError, match="positive"):

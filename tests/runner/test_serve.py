@@ -14,7 +14,11 @@ from typing import Any
 import pytest
 import requests
 
-from cluster.runner.serve import DEFAULT_HTTP_HEADER_TIMEOUT, DEFAULT_HTTP_IDLE_TIMEOUT, http_protocol
+from cluster.runner.serve import (
+    DEFAULT_HTTP_HEADER_TIMEOUT,
+    DEFAULT_HTTP_IDLE_TIMEOUT,
+    http_protocol,
+)
 
 
 def _websocket_handshake(port: int, extensions: str | None) -> str:
@@ -158,7 +162,7 @@ def _closed_within(sock: socket.socket, timeout: float) -> bool:
     try:
         while sock.recv(4096):
             pass  # a response (e.g. 408) may come first
-    except socket.timeout:
+    except TimeoutError:
         return False
     except ConnectionError:
         pass
@@ -178,14 +182,17 @@ def _healthz_on(sock: socket.socket) -> bytes:
 
 def test_defaults_and_switches() -> None:
     assert (DEFAULT_HTTP_HEADER_TIMEOUT, DEFAULT_HTTP_IDLE_TIMEOUT) == (10.0, 60.0)
+    from cluster.config import NodeConfig
     from cluster.exceptions import ConfigurationError
-    from cluster.runner.serve import _timeout_option
 
-    assert _timeout_option({}, "http_header_timeout", 10.0) == 10.0
-    assert _timeout_option({"http_header_timeout": 0}, "http_header_timeout", 10.0) is None
-    assert _timeout_option({"http_idle_timeout": None}, "http_idle_timeout", 60.0) is None
+    def transport(**options: Any) -> Any:
+        return NodeConfig.from_options(options).transport
+
+    assert transport().http_header_timeout == 10.0
+    assert transport(http_header_timeout=0).http_header_timeout is None
+    assert transport(http_idle_timeout=None).http_idle_timeout is None
     with pytest.raises(ConfigurationError, match="number of seconds"):
-        _timeout_option({"http_idle_timeout": "soon"}, "http_idle_timeout", 60.0)
+        transport(http_idle_timeout="soon")
     assert http_protocol(None, None).rbufsize == 2048
 
 

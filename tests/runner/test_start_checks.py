@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from flask import Flask, request
 
-from cluster.runner.app_loader import load_socketio
 from cluster.exceptions import AppLoadError, ConfigurationError
+from cluster.runner.app_loader import load_socketio
 from cluster.runner.log_format import ContextFilter, JsonFormatter, TextFormatter
 from cluster.runner.start_checks import _REDIS_SCHEMES, check_bus_url
 

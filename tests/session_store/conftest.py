@@ -6,7 +6,6 @@ import pytest
 
 from session_store import MemorySessionStore, RedisSessionStore, SessionStore
 
-
 #: the secret of the ``redis-mac`` store: records carry MACs
 RECORD_SECRET = "session-store-tests-record-secret"
 

@@ -13,7 +13,7 @@ import redis
 import requests
 
 from session_store import MemorySessionStore, RedisSessionStore, ResumeStatus
-from session_store.record_mac import RecordMac, derive_key
+from session_store.record_mac import MacForSecret, RecordMac, derive_key
 from session_store.resume import stored_form
 
 SECRET = "record-mac-tests-deployment-secret"
@@ -116,6 +116,18 @@ def test_the_secret_may_be_read_late_and_the_key_is_derived() -> None:
     assert mac.open_field("s" * 32, "d:a", sealed) == "1"
     assert mac.open_field("t" * 32, "d:a", sealed) is None
     assert RecordMac("other-secret").open_field("s" * 32, "d:a", sealed) is None
+
+
+def test_mac_for_secret_derives_again_only_when_the_secret_changes() -> None:
+    holder: dict[str, str] = {}
+    macs = MacForSecret(lambda: holder.get("key"))
+    assert macs.current() is None
+    holder["key"] = SECRET
+    first = macs.current()
+    assert first is not None and macs.current() is first
+    holder["key"] = "another-secret-of-the-deployment"
+    assert macs.current() is not first
+    assert MacForSecret("").current() is None and MacForSecret(None).current() is None
 
 
 def test_a_node_refuses_a_session_forged_in_redis(

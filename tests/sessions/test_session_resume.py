@@ -54,7 +54,7 @@ def test_http_routes_do_not_see_socket_changes(node_factory: Any, sio_client_fac
 def test_fifty_concurrent_writers_lose_nothing(node_factory: Any, sio_client_factory: Any) -> None:
     first, second = node_factory(count=2)
     peer = Peer(sio_client_factory, first.url)
-    replies: "queue.Queue[Any]" = queue.Queue()
+    replies: queue.Queue[Any] = queue.Queue()
     for index in range(50):
         peer.client.emit("session_set", {f"key{index}": index}, callback=replies.put)
     for _ in range(50):
@@ -128,7 +128,12 @@ def test_expired_resume_id_is_refused(node_factory: Any, sio_client_factory: Any
     peer.call("session_set", {"secret": "short-lived"})
     pid = peer.client.pid()
     peer.client.disconnect()
-    time.sleep(1.5)
+    redis_client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 10
+    # the TTL (1 s) runs out for the session and its resume id
+    while redis_client.keys("sio:sess:data:*") or redis_client.keys("sio:sess:resume:*"):
+        assert time.monotonic() < deadline, "the session never expired"
+        time.sleep(0.05)
     late = _resume_with(sio_client_factory, node.url, pid)
     assert late.welcome["resumed"] is False
     assert late.get("secret") is None

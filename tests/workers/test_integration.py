@@ -10,13 +10,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import socketio
 
 from cluster.devtools.haproxy_config import cookie_value
-
 from tests.harness.peers import Peer
 from tests.workers.conftest import CLUSTER_WORKER, SIGNING_SECRET
 
