@@ -10,7 +10,6 @@ moves one of them.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -158,7 +157,7 @@ class SocketServerSeam(socketio.Server):  # type: ignore[misc]  # python-socketi
     """python-socketio's server with its private hooks under public names.
 
     python-socketio calls these private methods on ``self`` (every one
-    exists from 5.12 on, with these signatures); a subclass overrides the
+    exists at the 5.18 floor, with these signatures); a subclass overrides the
     public name and calls ``super()`` for the library's behaviour:
 
     - ``send_packet(eio_sid, pkt)``: every Socket.IO packet to a client
@@ -269,31 +268,17 @@ def room_has_member(manager: Any, namespace: str, room: Any, sid: str) -> bool:
 
 def is_local_connection(manager: Any, sid: str, namespace: str) -> bool:
     """Whether ``sid`` is a connection of this node in ``namespace``, also
-    while its connect handler runs: from 5.13 python-socketio registers it
-    then as *pre-connected* (``is_pre_connected``); 5.12 connects it before
-    the handler runs and has no such state."""
-    if manager.is_connected(sid, namespace):
-        return True
-    pre_connected = getattr(manager, "is_pre_connected", None)
-    return bool(pre_connected is not None and pre_connected(sid, namespace))
-
-
-#: ``Packet.reconstruct_binary`` is a classmethod ``(data, attachments)``
-#: returning the data in recent python-socketio; in 5.12 it is a method
-#: ``(attachments)`` that rebuilds the packet's own ``data``
-_RECONSTRUCT_IS_CLASSMETHOD = isinstance(
-    inspect.getattr_static(sio_packet.Packet, "reconstruct_binary"), classmethod)
+    while its connect handler runs, when python-socketio holds it as
+    *pre-connected* (``BaseManager.is_pre_connected``, from 5.18)."""
+    return bool(manager.is_connected(sid, namespace)
+                or manager.is_pre_connected(sid, namespace))
 
 
 def binary_event_data(first: Any, attachments: list[bytes]) -> Any:
     """An event's arguments with its binary attachments put back in their
-    placeholders (``Packet.reconstruct_binary``, python-socketio's decoder)."""
-    if _RECONSTRUCT_IS_CLASSMETHOD:
-        return sio_packet.Packet.reconstruct_binary(first, attachments)
-    pkt = sio_packet.Packet(sio_packet.EVENT)
-    pkt.data, pkt.attachments = first, list(attachments)
-    pkt.reconstruct_binary(pkt.attachments)
-    return pkt.data
+    placeholders (``Packet.reconstruct_binary``, python-socketio's decoder,
+    a classmethod ``(data, attachments)``)."""
+    return sio_packet.Packet.reconstruct_binary(first, attachments)
 
 
 # -- python-socketio's client ------------------------------------------------
@@ -360,14 +345,6 @@ class PubSubSeam(socketio.PubSubManager):  # type: ignore[misc]  # python-socket
       ``apply_*``.
     - ``_get_logger()``: the server's logger, or python-socketio's default.
     """
-
-    def __init__(self, channel: str, write_only: bool = False, logger: Any = None,
-                 json: Any = None) -> None:
-        # PubSubManager takes json= from 5.16.1 on; BaseManager keeps it in
-        # .json in every version
-        super().__init__(channel=channel, write_only=write_only, logger=logger)
-        if json is not None:
-            self.json = json
 
     def _publish(self, data: Any) -> Any:
         return self.publish_message(data)

@@ -16,9 +16,9 @@ each only what it needs:
 - :class:`~.ordered_delivery.OrderedDelivery` hands a node's own logged
   emits to its clients in stream order.
 
-An emit from a handler goes manager → publisher → outbox → transport, and
-on every other node transport → receiver → manager → python-socketio's
-delivery: through each module once, in one direction.
+An emit from a handler goes manager → publisher → outbox → sender →
+transport, and on every other node transport → receiver → manager →
+python-socketio's delivery: through each module once, in one direction.
 """
 from __future__ import annotations
 
@@ -75,38 +75,10 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
     :param signing_secret: shared HMAC secret. ``None`` (default) accepts
                            unsigned messages, including those of stock
                            python-socketio emitters.
-    :param settings: the rest, as keywords of :class:`~.settings.BusSettings`:
-
-        - ``node_name``: label shown in cluster queries; default
-          ``"<hostname>:<pid>"``.
-        - ``buffer_size`` (10,000 messages) and ``buffer_bytes`` (64 MiB): the
-          outage buffer; whichever is reached first refuses further emits,
-          counted in ``dropped_buffer_full``. ``buffer_bytes`` is at least
-          ``max_message_bytes``.
-        - ``max_message_bytes``: largest serialized message (8 MiB). A bigger
-          emit raises :class:`~.errors.BusMessageTooLarge` at the caller
-          before anything is delivered or sent: Redis disconnects every
-          subscriber that falls 32 MB behind (``client-output-buffer-limit
-          pubsub``), so one huge message would cut all nodes off the bus.
-        - ``max_batch``: messages written per round trip (500).
-        - ``max_backoff``: retry delay cap in seconds (1.0); the node is back
-          within about this long after the bus returns.
-        - ``ack_timeout``: seconds before an unanswered ack callback is
-          dropped (60); ``None`` keeps them forever as python-socketio does.
-          Per call: :func:`~.acks.with_timeout`.
-        - ``request_timeout``: default timeout of cluster queries (5.0).
-        - ``heartbeat_interval`` (1.0) and ``node_timeout`` (silence after
-          which a node counts as gone; ``3 * heartbeat_interval + 0.5``).
-        - ``max_message_age``: signed messages older than this many seconds
-          are rejected as replays (60).
-        - ``max_clock_skew``: seconds host clocks may differ (2.0): a node
-          drops signed messages sealed more than this before it started, and
-          offsets stamped more than this before their message was sealed.
-        - ``publish_timeout``: write-only publish deadline in seconds (5.0).
-        - ``resume_wait``: after an outage, wait up to this many seconds for
-          the other nodes to resubscribe before flushing the buffer (3.0).
-        - ``recovery_window`` / ``recovery_max_entries``: connection state
-          recovery's stream (seconds kept, entries kept); off by default.
+    :param settings: the rest (``node_name``, the outage buffer, message
+        size, batching, backoff, ack and request timeouts, heartbeats,
+        replay protection, recovery), as keywords of
+        :class:`~.settings.BusSettings`, which documents each one.
 
     Where the bus is built from a URL, the settings in
     :data:`~.settings.DRIVER_OPTION_SETTINGS` may also be given among the

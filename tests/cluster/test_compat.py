@@ -69,7 +69,7 @@ def test_drain_queue_takes_everything_without_blocking() -> None:
     queue.join()  # every item was marked done
 
 
-# -- python-socketio (the floor is 5.12: every name below exists there) -------
+# -- python-socketio (the floor is 5.18: every name below exists there) -------
 
 def test_socketio_server_hooks_exist_and_are_bound_to_the_public_names() -> None:
     for public, private in compat.SocketServerSeam._HOOKS.items():
@@ -137,10 +137,9 @@ def test_the_seam_delivers_straight_to_the_socket_unless_in_process() -> None:
 
 
 def test_socketio_draws_sids_from_engineio_generate_id() -> None:
-    # BaseManager.pre_connect from 5.13 on, BaseManager.connect in 5.12
-    draws = [getattr(base_manager.BaseManager, name) for name in ("pre_connect", "connect")
-             if hasattr(base_manager.BaseManager, name)]
-    assert any("self.server.eio.generate_id()" in inspect.getsource(f) for f in draws)
+    # BaseManager.pre_connect draws every new sid there
+    source = inspect.getsource(base_manager.BaseManager.pre_connect)
+    assert "self.server.eio.generate_id()" in source
     seam = compat.EngineServerSeam(async_mode="threading")
     seam.restore_next_id("old-sid")
     assert seam.generate_id() == "old-sid"
