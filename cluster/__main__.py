@@ -1,5 +1,5 @@
 """``python -m cluster``: see :mod:`cluster.runner.cli`."""
 
-from cluster.runner.cli import main
+from cluster.runner.cli import entry
 
-raise SystemExit(main())
+entry()

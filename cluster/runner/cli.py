@@ -12,11 +12,12 @@ nowhere else: ``MESSAGE_QUEUE_URL`` (then ``REDIS_URL``) for the bus,
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cluster.runner.log_format import LOG_FORMATS
 
@@ -260,3 +261,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "node":
         return run_node(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def entry() -> NoReturn:
+    """The process entry point (``python -m cluster``, ``socketio-cluster``):
+    :func:`main`, then the process ends without the interpreter's
+    finalization.
+
+    Under eventlet that finalization can print a traceback after a clean
+    stop: logging's handler weakrefs are collected once greenlets are torn
+    down, and their callback takes a green lock (``greenlet is being
+    finalized``; seen intermittently with eventlet 0.36). Everything the
+    node writes is flushed first, so nothing is lost.
+    """
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's --help and usage errors
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -69,7 +69,7 @@ def test_drain_queue_takes_everything_without_blocking() -> None:
     queue.join()  # every item was marked done
 
 
-# -- python-socketio (the floor is 5.18: every name below exists there) -------
+# -- python-socketio (the floor is 5.18.1: every name below exists there) -------
 
 def test_socketio_server_hooks_exist_and_are_bound_to_the_public_names() -> None:
     for public, private in compat.SocketServerSeam._HOOKS.items():
