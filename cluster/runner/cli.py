@@ -12,6 +12,7 @@ nowhere else: ``MESSAGE_QUEUE_URL`` (then ``REDIS_URL``) for the bus,
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -265,14 +266,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> NoReturn:
     """The process entry point (``python -m cluster``, ``socketio-cluster``):
-    :func:`main`, then the process ends without the interpreter's
-    finalization.
+    :func:`main`, the exit hooks, then the end of the process without the
+    interpreter's finalization.
 
     Under eventlet that finalization can print a traceback after a clean
     stop: logging's handler weakrefs are collected once greenlets are torn
     down, and their callback takes a green lock (``greenlet is being
-    finalized``; seen intermittently with eventlet 0.36). Everything the
-    node writes is flushed first, so nothing is lost.
+    finalized``; seen intermittently with eventlet 0.36). The ``atexit``
+    hooks (a singleton task hands its lease over there, logging flushes)
+    run first, as they would on a normal exit, and stdio is flushed, so
+    nothing is lost.
     """
     try:
         code = main()
@@ -280,6 +283,8 @@ def entry() -> NoReturn:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         if exc.code is not None and not isinstance(exc.code, int):
             print(exc.code, file=sys.stderr)
+    # CPython's own exit-hook runner (what a normal exit calls first)
+    atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -136,7 +136,8 @@ def test_a_draining_holder_hands_the_task_over_before_its_lease_expires(
     arrived, _ = watcher.wait_for(lambda tick: tick["node"] != holder.name, timeout=15)
     stopping.join()
     print(f"\nsingleton task handed over {arrived - signalled:.1f} s after SIGTERM")
-    assert arrived - signalled < 3.0  # released at once (an expiry takes 4-5 s)
+    # handed over, not expired: the draining holder released its lease
+    assert "singleton task 'ticker': lease released" in holder.log_text()
 
 
 def test_without_a_message_queue_the_task_runs_in_the_one_process(
