@@ -124,6 +124,10 @@ DROP = "drop"
 FLOOD = "flood"
 
 
+#: flood-cut connections a limiter remembers after they are gone
+MAX_REMEMBERED_CUTS = 1024
+
+
 class RateLimiter:
     """A token bucket per connection: ``rate`` events a second, burst ``2 * rate``.
 
@@ -133,7 +137,9 @@ class RateLimiter:
     disconnected. Drops are logged at most once per connection per
     ``LOG_WINDOW`` seconds, with the number dropped since the last line: a
     flood must not turn into a flood of log lines. After ``FLOOD`` every
-    event of that connection is dropped until :meth:`forget`.
+    event of that connection is dropped, also after :meth:`forget`: packets
+    it had already sent may still be read while it is being disconnected,
+    and must neither get a fresh bucket nor count as a second flood.
     """
 
     def __init__(self, rate: float) -> None:
@@ -141,10 +147,16 @@ class RateLimiter:
         self.burst = 2.0 * self.rate
         self.flood_events = FLOOD_FACTOR * self.rate * FLOOD_SECONDS
         self._buckets: dict[str, _Bucket] = {}
+        # connections cut for flooding, oldest first (Engine.IO sids are
+        # random and never reused), bounded so a stream of flooders cannot
+        # grow it
+        self._cut: dict[str, None] = {}
 
     def take(self, key: str, now: float) -> str:
         bucket = self._buckets.get(key)
         if bucket is None:
+            if key in self._cut:
+                return DROP
             bucket = self._buckets[key] = _Bucket(self.burst, now)
         elif bucket.flooded:
             return DROP  # being disconnected: what it still sends goes nowhere
@@ -175,8 +187,13 @@ class RateLimiter:
         bucket.logged_at, bucket.unlogged = now, 0
 
     def forget(self, key: str) -> None:
-        """The connection is gone: release its bucket."""
-        self._buckets.pop(key, None)
+        """The connection is gone: release its bucket (a flooder's key is
+        remembered, see the class doc)."""
+        bucket = self._buckets.pop(key, None)
+        if bucket is not None and bucket.flooded:
+            self._cut[key] = None
+            if len(self._cut) > MAX_REMEMBERED_CUTS:
+                del self._cut[next(iter(self._cut))]
 
     def __len__(self) -> int:
         return len(self._buckets)

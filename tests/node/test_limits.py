@@ -21,7 +21,7 @@ from flask import Flask
 from cluster import SocketIO, join_room
 from cluster.exceptions import ConfigurationError, RoomLimitExceeded
 from cluster.node.connect_deadlines import ConnectDeadlines
-from cluster.node.limits import ALLOW, DROP, FLOOD, Limits, RateLimiter
+from cluster.node.limits import ALLOW, DROP, FLOOD, MAX_REMEMBERED_CUTS, Limits, RateLimiter
 from tests.harness.peers import WAIT, Peer
 from tests.harness.raw_websocket import RawWebSocket, metric
 
@@ -382,7 +382,24 @@ def test_rate_limiter_logs_once_per_window_and_detects_a_flood(caplog: Any) -> N
     assert limiter.take("a", 0.0) == FLOOD  # 300 events: 10x the rate for 3 s
     assert limiter.take("a", 5.0) == DROP  # until it is gone
     limiter.forget("a")
-    assert limiter.take("a", 5.0) == ALLOW and len(limiter) == 1
+    # what it had sent is still read while it is cut: no fresh bucket, no
+    # second flood (CI saw flood_disconnects counted twice for one flooder)
+    assert [limiter.take("a", 5.0) for _ in range(400)] == [DROP] * 400
+    assert len(limiter) == 0
+    assert limiter.take("b", 5.0) == ALLOW  # an ordinary connection, forgotten,
+    limiter.forget("b")
+    assert limiter.take("b", 5.0) == ALLOW  # is not remembered
+
+
+def test_the_rate_limiter_remembers_a_bounded_number_of_cut_connections() -> None:
+    limiter = RateLimiter(1)
+    for n in range(MAX_REMEMBERED_CUTS + 10):
+        key = f"flooder{n}"
+        while limiter.take(key, 0.0) != FLOOD:
+            pass
+        limiter.forget(key)
+    assert limiter.take("flooder0", 0.0) == ALLOW  # the oldest were let go
+    assert limiter.take(f"flooder{MAX_REMEMBERED_CUTS + 9}", 0.0) == DROP
 
 
 def test_connect_deadlines_close_refused_connections_first() -> None:
