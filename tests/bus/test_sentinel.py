@@ -49,11 +49,22 @@ def sentinel_setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
         wait_for(lambda: b"connected_slaves:1" in subprocess.run(
             ["redis-cli", "-p", str(master.port), "info", "replication"],
             capture_output=True).stdout, timeout=10)
+        # the Sentinel learns of replicas from the master's INFO, every 10 s:
+        # a failover asked for before that is refused (NOGOODSLAVE)
+        wait_for(lambda: _sentinel_knows_replica(port, replica.port), timeout=20)
         yield {"url": f"redis+sentinel://127.0.0.1:{port}/0/busmaster",
                "sentinel": sentinel, "master": master, "replica": replica}
     finally:
         for process in (sentinel, replica, master):
             process.stop()
+
+
+def _sentinel_knows_replica(sentinel_port: int, replica_port: int) -> bool:
+    """Whether the Sentinel lists the replica as a healthy one."""
+    out = subprocess.run(["redis-cli", "-p", str(sentinel_port), "--no-raw",
+                          "sentinel", "replicas", "busmaster"],
+                         capture_output=True, text=True, timeout=5).stdout
+    return f'"{replica_port}"' in out and "s_down" not in out and "disconnected" not in out
 
 
 def test_sentinel_url_delivers_and_survives_a_failover(sentinel_setup) -> None:
@@ -66,9 +77,11 @@ def test_sentinel_url_delivers_and_survives_a_failover(sentinel_setup) -> None:
         emitter = create_manager(url, write_only=True)  # a worker's
         emitter.emit("hi", 0, room=sid)
         wait_for(lambda: got == ['2["hi",0]'])
-        subprocess.run(["redis-cli", "-p", str(sentinel_setup["sentinel"].port),
-                        "sentinel", "failover", "busmaster"], check=True,
-                       capture_output=True, timeout=5)
+        # accepted ("OK"), not refused: the test is about following it
+        wait_for(lambda: subprocess.run(
+            ["redis-cli", "-p", str(sentinel_setup["sentinel"].port),
+             "sentinel", "failover", "busmaster"],
+            capture_output=True, text=True, timeout=5).stdout.strip() == "OK", timeout=15)
         # the replica becomes master; both managers must follow it
         replica_port = sentinel_setup["replica"].port
 
