@@ -283,11 +283,6 @@ class Outbox:
                 waiter, item.waiter = item.waiter, None
                 waiter.wake()
 
-    def mark_healthy(self) -> None:
-        """Record a successful connect made outside the loop (start-up)."""
-        if self.failed_since is None:
-            self.healthy = True
-
     def close(self, timeout: float = 2.0) -> None:
         """Stop accepting, try to flush for up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
