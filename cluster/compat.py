@@ -417,6 +417,14 @@ def pop_ack(callbacks: dict[Any, Any], sid: Any, ack_id: int) -> Any:
     return callback
 
 
+def ack_pending(callbacks: dict[Any, Any], sid: Any, ack_id: Any) -> bool:
+    """Whether ``ack_id`` is a callback of ``sid`` still waiting in that
+    table (id 0 is the table's counter, not a callback)."""
+    table = callbacks.get(sid)
+    return (table is not None and isinstance(ack_id, int) and not isinstance(ack_id, bool)
+            and ack_id != 0 and ack_id in table)
+
+
 def pending_ack_count(callbacks: dict[Any, Any]) -> int:
     """Callbacks waiting in that table (-1: resized by another thread while
     counted)."""

@@ -49,6 +49,7 @@ from session_store import DEFAULT_KEY_PREFIX, DEFAULT_TTL
 __all__ = [
     "BusConfig",
     "CLUSTER_OPTIONS",
+    "DEFAULT_HTTP_BODY_TIMEOUT",
     "DEFAULT_HTTP_HEADER_TIMEOUT",
     "DEFAULT_HTTP_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
@@ -73,6 +74,10 @@ DEFAULT_HTTP_HEADER_TIMEOUT = 10.0
 #: own keep-alive timeout, so that the balancer, not the node, closes
 #: first and never sends a request into a closing connection
 DEFAULT_HTTP_IDLE_TIMEOUT = 60.0
+#: seconds a request may spend waiting for its body, in total (see
+#: cluster.runner.body_deadline): a polling POST takes milliseconds, and
+#: a full 1 MB body arrives in it at 35 KB/s
+DEFAULT_HTTP_BODY_TIMEOUT = 30.0
 DEFAULT_SOCKETIO_PATH = "socket.io"
 
 #: the keyword arguments the cluster consumes; every other one goes to
@@ -83,8 +88,10 @@ CLUSTER_OPTIONS = frozenset({
     "session_key_prefix", "connection_state_recovery",
     "websocket_compression", "tcp_nodelay", "max_connections",
     "max_events_per_second", "max_backlog", "redis_url", "path", "resource", "resume_identity",
-    "node_name", "max_rooms_per_connection", "connect_timeout", "max_replay_packets",
+    "node_name", "max_rooms_per_connection", "max_namespaces_per_connection",
+    "connect_timeout", "max_replay_packets",
     "max_replay_bytes", "http_header_timeout", "http_idle_timeout", "client_manager",
+    "http_body_timeout",
 })
 
 
@@ -134,6 +141,7 @@ class TransportConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     http_header_timeout: float | None = DEFAULT_HTTP_HEADER_TIMEOUT
     http_idle_timeout: float | None = DEFAULT_HTTP_IDLE_TIMEOUT
+    http_body_timeout: float | None = DEFAULT_HTTP_BODY_TIMEOUT
     path: str = DEFAULT_SOCKETIO_PATH
 
 
@@ -356,5 +364,6 @@ def _transport(options: Mapping[str, Any]) -> TransportConfig:
         max_connections=connections,
         http_header_timeout=_timeout(options, "http_header_timeout", DEFAULT_HTTP_HEADER_TIMEOUT),
         http_idle_timeout=_timeout(options, "http_idle_timeout", DEFAULT_HTTP_IDLE_TIMEOUT),
+        http_body_timeout=_timeout(options, "http_body_timeout", DEFAULT_HTTP_BODY_TIMEOUT),
         path=path.strip("/"),
     )

@@ -36,6 +36,11 @@ from demo.client import add_client_route, require_secret_key
 NODE = os.environ.get("NODE_NAME", "node")
 USER_ROOM = "user:"  # each user's sockets share a room: names for the online list
 MAX_STEPS = 50
+# presence is a hint (the page refreshes its online list every 5 s): a
+# connect or disconnect is announced in the user's first rooms only, so a
+# reconnecting client costs a few rooms' traffic, not one event per room
+# it ever joined (each one logged for connection state recovery)
+PRESENCE_ROOMS = 10
 
 app = Flask(__name__, static_folder=None)
 app.config["SECRET_KEY"] = require_secret_key(os.environ)
@@ -105,14 +110,14 @@ def on_connect(auth):
     emit("status", {"text": f"{current_user.name} connected ({session['client']})",
                     "sid": request.sid, "node": NODE, "rooms": joined})
     # a resumed or recovered connection is back in its rooms: say so there
-    for room in joined:
+    for room in joined[:PRESENCE_ROOMS]:
         _presence(room, "joined")
 
 
 @socketio.on("disconnect")
 def on_disconnect(reason=None):
     if current_user.is_authenticated:
-        for room in session.get("joined_rooms", []):
+        for room in session.get("joined_rooms", [])[:PRESENCE_ROOMS]:
             _presence(room, "left")
 
 

@@ -7,9 +7,12 @@ The tree::
      ├── SessionDataError                stored data cannot be decoded
      ├── SessionNotFound (KeyError)      the session expired or was deleted
      ├── InvalidSessionId (ValueError)   not an id this store issued
-     └── SessionStoreUnavailable         the backend (Redis) failed
-          └── SessionStoreAccessDenied   Redis refused our credentials, or
-                                         we refused its TLS certificate
+     ├── SessionStoreUnavailable         the backend (Redis) failed
+     │    └── SessionStoreAccessDenied   Redis refused our credentials, or
+     │                                   we refused its TLS certificate
+     └── SessionNotSaved                 a handler's session changes could not
+                                         be written through (raised to the
+                                         handler path by the socket node)
 
 Catch ``SessionStoreError`` to handle every failure of the store in one place;
 ``SessionStoreUnavailable`` is the one a node should treat as "Redis is down,
@@ -22,6 +25,7 @@ __all__ = [
     "InvalidSessionId",
     "SessionDataError",
     "SessionNotFound",
+    "SessionNotSaved",
     "SessionStoreAccessDenied",
     "SessionStoreError",
     "SessionStoreUnavailable",
@@ -95,3 +99,26 @@ class SessionStoreAccessDenied(SessionStoreUnavailable):
     """Redis refused the credentials or a permission, or its TLS certificate
     is not trusted: a configuration error, which no retry fixes. The message
     says what to change."""
+
+
+class SessionNotSaved(SessionStoreError):
+    """A handler changed the session (or its rooms) and the store refused
+    the write, so the change lives only in this connection and would be
+    lost with the node.
+
+    The socket node raises it to the application's ``@socketio.on_error``
+    handlers (whose return value becomes the ack, as for any handler
+    error); without one, the event gets no ack at all, so a client never
+    reads a success. The changes stay pending and go with the next save.
+    ``session_id`` is redacted in the message; ``__cause__`` is the store's
+    error.
+    """
+
+    def __init__(self, session: str, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(
+            f"The changes to session {session} were not saved: the session store refused "
+            f"the write ({cause}). Free memory in Redis or raise its maxmemory (a full "
+            "Redis with maxmemory-policy noeviction refuses writes), or check that it is "
+            "reachable; the changes stay in this connection and are written with its "
+            "next save.")

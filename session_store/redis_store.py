@@ -13,7 +13,15 @@ the connected lease while a connection holds the session (``create``,
 Tombstones live ``tombstone_ttl``.
 
 Each operation is one Lua script or one MULTI transaction, so it is atomic
-and costs one round trip. The scripts build the resume key of a session from
+and costs one round trip.
+
+A key of the wrong type where a session or resume id lives (someone with
+Redis access ran ``SET`` on a session's hash, say) would make every command
+on it fail with ``WRONGTYPE``, for good. The scripts check the type first: a
+wrong-typed key is deleted and treated as missing, so the node writes the
+session back from its live connection (or a resume gets a fresh session);
+it is counted (:attr:`RedisSessionStore.wrong_type_keys`) and logged once
+per window with the fix. The scripts build the resume key of a session from
 the prefix, which Redis Cluster does not allow; a single Redis, or one behind
 Sentinel, is what this store supports.
 """
@@ -21,6 +29,7 @@ Sentinel, is what this store supports.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -29,15 +38,20 @@ import redis
 from .base import SessionStore
 from .exceptions import SessionStoreAccessDenied, SessionStoreUnavailable
 from .layout import DEFAULT_KEY_PREFIX, DEFAULT_TTL
+from .quiet_log import QuietLog
 from .redis_errors import access_problem
-from .resume import ResumeStatus, stored_form
+from .resume import ResumeStatus, redact, stored_form
 
-__all__ = ["RedisSessionStore"]
+__all__ = ["WRONG_TYPE_FIX", "RedisSessionStore"]
+
+logger = logging.getLogger("session_store")
 
 # KEYS[1] session; ARGV: now, lease ms, number of fields to set, then
 # field/value pairs, then the fields to delete.
 _SAVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then return 0 end
+if kind ~= 'hash' then redis.call('DEL', KEYS[1]) return -1 end
 local n = tonumber(ARGV[3])
 if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n)) end
 if #ARGV > 3 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + 2 * n)) end
@@ -49,7 +63,10 @@ return 1
 
 # KEYS[1] session; ARGV: ttl ms, resume key prefix.
 _SET_TTL = """
-if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return 0 end
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then return 0 end
+if kind ~= 'hash' then redis.call('DEL', KEYS[1]) return -1 end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 local rid = redis.call('HGET', KEYS[1], 'm:resume')
 if rid then redis.call('PEXPIRE', ARGV[2] .. rid, ARGV[1]) end
 return 1
@@ -57,16 +74,20 @@ return 1
 
 # KEYS[1] session; ARGV: resume key prefix.
 _DELETE = """
-local rid = redis.call('HGET', KEYS[1], 'm:resume')
-if rid then redis.call('DEL', ARGV[1] .. rid) end
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  local rid = redis.call('HGET', KEYS[1], 'm:resume')
+  if rid then redis.call('DEL', ARGV[1] .. rid) end
+end
 return redis.call('DEL', KEYS[1])
 """
 
 # KEYS[1] session, KEYS[2] new resume key; ARGV: resume id, record,
 # resume key prefix, lease ms. The resume id takes the session's TTL.
 _ISSUE = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then return 0 end
+if kind ~= 'hash' then redis.call('DEL', KEYS[1]) return -1 end
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl == -2 then return 0 end
 if ttl == -1 then
   ttl = tonumber(ARGV[4])
   redis.call('PEXPIRE', KEYS[1], ttl)
@@ -81,6 +102,11 @@ return 1
 # KEYS[1] resume key, KEYS[2] tombstone key; ARGV: identity digest,
 # tombstone ms. A claim with the wrong identity leaves the id in place.
 _CLAIM = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'none' and kind ~= 'string' then
+  redis.call('DEL', KEYS[1])
+  return {'wrongtype'}
+end
 local record = redis.call('GET', KEYS[1])
 if not record then
   if redis.call('EXISTS', KEYS[2]) == 1 then return {'replayed'} end
@@ -97,6 +123,19 @@ local tag = parsed['m']
 if type(tag) ~= 'string' then tag = '' end
 return {'granted', parsed['s'], tag}
 """
+
+# KEYS[1] any key; ARGV[1] its type: deleted when it has another one.
+_CLEAR_WRONG_TYPE = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'none' and kind ~= ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0
+"""
+
+#: what an operator reads when a key had the wrong type
+WRONG_TYPE_FIX = ("a key of the wrong type was found at %s and deleted (someone with write "
+                  "access to Redis wrote it: keep other programs off the store's key prefix "
+                  "and give the nodes their own ACL user); the session is written back from "
+                  "its live connection, or a resume of it gets a fresh session")
 
 # Fail fast when Redis is unreachable: the node must answer its clients, not
 # hang for the OS TCP timeout. Overridable through redis_options.
@@ -163,6 +202,10 @@ class RedisSessionStore(SessionStore):
         self._delete = self.redis.register_script(_DELETE)
         self._issue = self.redis.register_script(_ISSUE)
         self._claim = self.redis.register_script(_CLAIM)
+        self._clear_wrong_type = self.redis.register_script(_CLEAR_WRONG_TYPE)
+        #: keys found with the wrong type and deleted (see the module doc)
+        self.wrong_type_keys = 0
+        self._quiet = QuietLog(logger)
 
     def __repr__(self) -> str:
         return f"RedisSessionStore({self._where}, key_prefix={self.key_prefix!r})"
@@ -196,6 +239,13 @@ class RedisSessionStore(SessionStore):
                 "reachable at the configured URL; retry once it is back."
             ) from exc
 
+    def _wrong_type(self, key: str) -> None:
+        self.wrong_type_keys += 1
+        # the key ends with a session id or a resume id's digest: redacted
+        head, _, ident = key.rpartition(":")
+        self._quiet.log(logging.WARNING, "wrong-type", WRONG_TYPE_FIX,
+                        f"{head}:{redact(ident)}")
+
     # -- primitives ------------------------------------------------------------
 
     def _backend_create(self, session_id: str, fields: dict[str, str], ttl_ms: int) -> None:
@@ -208,10 +258,16 @@ class RedisSessionStore(SessionStore):
             pipe.execute()
 
     def _backend_read(self, session_id: str) -> Mapping[str | bytes, str | bytes] | None:
+        key = self.session_key(session_id)
         with self._guard("load a session"):
-            fields: Mapping[str | bytes, str | bytes] = self.redis.hgetall(
-                self.session_key(session_id)
-            )
+            try:
+                fields: Mapping[str | bytes, str | bytes] = self.redis.hgetall(key)
+            except redis.ResponseError as exc:
+                if not str(exc).startswith("WRONGTYPE"):
+                    raise
+                if self._clear_wrong_type(keys=[key], args=["hash"]):
+                    self._wrong_type(key)
+                return None
         return fields or None
 
     def _backend_save(
@@ -221,24 +277,40 @@ class RedisSessionStore(SessionStore):
         for name, value in fields.items():
             args += (name, value)
         args += deleted
+        key = self.session_key(session_id)
         with self._guard("save a session"):
-            return bool(self._save(keys=[self.session_key(session_id)], args=args))
+            saved = int(self._save(keys=[key], args=args))
+        if saved < 0:
+            self._wrong_type(key)
+        return saved > 0
 
     def _backend_set_ttl(self, session_ids: list[str], ttl_ms: int) -> int:
         with self._guard("set a session TTL"):
             if len(session_ids) == 1:
-                return int(self._run_set_ttl(self.redis, session_ids[0], ttl_ms))
-            pipe = self.redis.pipeline(transaction=False)
-            for session_id in session_ids:
-                self._run_set_ttl(pipe, session_id, ttl_ms)
-            return sum(int(found) for found in pipe.execute())
+                replies = [self._run_set_ttl(self.redis, session_ids[0], ttl_ms)]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for session_id in session_ids:
+                    self._run_set_ttl(pipe, session_id, ttl_ms)
+                replies = pipe.execute()
+        return sum(self._found(session_ids, replies))
 
     def _backend_set_ttl_each(self, session_ids: list[str], ttl_ms: int) -> list[bool]:
         with self._guard("renew session leases"):
             pipe = self.redis.pipeline(transaction=False)
             for session_id in session_ids:
                 self._run_set_ttl(pipe, session_id, ttl_ms)
-            return [bool(int(found)) for found in pipe.execute()]
+            replies = pipe.execute()
+        return self._found(session_ids, replies)
+
+    def _found(self, session_ids: list[str], replies: list[Any]) -> list[bool]:
+        """Which sessions a TTL script found; a wrong-typed one was deleted."""
+        found = []
+        for session_id, reply in zip(session_ids, replies, strict=True):
+            if int(reply) < 0:
+                self._wrong_type(self.session_key(session_id))
+            found.append(int(reply) == 1)
+        return found
 
     def _run_set_ttl(self, client: Any, session_id: str, ttl_ms: int) -> Any:
         return self._set_ttl(
@@ -254,13 +326,15 @@ class RedisSessionStore(SessionStore):
             )
 
     def _backend_issue(self, session_id: str, resume_id: str, record: str) -> bool:
+        key = self.session_key(session_id)
         with self._guard("issue a resume id"):
-            return bool(
-                self._issue(
-                    keys=[self.session_key(session_id), self._resume_prefix + resume_id],
-                    args=[resume_id, record, self._resume_prefix, self._lease_ms],
-                )
-            )
+            issued = int(self._issue(
+                keys=[key, self._resume_prefix + resume_id],
+                args=[resume_id, record, self._resume_prefix, self._lease_ms],
+            ))
+        if issued < 0:
+            self._wrong_type(key)
+        return issued > 0
 
     def _backend_claim(
         self, resume_id: str, digest: str, tombstone_ms: int
@@ -270,6 +344,9 @@ class RedisSessionStore(SessionStore):
                 keys=[self._resume_prefix + resume_id, self._tombstone_prefix + resume_id],
                 args=[digest, tombstone_ms],
             )
+        if _str(reply[0]) == "wrongtype":
+            self._wrong_type(self._resume_prefix + resume_id)
+            return ResumeStatus.UNKNOWN, None, None
         status = ResumeStatus(_str(reply[0]))
         session_id = _str(reply[1]) if len(reply) > 1 else None
         tag = _str(reply[2]) if len(reply) > 2 and reply[2] else None

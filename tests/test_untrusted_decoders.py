@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from cluster.bus.codec import Codec
 from cluster.bus.errors import Dropped
+from cluster.node.engine_socket import DECODE_ERRORS, decode_payload
 from cluster.node.packets import ClusterPacket
 from cluster.node.websocket_reader import WebSocketReader, unmask
 from cluster.recovery.stream import split_published
@@ -98,6 +99,18 @@ def test_engineio_packets_decode_or_raise_what_the_server_handles(data: Any) -> 
         eio_packet.Packet(encoded_packet=data)
     except PACKET_ERRORS:
         pass
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=300), st.lists(st.text(max_size=20), max_size=30).map(
+    lambda ps: "\x1e".join(ps).encode())))
+def test_polling_payloads_decode_or_raise_what_the_socket_refuses(body: bytes) -> None:
+    cases["polling payloads"] += 1
+    try:
+        packets = decode_payload(body)
+    except DECODE_ERRORS:
+        return
+    assert body and 1 <= len(packets) <= 16
 
 
 socketio_text = st.one_of(

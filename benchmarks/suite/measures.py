@@ -251,7 +251,10 @@ def start_haproxy(procs: Procs, nodes: list[Proc]) -> tuple[Proc, int]:
     port, stats = free_port(), free_port()
     backends = [Backend(f"n{i + 1}", HOST, n.port or 0) for i, n in enumerate(nodes)]
     config = procs.logdir / f"haproxy-{port}.cfg"
-    config.write_text(render_haproxy_config(backends, port, stats_port=stats))
+    # every client runs on this machine, one source address: no per-source limits
+    config.write_text(render_haproxy_config(backends, port, stats_port=stats,
+                                            max_connections_per_source=None,
+                                            max_requests_per_source=None))
     proxy = procs.spawn("haproxy", [haproxy_executable(), "-f", str(config), "-db"])
     wait_until(lambda: all(s.startswith("UP L7OK") for s in haproxy_states(stats).values())
                and len(haproxy_states(stats)) == len(nodes), "HAProxy to see every node UP",

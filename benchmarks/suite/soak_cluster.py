@@ -111,7 +111,10 @@ class SoakCluster:
         self.lb_port, self.stats_port = free_port(), free_port()
         backends = [Backend(s.name, HOST, s.port) for s in self.slots]
         config = self.procs.logdir / "haproxy-soak.cfg"
-        config.write_text(render_haproxy_config(backends, self.lb_port, stats_port=self.stats_port))
+        # every client runs on this machine, one source address: no per-source limits
+        config.write_text(render_haproxy_config(backends, self.lb_port, stats_port=self.stats_port,
+                                                max_connections_per_source=None,
+                                                max_requests_per_source=None))
         self.haproxy = self.procs.spawn("haproxy", [haproxy_executable(), "-f", str(config), "-db"])
         self._wait_up([s.name for s in self.slots], 30.0)
 

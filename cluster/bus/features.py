@@ -11,11 +11,13 @@ manager without a bus answers as a single node would.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from cluster.bus.presence import Presence
     from cluster.bus.view import ClusterView
+    from cluster.recovery.routing import ScanPage
 
 
 class RecoveryReader(Protocol):
@@ -31,6 +33,8 @@ class RecoveryReader(Protocol):
     def contains(self, offset: str) -> bool: ...
     def page(self, offset: str, count: int
              ) -> list[tuple[str, dict[str, Any] | None, int]] | None: ...
+    def scan(self, offset: str, namespace: str, sid: str, rooms: Iterable[Any]
+             ) -> ScanPage | None: ...
     def after(self, offset: str) -> list[tuple[str, dict[str, Any]]] | None: ...
 
 

@@ -76,17 +76,34 @@ class KombuTransport(Transport):
                                         auto_declare=True)
 
     def send(self, payloads: list[bytes]) -> None:
+        for result in self.send_each(payloads, [False] * len(payloads)):
+            if isinstance(result, Exception):
+                raise result
+
+    def send_each(self, payloads: list[bytes], logged: list[bool]) -> list[str | None | Exception]:
+        """Publish one by one (kombu has no pipeline), tracking how far it
+        got: when a publish fails after some went out, those are reported
+        sent (never sent again) and the failed one and the rest refused,
+        retried with their seals (the failed one may have reached the
+        broker: receivers then drop the second copy as a replay). A failure
+        on the first raises, like any outage. Nothing is logged: kombu keeps
+        no recovery stream."""
         if self._producer is None:
             self.connect()
+        results: list[str | None | Exception] = []
         try:
             for payload in payloads:
                 self._producer.publish(
                     payload, content_type="application/json",
                     content_encoding="utf-8", retry=False,
                     **self.producer_options)
-        except Exception:
+                results.append(None)
+        except Exception as exc:
             self.close()
-            raise
+            if not results:
+                raise
+            results.extend([exc] * (len(payloads) - len(results)))
+        return results
 
     def close(self) -> None:
         conn, self._pub_conn, self._producer = self._pub_conn, None, None

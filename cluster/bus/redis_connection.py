@@ -158,7 +158,7 @@ class RedisConnector:
             sentinel_kwargs = dict(self.sentinel_kwargs or {
                 k: v for k, v in self.options.items()
                 if k.startswith("socket_")})
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
                 _hosts(parsed.netloc), sentinel_kwargs=sentinel_kwargs)
         parts = [p for p in urlparse(self.url).path.split("/") if p]
         service = parts[1] if len(parts) > 1 else self.channel

@@ -53,6 +53,8 @@ class RedisManager(ClusterManager):
         # the parts get the manager's logger, which follows the server's
         connector.logger = self.publisher.logger
         if log is not None:
+            log.logger = self.publisher.logger
+            log.on_reset = lambda: self.bus_stats.incr("recovery_stream_resets")
             transport.recovery = RedisRecoveryReader(connector, log, self.publisher.logger,
                                                      self._restart_mark)
         self.redis_url = url

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
 
 from cluster.bus.redis_connection import RedisConnector, close_quietly
+from cluster.recovery.routing import ScanPage
 from cluster.recovery.stream import RecoveryLog
 
 
@@ -48,7 +49,14 @@ class RedisRecoveryReader:
 
     def _read(self, read: Callable[..., Any], *args: Any, default: Any) -> Any:
         try:
-            return read(self._reader(), *args)
+            try:
+                return read(self._reader(), *args)
+            except redis.exceptions.ResponseError as exc:
+                # a key of another type at the stream's name: move it aside
+                # (logged and counted there), then read the new stream
+                if "WRONGTYPE" not in str(exc) or not self.log.heal(self._reader()):
+                    raise
+                return read(self._reader(), *args)
         except Exception as exc:
             self.logger.warning("recovery log unreadable (%s)", exc)
             self.close()  # reconnect (and rediscover) next time
@@ -76,6 +84,14 @@ class RedisRecoveryReader:
              ) -> list[tuple[str, dict[str, Any] | None, int]] | None:
         """Up to ``count`` entries after ``offset`` (None: unreadable)."""
         return self._read(self.log.page, offset, count, default=None)  # type: ignore[no-any-return]
+
+    def scan(self, offset: str, namespace: str, sid: str, rooms: Iterable[Any]
+             ) -> ScanPage | None:
+        """The entries after ``offset`` that may reach ``sid``, one scan
+        call's worth (None: unreadable): see
+        :meth:`cluster.recovery.stream.RecoveryLog.scan`."""
+        return self._read(self.log.scan, offset, namespace, sid,  # type: ignore[no-any-return]
+                          list(rooms), default=None)
 
     def after(self, offset: str) -> list[tuple[str, dict[str, Any]]] | None:
         """Messages logged after ``offset`` (None: cannot recover from it)."""

@@ -19,6 +19,9 @@ from cluster.bus.runtime import Backoff
 from cluster.bus.transport import Subscription, Transport
 from cluster.recovery.stream import RecoveryLog
 
+#: refusals after which the publisher reconnects (and rediscovers the master)
+_RECONNECT_ON = (redis.exceptions.ReadOnlyError, redis.exceptions.ConnectionError)
+
 #: bus messages handled back to back before the listener yields
 LISTEN_BURST = 64
 
@@ -28,6 +31,17 @@ RESUBSCRIBED = (
     "reads the bus too slowly or bursts of large messages pass Redis's "
     "client-output-buffer-limit for pubsub (32 MB by default): lower "
     "max_message_bytes or raise that limit")
+
+
+def raise_refused(results: list[str | None | Exception]) -> list[str | None]:
+    """``results`` of :meth:`RedisTransport.send_each`, raising the first
+    refusal (for callers that want all or nothing)."""
+    offsets: list[str | None] = []
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+        offsets.append(result)
+    return offsets
 
 
 class RedisTransport(Transport):
@@ -67,52 +81,54 @@ class RedisTransport(Transport):
         return self._pub
 
     def send(self, payloads: list[bytes]) -> None:
-        pipe = self._publisher().pipeline(transaction=False)
-        command = pipe.spublish if self.connector.sharded else pipe.publish
-        for payload in payloads:
-            command(self.channel, payload)
-        try:
-            pipe.execute()
-        except Exception:
-            self._close_publisher()  # reconnect (and rediscover) next time
-            raise
+        raise_refused(self.send_each(payloads, [False] * len(payloads)))
 
     def send_logged(self, payloads: list[bytes], logged: list[bool]) -> list[str | None]:
+        return raise_refused(self.send_each(payloads, logged))
+
+    def send_each(self, payloads: list[bytes], logged: list[bool]) -> list[str | None | Exception]:
         """One pipeline: logged payloads go through the recovery script
-        (stream append + publish), the others are plain publishes."""
-        log = self.log
-        if log is None:
-            self.send(payloads)
-            return [None] * len(payloads)
+        (stream append + publish), the others are plain publishes; each
+        reply is looked at on its own (see :mod:`.batch`): Redis at
+        ``maxmemory`` refuses the script's XADD but not a PUBLISH."""
+        log = self.log if any(logged) else None
         pipe = self._publisher().pipeline(transaction=False)
         command = pipe.spublish if self.connector.sharded else pipe.publish
         for payload, append in zip(payloads, logged, strict=True):
-            if append:
+            if append and log is not None:
                 log.append(pipe, payload)
             else:
                 command(self.channel, payload)
         try:
+            # errors come back in place; a broken connection still raises
             replies = pipe.execute(raise_on_error=False)
-            missing = [i for i, reply in enumerate(replies)
-                       if isinstance(reply, redis.exceptions.NoScriptError)]
-            if missing:
-                # Redis restarted (empty) under redis-py's own reconnect:
-                # the script is gone, while the plain publishes went out.
-                # Load it and append just those, in their order
-                log.load_script(self._publisher())
-                again = self._publisher().pipeline(transaction=False)
-                for i in missing:
-                    log.append(again, payloads[i])
-                for i, reply in zip(missing, again.execute(), strict=True):
-                    replies[i] = reply
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
+            if log is not None:
+                self._append_unscripted(log, payloads, replies)
         except Exception:
             self._close_publisher()  # reconnect (and rediscover) next time
             raise
-        return [log.offset_from(reply) if append else None
+        if any(isinstance(reply, _RECONNECT_ON) for reply in replies):
+            self._close_publisher()  # e.g. a failover made it a replica
+        return [reply if isinstance(reply, Exception)
+                else log.offset_from(reply) if append and log is not None else None
                 for reply, append in zip(replies, logged, strict=True)]
+
+    def _append_unscripted(self, log: RecoveryLog, payloads: list[bytes],
+                           replies: list[Any]) -> None:
+        """Redis restarted (empty) under redis-py's own reconnect: the
+        script is gone while the plain publishes went out. Load it and
+        append just those, in their order (they are the batch's tail, see
+        :func:`.batch.take`, so the order on the channel is kept)."""
+        missing = [i for i, reply in enumerate(replies)
+                   if isinstance(reply, redis.exceptions.NoScriptError)]
+        if not missing:
+            return
+        log.load_script(self._publisher())
+        again = self._publisher().pipeline(transaction=False)
+        for i in missing:
+            log.append(again, payloads[i])
+        for i, reply in zip(missing, again.execute(raise_on_error=False), strict=True):
+            replies[i] = reply
 
     def subscriber_count(self) -> int | None:
         client = self._publisher()
@@ -140,7 +156,7 @@ class RedisTransport(Transport):
     # -- listening ----------------------------------------------------------------
     def _subscribe(self) -> tuple[Any, Any]:
         client = self.connector.client()
-        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
         try:
             if self.connector.sharded:
                 pubsub.ssubscribe(self.channel)

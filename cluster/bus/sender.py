@@ -2,19 +2,29 @@
 from __future__ import annotations
 
 import threading
+import time
 
+from cluster.bus.batch import Item, Result
 from cluster.bus.codec import Codec
 from cluster.bus.transport import Transport
 
 
 class SealedSender:
-    """Seals bodies (signing and numbering them) and sends them in one
-    round trip; the outbox calls :meth:`send` for each batch."""
+    """Seals items (signing and numbering them) and sends them in one
+    round trip; the outbox calls :meth:`send` for each batch.
+
+    An item is sealed once, on its first attempt, and retried with that
+    seal (see :mod:`.batch`), as long as the seal is younger than half the
+    codec's ``max_age``: an older one could be dropped as too old before it
+    arrives, so it is sealed again (after an outage that long, a copy of an
+    attempt whose outcome was unknown may then arrive twice).
+    """
 
     def __init__(self, transport: Transport, codec: Codec, host_id: str) -> None:
         self.transport = transport
         self.codec = codec
         self.host_id = host_id
+        self.reseal_after = codec.max_age_ms / 2000
         # reentrant: a write-only publish holds it across its retries (so
         # one thread's reconnect cannot cut another's send) and the send
         # itself takes it again; sealing (which numbers signed messages)
@@ -22,13 +32,19 @@ class SealedSender:
         # their sequence numbers whichever thread sends them
         self.lock = threading.RLock()
 
-    def send(self, bodies: list[str], logged: list[bool]) -> list[str | None]:
-        """Publish ``bodies``; the offsets of the ``logged`` ones (None for
-        the others, and for all when the transport keeps no stream)."""
+    def send(self, items: list[Item]) -> list[Result]:
+        """Publish ``items``; per item its offset (``None`` when unlogged,
+        and for all when the transport keeps no stream) or the error the
+        server refused it with; raises when the outcome is unknown."""
         with self.lock:
-            payloads = [self.codec.seal(body, self.host_id, logged=log)
-                        for body, log in zip(bodies, logged, strict=True)]
-            if any(logged):
-                return self.transport.send_logged(payloads, logged)
-            self.transport.send(payloads)
-            return [None] * len(payloads)
+            now = time.monotonic()
+            # from the first item that needs a seal on, every item is
+            # sealed again: sequence numbers must grow along the batch
+            start = next((i for i, item in enumerate(items)
+                          if item.payload is None or now - item.sealed_at > self.reseal_after),
+                         len(items))
+            for item in items[start:]:
+                item.payload = self.codec.seal(item.body, self.host_id, logged=item.logged)
+                item.sealed_at = now
+            payloads = [item.payload for item in items if item.payload is not None]
+            return self.transport.send_each(payloads, [item.logged for item in items])

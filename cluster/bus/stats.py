@@ -5,7 +5,8 @@ list. Counters only grow for the life of the process; gauges are sampled.
 
 Counters
     published             messages written to the bus
-    publish_errors        failed publish attempts (a batch that will be retried)
+    publish_errors        failed publish attempts (a batch, or the part of it
+                          the server refused, that will be retried)
     received              raw messages read from the bus, before any check
     dropped_malformed     not JSON, not an object, or fields of the wrong type
                           (this is where a pickle payload ends up)
@@ -18,10 +19,17 @@ Counters
     dropped_buffer_full   emits refused because the outage buffer was full
                           (``buffer_size`` messages or ``buffer_bytes`` bytes)
     dropped_unpublished   messages still buffered when the manager closed
+    published_unlogged    emits that were to be recovery-logged but went out
+                          without an offset: the stream kept refusing the
+                          write (Redis at ``maxmemory``) for ``log_retry``
+                          seconds; delivered once, not replayable
     delivered_unlogged    recovery-logged emits delivered on this node
                           without their offset (the bus was slow or down;
                           they are logged once it is back)
     handler_errors        valid messages whose local handling raised
+    recovery_stream_resets  keys of the wrong type found at the recovery
+                          stream's name, moved aside so that delivery goes on
+                          (logged with the fix; recovery across it is lost)
     reconnects            successful re-connections after a bus failure:
                           publisher or subscriber, including a subscriber
                           that redis-py reconnected and re-subscribed by
@@ -47,8 +55,9 @@ import threading
 COUNTERS = (
     "published", "publish_errors", "received", "dropped_malformed",
     "dropped_unsigned", "dropped_bad_signature", "dropped_replayed",
-    "dropped_bad_offset", "dropped_buffer_full", "dropped_unpublished", "delivered_unlogged",
-    "handler_errors",
+    "dropped_bad_offset", "dropped_buffer_full", "dropped_unpublished", "published_unlogged",
+    "delivered_unlogged",
+    "handler_errors", "recovery_stream_resets",
     "reconnects", "acks_expired", "requests_timed_out", "lag_samples",
 )
 GAUGES = ("buffered", "buffered_bytes", "ready", "live_nodes", "pending_acks", "lag_seconds",

@@ -3,7 +3,8 @@ state it reports to.
 
 A backend (Redis, Redis Cluster and Sentinel in :mod:`.redis_transport`,
 kombu in :mod:`.kombu_transport`) only moves bytes: it connects a
-publisher, sends a batch of sealed payloads in one round trip, and yields
+publisher, sends a batch of sealed payloads in one round trip (saying
+which of them the server refused, :meth:`Transport.send_each`), and yields
 the payloads it receives, telling the :class:`Subscription` when it
 subscribed, re-subscribed or lost the channel. Everything else (checking,
 ordering, delivery, retries) belongs to the manager's other parts.
@@ -45,6 +46,24 @@ class Transport:
         ones to the recovery stream; their offsets (None for the others)."""
         self.send(payloads)
         return [None] * len(payloads)
+
+    def send_each(self, payloads: list[bytes], logged: list[bool]) -> list[str | None | Exception]:
+        """Publish ``payloads`` in one round trip (appending the ``logged``
+        ones to the recovery stream) and say what became of each: its
+        offset (``None`` when not logged) if the server took it, or, in its
+        place, the error the server refused it with (it had no effect and
+        is retried as it is). Raises when the outcome is unknown (the
+        connection broke mid-batch): then every payload is retried.
+
+        This default suits a backend that cannot tell: all or nothing.
+        """
+        results: list[str | None | Exception] = []
+        if any(logged):
+            results.extend(self.send_logged(payloads, logged))
+        else:
+            self.send(payloads)
+            results.extend([None] * len(payloads))
+        return results
 
     def listen(self, subscription: Subscription) -> Iterator[Any]:
         """Yield received payloads until ``subscription.closed``, reporting

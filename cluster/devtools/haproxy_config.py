@@ -22,11 +22,33 @@ The balancer has three jobs in this product, and each maps to a few lines:
   node is gone be sent to another node instead of failing, which is what
   makes resuming a session on another node possible.
 
+And it protects the nodes from one greedy or hostile client:
+
+* **Per-source limits.** A stick table keyed on the client's address
+  tracks its open connections and its requests per 10 s. A source past
+  ``max_connections_per_source`` (default 200) has further connections
+  closed at once (before any HTTP is read, so they hold no slot); past
+  ``max_requests_per_source`` (default 2,000 per 10 s, 200/s on average)
+  it gets ``429``. Both are generous for a few hundred users behind one
+  NAT (a WebSocket client holds one connection and makes a handful of
+  requests per connect) and far below ``maxconn`` (4,096), so one source
+  can never take every slot. ``None`` switches a limit off.
+* **Request deadlines.** ``option http-buffer-request`` makes HAProxy read
+  a request's body (up to its buffer, 16 KiB) before it picks a node, and
+  ``timeout http-request`` (``request_timeout``, default 10 s) bounds the
+  head *and* that body: a client dribbling a POST one byte at a time gets
+  ``408`` instead of holding a connection (and a node's green thread) for
+  as long as it likes. Engine.IO's polling bodies are far smaller.
+
 And one thing it does not do: route the nodes' probes and metrics
 (``/healthz``, ``/readyz``, ``/metrics``) from outside. They tell an
 attacker the node's state and figures, and the balancer's own checks and
-Prometheus reach the nodes directly; the frontend answers them ``404``
-(matched after URL-decoding, as the node decodes the path before routing).
+Prometheus reach the nodes directly; the frontend answers them ``404``.
+The match is made on the path as a server might resolve it: URL-decoded,
+lower-cased, with repeated slashes, a trailing slash or dot, ``;``
+parameters, and dot segments (``/./metrics``, ``/x/../metrics``) all
+refused. (HAProxy 2.6's ``normalize-uri`` would rewrite the path instead,
+but it is still an experimental directive there.)
 
 :func:`render_haproxy_config` is a pure function; :mod:`cluster.devtools.local_cluster`
 writes its result to a file and runs ``haproxy -f FILE -db``.
@@ -39,10 +61,29 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["INTERNAL_PATHS", "Backend", "cookie_value", "render_haproxy_config"]
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS_PER_SOURCE", "DEFAULT_MAX_REQUESTS_PER_SOURCE", "INTERNAL_PATHS",
+    "Backend", "cookie_value", "render_haproxy_config",
+]
 
 #: the node's paths that the public frontend refuses (404)
 INTERNAL_PATHS = ("/healthz", "/readyz", "/metrics")
+#: concurrent connections one client address may hold through the balancer
+DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 200
+#: requests one client address may make per 10 s before it gets 429
+DEFAULT_MAX_REQUESTS_PER_SOURCE = 2000
+
+# The private paths as regular expressions on the URL-decoded, lower-cased
+# path (HAProxy reads them in single quotes: no escapes, hence [.] for a dot).
+# One of the names, with any ";params", trailing slashes or dots ...
+_PRIVATE_TAIL = (
+    "(" + "|".join(p.strip("/") for p in INTERNAL_PATHS) + ")(;[^/]*)?[/.]*$"
+)
+# ... as the whole path after any run of slashes (//metrics, /METRICS/),
+_PRIVATE_PATH_RE = "^/*" + _PRIVATE_TAIL
+# or as the last segment of a path with a dot segment (/x/../metrics, /./metrics)
+_PRIVATE_LAST_SEGMENT_RE = "/" + _PRIVATE_TAIL
+_DOT_SEGMENT_RE = "(^|/)[.][.]?(/|$)"
 
 # HAProxy server names and cookie values must be single tokens; keeping them
 # to this alphabet also keeps them safe inside a Set-Cookie header.
@@ -116,6 +157,9 @@ def render_haproxy_config(
     log_level: str = "notice",
     cookie_salt: str = "",
     secure_cookie: bool = False,
+    request_timeout: str = "10s",
+    max_connections_per_source: int | None = DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    max_requests_per_source: int | None = DEFAULT_MAX_REQUESTS_PER_SOURCE,
 ) -> str:
     """Return the text of an HAProxy 2.6 config balancing ``backends``.
 
@@ -133,8 +177,14 @@ def render_haproxy_config(
     request. ``cookie_salt`` goes into the opaque cookie values (default
     ``""``: values depend on the names only); ``secure_cookie`` adds the
     ``Secure`` flag (set it when clients reach the balancer over TLS).
-    ``/healthz``, ``/readyz`` and ``/metrics`` are answered ``404`` by the
-    frontend, whatever the options.
+    ``request_timeout`` (default ``10s``) is HAProxy's ``timeout
+    http-request``: the deadline for a request's head and its buffered
+    body. ``max_connections_per_source`` (default 200 open connections) and
+    ``max_requests_per_source`` (default 2,000 per 10 s) limit one client
+    address; ``None`` switches one off (a benchmark that drives thousands of
+    clients from one address raises them instead). ``/healthz``,
+    ``/readyz`` and ``/metrics``, however spelled, are answered ``404`` by
+    the frontend, whatever the options.
 
     Raises :class:`ValueError` with the fix when an argument cannot be
     rendered.
@@ -169,8 +219,15 @@ def render_haproxy_config(
         ("client_timeout", client_timeout),
         ("server_timeout", server_timeout),
         ("tunnel_timeout", tunnel_timeout),
+        ("request_timeout", request_timeout),
     ):
         _check_duration(what, value)
+    for what, limit in (("max_connections_per_source", max_connections_per_source),
+                        ("max_requests_per_source", max_requests_per_source)):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise ValueError(f"{what} must be a positive whole number, or None to switch "
+                             f"the limit off; got {limit!r}")
     if fall < 1 or rise < 1:
         raise ValueError("fall and rise must both be at least 1")
     levels = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
@@ -194,7 +251,10 @@ def render_haproxy_config(
         f"    timeout server {server_timeout}",
         # Only applies once a connection is upgraded (WebSocket).
         f"    timeout tunnel {tunnel_timeout}",
-        "    timeout http-request 10s",
+        # the deadline for a request's head and, with http-buffer-request,
+        # its body (up to the buffer): a slow POST gets 408, not a slot
+        f"    timeout http-request {request_timeout}",
+        "    option http-buffer-request",
         "    timeout http-keep-alive 10s",
         "    timeout check 2s",
         # A request whose server refuses the connection is retried, and the
@@ -204,10 +264,14 @@ def render_haproxy_config(
         "",
         "frontend socketio_in",
         f"    bind {bind_host}:{port}",
+        *_source_limits(max_connections_per_source, max_requests_per_source),
         # probes and metrics are for the balancer's checks and Prometheus,
-        # which reach the nodes directly; the node routes on the decoded path
-        f"    acl node_internal path,url_dec -m str {' '.join(INTERNAL_PATHS)}",
-        "    http-request deny deny_status 404 if node_internal",
+        # which reach the nodes directly; matched on the path as a server
+        # may resolve it (decoded, any case, slashes and dot segments)
+        f"    acl node_internal path,url_dec,lower -m reg '{_PRIVATE_PATH_RE}'",
+        f"    acl dot_segment path,url_dec -m reg '{_DOT_SEGMENT_RE}'",
+        f"    acl ends_internal path,url_dec,lower -m reg '{_PRIVATE_LAST_SEGMENT_RE}'",
+        "    http-request deny deny_status 404 if node_internal || dot_segment ends_internal",
         "    default_backend socket_nodes",
         "",
         "backend socket_nodes",
@@ -230,3 +294,25 @@ def render_haproxy_config(
             "    stats refresh 5s",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _source_limits(connections: int | None, requests: int | None) -> list[str]:
+    """The frontend lines that limit one client address (none if both are off).
+
+    ``ipv6`` keys hold IPv4 addresses too (mapped); entries expire 30 s
+    after the source's last activity, so 100k of them cover a large spike.
+    """
+    if connections is None and requests is None:
+        return []
+    lines = [
+        "    stick-table type ipv6 size 100k expire 30s store conn_cur,http_req_rate(10s)",
+        "    tcp-request connection track-sc0 src",
+    ]
+    if connections is not None:
+        # refused before any HTTP is read: an abuser's extra connections
+        # never hold a slot while they dribble their request
+        lines.append(f"    tcp-request connection reject if {{ sc0_conn_cur gt {connections} }}")
+    if requests is not None:
+        lines.append(
+            f"    http-request deny deny_status 429 if {{ sc0_http_req_rate gt {requests} }}")
+    return lines

@@ -48,6 +48,10 @@ class BoundSession:
     #: came back empty): an older client offset replays from there
     rebased: dict[str, str] = field(default_factory=dict)
     recovered: bool = False
+    #: namespaces left while the connection lives on, whose fields of the
+    #: stored record go with the next namespace written (at a transport
+    #: close every namespace is left, and the record must stay for a resume)
+    left: set[str] = field(default_factory=set)
 
     def record(self) -> dict[str, dict[str, str]]:
         """The connection record to store (the rooms go separately)."""

@@ -74,9 +74,11 @@ class SocketIO:
     :param resume_identity: ``f(auth) -> str | None``, the identity a resume
         id is bound to; default Flask-Login's user id from the HTTP session.
     :param max_events_per_second: per-connection rate limit of incoming
-        events. Default 100 a second with bursts of 200: far above what a
-        person types, far below a flood. Excess events are dropped and
-        counted (``rate_limited_events``), logged at most once per
+        packets. Default 100 a second with bursts of 200: far above what a
+        person types, far below a flood. Every packet type counts: an event,
+        ACK or DISCONNECT costs one, a CONNECT five; ACKs for ids the server
+        never issued are dropped (``unknown_acks``). Excess events are
+        dropped and counted (``rate_limited_events``), logged at most once per
         connection every 10 s; a client sending 10x the rate for 3 s is
         disconnected (``flood_disconnects``). ``None`` or ``0`` switches the
         limit off.
@@ -84,6 +86,10 @@ class SocketIO:
         namespace, its own room not counted (default 1,000). ``join_room``
         past it raises :class:`cluster.exceptions.RoomLimitExceeded` in the
         handler that called it.
+    :param max_namespaces_per_connection: namespaces one connection may be
+        connected to at once (default 10). A CONNECT past it is answered
+        with a CONNECT_ERROR and counted (``namespace_limit_refusals``);
+        the connection keeps the namespaces it is in.
     :param connect_timeout: seconds an Engine.IO connection has to complete
         a Socket.IO CONNECT before it is closed (default 45, as socket.io);
         a connection whose CONNECT was refused is closed a second after the
@@ -109,6 +115,10 @@ class SocketIO:
     :param http_idle_timeout: seconds a kept-alive HTTP connection, a
         request body or a response may stay silent (default 60); upgraded
         websockets use their ping timeout instead.
+    :param http_body_timeout: seconds in all a request may spend waiting
+        for its body (default 30: a polling POST is a few hundred bytes);
+        past it the node answers 408 and closes. ``0`` or ``None``
+        switches it off.
     :param max_connections: concurrent connections one node serves under
         eventlet. Default 100,000 (eventlet's own default is 1,024, after which
         new connections silently hang).

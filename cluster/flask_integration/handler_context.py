@@ -14,6 +14,12 @@ handler gets:
   such as Flask-Session's);
 - no ``before_request``/``after_request`` hooks: only ``request_context`` is
   pushed, the request is never dispatched.
+
+The forked session is written through after the handler, before its ack.
+When the store refuses the write, :class:`session_store.SessionNotSaved`
+goes to the application's ``on_error`` handlers (their return value is the
+ack, as for any handler error); without one the event gets no ack, so a
+client never reads a success for a write that did not happen.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import flask
 
 from cluster.exceptions import ConnectionRefusedError
+from session_store import SessionNotSaved
 
 if TYPE_CHECKING:
     from cluster.flask_integration.extension import SocketIO
@@ -151,6 +158,7 @@ class HandlerRunner:
             # True when connection state recovery restored the sid and replayed
             request.recovered = bool(  # type: ignore[attr-defined]
                 sessions is not None and sessions.is_recovered(environ))
+            not_saved: SessionNotSaved | None = None
             try:
                 result = handler(*call_args)
             except ConnectionRefusedError:
@@ -158,8 +166,20 @@ class HandlerRunner:
             except Exception as exc:
                 result = self._handle_exception(exc, namespace)
             finally:
-                self._persist_session(app, request_context, environ, live)
+                not_saved = self._persist_session(app, request_context, environ, live)
+            if not_saved is not None and message not in ("connect", "disconnect"):
+                return self._session_not_saved(not_saved, namespace)
             return result
+
+    def _session_not_saved(self, exc: SessionNotSaved, namespace: str) -> Any:
+        """The ack of an event whose session changes were not saved: what
+        the application's error handler returns, else none at all
+        (python-socketio sends no ack for its ``not_handled``). Already
+        counted and logged (once per window) by the sessions."""
+        socketio = self.socketio
+        if namespace in socketio.exception_handlers or socketio.default_exception_handler:
+            return self._handle_exception(exc, namespace)
+        return socketio.server.not_handled
 
     def _handle_exception(self, exc: Exception, namespace: str) -> Any:
         socketio = self.socketio
@@ -172,10 +192,11 @@ class HandlerRunner:
 
     def _persist_session(
         self, app: flask.Flask, request_context: Any, environ: dict[str, Any], live: bool
-    ) -> None:
+    ) -> SessionNotSaved | None:
+        """Save what the handler changed; the error when the store refused it."""
         session = _context_session(request_context)
         if session is None or not live:
-            return
+            return None
         socketio = self.socketio
         if socketio.manage_session:
             # where Flask-SocketIO keeps the forked session; tests and
@@ -183,12 +204,16 @@ class HandlerRunner:
             environ[SAVED_SESSION_KEY] = session
             if socketio.sessions is not None:
                 # write-through: saved before the ack or the next event
-                socketio.sessions.save(environ, session)
+                try:
+                    socketio.sessions.save(environ, session)
+                except SessionNotSaved as exc:
+                    return exc
         elif session.modified and not app.session_interface.is_null_session(session):
             # server-side sessions (Flask-Session) store on save; the cookie
             # in the throwaway response cannot reach the client and is dropped
             response = app.response_class()
             app.session_interface.save_session(app, session, response)
+        return None
 
 
 def _set_context_session(request_context: Any, session: Any) -> None:

@@ -5,6 +5,12 @@ for :class:`cluster.node.server.ClusterServer`:
 
 - a CONNECT to a namespace nobody serves is refused before a session is
   bound, with socket.io's ``Invalid namespace``;
+- ``max_namespaces_per_connection`` (default 10): a CONNECT to one more
+  namespace than that is refused the same way, with :func:`too_many_namespaces`
+  as its message, counted in ``namespace_limit_refusals`` and logged at most
+  once per ``LOG_WINDOW`` for the node; the connection keeps the namespaces
+  it is in (with ``namespaces='*'`` one connection could otherwise open
+  thousands, each with its own room cap and connection-record entry);
 - the session is bound (a new fork, or a resume) before the sid is chosen,
   so connection state recovery can give the connection its old sid back
   (:mod:`cluster.recovery.flow` plans, replays and releases);
@@ -25,6 +31,7 @@ import socketio
 from socketio import packet as sio_packet
 
 from cluster import compat
+from cluster.node.limits import LOG_WINDOW
 from cluster.node.packet_dispatch import CONNECT_FAILED, report_handler_error
 
 if TYPE_CHECKING:
@@ -34,6 +41,13 @@ logger = logging.getLogger("cluster.node.server")
 
 #: the CONNECT_ERROR payload for a namespace nobody serves, as socket.io's
 INVALID_NAMESPACE = {"message": "Invalid namespace"}
+
+
+def too_many_namespaces(cap: int) -> dict[str, str]:
+    """The CONNECT_ERROR payload for a CONNECT past ``max_namespaces_per_connection``."""
+    return {"message": f"Too many namespaces: a connection may be connected to at most "
+                       f"{cap} at once (the server's max_namespaces_per_connection); "
+                       "disconnect from one first"}
 
 
 def legacy_connect_signature(exc: Exception, args: tuple[Any, ...]) -> bool:
@@ -68,9 +82,18 @@ class Connects:
             # refused here, before a session is bound (one per attempt was
             # left behind, in Redis for 24 h and in the node), with the
             # official server's answer: socket.io-client shows its message
-            server.send_packet(eio_sid, server.packet_class(
-                sio_packet.CONNECT_ERROR, data=INVALID_NAMESPACE, namespace=namespace))
-            self.settle(eio_sid, namespace, None)
+            self.refuse(eio_sid, namespace, INVALID_NAMESPACE)
+            return
+        if self.over_namespace_cap(eio_sid, namespace):
+            cap = server.limits.max_namespaces_per_connection
+            server.counters["namespace_limit_refusals"] += 1
+            server.quiet_log.log(
+                logging.WARNING, "namespace_cap", "CONNECT refused past "
+                "max_namespaces_per_connection=%d, from connection %s; counted as "
+                "namespace_limit_refusals, logged at most every %g s. Raise "
+                "max_namespaces_per_connection (--max-namespaces-per-connection) if the "
+                "application needs more.", cap, eio_sid[:8], LOG_WINDOW)
+            self.refuse(eio_sid, namespace, too_many_namespaces(cap))
             return
         restore_sid = None
         if sessions is not None and environ is not None:
@@ -89,6 +112,33 @@ class Connects:
                 server.recovering.end(eio_sid, namespace, attempt)
             finally:
                 self.settle(eio_sid, namespace, environ)
+
+    def refuse(self, eio_sid: str, namespace: str, data: Any) -> None:
+        """Answer a CONNECT to ``namespace`` with a CONNECT_ERROR carrying
+        ``data``, before anything is bound for it; a connection left in no
+        namespace is closed a moment later."""
+        server = self.server
+        server.send_packet(eio_sid, server.packet_class(
+            sio_packet.CONNECT_ERROR, data=data, namespace=namespace))
+        self.settle(eio_sid, namespace, None)
+
+    def over_namespace_cap(self, eio_sid: str, namespace: str) -> bool:
+        """Whether a CONNECT to ``namespace`` would put the connection in more
+        than ``max_namespaces_per_connection`` namespaces (one it is in
+        already adds none; python-socketio refuses that CONNECT itself).
+        Counted by looking at each namespace in use on the node: with the
+        cap, no connection adds more than a few."""
+        manager = self.server.manager
+        if manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+            return False
+        cap = self.server.limits.max_namespaces_per_connection
+        count = 0
+        for other in list(manager.get_namespaces()):
+            if manager.sid_from_eio_sid(eio_sid, other) is not None:
+                count += 1
+                if count >= cap:
+                    return True
+        return False
 
     def accepted(self, eio_sid: str, data: dict[str, Any]) -> None:
         """The CONNECT reply goes out: the connection exists now. Its session

@@ -9,21 +9,31 @@
   (:class:`~.websocket_transport.ClusterSocket`: frames written directly and
   coalesced, pings on timers) for every new connection;
 - ``max_backlog``: bytes a client may leave unread before it is
-  disconnected (default 1 MiB), counted in ``slow_consumers``.
+  disconnected (default 1 MiB), counted in ``slow_consumers``;
+- every socket decodes what its client sends strictly
+  (:class:`~.engine_socket.StrictSocket`): an undecodable polling payload
+  gets 400, a websocket message the connection closed, the session ends,
+  and :meth:`ClusterEngineServer.malformed_payload` counts it in
+  ``malformed_packets`` with one log line per 10 s at most.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from cluster import compat
 from cluster.exceptions import ConfigurationError
+from cluster.node.engine_socket import StrictSocket
 from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG
 from cluster.node.websocket_transport import FLUSHER, ClusterSocket
+from session_store.quiet_log import QuietLog
 
 logger = logging.getLogger("cluster.transport")
+
+#: seconds between two log lines about malformed Engine.IO payloads: a
+#: flood of them costs one line per window, with the count since the last
+MALFORMED_LOG_WINDOW = 10.0
 
 
 class ClusterEngineServer(compat.EngineServerSeam):
@@ -40,7 +50,7 @@ class ClusterEngineServer(compat.EngineServerSeam):
             self.set_max_backlog(max_backlog)
         #: shared with the Socket.IO server's counters (see ClusterServer)
         self.counters: dict[str, int] = {"slow_consumers": 0}
-        self._last_backlog_log = 0.0
+        self._quiet = QuietLog(logger, MALFORMED_LOG_WINDOW)
 
     def set_max_backlog(self, max_backlog: int) -> None:
         """Bytes a client may leave unread; applies to sockets opened later."""
@@ -52,21 +62,55 @@ class ClusterEngineServer(compat.EngineServerSeam):
         self.max_backlog = max_backlog
 
     def socket_created(self, eio_socket: Any) -> None:
-        if self.async_mode == "eventlet":
-            compat.adopt_socket(eio_socket, ClusterSocket)
+        # polling is decoded strictly under every async mode; the eventlet
+        # websocket transport is the node's own
+        compat.adopt_socket(eio_socket,
+                            ClusterSocket if self.async_mode == "eventlet" else StrictSocket)
+
+    def disconnect(self, sid: str | None = None) -> None:
+        """Close a client's session (every session when ``sid`` is None).
+
+        A long-polling session is closed without waiting for the client to
+        poll its CLOSE packet: python-engineio's ``disconnect`` waits for
+        that (``Socket.close(wait=True)`` joins the packet queue), and a
+        client with no poll pending never takes it, since later polls of a
+        closed session get 400. The POST that made the node disconnect it (a
+        malformed packet, a flood) would hang for good. A poll that is
+        pending still gets the CLOSE packet.
+        """
+        eio_socket = compat.engine_socket(self, sid) if sid is not None else None
+        if sid is None or eio_socket is None or getattr(eio_socket, "upgraded", True):
+            super().disconnect(sid)
+            return
+        eio_socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+        compat.forget_engine_socket(self, sid)
+
+    def malformed_payload(self, sid: str, transport: str, reason: str) -> None:
+        """A client sent what does not decode as Engine.IO: count it, and
+        log one line per :data:`MALFORMED_LOG_WINDOW` at most (never a
+        traceback: the bytes are the client's fault, not the node's).
+
+        The socket raises right after, and the transport ends the session
+        (a POST gets 400).
+        """
+        self.counters["malformed_packets"] = self.counters.get("malformed_packets", 0) + 1
+        self._quiet.log(
+            logging.WARNING, "malformed_payload",
+            "Refused a malformed Engine.IO payload (connection %s over %s: %s); the "
+            "session was closed (a POST gets 400) and malformed_packets counts these. "
+            "Clients must speak Engine.IO 4 (socket.io-client 3+, python-socketio 5+).",
+            sid[:8], transport, reason[:200])
 
     def backlog_exceeded(self, sid: str, backlog: int) -> None:
         """A client left more than ``max_backlog`` bytes unread: it was cut."""
         self.counters["slow_consumers"] = self.counters.get("slow_consumers", 0) + 1
-        now = time.monotonic()
-        if now - self._last_backlog_log > 5:  # a flood of them logs one line per 5 s
-            self._last_backlog_log = now
-            logger.warning(
-                "Connection %s disconnected: %d bytes unread exceed max_backlog=%d "
-                "(%d slow consumer(s) so far). A client that stops reading is cut "
-                "so it cannot grow the node's memory; raise --max-backlog if "
-                "legitimate clients lag this far.", sid[:8], backlog, self.max_backlog,
-                self.counters["slow_consumers"])
+        self._quiet.log(
+            logging.WARNING, "slow_consumer",
+            "Connection %s disconnected: %d bytes unread exceed max_backlog=%d "
+            "(%d slow consumer(s) so far). A client that stops reading is cut "
+            "so it cannot grow the node's memory; raise --max-backlog if "
+            "legitimate clients lag this far.", sid[:8], backlog, self.max_backlog,
+            self.counters["slow_consumers"])
 
     def unread_bytes(self, sid: str) -> int:
         """Bytes client ``sid`` has not taken yet (0 when unknown or gone)."""

@@ -7,7 +7,12 @@ Every message a client sends goes through two steps of
    Socket.IO packet (binary attachments collected) and checks its shape.
    Anything it raises is the client's fault: the packet is *malformed*,
    counted in ``malformed_packets``, and the connection is closed, as the
-   reference server does on a parse error.
+   reference server does on a parse error. An EVENT named after one of
+   the :data:`RESERVED_EVENTS` is malformed too, as in socket.io-parser:
+   dispatched, ``"disconnect"`` would run the application's disconnect
+   handler (and end the connection's session while it is still open), and
+   ``"connect"`` would re-run the connect handler with arguments the client
+   chose.
 2. :func:`dispatch_packet` hands the packet to python-socketio's handlers,
    which run the application's code. An exception from there is not the
    client's fault: it goes to the application's ``on_error`` /
@@ -43,6 +48,11 @@ MALFORMED = (ValueError, TypeError, KeyError, IndexError, RecursionError)
 #: the CONNECT_ERROR message when the connect handler raised
 CONNECT_FAILED = "Internal server error"
 
+#: event names a client may not send (socket.io-parser's RESERVED_EVENTS):
+#: they name the lifecycle events of the server's own handlers
+RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
+                             "newListener", "removeListener"})
+
 _BINARY = (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK)
 _PLAIN = (sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK)
 
@@ -73,6 +83,8 @@ def decode_message(server: ClusterServer, eio_sid: str, data: Any) -> Any:
     if pkt.packet_type in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
         if not isinstance(pkt.data, list) or not pkt.data or not isinstance(pkt.data[0], str):
             raise ValueError("an event packet must be a list starting with the event name")
+        if pkt.data[0] in RESERVED_EVENTS:
+            raise ValueError(f"the event name {pkt.data[0]!r} is reserved")
     elif pkt.packet_type in (sio_packet.ACK, sio_packet.BINARY_ACK):
         if not isinstance(pkt.data, list):
             raise ValueError("an ack packet must carry a list of arguments")
@@ -104,8 +116,14 @@ def report_handler_error(server: ClusterServer, exc: BaseException, eio_sid: str
                          what: str, namespace: str | None) -> None:
     """Log an exception no application error handler took, and count it."""
     server.counters["handler_errors"] += 1
-    logger.error(
+    # a client can make a handler fail at will (wrong arguments): one
+    # traceback per exception type per window, the rest counted
+    kind = f"handler_error:{type(exc).__module__}.{type(exc).__qualname__}"
+    server.quiet_log.log(
+        logging.ERROR, kind,
         "Unhandled exception in the application's handler of %s on namespace %s "
         "(connection %s); the node keeps serving. Register @socketio.on_error() "
-        "or on_error_default to handle it.", what, namespace or "/",
-        (eio_sid or "?")[:8], exc_info=(type(exc), exc, exc.__traceback__))
+        "or on_error_default to handle it. handler_errors counts these; one "
+        "traceback per exception type per window.", what[:100], (namespace or "/")[:100],
+        (eio_sid or "?")[:8],
+        exc_info=(type(exc), exc, exc.__traceback__))

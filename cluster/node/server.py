@@ -11,10 +11,13 @@
   kept apart from exceptions of the application's handlers, which are
   logged with their traceback and counted as ``handler_errors``
   (:mod:`cluster.node.packet_dispatch`);
-- the per-connection limits of :mod:`cluster.node.limits`: an event rate limit
-  (on by default, 100/s), a cap on rooms per connection
-  (:mod:`cluster.node.room_cap`), a connect timeout, and bounded recovery
-  replays (:mod:`cluster.recovery.flow`);
+- the per-connection limits of :mod:`cluster.node.limits`: a rate limit
+  every packet type draws on (on by default, 100 tokens/s; a CONNECT costs
+  five, ACKs for ids never issued are dropped: :mod:`cluster.node.packet_budget`),
+  a cap on rooms per connection (:mod:`cluster.node.room_cap`), a cap on
+  namespaces per connection and a connect timeout
+  (:mod:`cluster.node.connecting`), and bounded recovery replays
+  (:mod:`cluster.recovery.flow`);
 - swapping the client manager before the first connection, so the node
   runner can join an already-built application to the bus;
 - in-process delivery to :class:`cluster.flask_integration.testing.SocketIOTestClient`.
@@ -26,7 +29,6 @@ It overrides python-socketio's private hooks under the public names
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +40,8 @@ from cluster.exceptions import ConfigurationError
 from cluster.node.connect_deadlines import ConnectDeadlines
 from cluster.node.connecting import INVALID_NAMESPACE, Connects
 from cluster.node.engine import ClusterEngineServer
-from cluster.node.limits import ALLOW, FLOOD, FLOOD_FACTOR, FLOOD_SECONDS, Limits, RateLimiter
+from cluster.node.limits import LOG_WINDOW, Limits, RateLimiter
+from cluster.node.packet_budget import PacketBudget
 from cluster.node.packet_dispatch import (
     MALFORMED,
     decode_message,
@@ -49,6 +52,7 @@ from cluster.node.packet_dispatch import (
 from cluster.node.room_cap import RoomCap
 from cluster.recovery.flow import RecoveryFlow
 from cluster.recovery.replay import PacketHold, RecoveryOptions, locate
+from session_store.quiet_log import QuietLog
 
 if TYPE_CHECKING:
     from cluster.flask_integration.extension import SocketIO
@@ -86,6 +90,9 @@ class ClusterServer(compat.SocketServerSeam):
         self.recovering = RecoveryFlow(self, lambda: bus_features(self.manager).recovery)
         self.connects = Connects(self)
         self.room_cap = RoomCap(self)
+        self.budget = PacketBudget(self)
+        #: what clients cause is logged once per window per kind (each is counted)
+        self.quiet_log = QuietLog(logger, LOG_WINDOW)
         self.counters: dict[str, int] = {
             "malformed_packets": 0,
             # exceptions of application handlers no error handler took
@@ -94,6 +101,10 @@ class ClusterServer(compat.SocketServerSeam):
             "flood_disconnects": 0,
             "connect_timeouts": 0,
             "room_limit_refusals": 0,
+            # CONNECTs past max_namespaces_per_connection
+            "namespace_limit_refusals": 0,
+            # ACKs for ids this node never issued or already resolved
+            "unknown_acks": 0,
             "recoveries": 0,
             "recovery_failed": 0,
             "recovery_over_limit": 0,
@@ -116,7 +127,7 @@ class ClusterServer(compat.SocketServerSeam):
     def set_limits(self, limits: Limits) -> None:
         """Apply new per-connection limits (the node runner's flags).
 
-        The rate limit and the room cap apply at once; a new connect timeout
+        The rate limit and the room and namespace caps apply at once; a new connect timeout
         applies to connections opened afterwards.
         """
         self.limits = limits
@@ -210,27 +221,25 @@ class ClusterServer(compat.SocketServerSeam):
             # a client that sends what cannot be parsed is closed, as the
             # reference server does, instead of failing in a traceback
             self.counters["malformed_packets"] += 1
-            logger.warning(
-                "Malformed Socket.IO packet from connection %s (%s); closing "
-                "the connection.", eio_sid[:8], exc,
-            )
+            self.quiet_log.log(
+                logging.WARNING, "malformed_packet",
+                "Malformed Socket.IO packet from connection %s (%s); closed the "
+                "connection. malformed_packets counts these; one line per %g s.",
+                eio_sid[:8], str(exc)[:200], LOG_WINDOW)
             compat.pending_binary_packets(self).pop(eio_sid, None)
             if eio_sid not in self.test_sinks:
                 self.eio.disconnect(eio_sid)
             return
         if pkt is None:
             return  # binary attachments still to come
+        if not self.budget.admit(eio_sid, pkt):
+            return  # over the rate limit, or an ACK nobody waits for
         try:
             dispatch_packet(self, eio_sid, pkt)
         except Exception as exc:
             if eio_sid in self.test_sinks:
                 raise  # the test client sees it, as Flask-SocketIO's does
             report_handler_error(self, exc, eio_sid, describe(pkt), pkt.namespace)
-
-    def handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
-        if not self._take_token(eio_sid):
-            return
-        super().handle_event(eio_sid, namespace, id, data)
 
     def handle_event_internal(self, server: Any, sid: str, eio_sid: str, data: Any,
                               namespace: str, id: Any) -> None:
@@ -242,29 +251,6 @@ class ClusterServer(compat.SocketServerSeam):
             if eio_sid in self.test_sinks:
                 raise
             report_handler_error(self, exc, eio_sid, f"event {data[0]!r}", namespace)
-
-    def _take_token(self, eio_sid: str) -> bool:
-        """Whether the rate limit lets this event through (see cluster.node.limits)."""
-        limiter = self.rate_limiter
-        if limiter is None:
-            return True
-        verdict = limiter.take(eio_sid, time.monotonic())
-        if verdict == FLOOD:
-            # far over the limit for seconds: not a person, and dropping its
-            # events still costs the node their parsing
-            self.counters["rate_limited_events"] += 1
-            self.counters["flood_disconnects"] += 1
-            logger.warning(
-                "Connection %s disconnected: it sent more than %dx max_events_per_second=%g "
-                "for %g s (flood_disconnects counts these).", eio_sid[:8],
-                FLOOD_FACTOR, limiter.rate, FLOOD_SECONDS)
-            if eio_sid not in self.test_sinks:
-                self.eio.disconnect(eio_sid)
-            return False
-        if verdict != ALLOW:
-            self.counters["rate_limited_events"] += 1
-            return False
-        return True
 
     # -- rooms -------------------------------------------------------------
 

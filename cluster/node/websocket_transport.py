@@ -28,6 +28,7 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 
 from cluster import compat
+from cluster.node.engine_socket import MalformedPayload, StrictSocket
 from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG, Flusher, FrameWriter
 from cluster.node.frames import frame, frame_of
 from cluster.node.websocket_reader import WebSocketReader
@@ -66,7 +67,7 @@ def _packet_size(pkt: Any) -> int:
     return len(data) + 2 if isinstance(data, (str, bytes, bytearray)) else 64
 
 
-class ClusterSocket(compat.EngineSocketSeam):
+class ClusterSocket(StrictSocket):
     """python-engineio's ``Socket`` with the node's websocket transport.
 
     Adopted by :class:`~.engine.ClusterEngineServer` right after python-engineio
@@ -245,14 +246,18 @@ class ClusterSocket(compat.EngineSocketSeam):
         """python-engineio's upgrade handshake: probe, NOOP, UPGRADE."""
         self.upgrading = True  # sends keep going to the polling queue meanwhile
         try:
-            probe = eio_packet.Packet(encoded_packet=receive_frame())
+            probe = self._upgrade_packet(receive_frame())
+            if probe is None:
+                return False
             if probe.packet_type != eio_packet.PING or probe.data != "probe":
                 self.server.logger.info("%s: Failed websocket upgrade, no PING packet",
                                         self.sid)
                 return False
             writer.write(self._frame(eio_packet.Packet(eio_packet.PONG, data="probe")))
             self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
-            upgrade = eio_packet.Packet(encoded_packet=receive_frame())
+            upgrade = self._upgrade_packet(receive_frame())
+            if upgrade is None:
+                return False
             if upgrade.packet_type != eio_packet.UPGRADE:
                 self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE",
                                         self.sid)
@@ -261,6 +266,16 @@ class ClusterSocket(compat.EngineSocketSeam):
             return True
         finally:
             self.upgrading = False
+
+    def _upgrade_packet(self, data: str | bytes | None) -> Any:
+        """A packet of the upgrade handshake; None when the client closed, or
+        sent what does not decode (refused and counted, the session ends)."""
+        if data is None:
+            return eio_packet.Packet(encoded_packet=None)  # a NOOP: the upgrade fails
+        try:
+            return self.decode_client_packet(data, "websocket")
+        except MalformedPayload:
+            return None  # the session is closed already
 
     def _read_loop(self, receive_frame: Any) -> None:
         from eventlet import sleep  # this transport only runs under eventlet
@@ -276,13 +291,15 @@ class ClusterSocket(compat.EngineSocketSeam):
             if data is None:  # closed by the client, or a protocol violation
                 return
             try:
-                self.receive(eio_packet.Packet(encoded_packet=data))
+                pkt = self.decode_client_packet(data, "websocket")
+                self.check_packet_type(pkt, "websocket")
+                self.receive_client_packet(pkt, "websocket")
                 # a client that sends without pause would otherwise keep
                 # this green thread running (its reads never wait): let the
                 # other connections have the hub after each message
                 sleep(0)
-            except eio_exceptions.UnknownPacketError:
-                pass
+            except MalformedPayload:
+                return  # counted and logged by the server; the caller closes
             except eio_exceptions.SocketIsClosedError:
                 return
             except Exception:

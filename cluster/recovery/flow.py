@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +40,7 @@ from cluster.recovery.replay import (
     replay_packet,
     trustworthy_offset,
 )
+from cluster.recovery.routing import ScanPage
 
 if TYPE_CHECKING:
     from cluster.node.server import ClusterServer
@@ -62,8 +63,8 @@ class RecoveryReader(Protocol):
 
     def readable(self, offset: str) -> bool: ...
     def contains(self, offset: str) -> bool: ...
-    def page(self, offset: str, count: int
-             ) -> list[tuple[str, dict[str, Any] | None, int]] | None: ...
+    def scan(self, offset: str, namespace: str, sid: str, rooms: Iterable[Any]
+             ) -> ScanPage | None: ...
 
 
 @dataclass(frozen=True)
@@ -158,23 +159,39 @@ class RecoveryFlow:
             lambda o: reader is not None and bool(reader.readable(o)))
         replay = None
         if reason is None:
+            rooms = sessions.saved_rooms(environ, namespace)
             replay = read_replay(
-                self._page, offset, sid, namespace,
-                sessions.saved_rooms(environ, namespace),
+                self._scanner(namespace, sid, rooms), offset, sid, namespace, rooms,
                 max_packets=server.limits.max_replay_packets,
                 max_bytes=server.limits.max_replay_bytes, pause=lambda: server.sleep(0))
+            self._count(replay)
             reason = replay.refused
             if replay.over_limit:
                 server.counters["recovery_over_limit"] += 1
         if reason is None:
             return replay
         server.counters["recovery_failed"] += 1
-        logger.info("connection %s resumed without recovery: %s", sid[:8], reason)
+        detail = f" ({replay.describe()})" if replay is not None else ""
+        logger.info("connection %s resumed without recovery: %s%s", sid[:8], reason, detail)
         return None
 
-    def _page(self, offset: str, count: int) -> Any:
-        reader = self.reader()
-        return reader.page(offset, count) if reader is not None else None
+    def _scanner(self, namespace: str, sid: str, rooms: Iterable[Any]
+                 ) -> Callable[[str], ScanPage | None]:
+        """One scan call of the recovery stream for this client, from an offset."""
+        members = list(rooms)
+
+        def scan(offset: str) -> ScanPage | None:
+            reader = self.reader()
+            return reader.scan(offset, namespace, sid, members) if reader is not None else None
+        return scan
+
+    def _count(self, replay: Replay) -> None:
+        """Entries scanned in Redis and checked here, for the metrics."""
+        counters = self.server.counters
+        counters["replay_entries_scanned"] = counters.get("replay_entries_scanned", 0) \
+            + replay.scanned
+        counters["replay_entries_checked"] = counters.get("replay_entries_checked", 0) \
+            + replay.checked
 
     def finish(self, eio_sid: str, sid: str, namespace: str, offset: str,
                replay: Replay) -> None:
@@ -190,10 +207,12 @@ class RecoveryFlow:
             # the few entries logged between reading the replay and the
             # connection's registration (its rooms are back now)
             limits = server.limits
+            rooms = server.manager.get_rooms(sid, namespace)
             tail = read_replay(
-                self._page, covered, sid, namespace, server.manager.get_rooms(sid, namespace),
+                self._scanner(namespace, sid, rooms), covered, sid, namespace, rooms,
                 max_packets=max(1, limits.max_replay_packets - len(replay.packets)),
                 max_bytes=max(1, limits.max_replay_bytes - replay.size))
+            self._count(tail)
             if tail.refused is not None:
                 # told it recovered, it must not miss anything: it is closed
                 # and recovers again from the last packet it got
@@ -209,8 +228,9 @@ class RecoveryFlow:
             replayed = len(replay.packets) + len(tail.packets)
             server.counters["recoveries"] += 1
             server.counters["replayed_packets"] += replayed
-            logger.info("connection %s recovered, %d missed packet(s) replayed",
-                        sid[:8], replayed)
+            logger.info("connection %s recovered, %d missed packet(s) replayed (%d entries "
+                        "scanned, %d checked)", sid[:8], replayed,
+                        replay.scanned + tail.scanned, replay.checked + tail.checked)
         finally:
             self.release_held(eio_sid, namespace, covered)
 

@@ -13,9 +13,11 @@ Socket.IO 4.6+ semantics, across the cluster:
 Only the client's own history is replayed: the offset must be in the
 stream and no older than the session's recorded start (the stream's newest
 offset when the session first connected), and nothing after it may have
-been trimmed. The replay is read before the connection is accepted, bounded
-in packets (``max_replay_packets``, default 2,000) and bytes
-(``max_replay_bytes``, default 512 KiB); past a bound, or from an offset
+been trimmed. The replay is read before the connection is accepted: Redis
+filters the stream by each entry's routing fields (:mod:`.routing`), so
+other users' traffic is never read here, and the replay is bounded by the
+client's own history, in packets (``max_replay_packets``, default 2,000)
+and bytes (``max_replay_bytes``, default 512 KiB); past a bound, or from an offset
 that cannot be trusted, the client gets a plain resume (its session and
 rooms, a new sid, ``recovered`` false), the reason is logged and counted
 (``recovery_failed``, ``recovery_over_limit``).
@@ -40,6 +42,7 @@ from socketio import packet as sio_packet
 
 from cluster import compat
 from cluster.recovery.offsets import Offset, is_offset, newer
+from cluster.recovery.routing import ScanPage
 
 if TYPE_CHECKING:
     from cluster.node.server import ClusterServer
@@ -241,15 +244,16 @@ def _offset_of_packet(pkt: Any) -> str | None:
 
 # -- bounded replay ------------------------------------------------------------
 
-#: stream entries read per round trip while a replay is collected
-REPLAY_PAGE = 256
-#: entries a replay may scan (most may be for other rooms), per packet allowed
+#: entries a replay may examine in Python that turn out not to reach its
+#: client, per packet allowed: the scan script filters by routing fields, so
+#: only entries without them (written by an older node) or whose fields lie
+#: (written by someone else) get this far
 SCAN_FACTOR = 10
 
-#: a page of the recovery stream: ``(offset, message or None, size in bytes)``
-#: (``None``: an entry that failed its signature check); ``None`` when the
-#: stream cannot be read
-PageReader = Callable[[str, int], "list[tuple[str, dict[str, Any] | None, int]] | None"]
+#: one call of the recovery stream's scan script from an offset (see
+#: :meth:`cluster.recovery.stream.RecoveryLog.scan`, the namespace, sid and
+#: rooms bound); ``None`` when the stream cannot be read
+ScanReader = Callable[[str], "ScanPage | None"]
 
 
 @dataclass
@@ -258,41 +262,56 @@ class Replay:
 
     ``refused`` says why the connection gets a plain resume instead (then
     nothing is sent); ``covered`` is the last offset read, so the packets
-    held meanwhile that it covers are not sent twice.
+    held meanwhile that it covers are not sent twice. ``scanned`` counts
+    the entries Redis looked at, ``checked`` those it returned (which
+    may reach the client) and were checked here.
     """
 
     packets: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     covered: str | None = None
     size: int = 0
     scanned: int = 0
+    checked: int = 0
     refused: str | None = None
     #: refused for a bound (not because the log could not be read)
     over_limit: bool = False
 
+    def describe(self) -> str:
+        """``"N packet(s) of M entries scanned, C checked"``, for the logs."""
+        return (f"{len(self.packets)} packet(s) of {self.scanned} entries scanned, "
+                f"{self.checked} checked")
 
-def read_replay(read_page: PageReader, offset: str, sid: str, namespace: str,
+
+def read_replay(read_scan: ScanReader, offset: str, sid: str, namespace: str,
                 rooms: Iterable[str], *, max_packets: int, max_bytes: int,
                 pause: Callable[[], Any] = lambda: None) -> Replay:
     """Collect the packets after ``offset`` that reach ``sid``, within bounds.
 
-    At most ``max_packets`` packets and ``max_bytes`` bytes, scanning at most
-    ``SCAN_FACTOR * max_packets`` entries, a page at a time (``pause`` runs
-    between pages so the event loop serves others while a long log is
-    read). Past a bound the replay is refused rather than cut short: a
-    client missing part of its history must not be told it recovered.
+    Redis filters the stream by each entry's routing fields, a bounded
+    number of entries per call (``pause`` runs between calls so the event
+    loop serves others while a long log is read); each entry it returns is
+    opened (signature checked) and matched in full here. The bounds are
+    the client's own: at most ``max_packets`` packets and ``max_bytes``
+    bytes, and at most ``SCAN_FACTOR * max_packets`` returned entries that
+    do not reach it. The scan itself ends at the stream's end, which its
+    length cap (``recovery_max_entries``) and window bound; a stream
+    growing faster than it is read ends it at twice its length. Past a
+    bound the replay is refused rather than cut short: a client missing
+    part of its history must not be told it recovered.
     """
     replay = Replay()
     members = frozenset(rooms) | {sid}
     cursor = offset
-    max_scanned = SCAN_FACTOR * max_packets
+    max_unmatched = SCAN_FACTOR * max_packets
+    unmatched = 0
+    scan_cap = 0
     while True:
-        page = read_page(cursor, REPLAY_PAGE)
+        page = read_scan(cursor)
         if page is None:
             replay.refused = "the recovery log is unreadable"
             return replay
-        for entry_offset, message, size in page:
-            replay.scanned += 1
-            replay.covered = entry_offset
+        for entry_offset, message, size in page.entries:
+            replay.checked += 1
             if message is not None and message_reaches(message, sid, namespace, members):
                 replay.packets.append((entry_offset, message))
                 replay.size += size
@@ -300,16 +319,28 @@ def read_replay(read_page: PageReader, offset: str, sid: str, namespace: str,
                     replay.refused = f"more than max_replay_packets={max_packets} packets missed"
                 elif replay.size > max_bytes:
                     replay.refused = f"more than max_replay_bytes={max_bytes} bytes missed"
-            elif replay.scanned > max_scanned:
-                replay.refused = (f"more than {max_scanned} logged packets to scan "
-                                  f"(SCAN_FACTOR x max_replay_packets)")
+            else:
+                unmatched += 1
+                if unmatched > max_unmatched:
+                    replay.refused = (
+                        f"more than {max_unmatched} logged packets to check that the "
+                        f"stream could not filter (SCAN_FACTOR x max_replay_packets; "
+                        f"entries without routing fields, written by an older node?)")
             if replay.refused is not None:
-                replay.packets = []
-                replay.over_limit = True
-                return replay
-        if len(page) < REPLAY_PAGE:
+                break
+        replay.scanned += page.scanned
+        if page.scanned:
+            replay.covered = cursor = page.last
+        scan_cap = max(scan_cap, 2 * page.length)
+        if replay.refused is None and not page.done and replay.scanned > scan_cap:
+            replay.refused = (f"the recovery stream grew faster than the replay read it "
+                              f"({replay.scanned} entries scanned, twice its length)")
+        if replay.refused is not None:
+            replay.packets = []
+            replay.over_limit = True
             return replay
-        cursor = page[-1][0]
+        if page.done:
+            return replay
         pause()
 
 

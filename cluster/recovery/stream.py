@@ -8,9 +8,14 @@ packet's offset: it travels with the published message (``@<id>@<payload>``)
 and is appended to the event's arguments on delivery, where the official
 client picks it up.
 
-A client that comes back sends its last offset; :meth:`RecoveryLog.after`
-returns what was appended since. The stream is trimmed by age (entries older
-than the recovery window go) and by length, and expires when idle.
+A client that comes back sends its last offset; :meth:`RecoveryLog.scan`
+returns what was appended since that may reach it (each entry carries its
+routing fields, see :mod:`.routing`), :meth:`RecoveryLog.after` all of it.
+A key of the wrong type at the stream's name is moved aside by the scripts
+(:mod:`.scripts`), logged and counted, and the stream starts anew.
+
+The stream is trimmed by age (entries older than the recovery window go)
+and by length, and expires when idle.
 
 The stored payload is the message exactly as published (signed when the bus
 signs), and it is only ever read back with ``json.loads`` after the
@@ -25,24 +30,27 @@ the offset to).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cluster.recovery.offsets import ZERO, Offset
+from cluster.recovery.routing import ScanPage, route_fields, scan_members
+from cluster.recovery.scripts import APPEND, HEAL, QUARANTINE_SECONDS, SCAN
+from session_store.quiet_log import QuietLog
+
+logger = logging.getLogger("cluster.recovery.stream")
 
 PREFIX = b"@"
 
-# KEYS[1] stream; ARGV: channel, payload, window ms, max entries, publish cmd
-_APPEND = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[3])
-local id = redis.call('XADD', KEYS[1], 'MINID', '~', now - window, '*', 'p', ARGV[2])
-redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], window * 2)
-redis.call(ARGV[5], ARGV[1], '@' .. id .. '@' .. ARGV[2])
-return id
-"""
+#: stream entries one scan script call looks at (bounds how long Redis is
+#: busy with one call: about a millisecond)
+SCAN_COUNT = 1000
+#: payload bytes one scan call returns at most (one entry always)
+SCAN_BYTES = 1024 * 1024
+
+#: seconds between two log lines about healed keys (each one is counted)
+HEAL_LOG_EVERY = 60.0
 
 
 def split_published(raw: Any) -> tuple[str | None, Any]:
@@ -76,50 +84,94 @@ class RecoveryLog:
                  max_entries: int = 100_000, sharded: bool = False) -> None:
         # the hash tag keeps stream and channel in one slot on Redis Cluster
         self.key = f"{{{channel}}}:recovery"
+        #: where a wrong-typed key at ``key`` is moved (same slot)
+        self.quarantine_key = f"{{{channel}}}:recovery:quarantined"
         self.channel = channel
         self.open_entry = open_entry
         self.window_ms = max(1000, int(window * 1000))
         self.max_entries = int(max_entries)
         self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
-        self._scripts: dict[int, Any] = {}
-        self.sha = hashlib.sha1(_APPEND.encode()).hexdigest()
+        self._scripts: dict[tuple[int, str], Any] = {}
+        self.sha = hashlib.sha1(APPEND.encode()).hexdigest()
+        #: wrong-typed keys moved aside by this process (see :mod:`.scripts`)
+        self.resets = 0
+        #: called once per reset (the bus counts it in its stats)
+        self.on_reset: Callable[[], Any] | None = None
+        self.logger = logger
+        self._quiet = QuietLog(logger, HEAL_LOG_EVERY)
 
     def append(self, client: Any, payload: bytes) -> Any:
         """Append and publish ``payload`` atomically; returns its offset.
 
+        The entry carries the payload's routing fields (see :mod:`.routing`).
         ``client`` may be a pipeline: the call is then queued (as EVALSHA,
         so load the script first with :meth:`load_script`) and the offset is
         in the pipeline's reply (see :meth:`offset_from`).
         """
         args = [self.channel, payload, self.window_ms, self.max_entries,
-                self.publish_command]
+                self.publish_command, QUARANTINE_SECONDS * 1000, *route_fields(payload)]
+        keys = [self.key, self.quarantine_key]
         if hasattr(client, "execute"):
             # not redis-py's Script: in a pipeline it checks SCRIPT EXISTS
             # first, a second round trip per batch
-            return client.evalsha(self.sha, 1, self.key, *args)
-        return self.offset_from(self._script(client)(keys=[self.key], args=args))
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        return self.offset_from(self._script(client)(keys=keys, args=args))
 
     def load_script(self, client: Any) -> None:
         """Load the append script into ``client``'s server (once per connection)."""
-        client.script_load(_APPEND)
+        client.script_load(APPEND)
 
-    def _script(self, client: Any) -> Any:
-        script = self._scripts.get(id(client))
+    def _script(self, client: Any, text: str = APPEND) -> Any:
+        """redis-py's Script for ``text`` on ``client`` (EVALSHA, loading
+        the script when Redis lacks it); kept for the newest client only."""
+        key = (id(client), text)
+        script = self._scripts.get(key)
         if script is None:
-            script = client.register_script(_APPEND)
-            self._scripts = {id(client): script}
+            if any(known != id(client) for known, _ in self._scripts):
+                self._scripts = {}
+            script = self._scripts[key] = client.register_script(text)
         return script
 
-    @staticmethod
-    def offset_from(reply: Any) -> str:
-        """The offset in the script's reply."""
-        return reply.decode() if isinstance(reply, bytes) else str(reply)
+    def offset_from(self, reply: Any) -> str:
+        """The offset in the append script's reply (which, when the script
+        healed a wrong-typed key, also names the key's old type)."""
+        if isinstance(reply, (list, tuple)) and len(reply) == 2:
+            self.healed(_text(reply[1]))
+            reply = reply[0]
+        return _text(reply)
+
+    def heal(self, client: Any) -> bool:
+        """Move a wrong-typed key at :attr:`key` aside (see :mod:`.scripts`);
+        True when there was one. For readers that met ``WRONGTYPE``."""
+        kind = self._script(client, HEAL)(keys=[self.key, self.quarantine_key],
+                                          args=[QUARANTINE_SECONDS * 1000, self.window_ms * 2])
+        if kind is None:
+            return False
+        self.healed(_text(kind))
+        return True
+
+    def healed(self, kind: str) -> None:
+        """Count a reset, and log it (at most one line per ``HEAL_LOG_EVERY``)."""
+        self.resets += 1
+        if self.on_reset is not None:
+            self.on_reset()
+        # the logger is looked up per line: the bus swaps in its own
+        self._quiet.logger = self.logger
+        self._quiet.log(
+            logging.ERROR, "wrong_type",
+            "a key of the wrong type (%s) was at %s, where the recovery stream "
+            "belongs; moved to %s (kept %d s) and the stream started anew, so "
+            "clients away across this reset resume without recovery. Nothing but "
+            "the cluster's nodes should write to this Redis: check who does, and its ACLs",
+            kind, self.key, self.quarantine_key, QUARANTINE_SECONDS)
 
     def last_offset(self, client: Any) -> str:
-        """The newest offset, or ``"0-0"`` when the stream is empty."""
+        """The newest offset, or ``"0-0"`` when there is no stream (on a
+        stream emptied by a reset, the reset's marker: see :mod:`.scripts`)."""
         entries = client.xrevrange(self.key, count=1)
         if not entries:
-            return "0-0"
+            deleted = _max_deleted(client, self.key)
+            return str(deleted) if deleted is not None else "0-0"
         entry_id = entries[0][0]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
@@ -138,8 +190,15 @@ class RecoveryLog:
         if parsed == ZERO:
             return _never_trimmed(client, self.key)
         oldest = client.xrange(self.key, count=1)
+        if oldest and not parsed < Offset.of(_text(oldest[0][0])):
+            return True
+        deleted = _max_deleted(client, self.key)
+        if deleted is not None and deleted != ZERO:
+            # entries were deleted: trimmed, or the marker of a reset (see
+            # .scripts); none after the offset means nothing was lost
+            return not parsed < deleted
         if oldest:
-            return not parsed < Offset.of(_text(oldest[0][0]))
+            return False
         return parsed.age_ms() <= self.window_ms
 
     def restart_point(self, client: Any, mark: bytes) -> str:
@@ -178,6 +237,28 @@ class RecoveryLog:
             out.append((_text(entry_id), self.open_entry(payload), len(payload)))
         return out
 
+    def scan(self, client: Any, offset: str, namespace: str, sid: str,
+             rooms: Iterable[Any], count: int = SCAN_COUNT,
+             max_bytes: int = SCAN_BYTES) -> ScanPage:
+        """Look at up to ``count`` entries after ``offset`` in Redis and
+        return those that may reach ``sid`` (in ``namespace``, member of
+        ``rooms``), by their routing fields (see :mod:`.routing`), opened
+        like :meth:`page`'s. Entries for everyone else never leave Redis,
+        so a replay's cost follows its client's own history."""
+        Offset.of(offset)  # raises InvalidOffset (a ValueError) for anything else
+        reply = self._script(client, SCAN)(
+            keys=[self.key], args=[offset, int(count), int(max_bytes), namespace, sid,
+                                   *scan_members(sid, rooms)])
+        entries: list[tuple[str, dict[str, Any] | None, int]] = []
+        for index in range(4, len(reply) - 1, 2):
+            payload = reply[index + 1]
+            if payload is None:
+                entries.append((_text(reply[index]), None, 0))
+            else:
+                entries.append((_text(reply[index]), self.open_entry(payload), len(payload)))
+        return ScanPage(entries, _text(reply[0]), int(reply[1]), int(reply[2]),
+                        bool(int(reply[3])))
+
     def after(self, client: Any, offset: str, limit: int = 10_000
               ) -> list[tuple[str, dict[str, Any]]] | None:
         """Messages appended after ``offset``, oldest first (at most ``limit``).
@@ -192,17 +273,24 @@ class RecoveryLog:
                 in self.page(client, offset, limit) if message is not None]
 
 
-def _never_trimmed(client: Any, key: str) -> bool:
+def _max_deleted(client: Any, key: str) -> Offset | None:
+    """The newest id ever deleted from the stream (trimmed, or the marker
+    of a reset); None when there is no stream or Redis (before 7.0) does
+    not say."""
     try:
         info = client.xinfo_stream(key)
     except Exception as exc:  # no stream yet: nothing was ever trimmed
         if "no such key" in str(exc).lower():
-            return True
+            return None
         raise
     deleted = info.get("max-deleted-entry-id") if isinstance(info, dict) else None
-    if deleted is None:
-        return True  # Redis before 7.0 does not say; as before, trust it
-    return _text(deleted) == "0-0"
+    return Offset.parse(_text(deleted)) if deleted is not None else None
+
+
+def _never_trimmed(client: Any, key: str) -> bool:
+    # Redis before 7.0 does not say; as before, trust it
+    deleted = _max_deleted(client, key)
+    return deleted is None or deleted == ZERO
 
 
 def _text(value: Any) -> str:

@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "raises RoomLimitExceeded (default: "
                            "$CLUSTER_MAX_ROOMS_PER_CONNECTION, else the app's setting, else "
                            "1000)")
+    node.add_argument("--max-namespaces-per-connection", type=int, metavar="N",
+                      default=os.environ.get("CLUSTER_MAX_NAMESPACES_PER_CONNECTION") or None,
+                      help="namespaces one connection may be connected to at once; a CONNECT "
+                           "past it gets a CONNECT_ERROR (default: "
+                           "$CLUSTER_MAX_NAMESPACES_PER_CONNECTION, else the app's setting, "
+                           "else 10)")
     node.add_argument("--connect-timeout", type=float, metavar="SECONDS",
                       default=os.environ.get("CLUSTER_CONNECT_TIMEOUT") or None,
                       help="close a connection that has not completed a Socket.IO CONNECT "
@@ -143,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "may stay silent; websockets use their ping timeout instead; 0 "
                            "switches it off (default: $CLUSTER_HTTP_IDLE_TIMEOUT, else the "
                            "app's setting, else 60)")
+    node.add_argument("--http-body-timeout", type=float, metavar="SECONDS",
+                      default=os.environ.get("CLUSTER_HTTP_BODY_TIMEOUT") or None,
+                      help="seconds a request may spend waiting for its body, in total; past "
+                           "it the node answers 408 and closes the connection; 0 switches it "
+                           "off (default: $CLUSTER_HTTP_BODY_TIMEOUT, else the app's setting, "
+                           "else 30)")
     nodelay = node.add_mutually_exclusive_group()
     nodelay.add_argument("--tcp-nodelay", dest="tcp_nodelay", action="store_true", default=None,
                          help="set TCP_NODELAY on the listening socket (the default): small "
@@ -186,6 +198,8 @@ _OVERRIDING_FLAGS = (
     "max_connections", "tcp_nodelay", "websocket_compression", "session_ttl", "max_backlog",
     "http_header_timeout", "http_idle_timeout", "max_events_per_second",
     "max_rooms_per_connection", "connect_timeout", "max_replay_packets", "max_replay_bytes",
+    "max_namespaces_per_connection",
+    "http_body_timeout",
     "channel", "signing_secret",
 )
 

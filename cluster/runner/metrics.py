@@ -80,6 +80,10 @@ class NodeCollector:
             state_rejected = getattr(getattr(sessions, "state", None), "rejected_records", 0)
             if isinstance(rejected, int):
                 family.add_metric(["rejected_records"], rejected + int(state_rejected))
+            # session, record and resume keys found with the wrong type and cleared
+            wrong_types = sum(int(getattr(getattr(sessions, part, None), "wrong_type_keys", 0))
+                              for part in ("store", "state"))
+            family.add_metric(["wrong_type_keys"], wrong_types)
             yield family
 
         ready = GaugeMetricFamily("socketio_node_ready", "1 when the node reports ready")

@@ -16,6 +16,9 @@ Defaults a user would otherwise find the hard way:
   never completes its request head is kept forever, and with 100,000
   connections allowed one stranger can hold them all. See
   :func:`http_protocol`.
+- ``http_body_timeout`` (default 30 s): the total time a request may spend
+  waiting for its body; a body dribbled one byte at a time gets ``408``.
+  See :mod:`.body_deadline`.
 - SIGTERM/SIGINT stop the node: readiness turns false, the listener closes,
   clients are disconnected (they reconnect to another node) and pending
   session writes are flushed before the process exits.
@@ -34,9 +37,16 @@ from typing import TYPE_CHECKING, Any
 from cluster import compat
 from cluster.bus.features import bus_features
 from cluster.config import (
+    DEFAULT_HTTP_BODY_TIMEOUT,
     DEFAULT_HTTP_HEADER_TIMEOUT,
     DEFAULT_HTTP_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+)
+from cluster.runner.body_deadline import (
+    TIMEOUT_RESPONSE,
+    BodyDeadlineExceeded,
+    PollingBodyMiddleware,
+    deadline_input,
 )
 
 if TYPE_CHECKING:
@@ -47,8 +57,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cluster.node")
 
 __all__ = [
-    "DEFAULT_BACKLOG", "DEFAULT_HTTP_HEADER_TIMEOUT", "DEFAULT_HTTP_IDLE_TIMEOUT",
-    "DEFAULT_MAX_CONNECTIONS", "DeclineCompressionMiddleware", "drain_node", "http_protocol",
+    "DEFAULT_BACKLOG", "DEFAULT_HTTP_BODY_TIMEOUT", "DEFAULT_HTTP_HEADER_TIMEOUT",
+    "DEFAULT_HTTP_IDLE_TIMEOUT", "DEFAULT_MAX_CONNECTIONS", "DeclineCompressionMiddleware",
+    "drain_node", "http_protocol",
     "listen", "raise_open_file_limit", "run_app", "serve_eventlet", "shutdown_node",
     "stop_app", "watch_stop_signals",
 ]
@@ -105,7 +116,8 @@ def listen(host: str, port: int, *, tcp_nodelay: bool = True,
 
 
 def http_protocol(header_timeout: float | None = DEFAULT_HTTP_HEADER_TIMEOUT,
-                  idle_timeout: float | None = DEFAULT_HTTP_IDLE_TIMEOUT) -> Any:
+                  idle_timeout: float | None = DEFAULT_HTTP_IDLE_TIMEOUT,
+                  body_timeout: float | None = DEFAULT_HTTP_BODY_TIMEOUT) -> Any:
     """eventlet's ``HttpProtocol`` with small buffers and request timeouts.
 
     Buffers: eventlet keeps a buffered reader (8 KiB) and writer (16 KiB)
@@ -126,6 +138,10 @@ def http_protocol(header_timeout: float | None = DEFAULT_HTTP_HEADER_TIMEOUT,
         how long a kept-alive connection may wait for its next request, and
         (as eventlet's ``socket_timeout``, which restarts with every byte)
         how long a request body or a response may stall.
+    ``body_timeout``
+        the total time a request may spend waiting for its body (see
+        :mod:`.body_deadline`): past it the node answers ``408`` (or, once
+        a response has started, just closes) and frees the green thread.
 
     Neither touches what the application does once the head is read: a
     long-polling GET waits in python-engineio (up to ``ping_interval``)
@@ -162,6 +178,9 @@ def http_protocol(header_timeout: float | None = DEFAULT_HTTP_HEADER_TIMEOUT,
                 # debug only: a flood of these must not flood the log
                 logger.debug("closed %s: no complete request head within %.1f s",
                              self.client_address, header_timeout)
+            except BodyDeadlineExceeded:
+                self.close_connection = 1
+                self._refuse_slow_body()
             finally:
                 if timer is not None:
                     timer.cancel()
@@ -173,7 +192,30 @@ def http_protocol(header_timeout: float | None = DEFAULT_HTTP_HEADER_TIMEOUT,
                 self._head_timer.cancel()
                 self._head_timer = None
             environ: dict[str, Any] = super().get_environ()
+            if body_timeout:
+                # eventlet reads eventlet.input itself (discarding an unread
+                # body), so both names get the input with the deadline
+                environ["wsgi.input"] = environ["eventlet.input"] = deadline_input(
+                    environ["eventlet.input"], body_timeout, self._body_expired)
             return environ
+
+        def _body_expired(self) -> None:
+            # no discard of the rest of the body: the connection closes
+            self.close_connection = 1
+
+        def _refuse_slow_body(self) -> None:
+            environ = getattr(self, "environ", None) or {}
+            # eventlet's per-response list, non-empty once the status line is out
+            started = getattr(environ.get("eventlet.input"), "headers_sent", None)
+            if not started:
+                try:
+                    self.wfile.write(TIMEOUT_RESPONSE)
+                    self.wfile.flush()
+                except OSError:
+                    pass  # the client is gone: nothing to tell it
+            # debug only, like the head deadline: the client chose to be slow
+            logger.debug("closed %s: request body not received within %.1f s",
+                         self.client_address, body_timeout)
 
         def _next_request_arrives(self) -> bool:
             """Wait (up to the idle timeout) for the next request's first byte."""
@@ -248,6 +290,11 @@ def serve_eventlet(socketio: SocketIO, wsgi_app: Callable[..., Any], host: str, 
     raise_open_file_limit()
     socketio.server.initialize_manager()
     header_timeout, idle_timeout = transport.http_header_timeout, transport.http_idle_timeout
+    body_timeout = transport.http_body_timeout
+    if body_timeout:
+        eio = socketio.server.eio
+        wsgi_app = PollingBodyMiddleware(wsgi_app, transport.path,
+                                         lambda: int(eio.max_http_buffer_size))
     sock = listen(host, port, tcp_nodelay=transport.tcp_nodelay)
     stop_requested = watch_stop_signals(socketio)
     server_thread = eventlet.spawn(
@@ -257,7 +304,7 @@ def serve_eventlet(socketio: SocketIO, wsgi_app: Callable[..., Any], host: str, 
         # per socket operation, restarted by every byte: bounds a stalled
         # body or response; websockets replace it with their ping timeout
         socket_timeout=idle_timeout, debug=False,
-        protocol=http_protocol(header_timeout, idle_timeout),
+        protocol=http_protocol(header_timeout, idle_timeout, body_timeout),
     )
     socketio.wsgi_server = server_thread
     logger.info("Node listening on http://%s:%s", host, port)

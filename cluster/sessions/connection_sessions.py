@@ -15,7 +15,11 @@ With a store (Redis in a cluster) the fork is also persisted:
   namespace that does not exist, leaves nothing in Redis nor in the node
   (a resumed session it claimed goes back to how it was);
 - every change is written through before the ack or the next event; a room
-  join or leave is one set operation in Redis;
+  join or leave is one set operation in Redis, a later namespace one hash
+  field; when the store refuses the write the handler path gets
+  :class:`session_store.SessionNotSaved` (:mod:`.repair`), so the ack never
+  claims it; a session the store lost under a live connection is written
+  back from it;
 - each connection gets a fresh single-use resume id, bound to the identity
   (Flask-Login's user id, or what ``resume_identity`` returns), sent to the
   client as ``pid`` in the CONNECT reply;
@@ -35,9 +39,10 @@ from cluster.bus import bus_features
 from cluster.bus.features import BusFeatures
 from cluster.flask_integration.bound_session import BoundSession
 from cluster.recovery import history
-from cluster.sessions import resume
+from cluster.sessions import record_writes, repair, resume
+from cluster.sessions.connection_state import KeyTypeCleared
 from cluster.sessions.resume import HOLDER_QUERY, HOLDER_TIMEOUT
-from session_store import ForkedSession, SessionNotFound, SessionStore, SessionStoreError, redact
+from session_store import ForkedSession, SessionStore, SessionStoreError, redact
 
 __all__ = ["ConnectionSessions", "ENVIRON_KEY", "HOLDER_QUERY", "HOLDER_TIMEOUT"]
 
@@ -73,7 +78,8 @@ class ConnectionSessions:
         self.stable_resume_ids = stable_resume_ids
         self.counters: dict[str, int] = {
             "forked": 0, "persisted": 0, "resumed": 0, "resume_refused": 0,
-            "resume_in_use": 0, "store_errors": 0,
+            "resume_in_use": 0, "store_errors": 0, "session_not_saved": 0,
+            "sessions_rewritten": 0,
         }
         # session id -> environ of the connections bound on this node
         self.local: dict[str, dict[str, Any]] = {}
@@ -146,23 +152,16 @@ class ConnectionSessions:
         return bound.session
 
     def save(self, environ: Mapping[str, Any], session: Any) -> None:
-        """Write the handler's changes (session and rooms) through to the store."""
+        """Write the handler's changes (session and rooms) through to the store.
+
+        :raises SessionNotSaved: the store refused them (counted, logged once
+            per window); they stay pending and go with the next save.
+        """
         bound = environ.get(ENVIRON_KEY)
         if bound is None or not bound.accepted or bound.session_id is None \
                 or self.store is None:
             return  # not accepted yet: accept() writes everything at once
-        try:
-            if isinstance(session, ForkedSession) and session.modified:
-                self.store.save(bound.session_id, session)
-            self._flush_rooms(bound)
-        except SessionNotFound:
-            logger.warning("session %s expired in the store while connected; changes stay "
-                           "in this connection only", redact(bound.session_id))
-            self.counters["store_errors"] += 1
-        except SessionStoreError as exc:
-            # the changes stay pending in the ForkedSession and go with the next save
-            self.counters["store_errors"] += 1
-            logger.error("could not persist session %s: %s", redact(bound.session_id), exc)
+        repair.write_through(self, bound, session)
 
     # -- rooms ---------------------------------------------------------------
 
@@ -180,32 +179,12 @@ class ConnectionSessions:
             return  # e.g. a resumed connection re-entering its saved rooms
         if not in_handler and bound.accepted:
             try:
-                self._flush_rooms(bound)
+                record_writes.flush_rooms(self, bound)
+            except KeyTypeCleared:
+                repair.write_back_logged(self, bound)
             except SessionStoreError as exc:
                 self.counters["store_errors"] += 1
                 logger.error("could not persist rooms of %s: %s", redact(bound.session_id), exc)
-
-    def _flush_rooms(self, bound: BoundSession) -> None:
-        """Write the pending joins and leaves: one set operation each."""
-        if not bound.room_changes or bound.session_id is None or self.store is None:
-            return
-        changes = bound.take_room_changes()
-        added = [key for key, joined in changes.items() if joined]
-        removed = [key for key, joined in changes.items() if not joined]
-        try:
-            self.state.change_rooms(bound.session_id, added, removed, self.store.lease_ttl)
-        except Exception as exc:  # redis errors of the rooms set
-            bound.put_back_room_changes(changes)
-            raise SessionStoreError(f"rooms of the connection: {exc}") from exc
-
-    def _write_record(self, bound: BoundSession) -> None:
-        if bound.session_id is None or self.store is None:
-            return
-        try:
-            self.state.save(bound.session_id, bound.record(), self.store.lease_ttl)
-        except Exception as exc:  # redis errors of the connection record
-            raise SessionStoreError(f"connection record: {exc}") from exc
-        self._flush_rooms(bound)
 
     def server(self) -> Any:
         """The node's Socket.IO server (its manager and limits)."""
@@ -251,6 +230,7 @@ class ConnectionSessions:
         if bound is None:
             return
         bound.sids[namespace] = sid
+        bound.left.discard(namespace)
         if bound.resumed:
             self._restore_rooms(bound, sid, namespace)
         if self.stable_resume_ids and not bound.recovered:
@@ -266,7 +246,9 @@ class ConnectionSessions:
                     self.store.persist(bound.session_id)
                     bound.expiring = False
                     self.local[bound.session_id] = environ
-                self._write_record(bound)
+                record_writes.write_namespace(self, bound, namespace)
+            except KeyTypeCleared:
+                repair.write_back_logged(self, bound)
             except SessionStoreError as exc:
                 self.counters["store_errors"] += 1
                 logger.error("could not record connection %s: %s", redact(bound.session_id), exc)
@@ -311,7 +293,7 @@ class ConnectionSessions:
             reuse = bound.claimed_pid if self.stable_resume_ids else None
             bound.resume_id = store.issue_resume(bound.session_id, bound.identity, reuse=reuse)
             bound.claimed_pid = None
-            self._write_record(bound)
+            record_writes.write_record(self, bound)
         except SessionStoreError as exc:
             self.counters["store_errors"] += 1
             logger.error("could not record connection %s (%s); it may not be resumable",
@@ -367,13 +349,18 @@ class ConnectionSessions:
         if bound is None:
             return
         bound.sids.pop(namespace, None)
-        if bound.sids or not bound.accepted or bound.session_id is None or self.store is None:
+        if not bound.accepted or bound.session_id is None or self.store is None:
+            return
+        if bound.sids:
+            # dropped from the stored record with the next namespace written
+            # (not now: a transport close leaves every namespace in turn)
+            bound.left.add(namespace)
             return
         self.local.pop(bound.session_id, None)
         bound.expiring = True
         # the last namespace of the connection is gone: the resume window opens
         try:
-            self._flush_rooms(bound)
+            record_writes.flush_rooms(self, bound)
             self.store.expire(bound.session_id)
             self.state.expire(bound.session_id, self.store.ttl)
         except SessionStoreError as exc:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cluster.recovery import history
+from cluster.sessions import repair
 from session_store import SessionStoreError, redact
 
 if TYPE_CHECKING:
@@ -142,22 +143,14 @@ class SessionLeases:
 
     def _restore(self, bound: BoundSession, start: str | None) -> bool:
         sessions = self.sessions
-        store, state = sessions.store, sessions.state
-        session_id = bound.session_id
+        store, session_id = sessions.store, bound.session_id
         if store is None or session_id is None:
             return False
         try:
-            mark = bound.session.change_mark  # before the copy: later changes stay pending
-            store.restore(session_id, dict(bound.session), bound.identity)
-            bound.session.mark_saved(through=mark)
-            if bound.resume_id is not None:
-                store.issue_resume(session_id, bound.identity, reuse=bound.resume_id)
             if sessions.stable_resume_ids:
                 history.restart(bound, bound.sids, start)
-            state.save(session_id, bound.record(), store.lease_ttl)
-            everything = [(namespace, room) for namespace, rooms in bound.rooms.items()
-                          for room in rooms]
-            state.change_rooms(session_id, everything, [], store.lease_ttl)
+            # session, resume id, record and rooms, clearing wrong-typed keys
+            repair.write_back(sessions, bound)
         except Exception as exc:  # store or redis errors: the next renewal retries
             self.counters["lease_errors"] += 1
             logger.warning("could not restore session %s: %s", redact(session_id), exc)

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from cluster.bus import BusConfigurationError
-from cluster.bus.outbox import DEFAULT_MAX_BYTES, Outbox
+from cluster.bus.outbox import DEFAULT_MAX_BYTES, Item, Outbox
 from cluster.bus.runtime import Runtime
 from cluster.bus.stats import BusStats
 from tests.bus.loopback import LoopbackHub, make_node, wait_for
@@ -23,12 +23,12 @@ class FlakyBus:
         self.sent: list[str] = []
         self.attempts = threading.Event()
 
-    def send(self, bodies: list[str], logged: list[bool]) -> list[str | None]:
+    def send(self, items: list[Item]) -> list[str | None | Exception]:
         self.attempts.set()
         if self.down:
             raise ConnectionError("bus down")
-        self.sent.extend(bodies)
-        return [None] * len(bodies)
+        self.sent.extend(item.body for item in items)
+        return [None] * len(items)
 
     def connect(self) -> None:
         if self.down:

@@ -208,3 +208,29 @@ def test_the_image_build_takes_the_locked_client_and_checks_its_hash() -> None:
         verify(b"not the tarball", integrity)
     good = b"a tarball"
     verify(good, "sha512-" + base64.b64encode(hashlib.sha512(good).digest()).decode())
+
+
+def test_a_reconnect_announces_presence_in_a_bounded_number_of_rooms(
+        node_factory: Any, sio_client_factory: Any) -> None:
+    # issue 24: a user in 300 rooms wrote 300 logged presence events per
+    # connect and per disconnect; now a few rooms' worth, whatever it joined
+    PRESENCE_ROOMS = 10  # the demo's (it cannot be imported without a SECRET_KEY)
+    (node,) = node_factory(app="demo.app:socketio", count=1, env=DEMO_ENV)
+    rooms = [f"r{n:02d}" for n in range(PRESENCE_ROOMS + 15)]
+    alice, _ = _client(sio_client_factory, node.url, _logged_in(node.url, "alice"))
+    for room in rooms:
+        alice.call("join", {"room": room}, timeout=WAIT)
+    presence: queue.Queue[Any] = queue.Queue()
+    bob = sio_client_factory(http_session=_logged_in(node.url, "bob"))
+    bob.on("presence", lambda data, *offset: presence.put(data))
+    bob.connect(node.url, wait_timeout=WAIT)
+    for room in rooms:
+        bob.call("join", {"room": room}, timeout=WAIT)
+    while not presence.empty():
+        presence.get_nowait()  # bob's own joins
+    alice.disconnect()
+    left = [presence.get(timeout=WAIT) for _ in range(PRESENCE_ROOMS)]
+    assert {(p["name"], p["state"]) for p in left} == {("alice", "left")}
+    assert len({p["room"] for p in left}) == PRESENCE_ROOMS
+    with pytest.raises(queue.Empty):  # and no more than that
+        presence.get(timeout=1.5)

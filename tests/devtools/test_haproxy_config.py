@@ -104,6 +104,9 @@ def test_stats_frontend_only_when_asked() -> None:
         (NODES, {"health_path": "readyz"}, "absolute path"),
         (NODES, {"fall": 0}, "at least 1"),
         (NODES, {"log_level": "loud"}, "log_level"),
+        (NODES, {"request_timeout": "ten"}, "'30s'"),
+        (NODES, {"max_connections_per_source": 0}, "None to switch"),
+        (NODES, {"max_requests_per_source": True}, "None to switch"),
     ],
 )
 def test_invalid_arguments_are_rejected_with_the_fix(
@@ -141,8 +144,13 @@ def test_the_stickiness_cookie_is_opaque_and_flagged() -> None:
 
 def test_probes_and_metrics_are_refused_by_the_frontend() -> None:
     frontend = _section(render_haproxy_config(NODES, 8000), "frontend socketio_in")
-    assert "acl node_internal path,url_dec -m str /healthz /readyz /metrics" in frontend
-    assert "http-request deny deny_status 404 if node_internal" in frontend
+    # decoded and lower-cased, any run of slashes, ;params, trailing / or .
+    assert ("acl node_internal path,url_dec,lower -m reg "
+            "'^/*(healthz|readyz|metrics)(;[^/]*)?[/.]*$'") in frontend
+    # or the last segment of a path with a dot segment
+    assert "acl dot_segment path,url_dec -m reg '(^|/)[.][.]?(/|$)'" in frontend
+    assert ("http-request deny deny_status 404 if node_internal || dot_segment ends_internal"
+            in frontend)
     # the balancer's own checks still go to /readyz on the nodes directly
     assert "option httpchk GET /readyz" in _section(
         render_haproxy_config(NODES, 8000), "backend socket_nodes")
@@ -166,3 +174,30 @@ def test_real_haproxy_hides_the_probes_and_sets_an_opaque_cookie(
     assert node.name not in cookie
     flags = {part.strip().lower() for part in cookie.split(";")[1:]}
     assert {"httponly", "samesite=lax"} <= flags and "secure" not in flags
+
+
+def test_per_source_limits_and_request_deadline_are_on_by_default() -> None:
+    config = render_haproxy_config(NODES, 8000)
+    frontend = _section(config, "frontend socketio_in")
+    assert ("stick-table type ipv6 size 100k expire 30s store conn_cur,http_req_rate(10s)"
+            in frontend)
+    assert "tcp-request connection track-sc0 src" in frontend
+    assert "tcp-request connection reject if { sc0_conn_cur gt 200 }" in frontend
+    assert "http-request deny deny_status 429 if { sc0_http_req_rate gt 2000 }" in frontend
+    # the limits come before any other rule of the frontend
+    assert frontend.index("tcp-request connection track-sc0 src") < frontend.index(
+        "acl node_internal path,url_dec,lower -m reg "
+        "'^/*(healthz|readyz|metrics)(;[^/]*)?[/.]*$'")
+    defaults = _section(config, "defaults")
+    assert "option http-buffer-request" in defaults
+    assert "timeout http-request 10s" in defaults
+
+
+def test_per_source_limits_can_be_raised_or_switched_off() -> None:
+    raised = render_haproxy_config(NODES, 8000, max_connections_per_source=5000,
+                                   max_requests_per_source=None, request_timeout="3s")
+    assert "sc0_conn_cur gt 5000" in raised and "http_req_rate gt" not in raised
+    assert "timeout http-request 3s" in raised
+    off = render_haproxy_config(NODES, 8000, max_connections_per_source=None,
+                                max_requests_per_source=None)
+    assert "stick-table" not in off and "track-sc0" not in off

@@ -273,6 +273,28 @@ def test_limits_reach_the_runner_and_default_when_null(chart: helm.Chart,
     assert env["CLUSTER_MAX_ROOMS_PER_CONNECTION"]["value"] == ""
 
 
+def test_ingress_limits_can_be_raised_or_left_out(chart: helm.Chart) -> None:
+    def annotations(ingress: dict[str, Any]) -> dict[str, str]:
+        objects = render(chart, {**SECRET_KEY, "ingress": {"enabled": True, **ingress}})
+        found: dict[str, str] = find(objects, "Ingress", f"{RELEASE}-socketio-cluster")[
+            "metadata"].get("annotations", {})
+        return found
+
+    raised = annotations({"limitConnections": 5000, "limitRps": 0,
+                          "clientBodyTimeoutSeconds": 30, "proxyBodySize": "8m"})
+    assert raised["nginx.ingress.kubernetes.io/limit-connections"] == "5000"
+    assert raised["nginx.ingress.kubernetes.io/limit-rps"] == "0"  # ingress-nginx: off
+    assert raised["nginx.ingress.kubernetes.io/client-body-timeout"] == "30"
+    assert raised["nginx.ingress.kubernetes.io/proxy-body-size"] == "8m"
+    left_out = annotations({"nginxLimits": False})
+    assert not any("limit-" in key or "body" in key for key in left_out)
+    with pytest.raises(helm.HelmValuesError, match="limitRps"):
+        annotations({"limitRps": -1})
+    env = env_of(node(render(chart, {**SECRET_KEY, "limits": {"httpBodyTimeoutSeconds": 12}})))
+    assert env["CLUSTER_HTTP_BODY_TIMEOUT"]["value"] == "12"
+    assert env_of(node(render(chart, SECRET_KEY)))["CLUSTER_HTTP_BODY_TIMEOUT"]["value"] == ""
+
+
 def test_drain_fits_in_the_grace_period(chart: helm.Chart) -> None:
     objects = render(chart, SECRET_KEY)
     deployment = find(objects, "Deployment", f"{RELEASE}-socketio-cluster")
@@ -404,6 +426,14 @@ def test_ingress_is_off_by_default_and_sticky_when_on(chart: helm.Chart) -> None
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
     assert annotations["x/y"] == "z"
+    # per-client limits and a buffered, bounded request body (the shipped
+    # HAProxy config's protections)
+    assert annotations["nginx.ingress.kubernetes.io/limit-connections"] == "200"
+    assert annotations["nginx.ingress.kubernetes.io/limit-rps"] == "200"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "1m"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "on"
+    assert annotations["nginx.ingress.kubernetes.io/client-body-timeout"] == "10"
+    assert annotations["nginx.ingress.kubernetes.io/client-header-timeout"] == "10"
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == "chat.example.com"
     assert rule["http"]["paths"][-1]["backend"]["service"] == {

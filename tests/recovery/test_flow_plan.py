@@ -34,6 +34,9 @@ class StreamReader:
     def page(self, offset: str, count: int) -> Any:
         return self.log.page(self.client, offset, count)
 
+    def scan(self, offset: str, namespace: str, sid: str, rooms: Any) -> Any:
+        return self.log.scan(self.client, offset, namespace, sid, rooms)
+
 
 def _emit(room: str | None, n: int) -> str:
     return json.dumps({"method": "emit", "event": "e", "data": [n], "namespace": "/",

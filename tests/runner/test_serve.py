@@ -260,3 +260,116 @@ def test_idle_keepalive_closed_but_websockets_and_long_polls_stay(
     assert websocket.call("echo", "ws", timeout=5) == "ws"
     assert polling.call("echo", "poll", timeout=5) == "poll"
     assert drops == [] and websocket.connected and polling.connected
+
+
+# -- body deadline --------------------------------------------------------------
+
+BODY_APP = """
+from flask import Flask, request
+from cluster import SocketIO
+
+app = Flask(__name__)
+app.config["SECRET_KEY"] = "body-deadline-test"
+socketio = SocketIO(app, http_header_timeout=2, http_idle_timeout=3)
+
+
+@app.route("/upload", methods=["POST"])
+def upload():
+    return str(len(request.get_data()))
+
+
+@socketio.on("echo")
+def echo(data):
+    return data
+"""
+#: the node's body deadline in the test (the flag's environment variable)
+BODY = 3.0
+
+
+def _slow_request(port: int, head: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(head.encode())
+    return sock
+
+
+def test_slow_bodies_are_cut_by_the_body_deadline(
+        node_factory: Any, sio_client_factory: Any, tmp_path: Any) -> None:
+    """The finding: bodies sent at 1 byte every 2 s straight to a node (polling
+    POST, a Flask route, /healthz with a body) were all still open after 30 s
+    with a 2 s header timeout and a 3 s idle timeout."""
+    (tmp_path / "body_app.py").write_text(BODY_APP)
+    (node,) = node_factory(app="body_app:socketio", message_queue=None,
+                           env={"PYTHONPATH": str(tmp_path),
+                                "CLUSTER_HTTP_BODY_TIMEOUT": str(BODY)})
+    handshake = requests.get(node.url + "/socket.io/?EIO=4&transport=polling", timeout=5)
+    sid = handshake.text.split('"sid":"', 1)[1].split('"', 1)[0]
+    body_head = "Host: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
+    slow = {
+        "polling": _slow_request(
+            node.port, f"POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\n"
+            + body_head),
+        "flask": _slow_request(node.port, "POST /upload HTTP/1.1\r\n" + body_head),
+        "healthz": _slow_request(node.port, "POST /healthz HTTP/1.1\r\n" + body_head),
+    }
+    started = time.monotonic()
+    answers: dict[str, bytes] = {}
+    try:
+        # one byte a second each: under the idle timeout, so only the body
+        # deadline can end them
+        while len(answers) < len(slow) and time.monotonic() - started < BODY + 6:
+            for name, sock in slow.items():
+                if name in answers:
+                    continue
+                try:
+                    sock.sendall(b"4")
+                except OSError:
+                    pass  # closed: read what it said below
+            time.sleep(1.0)
+            for name, sock in slow.items():
+                if name not in answers:
+                    answer = _answer_if_closed(sock)
+                    if answer is not None:
+                        answers[name] = answer
+        took = time.monotonic() - started
+        assert set(answers) == set(slow), f"still open after {took:.1f} s: " + ", ".join(
+            sorted(set(slow) - set(answers)))
+        assert took < BODY + 6
+        # nobody answered yet: 408; /healthz had answered before its body came
+        assert answers["polling"].startswith(b"HTTP/1.1 408"), answers["polling"]
+        assert answers["flask"].startswith(b"HTTP/1.1 408"), answers["flask"]
+        assert answers["healthz"] in (b"",) or answers["healthz"].startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in slow.values():
+            sock.close()
+    # complete bodies are served as before, through every path that reads one
+    assert requests.post(node.url + "/upload", data=b"x" * 5000, timeout=5).text == "5000"
+    client = sio_client_factory(reconnection=False)
+    client.connect(node.url, transports=["polling"], wait_timeout=10)
+    assert client.call("echo", "after", timeout=5) == "after"
+    assert "Traceback" not in node.log_text()
+
+
+def _answer_if_closed(sock: socket.socket) -> bytes | None:
+    """All the server sent if it has closed ``sock`` (``None``: still open)."""
+    sock.settimeout(0.05)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+            sock.settimeout(0.5)
+    except TimeoutError:
+        return None
+    except ConnectionError:
+        pass
+    return data
+
+
+def test_body_timeout_option() -> None:
+    from cluster.config import DEFAULT_HTTP_BODY_TIMEOUT, NodeConfig
+    from cluster.runner.cli import build_parser, node_config
+
+    assert DEFAULT_HTTP_BODY_TIMEOUT == 30.0
+    assert NodeConfig.from_options({}).transport.http_body_timeout == 30.0
+    assert NodeConfig.from_options({"http_body_timeout": 0}).transport.http_body_timeout is None
+    args = build_parser().parse_args(["node", "--app", "x:y", "--http-body-timeout", "7"])
+    assert node_config(NodeConfig.from_options({}), args).transport.http_body_timeout == 7.0

@@ -270,7 +270,8 @@ Whole numbers are printed as integers (YAML numbers arrive as floats).
   "maxReplayPackets" "CLUSTER_MAX_REPLAY_PACKETS"
   "maxReplayBytes" "CLUSTER_MAX_REPLAY_BYTES"
   "httpHeaderTimeoutSeconds" "CLUSTER_HTTP_HEADER_TIMEOUT"
-  "httpIdleTimeoutSeconds" "CLUSTER_HTTP_IDLE_TIMEOUT" }}
+  "httpIdleTimeoutSeconds" "CLUSTER_HTTP_IDLE_TIMEOUT"
+  "httpBodyTimeoutSeconds" "CLUSTER_HTTP_BODY_TIMEOUT" }}
 {{- $limits := .Values.limits | default dict }}
 {{- range $key := keys $names | sortAlpha }}
 {{- $value := index $limits $key }}
