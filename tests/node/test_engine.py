@@ -9,29 +9,17 @@ from __future__ import annotations
 
 import inspect
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
 import engineio
 import pytest
 import requests
 
-from tests.harness.peers import WAIT
 from tests.harness.raw_websocket import RawWebSocket, masked_text_frame, metric
+from tests.harness.waiting import wait_for
 
 #: python-engineio's payload decoder refuses more packets than this
 MAX_DECODE_PACKETS = 16
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float = WAIT, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.05)
 
 
 def _malformed(node: Any) -> float:
@@ -175,7 +163,7 @@ def test_an_undecodable_upgrade_probe_closes_the_session_quietly(node_factory: A
             head += chunk
         assert b" 101 " in head.split(b"\r\n", 1)[0]
         sock.sendall(masked_text_frame(""))  # an empty packet where "2probe" belongs
-        _wait_for(lambda: _malformed(node) == 1, what="the bad probe counted")
+        wait_for(lambda: _malformed(node) == 1, what="the bad probe counted")
         assert session_closed(node, sid)
     finally:
         sock.close()

@@ -9,7 +9,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,22 +23,13 @@ from cluster.node.connect_deadlines import ConnectDeadlines
 from cluster.node.limits import ALLOW, DROP, FLOOD, MAX_REMEMBERED_CUTS, Limits, RateLimiter
 from tests.harness.peers import WAIT, Peer
 from tests.harness.raw_websocket import RawWebSocket, metric
+from tests.harness.waiting import wait_for
 
 RECOVERY = {"RECOVERY_WINDOW": "60"}
 STREAM = "{flask-socketio}:recovery"
 
 
 # -- helpers -----------------------------------------------------------------
-
-def _wait_for(condition: Callable[[], Any], timeout: float = WAIT, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.05)
-
 
 def _metrics(node: Any) -> str:
     return requests.get(f"{node.url}/metrics", timeout=5).text
@@ -97,7 +87,7 @@ def test_failed_connects_leave_nothing_in_redis_and_are_closed(
     # and the node closes them, a moment after their CONNECT_ERROR
     for stranger in strangers:
         assert stranger.closed_within(10)
-    _wait_for(lambda: _connections(node) == 0, what="the refused connections closed")
+    wait_for(lambda: _connections(node) == 0, what="the refused connections closed")
     assert _counter(node, "connect_timeouts") == len(strangers)
     # an accepted connection is persisted, so the check above could fail
     accepted = RawWebSocket(node)
@@ -118,8 +108,8 @@ def test_connections_that_never_connect_are_closed_after_connect_timeout(
     member.send("40")
     member.read_until("40")
     assert silent.closed_within(8)
-    _wait_for(lambda: _counter(node, "connect_timeouts") == 2, what="both timeouts counted")
-    _wait_for(lambda: _connections(node) == 1, what="only the connected client left")
+    wait_for(lambda: _counter(node, "connect_timeouts") == 2, what="both timeouts counted")
+    wait_for(lambda: _connections(node) == 1, what="only the connected client left")
     member.send('420["context"]')  # the connected client is still served
     assert member.read_until("430").startswith('430[{"node"')
 
@@ -148,7 +138,7 @@ def test_connect_timeout_works_in_threading_mode() -> None:
             except requests.ConnectionError:
                 return False
 
-        _wait_for(healthy, timeout=20, what="the threaded server")
+        wait_for(healthy, timeout=20, what="the threaded server")
         silent = RawWebSocket(server)
         assert silent.closed_within(8)
     finally:
@@ -166,7 +156,7 @@ def test_rate_limit_is_on_by_default_logs_once_and_cuts_a_flood(
     started = time.monotonic()
     for _ in range(600):
         peer.client.emit("g_leak", callback=lambda *args: acks.append(args))
-    _wait_for(lambda: len(acks) + _counter(node, "rate_limited_events") >= 600,
+    wait_for(lambda: len(acks) + _counter(node, "rate_limited_events") >= 600,
               what="every event handled or dropped")
     elapsed = time.monotonic() - started
     # a burst of 200, then 100/s
@@ -183,7 +173,7 @@ def test_rate_limit_is_on_by_default_logs_once_and_cuts_a_flood(
         except socketio.exceptions.BadNamespaceError:
             break  # the node cut it
     assert flooder.disconnected.wait(WAIT)
-    _wait_for(lambda: _counter(node, "flood_disconnects") == 1, what="the flood counted")
+    wait_for(lambda: _counter(node, "flood_disconnects") == 1, what="the flood counted")
     assert peer.call("g_leak") == {"marker": None}  # everyone else is still served
 
 
@@ -201,7 +191,7 @@ def test_recovery_never_replays_what_came_before_the_session(
     pid = newcomer.client.pid()
     newcomer.client.disconnect()
     for forged in ("0-0", first_offset):
-        _wait_for(lambda: _connections(node) == 1, what="the newcomer gone")
+        wait_for(lambda: _connections(node) == 1, what="the newcomer gone")
         again, texts, welcome = _recording_client(sio_client_factory, node.url,
                                                   {"pid": pid, "offset": forged})
         assert welcome["resumed"] is True and welcome["recovered"] is False
@@ -223,7 +213,7 @@ def test_recovery_is_bounded_and_falls_back_to_a_plain_resume(
     pid, offset = listener.client.pid(), listener.client.offset()
     old_sid = listener.client.get_sid()
     listener.client.disconnect()
-    _wait_for(lambda: _connections(node) == 1, what="the listener gone")
+    wait_for(lambda: _connections(node) == 1, what="the listener gone")
     for n in range(3):
         sender.call("to_room", {"room": "feed", "text": f"a{n}"})
     back, texts, welcome = _recording_client(sio_client_factory, node.url,
@@ -232,7 +222,7 @@ def test_recovery_is_bounded_and_falls_back_to_a_plain_resume(
     assert texts == ["a0", "a1", "a2"]  # within the bound: replayed, in order
     last = back.offsets[-1]
     back.disconnect()
-    _wait_for(lambda: _connections(node) == 1, what="the listener gone again")
+    wait_for(lambda: _connections(node) == 1, what="the listener gone again")
     for n in range(8):
         sender.call("to_room", {"room": "feed", "text": f"b{n}"})
     again, texts, welcome = _recording_client(sio_client_factory, node.url,

@@ -7,8 +7,6 @@ malformed. Real nodes and raw websockets first; in-process checks last."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,20 +19,10 @@ from cluster.node.limits import ALLOW, CONNECT_COST, DROP, FLOOD, Limits, RateLi
 from cluster.node.packet_budget import RATE_LIMITED
 from cluster.node.packet_dispatch import RESERVED_EVENTS
 from cluster.runner.cli import build_parser, node_config
-from tests.harness.peers import WAIT
 from tests.harness.raw_websocket import RawWebSocket, masked_text_frame, metric
+from tests.harness.waiting import wait_for
 
 APP = "tests.apps.packet_budget_app:socketio"
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float = WAIT, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.05)
 
 
 def _counter(node: Any, kind: str) -> float:
@@ -72,8 +60,8 @@ def test_a_disconnect_connect_loop_is_cut_after_a_few_connect_handler_runs(
     # the review's loop: 430 connect/disconnect handler runs a second at 5/s
     _flood(looping, (masked_text_frame("41") + masked_text_frame("40")) * 100, rounds=30)
     assert looping.closed_within(10)
-    _wait_for(lambda: _counter(node, "flood_disconnects") == 1, what="the flood counted")
-    runs = _wait_for(lambda: (r := _handler_runs(node))["runs"]["disconnect"]
+    wait_for(lambda: _counter(node, "flood_disconnects") == 1, what="the flood counted")
+    runs = wait_for(lambda: (r := _handler_runs(node))["runs"]["disconnect"]
                      == r["runs"]["connect"] and r, what="the last disconnect handled")
     # the first CONNECT is free, a 10-token burst pays one more, plus what
     # refills (5 tokens/s) before the flood cut
@@ -96,11 +84,11 @@ def test_acks_for_ids_never_issued_are_dropped_counted_and_cut(node_factory: Any
     assert ws.read_until("431") == '431["yes"]'
     assert _counter(node, "unknown_acks") == 0
     ws.send(f'43{ack_id}["again"]')  # answered already: unknown now
-    _wait_for(lambda: _counter(node, "unknown_acks") == 1, what="the replayed ack counted")
+    wait_for(lambda: _counter(node, "unknown_acks") == 1, what="the replayed ack counted")
     # the review sent 181,800 of these in 5 s, none counted or cut
     _flood(ws, masked_text_frame('43987654["x"]') * 500, rounds=40)
     assert ws.closed_within(10)
-    _wait_for(lambda: _counter(node, "flood_disconnects") == 1, what="the flood counted")
+    wait_for(lambda: _counter(node, "flood_disconnects") == 1, what="the flood counted")
     # 100 tokens/s: cut once it asked for 3,000 tokens within 3 s
     assert _counter(node, "unknown_acks") >= 2900
     assert node.log_text().count("never issued") == 1  # one line per 10 s window
@@ -147,10 +135,10 @@ def test_reserved_event_names_close_the_connection_and_run_no_handler(
         ws = _connected(node)
         ws.send(f'42["{name}",{{"forged":"environ"}},{{"forged":"auth"}}]')
         assert ws.closed_within(10), name
-        _wait_for(lambda: _counter(node, "malformed_packets") == count,  # noqa: B023
+        wait_for(lambda: _counter(node, "malformed_packets") == count,  # noqa: B023
                   what=f"the {name!r} event counted as malformed")
     # each connection ran its handlers once, for its real CONNECT and close
-    runs = _wait_for(lambda: (r := _handler_runs(node))["runs"]["disconnect"] == len(names)
+    runs = wait_for(lambda: (r := _handler_runs(node))["runs"]["disconnect"] == len(names)
                      and r, what="every close handled")
     assert runs["runs"]["connect"] == len(names)
     assert "forged" not in json.dumps(runs)

@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,16 +20,6 @@ from tests.harness.peers import WAIT, Peer
 from tests.harness.raw_websocket import RawWebSocket, metric
 
 NAMESPACES_APP = "tests.apps.namespaces_app:socketio"
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float = WAIT, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.05)
 
 
 def _sessions_metric(node: Any, kind: str) -> float:
