@@ -1,29 +1,71 @@
 """The Redis-backed session store: what makes a session survive a node.
 
-Key layout (``P`` is ``key_prefix``, default ``sio:sess:``)::
+Key layout (``P`` is ``key_prefix``, default ``sio:sess:``; ``{...}`` is a
+Redis Cluster hash tag, so every key of one session is in one slot)::
 
-    P data:<session id>    hash, one field per session key (see session_store.layout)
-    P resume:<resume id>   string, JSON {"s": session id, "i": identity digest,
-                           "m": MAC tag (with a secret)}
-    P used:<resume id>     string "1": tombstone of a claimed resume id
+    P data:{<session id>}            hash, one field per session key (see
+                                     session_store.layout), plus the current
+                                     resume binding: m:resume (the resume
+                                     id's digest) and m:resume_record (JSON
+                                     {"s": session id, "i": identity digest,
+                                     "m": MAC tag (with a secret)})
+    P used:{<session id>}:<digest>   string "1": tombstone of a claimed resume id
+    P resume:{<digest>}              string: the session id, the pointer that
+                                     finds a session from a presented resume id
 
-Every key has a TTL. A session and its current resume id always share one:
-the connected lease while a connection holds the session (``create``,
+(:mod:`cluster.sessions.connection_state` adds ``P conn:{<session id>}``
+and its ``:ns`` and ``:rooms`` keys, in the same slot.) Resume ids are
+stored only as SHA-256 digests (:func:`~.resume.stored_form`). Random
+session ids and digests spread the keys evenly over the cluster's slots.
+
+Every Lua script declares all its keys in ``KEYS`` and touches one slot
+(:mod:`.redis_scripts`), so the same store works on one Redis, behind
+Sentinel, and on a Redis Cluster (``redis+cluster://`` URLs, see
+:mod:`.redis_client`). A session's own state (its hash, its resume binding,
+its tombstones) changes in one script, atomically. Only the pointer lives
+in another slot (the digest's), and it is an index, never a proof:
+
+- *claim*: read the pointer (one script on the digest's slot), then run the
+  claim on the session's slot, which grants only if the session is bound
+  to that digest *now*, identity included, then removes the binding and
+  leaves the tombstone. Single use holds because the binding is consumed
+  in that one script: of concurrent claims exactly one finds it. A forged
+  or stale pointer leads to a session not bound to the digest: refused.
+  After a grant the pointer lives on for ``tombstone_ttl`` (so a replay is
+  reported as ``REPLAYED``).
+- *issue* (rotation): write the new pointer first, then bind the session
+  to the new digest (which invalidates the previous one at once, in the
+  session's script), then delete the previous pointer. A claim between
+  the steps finds either a pointer to a session not (yet, or any more)
+  bound to its digest (refused as it would be anyway), never a grant of a
+  replaced id. A session that vanished meanwhile gets its new pointer
+  deleted.
+- *TTLs*: the session's script sets the session's (and so its binding's)
+  TTL and names its digest; the pointer then gets the same TTL, set just
+  after, so it never expires before the binding it leads to.
+
+A claim costs two round trips (three after a grant), an issue three, a
+TTL change two (for any number of sessions); a crash between the steps
+leaves at most a pointer that expires on its own.
+
+Every key has a TTL: a session and its resume binding share one, the
+connected lease while a connection holds the session (``create``,
 ``persist``), the shorter ``ttl`` once the connection ended (``expire``).
 Tombstones live ``tombstone_ttl``.
 
-Each operation is one Lua script or one MULTI transaction, so it is atomic
-and costs one round trip.
+A key of the wrong type where a session, pointer or connection record lives
+(someone with Redis access ran ``SET`` on a session's hash, say) would make
+every command on it fail with ``WRONGTYPE``, for good. The scripts check the
+type first: a wrong-typed key is deleted and treated as missing, so the node
+writes the session back from its live connection (or a resume gets a fresh
+session); it is counted (:attr:`RedisSessionStore.wrong_type_keys`) and
+logged once per window with the fix.
 
-A key of the wrong type where a session or resume id lives (someone with
-Redis access ran ``SET`` on a session's hash, say) would make every command
-on it fail with ``WRONGTYPE``, for good. The scripts check the type first: a
-wrong-typed key is deleted and treated as missing, so the node writes the
-session back from its live connection (or a resume gets a fresh session);
-it is counted (:attr:`RedisSessionStore.wrong_type_keys`) and logged once
-per window with the fix. The scripts build the resume key of a session from
-the prefix, which Redis Cluster does not allow; a single Redis, or one behind
-Sentinel, is what this store supports.
+Releases before this layout named the keys without hash tags
+(``P data:<id>``, ``P resume:<digest>``); their sessions are not read: during
+a rolling upgrade a session stored by an old node is treated as missing
+once (its client gets a fresh session, a live connection on a new node is
+written back under the new names by its lease renewal).
 """
 
 from __future__ import annotations
@@ -34,102 +76,20 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
+from . import redis_scripts as scripts
 from .base import SessionStore
 from .exceptions import SessionStoreAccessDenied, SessionStoreUnavailable
 from .layout import DEFAULT_KEY_PREFIX, DEFAULT_TTL
 from .quiet_log import QuietLog
+from .redis_client import LazyClient, connect, is_cluster
 from .redis_errors import access_problem
-from .resume import ResumeStatus, redact, stored_form
+from .resume import ResumeStatus, is_well_formed_id, redact, stored_form
 
 __all__ = ["WRONG_TYPE_FIX", "RedisSessionStore"]
 
 logger = logging.getLogger("session_store")
-
-# KEYS[1] session; ARGV: now, lease ms, number of fields to set, then
-# field/value pairs, then the fields to delete.
-_SAVE = """
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind == 'none' then return 0 end
-if kind ~= 'hash' then redis.call('DEL', KEYS[1]) return -1 end
-local n = tonumber(ARGV[3])
-if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n)) end
-if #ARGV > 3 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + 2 * n)) end
-redis.call('HSET', KEYS[1], 'm:updated', ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'm:version', 1)
-if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 1
-"""
-
-# KEYS[1] session; ARGV: ttl ms, resume key prefix.
-_SET_TTL = """
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind == 'none' then return 0 end
-if kind ~= 'hash' then redis.call('DEL', KEYS[1]) return -1 end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-local rid = redis.call('HGET', KEYS[1], 'm:resume')
-if rid then redis.call('PEXPIRE', ARGV[2] .. rid, ARGV[1]) end
-return 1
-"""
-
-# KEYS[1] session; ARGV: resume key prefix.
-_DELETE = """
-if redis.call('TYPE', KEYS[1]).ok == 'hash' then
-  local rid = redis.call('HGET', KEYS[1], 'm:resume')
-  if rid then redis.call('DEL', ARGV[1] .. rid) end
-end
-return redis.call('DEL', KEYS[1])
-"""
-
-# KEYS[1] session, KEYS[2] new resume key; ARGV: resume id, record,
-# resume key prefix, lease ms. The resume id takes the session's TTL.
-_ISSUE = """
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind == 'none' then return 0 end
-if kind ~= 'hash' then redis.call('DEL', KEYS[1]) return -1 end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl == -1 then
-  ttl = tonumber(ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], ttl)
-end
-local old = redis.call('HGET', KEYS[1], 'm:resume')
-if old then redis.call('DEL', ARGV[3] .. old) end
-redis.call('HSET', KEYS[1], 'm:resume', ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
-return 1
-"""
-
-# KEYS[1] resume key, KEYS[2] tombstone key; ARGV: identity digest,
-# tombstone ms. A claim with the wrong identity leaves the id in place.
-_CLAIM = """
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind ~= 'none' and kind ~= 'string' then
-  redis.call('DEL', KEYS[1])
-  return {'wrongtype'}
-end
-local record = redis.call('GET', KEYS[1])
-if not record then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {'replayed'} end
-  return {'unknown'}
-end
-local ok, parsed = pcall(cjson.decode, record)
-if not ok or type(parsed) ~= 'table' or type(parsed['s']) ~= 'string' then
-  return {'malformed'}
-end
-if parsed['i'] ~= ARGV[1] then return {'identity_mismatch'} end
-redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-local tag = parsed['m']
-if type(tag) ~= 'string' then tag = '' end
-return {'granted', parsed['s'], tag}
-"""
-
-# KEYS[1] any key; ARGV[1] its type: deleted when it has another one.
-_CLEAR_WRONG_TYPE = """
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind ~= 'none' and kind ~= ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
-return 0
-"""
 
 #: what an operator reads when a key had the wrong type
 WRONG_TYPE_FIX = ("a key of the wrong type was found at %s and deleted (someone with write "
@@ -144,6 +104,10 @@ _DEFAULT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout
 
 def _where(client: Any) -> str:
     """Describe the server for messages, never including the password."""
+    if isinstance(client, LazyClient):
+        return client.where
+    if is_cluster(client):
+        return "the Redis Cluster"
     try:
         kw = client.connection_pool.connection_kwargs
     except AttributeError:
@@ -159,10 +123,14 @@ class RedisSessionStore(SessionStore):
     """:class:`SessionStore` persisted in Redis, shared by every node.
 
     :param redis_client_or_url: a ``redis.Redis`` client (use this for
-        Sentinel: pass ``sentinel.master_for(...)``), or a ``redis://``,
-        ``rediss://`` or ``unix://`` URL, which may carry a password.
-    :param redis_options: extra keyword arguments for ``Redis.from_url`` when
-        a URL is given. Connect and command timeouts default to 5 seconds.
+        Sentinel: pass ``sentinel.master_for(...)``), a
+        ``redis.cluster.RedisCluster``, or a ``redis://``, ``rediss://``,
+        ``unix://``, ``redis+cluster://`` or ``rediss+cluster://`` URL, which
+        may carry a password (see :mod:`.redis_client`).
+    :param redis_options: extra keyword arguments for ``Redis.from_url`` (or
+        ``RedisCluster``) when a URL is given; ``cluster=True`` makes a
+        ``redis://`` URL a Redis Cluster. Connect and command timeouts
+        default to 5 seconds.
 
     The other keywords (``key_prefix``, ``ttl``, ``lease_ttl``,
     ``tombstone_ttl``, ``secret``) are described on :class:`SessionStore`;
@@ -189,20 +157,18 @@ class RedisSessionStore(SessionStore):
             key_prefix=key_prefix, ttl=ttl, lease_ttl=lease_ttl, tombstone_ttl=tombstone_ttl,
             secret=secret,
         )
+        self.redis: Any
         if isinstance(redis_client_or_url, str):
             options = {**_DEFAULT_OPTIONS, **(redis_options or {})}
-            self.redis = redis.Redis.from_url(redis_client_or_url, **options)
+            self.redis = connect(redis_client_or_url, options)
         else:
             self.redis = redis_client_or_url
+        if is_cluster(self.redis) and ("{" in key_prefix or "}" in key_prefix):
+            # a brace in the prefix would become every key's hash tag: one slot
+            raise ValueError(f"key_prefix {key_prefix!r} holds a brace, which on a Redis "
+                             "Cluster would put every session in one slot; use a prefix "
+                             "without braces (default 'sio:sess:')")
         self._where = _where(self.redis)
-        self._resume_prefix = key_prefix + "resume:"
-        self._tombstone_prefix = key_prefix + "used:"
-        self._save = self.redis.register_script(_SAVE)
-        self._set_ttl = self.redis.register_script(_SET_TTL)
-        self._delete = self.redis.register_script(_DELETE)
-        self._issue = self.redis.register_script(_ISSUE)
-        self._claim = self.redis.register_script(_CLAIM)
-        self._clear_wrong_type = self.redis.register_script(_CLEAR_WRONG_TYPE)
         #: keys found with the wrong type and deleted (see the module doc)
         self.wrong_type_keys = 0
         self._quiet = QuietLog(logger)
@@ -212,22 +178,30 @@ class RedisSessionStore(SessionStore):
 
     def session_key(self, session_id: str) -> str:
         """The Redis key of a session's hash (for operators and tests)."""
-        return f"{self.key_prefix}data:{session_id}"
+        return f"{self.key_prefix}data:{{{session_id}}}"
 
     def resume_key(self, resume_id: str) -> str:
-        """The Redis key of a live resume id (named by its digest, see
-        :func:`~.resume.stored_form`; for operators and tests)."""
-        return self._resume_prefix + stored_form(resume_id)
+        """The Redis key of the pointer from a live resume id to its session
+        (named by the id's digest, see :func:`~.resume.stored_form`)."""
+        return self._pointer(stored_form(resume_id))
 
-    def tombstone_key(self, resume_id: str) -> str:
-        """The Redis key remembering a claimed resume id (by its digest)."""
-        return self._tombstone_prefix + stored_form(resume_id)
+    def tombstone_key(self, resume_id: str, session_id: str) -> str:
+        """The Redis key remembering that ``session_id``'s resume id was claimed."""
+        return self._tombstone(session_id, stored_form(resume_id))
+
+    def _pointer(self, digest: str) -> str:
+        return f"{self.key_prefix}resume:{{{digest}}}"
+
+    def _tombstone(self, session_id: str, digest: str) -> str:
+        return f"{self.key_prefix}used:{{{session_id}}}:{digest}"
 
     @contextlib.contextmanager
     def _guard(self, operation: str) -> Iterator[None]:
         try:
             yield
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:
+            # RedisClusterException: no node of the cluster answered (it is
+            # not a RedisError)
             problem = access_problem(exc)
             if problem is not None:
                 raise SessionStoreAccessDenied(
@@ -241,21 +215,19 @@ class RedisSessionStore(SessionStore):
 
     def _wrong_type(self, key: str) -> None:
         self.wrong_type_keys += 1
-        # the key ends with a session id or a resume id's digest: redacted
-        head, _, ident = key.rpartition(":")
+        # the key holds a session id or a resume id's digest: redacted
+        head, _, ident = key.partition("{")
         self._quiet.log(logging.WARNING, "wrong-type", WRONG_TYPE_FIX,
-                        f"{head}:{redact(ident)}")
+                        f"{head}{{{redact(ident)}")
 
     # -- primitives ------------------------------------------------------------
 
     def _backend_create(self, session_id: str, fields: dict[str, str], ttl_ms: int) -> None:
-        key = self.session_key(session_id)
+        args: list[str | int] = [ttl_ms]
+        for name, value in fields.items():
+            args += (name, value)
         with self._guard("create a session"):
-            pipe = self.redis.pipeline(transaction=True)
-            mapping: dict[Any, Any] = fields  # redis-py's stubs want a wider key type
-            pipe.hset(key, mapping=mapping)
-            pipe.pexpire(key, ttl_ms)
-            pipe.execute()
+            scripts.CREATE([self.session_key(session_id)], args, self.redis)
 
     def _backend_read(self, session_id: str) -> Mapping[str | bytes, str | bytes] | None:
         key = self.session_key(session_id)
@@ -265,7 +237,7 @@ class RedisSessionStore(SessionStore):
             except redis.ResponseError as exc:
                 if not str(exc).startswith("WRONGTYPE"):
                     raise
-                if self._clear_wrong_type(keys=[key], args=["hash"]):
+                if scripts.CLEAR_WRONG_TYPE([key], ["hash"], self.redis):
                     self._wrong_type(key)
                 return None
         return fields or None
@@ -279,79 +251,102 @@ class RedisSessionStore(SessionStore):
         args += deleted
         key = self.session_key(session_id)
         with self._guard("save a session"):
-            saved = int(self._save(keys=[key], args=args))
+            saved = int(scripts.SAVE([key], args, self.redis))
         if saved < 0:
             self._wrong_type(key)
         return saved > 0
 
     def _backend_set_ttl(self, session_ids: list[str], ttl_ms: int) -> int:
         with self._guard("set a session TTL"):
-            if len(session_ids) == 1:
-                replies = [self._run_set_ttl(self.redis, session_ids[0], ttl_ms)]
-            else:
-                pipe = self.redis.pipeline(transaction=False)
-                for session_id in session_ids:
-                    self._run_set_ttl(pipe, session_id, ttl_ms)
-                replies = pipe.execute()
-        return sum(self._found(session_ids, replies))
+            return sum(self._set_ttls(session_ids, ttl_ms))
 
     def _backend_set_ttl_each(self, session_ids: list[str], ttl_ms: int) -> list[bool]:
         with self._guard("renew session leases"):
+            return self._set_ttls(session_ids, ttl_ms)
+
+    def _set_ttls(self, session_ids: list[str], ttl_ms: int) -> list[bool]:
+        """Set the TTL of each session (one pipelined round trip), then move
+        their resume pointers along (a second one, only for those bound)."""
+        if len(session_ids) == 1:
+            replies = [scripts.SET_TTL([self.session_key(session_ids[0])], [ttl_ms],
+                                       self.redis)]
+        else:
             pipe = self.redis.pipeline(transaction=False)
             for session_id in session_ids:
-                self._run_set_ttl(pipe, session_id, ttl_ms)
+                scripts.SET_TTL([self.session_key(session_id)], [ttl_ms], pipe)
             replies = pipe.execute()
-        return self._found(session_ids, replies)
-
-    def _found(self, session_ids: list[str], replies: list[Any]) -> list[bool]:
-        """Which sessions a TTL script found; a wrong-typed one was deleted."""
-        found = []
-        for session_id, reply in zip(session_ids, replies, strict=True):
-            if int(reply) < 0:
+        found, digests = [], []
+        for session_id, (status, digest) in zip(session_ids, replies, strict=True):
+            if int(status) < 0:
                 self._wrong_type(self.session_key(session_id))
-            found.append(int(reply) == 1)
+            found.append(int(status) == 1)
+            if digest:
+                digests.append(_str(digest))
+        if digests:
+            pipe = self.redis.pipeline(transaction=False)
+            for digest in digests:
+                pipe.pexpire(self._pointer(digest), ttl_ms)
+            pipe.execute()
         return found
-
-    def _run_set_ttl(self, client: Any, session_id: str, ttl_ms: int) -> Any:
-        return self._set_ttl(
-            keys=[self.session_key(session_id)],
-            args=[ttl_ms, self._resume_prefix],
-            client=client,
-        )
 
     def _backend_delete(self, session_id: str) -> bool:
         with self._guard("delete a session"):
-            return bool(
-                self._delete(keys=[self.session_key(session_id)], args=[self._resume_prefix])
-            )
+            deleted, digest = scripts.DELETE([self.session_key(session_id)], [], self.redis)
+            if digest:
+                self.redis.delete(self._pointer(_str(digest)))
+        return bool(deleted)
 
     def _backend_issue(self, session_id: str, resume_id: str, record: str) -> bool:
-        key = self.session_key(session_id)
+        key, pointer = self.session_key(session_id), self._pointer(resume_id)
         with self._guard("issue a resume id"):
-            issued = int(self._issue(
-                keys=[key, self._resume_prefix + resume_id],
-                args=[resume_id, record, self._resume_prefix, self._lease_ms],
-            ))
-        if issued < 0:
+            # the pointer first: once the session is bound, its id is findable
+            self.redis.set(pointer, session_id, px=self._lease_ms + self._tombstone_ms)
+            status, old, ttl = scripts.ISSUE([key], [resume_id, record, self._lease_ms],
+                                             self.redis)
+            if int(status) <= 0:
+                self.redis.delete(pointer)
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                if old and _str(old) != resume_id:
+                    pipe.delete(self._pointer(_str(old)))  # replaced: its id is dead
+                # the session's TTL (the countdown when issued after expire()),
+                # set after the session's: the pointer never expires first
+                pipe.pexpire(pointer, int(ttl))
+                pipe.execute()
+        if int(status) < 0:
             self._wrong_type(key)
-        return issued > 0
+        return int(status) > 0
 
     def _backend_claim(
         self, resume_id: str, digest: str, tombstone_ms: int
     ) -> tuple[ResumeStatus, str | None, str | None]:
+        pointer = self._pointer(resume_id)
         with self._guard("claim a resume id"):
-            reply = self._claim(
-                keys=[self._resume_prefix + resume_id, self._tombstone_prefix + resume_id],
-                args=[digest, tombstone_ms],
-            )
-        if _str(reply[0]) == "wrongtype":
-            self._wrong_type(self._resume_prefix + resume_id)
+            found = scripts.POINTER([pointer], [], self.redis)
+            if _str(found[0]) == "wrongtype":
+                self._wrong_type(pointer)
+                return ResumeStatus.UNKNOWN, None, None
+            if _str(found[0]) != "ok":
+                return ResumeStatus.UNKNOWN, None, None
+            session_id = _str(found[1])
+            if not is_well_formed_id(session_id):
+                return ResumeStatus.MALFORMED, None, None
+            key = self.session_key(session_id)
+            reply = scripts.CLAIM([key, self._tombstone(session_id, resume_id)],
+                                  [resume_id, digest, tombstone_ms, session_id], self.redis)
+            status = _str(reply[0])
+            if status == "granted":
+                # the pointer outlives the binding by the tombstone: replays
+                # of the id are reported as such, then it goes
+                self.redis.pexpire(pointer, tombstone_ms)
+        if status == "wrongtype":
+            self._wrong_type(key)
             return ResumeStatus.UNKNOWN, None, None
-        status = ResumeStatus(_str(reply[0]))
-        session_id = _str(reply[1]) if len(reply) > 1 else None
+        granted_id = _str(reply[1]) if len(reply) > 1 else None
         tag = _str(reply[2]) if len(reply) > 2 and reply[2] else None
-        return status, session_id, tag
+        return ResumeStatus(status), granted_id, tag
 
 
 def _str(value: str | bytes) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+    # "replace": a pointer someone overwrote with bytes reads as a bad id
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

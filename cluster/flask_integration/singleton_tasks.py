@@ -45,7 +45,9 @@ from typing import TYPE_CHECKING, Any
 
 from cluster.bus.features import bus_features
 from cluster.bus.redis_connection import close_quietly
+from cluster.bus.settings import driver_only
 from cluster.exceptions import ConfigurationError, LeaseLost
+from session_store import redis_client
 
 if TYPE_CHECKING:
     from cluster.node.server import ClusterServer
@@ -60,7 +62,7 @@ DEFAULT_LEASE_SECONDS = 5.0
 RENEWALS_PER_LEASE = 5
 #: the part of the lease after which a holder that could not renew stops
 LOCAL_VALIDITY = 0.8
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", *redis_client.CLUSTER_SCHEMES)
 
 # the lease is renewed (or released) only by its holder: compare, then act
 _RENEW = """
@@ -155,10 +157,10 @@ class SingletonTask:
     :param lease_seconds: how long a lease lasts without renewal (default
         5 s): about how long the cluster goes without the task after its
         node dies.
-    :param redis_url: where the lease lives; default the Redis of the
-        message queue, reached the way the bus reaches it (TLS, password,
-        Sentinel, the channel's shard of a Redis Cluster), else the
-        ``redis_url`` option.
+    :param redis_url: where the lease lives (``redis+cluster://`` too);
+        default the Redis of the message queue, reached the way the bus
+        reaches it (TLS, password, Sentinel; a Redis Cluster through a
+        cluster client of its own), else the ``redis_url`` option.
     """
 
     def __init__(self, server: ClusterServer, node_state: NodeState, name: str,
@@ -337,12 +339,17 @@ class SingletonTask:
 
     def _client_factory(self) -> Callable[[], Any] | None:
         """How to connect to the lease's Redis, or ``None`` without one."""
-        import redis
-
         timeouts = {"socket_timeout": self.interval, "socket_connect_timeout": self.interval}
         if self.redis_url:
             url = self.redis_url
-            return lambda: redis.Redis.from_url(url, **timeouts)
+            return lambda: redis_client.connect(url, timeouts)
+        bus = self.server.config.bus
+        if bus.url and redis_client.wants_cluster(bus.url, bus.driver_options):
+            # a Redis Cluster bus: a cluster client of our own routes the
+            # lease's slot and follows failovers and slot moves by itself
+            options = {**driver_only(dict(bus.driver_options or {})), **timeouts}
+            bus_url = bus.url
+            return lambda: redis_client.connect(bus_url, options)
         features = bus_features(self.server.manager)
         try:
             first = features.new_redis_client()
@@ -356,12 +363,12 @@ class SingletonTask:
             return lambda: unused.pop() if unused else features.new_redis_client()
         url = self.server.config.redis_url
         if url and url.split(":", 1)[0] in REDIS_SCHEMES:
-            return lambda: redis.Redis.from_url(url, **timeouts)
+            return lambda: redis_client.connect(url, timeouts)
         return None
 
     def _key(self, kind: str) -> str:
-        # hash-tagged with the channel: in a Redis Cluster the keys live on
-        # the shard that carries the channel, which the bus's client reaches
+        # hash-tagged with the channel: on a Redis Cluster the lease and its
+        # fencing counter share a slot, as the acquire script needs
         channel = self.server.config.bus.channel
         return f"{{{channel}}}:singleton:{self.name}:{kind}"
 

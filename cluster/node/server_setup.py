@@ -24,12 +24,15 @@ from cluster.sessions.connection_sessions import HOLDER_QUERY, ConnectionSession
 from cluster.sessions.connection_state import MemoryConnectionState, RedisConnectionState
 from cluster.sessions.leases import SessionLeases, default_interval
 from session_store import MemorySessionStore, RedisSessionStore
+from session_store.redis_client import CLUSTER_SCHEMES
 
 if TYPE_CHECKING:
 
     from cluster.flask_integration.extension import SocketIO
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: URLs whose Redis also keeps the sessions (a Redis Cluster too: the store
+#: makes its own RedisCluster client, see session_store.redis_client)
+REDIS_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
 
 
 @dataclass(frozen=True)

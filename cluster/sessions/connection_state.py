@@ -5,9 +5,12 @@ needs besides its forked session (its sid and rooms in each namespace) lives
 here, under the same key prefix and with the same TTL rules as the session:
 a long lease while connected, the resume window once the connection ends.
 
-Three Redis keys per session:
+Three Redis keys per session, hash-tagged with the session id like the
+session's own keys (:mod:`session_store.redis_store`), so on a Redis
+Cluster all of a session's keys are in one slot and each pipeline below
+goes to one shard:
 
-- ``<prefix>conn:<session id>``, a JSON string written when the connection
+- ``<prefix>conn:{<session id>}``, a JSON string written when the connection
   is accepted (and when it is written back after a loss)::
 
       {"sids": {"<namespace>": "<sid>"},
@@ -18,7 +21,7 @@ Three Redis keys per session:
   lived (see :mod:`cluster.sessions.leases`): the recovery stream restarted
   there, so a client offset older than it replays from it.
 
-- ``<prefix>conn:<session id>:ns``, a hash with one field per namespace the
+- ``<prefix>conn:{<session id>}:ns``, a hash with one field per namespace the
   connection CONNECTed to later, ``{"sid": ..., "base": ..., "rebased": ...}``
   (each key optional), which overrides that namespace in the JSON record. A
   later CONNECT is one ``HSET`` of its own field and leaving a namespace one
@@ -26,12 +29,14 @@ Three Redis keys per session:
   namespaces (rewriting the whole record made a connection in 9,000
   namespaces send 1.4 GB to Redis).
 
-- ``<prefix>conn:<session id>:rooms``, a set of ``["<namespace>", "<room>"]``
+- ``<prefix>conn:{<session id>}:rooms``, a set of ``["<namespace>", "<room>"]``
   JSON members. A join is one ``SADD`` and a leave one ``SREM``, whatever
   the number of rooms the connection is in (rewriting one record per join
   made a join at 4,000 rooms write 41 KB).
 
-Records written by earlier versions (rooms inside the JSON) still load.
+Records of an earlier format (rooms inside the JSON) still load; records
+under the untagged names of releases before the hash tags are not read (the
+upgrade note in :mod:`session_store.redis_store`).
 Only JSON is ever read back; anything else reads as empty.
 
 With a secret (the session store's: the bus signing secret, else the app's
@@ -73,6 +78,7 @@ from cluster.sessions.record_codec import (
 from session_store import SessionStoreError
 from session_store.quiet_log import QuietLog
 from session_store.record_mac import RecordMac
+from session_store.redis_client import LuaScript
 from session_store.redis_store import WRONG_TYPE_FIX
 
 logger = logging.getLogger("cluster.sessions")
@@ -88,11 +94,11 @@ class KeyTypeCleared(SessionStoreError):
 
 
 # KEYS[1] any key; ARGV[1] its type: deleted when it has another one.
-_CLEAR_WRONG_TYPE = """
+_CLEAR_WRONG_TYPE = LuaScript("""
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'none' and kind ~= ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
 return 0
-"""
+""")
 
 
 def _text(value: Any) -> str:
@@ -147,7 +153,6 @@ class RedisConnectionState:
         self.redis = redis_client
         self.key_prefix = key_prefix
         self._tags = _Tags(secret)
-        self._clear_wrong_type = redis_client.register_script(_CLEAR_WRONG_TYPE)
         #: keys of the wrong type found and deleted (see the module doc)
         self.wrong_type_keys = 0
         self._quiet = QuietLog(logger)
@@ -160,13 +165,13 @@ class RedisConnectionState:
         return self._tags.seal(session_id, "room", encode_member(namespace, room))
 
     def key(self, session_id: str) -> str:
-        return f"{self.key_prefix}conn:{session_id}"
+        return f"{self.key_prefix}conn:{{{session_id}}}"
 
     def rooms_key(self, session_id: str) -> str:
-        return f"{self.key_prefix}conn:{session_id}:rooms"
+        return f"{self.key_prefix}conn:{{{session_id}}}:rooms"
 
     def namespaces_key(self, session_id: str) -> str:
-        return f"{self.key_prefix}conn:{session_id}:ns"
+        return f"{self.key_prefix}conn:{{{session_id}}}:ns"
 
     def _keys(self, session_id: str) -> tuple[str, str, str]:
         return self.key(session_id), self.namespaces_key(session_id), \
@@ -188,7 +193,7 @@ class RedisConnectionState:
         """Delete the session's record keys that have the wrong type."""
         cleared = 0
         for key, kind in zip(self._keys(session_id), ("string", "hash", "set"), strict=True):
-            if self._clear_wrong_type(keys=[key], args=[kind]):
+            if _CLEAR_WRONG_TYPE([key], [kind], self.redis):
                 cleared += 1
                 self.wrong_type_keys += 1
                 self._quiet.log(logging.WARNING, "wrong-type", WRONG_TYPE_FIX,

@@ -1,19 +1,14 @@
-"""Fixtures of the cluster-bus tests: two bus nodes, clients that record,
-a Redis Cluster, a Sentinel. Everything on 127.0.0.1, stopped by PID."""
+"""Fixtures of the cluster-bus tests: two bus nodes, clients that record.
+Everything on 127.0.0.1, stopped by PID."""
 from __future__ import annotations
 
 import queue
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import socketio
-
-from cluster.devtools.processes import RedisServerProcess, find_executable, free_port
 
 BUS_APP = "tests.apps.bus_app:socketio"
 
@@ -93,50 +88,4 @@ def bus_nodes(node_factory: Any) -> Any:
     return factory
 
 
-# -- Redis Cluster ---------------------------------------------------------
-
-def _cluster_state(port: int) -> str:
-    out = subprocess.run(["redis-cli", "-p", str(port), "cluster", "info"],
-                         capture_output=True, text=True, timeout=5).stdout
-    for line in out.splitlines():
-        if line.startswith("cluster_state:"):
-            return line.split(":", 1)[1].strip()
-    return ""
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
-    """A real 3-master Redis Cluster (no replicas) on free ports."""
-    try:
-        find_executable("redis-cli", "redis-tools")
-    except Exception as exc:  # noqa: BLE001 - reported as a skip
-        pytest.skip(str(exc))
-    servers = []
-    try:
-        for i in range(3):
-            workdir = tmp_path_factory.mktemp(f"cluster{i}")
-            bus_port = free_port()
-            server = RedisServerProcess(
-                workdir=workdir, name=f"rc{i}",
-                extra_args=["--cluster-enabled", "yes",
-                            "--cluster-config-file", str(Path(workdir) / "nodes.conf"),
-                            "--cluster-port", str(bus_port),
-                            "--cluster-node-timeout", "2000"])
-            servers.append(server)
-            server.start()
-        subprocess.run(
-            ["redis-cli", "--cluster", "create",
-             *[f"127.0.0.1:{s.port}" for s in servers],
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=30)
-        deadline = time.monotonic() + 20
-        while not all(_cluster_state(s.port) == "ok" for s in servers):
-            if time.monotonic() > deadline:
-                pytest.fail("Redis Cluster did not reach cluster_state:ok")
-            time.sleep(0.1)
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
-
-
+# the Redis Cluster fixture (``redis_cluster``) is in tests/harness/redis_cluster.py

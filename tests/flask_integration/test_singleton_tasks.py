@@ -140,6 +140,33 @@ def test_a_draining_holder_hands_the_task_over_before_its_lease_expires(
     assert "singleton task 'ticker': lease released" in holder.log_text()
 
 
+def test_the_lease_lives_on_a_redis_cluster_and_moves_when_its_holder_dies(
+        redis_cluster: list[Any], redis_cluster_url: str, node_factory: Any,
+        sio_client_factory: Any) -> None:
+    from redis.cluster import RedisCluster
+
+    nodes = node_factory(app=APP, count=2, message_queue=redis_cluster_url, env=ENV)
+    logs = {node.name: TickLog(sio_client_factory, node.url) for node in nodes}
+    first = _holder(next(iter(logs.values())))
+    # the lease and its fencing counter: one hash tag, so one slot
+    lease, fence = ("{flask-socketio}:singleton:ticker:lease",
+                    "{flask-socketio}:singleton:ticker:fence")
+    cluster = RedisCluster(host="127.0.0.1", port=redis_cluster[0].port)
+    try:
+        assert cluster.keyslot(lease) == cluster.keyslot(fence)
+        assert cluster.exists(lease) == 1
+        assert int(cluster.get(fence)) == first["token"]
+    finally:
+        cluster.close()
+    doomed = next(node for node in nodes if node.name == first["node"])
+    doomed.kill(signal.SIGKILL)
+    killed_at = time.monotonic()
+    survivor = next(log for name, log in logs.items() if name != doomed.name)
+    arrived, second = survivor.wait_for(lambda tick: tick["node"] != doomed.name, timeout=15)
+    assert arrived - killed_at < LEASE_SECONDS + 3.0
+    assert second["n"] == 1 and second["token"] > first["token"]
+
+
 def test_without_a_message_queue_the_task_runs_in_the_one_process(
         node_factory: Any, sio_client_factory: Any) -> None:
     (node,) = node_factory(app=APP, message_queue=None, env=ENV)

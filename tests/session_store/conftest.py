@@ -10,11 +10,15 @@ from session_store import MemorySessionStore, RedisSessionStore, SessionStore
 RECORD_SECRET = "session-store-tests-record-secret"
 
 
-@pytest.fixture(params=["memory", "redis", "redis-mac"])
+@pytest.fixture(params=["memory", "redis", "redis-mac", "redis-cluster"])
 def store(request: pytest.FixtureRequest) -> SessionStore:
     """A store with a 1 s disconnect TTL; the Redis ones on the harness
-    server, ``redis-mac`` with MACs on every record."""
+    server, ``redis-mac`` with MACs on every record, ``redis-cluster`` (with
+    MACs) on the harness's real 3-master Redis Cluster."""
     if request.param == "memory":
         return MemorySessionStore(ttl=1)
+    if request.param == "redis-cluster":
+        return RedisSessionStore(request.getfixturevalue("redis_cluster_url"), ttl=1,
+                                 secret=RECORD_SECRET)
     secret = RECORD_SECRET if request.param == "redis-mac" else None
     return RedisSessionStore(request.getfixturevalue("redis_url"), ttl=1, secret=secret)

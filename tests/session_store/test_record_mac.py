@@ -31,16 +31,30 @@ def rstore(redis_url: str) -> RedisSessionStore:
     return RedisSessionStore(redis_url, ttl=30, secret=SECRET)
 
 
+def bind(client: redis.Redis, rstore: RedisSessionStore, rid: str, sid: str,
+         record: str) -> None:
+    """Bind resume id ``rid`` to session ``sid`` with ``record``, by hand: the
+    pointer to the session and the binding in its hash."""
+    client.hset(rstore.session_key(sid), mapping={"m:resume": stored_form(rid),
+                                                  "m:resume_record": record})
+    client.set(rstore.resume_key(rid), sid, px=60_000)
+
+
+def record_of(client: redis.Redis, rstore: RedisSessionStore, sid: str) -> dict[str, Any]:
+    """The resume record ``sid`` is bound to now."""
+    return dict(json.loads(client.hget(rstore.session_key(sid), "m:resume_record")))
+
+
 def test_three_redis_writes_no_longer_forge_an_admin_session(
     rstore: RedisSessionStore, client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     # the issue's attack, with a plain redis client: a session hash holding
-    # an admin's Flask-Login id, a resume record pointing to it for the
-    # anonymous identity, and a TTL
+    # an admin's Flask-Login id, a resume record binding it to the
+    # anonymous identity (and the pointer to it), and a TTL
     sid, rid = "S" * 32, "R" * 32
     client.hset(rstore.session_key(sid), mapping={"d:_user_id": '"admin"',
                                                   "m:identity": "none"})
-    client.set(rstore.resume_key(rid), json.dumps({"s": sid, "i": "none"}), px=60_000)
+    bind(client, rstore, rid, sid, json.dumps({"s": sid, "i": "none"}))
     client.pexpire(rstore.session_key(sid), 60_000)
     with caplog.at_level(logging.WARNING, logger="session_store"):
         claim = rstore.claim_resume(rid, None)
@@ -80,14 +94,14 @@ def test_a_resume_record_repointed_or_rebound_is_refused(
     victim = rstore.create({"user": "admin"}, "admin")
     mine = rstore.create({}, None)
     rid = rstore.issue_resume(mine.session_id, None)
-    record = json.loads(client.get(rstore.resume_key(rid)))
+    record = record_of(client, rstore, mine.session_id)
     record["s"] = victim.session_id  # my genuine record, pointed at the admin's session
-    client.set(rstore.resume_key(rid), json.dumps(record), px=60_000)
+    bind(client, rstore, rid, victim.session_id, json.dumps(record))
     assert rstore.claim_resume(rid, None).status is ResumeStatus.UNKNOWN
     rid2 = rstore.issue_resume(victim.session_id, "admin")
-    record = json.loads(client.get(rstore.resume_key(rid2)))
+    record = record_of(client, rstore, victim.session_id)
     record["i"] = "none"  # the admin's record, rebound to anonymous
-    client.set(rstore.resume_key(rid2), json.dumps(record), px=60_000)
+    bind(client, rstore, rid2, victim.session_id, json.dumps(record))
     assert rstore.claim_resume(rid2, None).status is ResumeStatus.UNKNOWN
     assert rstore.rejected_records == 2
 
@@ -143,14 +157,14 @@ def test_a_node_refuses_a_session_forged_in_redis(
     (node,) = node_factory()
     sid, rid = "S" * 32, "R" * 32
     prefix = "sio:sess:"
-    client.hset(f"{prefix}data:{sid}", mapping={
+    client.hset(f"{prefix}data:{{{sid}}}", mapping={
         "d:_user_id": '"admin"', "d:_fresh": "true", "m:identity": "none",
         "m:created": "1", "m:updated": "1", "m:version": "0",
-        "m:resume": stored_form(rid)})
+        "m:resume": stored_form(rid),
+        "m:resume_record": json.dumps({"s": sid, "i": "none"})})
     # named as the store names it (the digest of the id): only the MAC stops it
-    client.set(f"{prefix}resume:{stored_form(rid)}", json.dumps({"s": sid, "i": "none"}),
-               px=60_000)
-    client.pexpire(f"{prefix}data:{sid}", 60_000)
+    client.set(f"{prefix}resume:{{{stored_form(rid)}}}", sid, px=60_000)
+    client.pexpire(f"{prefix}data:{{{sid}}}", 60_000)
     intruder = Peer(sio_client_factory, node.url, cls=socketio.Client, auth={"pid": rid})
     assert intruder.welcome["resumed"] is False
     assert intruder.welcome["user"] is None  # still anonymous

@@ -45,14 +45,22 @@ def test_key_layout_under_the_prefix(rstore: RedisSessionStore, client: redis.Re
     handle = rstore.create({"a": 1}, "alice")
     rid = rstore.issue_resume(handle.session_id, "alice")
     sid = handle.session_id
-    # resume ids are kept as their digests: reading Redis yields none of them
+    # resume ids are kept as their digests: reading Redis yields none of them;
+    # every key of the session is hash-tagged with its id (one cluster slot)
     stored = stored_form(rid)
-    assert all_keys(client) == sorted([f"{PREFIX}data:{sid}", f"{PREFIX}resume:{stored}"])
-    assert rid not in repr(client.hgetall(f"{PREFIX}data:{sid}"))
-    assert rid not in repr(client.get(f"{PREFIX}resume:{stored}"))
-    assert rstore.session_key(sid) == f"{PREFIX}data:{sid}"
+    data, pointer = f"{PREFIX}data:{{{sid}}}", f"{PREFIX}resume:{{{stored}}}"
+    assert all_keys(client) == sorted([data, pointer])
+    assert rid not in repr(client.hgetall(data))
+    assert client.hget(data, "m:resume") == stored.encode()
+    assert client.get(pointer) == sid.encode()  # the pointer holds the session id only
+    assert rstore.session_key(sid) == data and rstore.resume_key(rid) == pointer
     rstore.claim_resume(rid, "alice")
-    assert all_keys(client) == sorted([f"{PREFIX}data:{sid}", f"{PREFIX}used:{stored}"])
+    tombstone = f"{PREFIX}used:{{{sid}}}:{stored}"
+    assert rstore.tombstone_key(rid, sid) == tombstone
+    # the binding is consumed; the pointer lives on as long as the tombstone
+    assert all_keys(client) == sorted([data, tombstone, pointer])
+    assert client.hget(data, "m:resume") is None
+    assert 55_000 < client.pttl(pointer) <= 60_000
     assert_every_key_expires(client)
 
 
@@ -103,7 +111,10 @@ def test_ttls_connected_lease_then_disconnect_countdown(
 ) -> None:
     handle = rstore.create({}, None)
     rid = rstore.issue_resume(handle.session_id, None)
+    # the binding is in the session's hash (its TTL); the pointer to it
+    # follows that TTL
     skey, rkey = rstore.session_key(handle.session_id), rstore.resume_key(rid)
+    assert client.hget(skey, "m:resume") == stored_form(rid).encode()
     assert 3590_000 < client.pttl(skey) <= 3600_000
     assert 3590_000 < client.pttl(rkey) <= 3600_000
     rstore.expire(handle.session_id)
@@ -121,6 +132,9 @@ def test_resume_issued_after_disconnect_gets_the_countdown(
     handle = rstore.create({}, None)
     rstore.expire(handle.session_id, ttl=10)
     rid = rstore.issue_resume(handle.session_id, None)
+    skey = rstore.session_key(handle.session_id)
+    assert client.hget(skey, "m:resume") == stored_form(rid).encode()
+    assert 0 < client.pttl(skey) <= 10_000
     assert 0 < client.pttl(rstore.resume_key(rid)) <= 10_000
 
 
@@ -128,7 +142,7 @@ def test_tombstone_ttl(rstore: RedisSessionStore, client: redis.Redis) -> None:
     handle = rstore.create({}, None)
     rid = rstore.issue_resume(handle.session_id, None)
     assert rstore.claim_resume(rid, None).granted
-    assert 55_000 < client.pttl(rstore.tombstone_key(rid)) <= 60_000
+    assert 55_000 < client.pttl(rstore.tombstone_key(rid, handle.session_id)) <= 60_000
 
 
 def test_a_session_without_ttl_gets_the_lease_on_save(
@@ -164,6 +178,12 @@ def test_forged_resume_record_in_redis_is_refused(
     client.set(rstore.resume_key(rid), pickle.dumps({"s": "x"}), px=10_000)
     assert rstore.claim_resume(rid, None).status is ResumeStatus.MALFORMED
     client.set(rstore.resume_key(rid), '{"s": 5, "i": "none"}', px=10_000)
+    assert rstore.claim_resume(rid, None).status is ResumeStatus.MALFORMED
+    # a pointer to a real session whose binding holds a pickle
+    handle = rstore.create({}, None)
+    client.set(rstore.resume_key(rid), handle.session_id, px=10_000)
+    client.hset(rstore.session_key(handle.session_id),
+                mapping={"m:resume": stored_form(rid), "m:resume_record": pickle.dumps({})})
     assert rstore.claim_resume(rid, None).status is ResumeStatus.MALFORMED
 
 
