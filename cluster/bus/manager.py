@@ -30,6 +30,7 @@ from socketio.packet import Packet
 
 from cluster import compat
 from cluster.bus.acks import AckTable
+from cluster.bus.catch_up import close_client_connections
 from cluster.bus.codec import Codec
 from cluster.bus.defaults import DEFAULT_CHANNEL
 from cluster.bus.heartbeat import Heartbeat
@@ -133,7 +134,8 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         self.subscription.on_lost(self._emitters_stop_waiting)
         self.receiver = Receiver(transport, self.subscription, self.codec, self.bus_stats,
                                  log, host_id=self.host_id,
-                                 own_emit=self._deliver_own_logged, handlers={
+                                 own_emit=self._deliver_own_logged,
+                                 reset_clients=self._reset_local_clients, handlers={
                                      "emit": self._deliver,
                                      "callback": self.apply_callback,
                                      "disconnect": self.apply_disconnect,
@@ -346,6 +348,11 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         for message in self.ordered.wake_all():
             self.bus_stats.incr("delivered_unlogged")
             self._deliver(message)
+
+    def _reset_local_clients(self) -> int:
+        """A catch-up could not be exact: this node's clients recover by
+        themselves (see :mod:`.catch_up`)."""
+        return close_client_connections(self.server, self._spawn_safely)
 
     def _deliver_own_logged(self, message: dict[str, Any]) -> None:
         """The listener's part: this node's logged emit came back."""

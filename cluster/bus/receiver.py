@@ -6,6 +6,10 @@ dropped (counted in ``stats()`` and logged at most every 10 s, since a flood
 of forged messages must not flood the log too), and a message that fails
 while being applied is counted in ``handler_errors``. The listener therefore
 survives any single bad message and any backend failure.
+
+After a subscription outage the receiver first catches up on what the
+recovery stream holds since the last offset it got from the channel, then
+handles the live messages (see :mod:`.catch_up`).
 """
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
+from cluster.bus.catch_up import CatchUp, CatchUpReader
 from cluster.bus.codec import Codec
 from cluster.bus.errors import Dropped
 from cluster.bus.runtime import Backoff
@@ -34,11 +39,14 @@ class Receiver:
         host. Methods without a handler are ignored.
     :param own_emit: this host's own logged emit coming back through the
         channel, to be delivered to this node's clients in stream order.
+    :param reset_clients: closes every local client connection, when a
+        catch-up cannot be exact; returns how many (see :mod:`.catch_up`).
     """
 
     def __init__(self, transport: Transport, subscription: Subscription, codec: Codec,
                  stats: BusStats, logger: logging.Logger, *, host_id: str,
-                 handlers: Mapping[str, Handler], own_emit: Handler) -> None:
+                 handlers: Mapping[str, Handler], own_emit: Handler,
+                 reset_clients: Callable[[], int] = lambda: 0) -> None:
         self.transport = transport
         self.subscription = subscription
         self.codec = codec
@@ -49,6 +57,24 @@ class Receiver:
         self.own_emit = own_emit
         self._local = threading.local()  # green-thread local under eventlet
         self._last_drop_log = 0.0
+        self.catch_up = CatchUp(self._stream_reader, self.apply, stats, logger,
+                                max_age_ms=self._max_age_ms, reset_clients=reset_clients,
+                                sleep=subscription.sleep)
+        # runs inside the transport's listen loop, right after it subscribed
+        # and before it yields a live message
+        subscription.on_lost(self.catch_up.lost)
+        subscription.on_subscribed(self.catch_up.subscribed)
+
+    def _stream_reader(self) -> CatchUpReader | None:
+        # set on the transport after the manager is built (None: no stream);
+        # a reader that cannot list raw entries offers no catch-up
+        recovery = self.transport.recovery
+        if recovery is None or not hasattr(recovery, "raw_page"):
+            return None
+        return cast(CatchUpReader, recovery)
+
+    def _max_age_ms(self) -> int | None:
+        return self.codec.max_age_ms if self.codec.signed else None
 
     def in_listener(self) -> bool:
         """Whether the caller runs inside this listener (an ack callback or
@@ -82,12 +108,22 @@ class Receiver:
         self.stats.incr("received")
         self.subscription.received()
         offset, raw = split_published(raw)
+        if offset is None:
+            self.apply(None, raw)
+        elif self.catch_up.duplicate(offset):
+            self.stats.incr("catch_up_skipped")  # the catch-up handled it
+        elif self.apply(offset, raw):
+            self.catch_up.seen(offset)
+
+    def apply(self, offset: str | None, raw: Any) -> bool:
+        """Check and apply one message published with ``offset``; False
+        when the codec dropped it. Never raises."""
         try:
             message, sent_ms = self.codec.open(raw, offset=offset)
         except Dropped as drop:
             self.stats.incr(drop.reason)
             self._log_drop(drop)
-            return
+            return False
         if offset is not None and message.get("method") == "emit":
             message["offset"] = offset
         method, host = message["method"], message.get("host_id")
@@ -95,13 +131,13 @@ class Receiver:
             if method == "callback":
                 if host == self.host_id:
                     self.handlers["callback"](message)
-                return
+                return True
             if host == self.host_id:
                 # our own message coming back: a logged emit is delivered
                 # to this node's clients now, in stream order
                 if method == "emit" and "lid" in message:
                     self.own_emit(message)
-                return
+                return True
             if sent_ms is not None:
                 self.stats.record_lag(time.time() - sent_ms / 1000)
             handler = self.handlers.get(method)
@@ -110,6 +146,7 @@ class Receiver:
         except Exception:
             self.stats.incr("handler_errors")
             self.logger.exception("Error applying bus message %r", method)
+        return True
 
     def _log_drop(self, drop: Dropped) -> None:
         now = time.monotonic()

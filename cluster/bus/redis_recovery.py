@@ -66,6 +66,13 @@ class RedisRecoveryReader:
         """The newest offset in the stream (None if unavailable)."""
         return self._read(self.log.last_offset, default=None)  # type: ignore[no-any-return]
 
+    def server_id(self) -> str | None:
+        """The ``run_id`` of the Redis server holding the stream (None if
+        unavailable): it changes when that server restarts."""
+        info = self._read(lambda client: client.info("server"), default=None)
+        run_id = info.get("run_id") if isinstance(info, dict) else None
+        return str(run_id) if run_id is not None else None
+
     def restart_point(self) -> str | None:
         """Where a restored session's history starts (None if unavailable):
         see :meth:`cluster.recovery.stream.RecoveryLog.restart_point`."""
@@ -84,6 +91,13 @@ class RedisRecoveryReader:
              ) -> list[tuple[str, dict[str, Any] | None, int]] | None:
         """Up to ``count`` entries after ``offset`` (None: unreadable)."""
         return self._read(self.log.page, offset, count, default=None)  # type: ignore[no-any-return]
+
+    def raw_page(self, offset: str, until: str, count: int
+                 ) -> list[tuple[str, bytes | None]] | None:
+        """Up to ``count`` raw entries in ``(offset, until]`` (None:
+        unreadable): see :meth:`cluster.recovery.stream.RecoveryLog.raw_page`."""
+        return self._read(self.log.raw_page, offset, until, count,  # type: ignore[no-any-return]
+                          default=None)
 
     def scan(self, offset: str, namespace: str, sid: str, rooms: Iterable[Any]
              ) -> ScanPage | None:

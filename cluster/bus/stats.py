@@ -34,6 +34,18 @@ Counters
                           publisher or subscriber, including a subscriber
                           that redis-py reconnected and re-subscribed by
                           itself (e.g. cut at Redis's pub/sub output limit)
+    catch_ups             subscription outages after which the recovery
+                          stream was read for what the channel carried
+                          meanwhile (see ``cluster.bus.catch_up``)
+    caught_up             messages read back that way and handed on as live
+    catch_up_skipped      live messages skipped as copies of caught-up ones
+    catch_up_after_restart  outages across a Redis restart, caught up from the
+                          new server's stream (nobody disconnected)
+    catch_up_impossible   outages that could not be caught up exactly
+                          (stream trimmed, reset or unreadable, the outage
+                          past ``max_message_age``, too many messages)
+    catch_up_disconnects  local client connections closed after those, so
+                          that they recover by themselves
     acks_expired          ack callbacks removed because no answer came in time
     requests_timed_out    cluster-wide queries that ended with a node silent
     lag_samples           messages that contributed to the lag gauges
@@ -58,7 +70,9 @@ COUNTERS = (
     "dropped_bad_offset", "dropped_buffer_full", "dropped_unpublished", "published_unlogged",
     "delivered_unlogged",
     "handler_errors", "recovery_stream_resets",
-    "reconnects", "acks_expired", "requests_timed_out", "lag_samples",
+    "reconnects", "catch_ups", "caught_up", "catch_up_skipped", "catch_up_after_restart",
+    "catch_up_impossible",
+    "catch_up_disconnects", "acks_expired", "requests_timed_out", "lag_samples",
 )
 GAUGES = ("buffered", "buffered_bytes", "ready", "live_nodes", "pending_acks", "lag_seconds",
           "lag_seconds_max")

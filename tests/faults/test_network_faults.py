@@ -7,19 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.faults.invariants import InvariantViolation
 from tests.faults.scenario import progress, wait_readyz
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
-
-#: found by these scenarios (issue 29); the lead decides on the fix
-SUBSCRIPTION_GAP = (
-    "finding: while node1's Redis subscription is down (reset or stalled link), messages "
-    "that OTHER nodes publish to rooms of node1's clients are never delivered to those "
-    "clients, although they stay connected and are told nothing (the senders got their "
-    "acks; their nodes' Redis link, and so the recovery stream writes, were fine). "
-    "node1's own buffered publishes do arrive everywhere. "
-    "E.g. 'c000: missing room=room00 sender=c001 seq=5-10,16-21'.")
 
 
 def test_latency_and_jitter_lose_duplicate_and_reorder_nothing(
@@ -37,7 +27,6 @@ def test_latency_and_jitter_lose_duplicate_and_reorder_nothing(
     assert cluster.proxy.accepted >= 1  # the node did talk to Redis through the proxy
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantViolation, reason=SUBSCRIPTION_GAP)
 def test_resets_of_the_redis_link_deliver_what_was_buffered(
         fault_cluster: Any, workload: Any) -> None:
     cluster = fault_cluster()
@@ -57,7 +46,6 @@ def test_resets_of_the_redis_link_deliver_what_was_buffered(
     print(load.verdict())
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantViolation, reason=SUBSCRIPTION_GAP)
 def test_long_stall_node_not_ready_keeps_clients_and_delivers_after(
         fault_cluster: Any, workload: Any) -> None:
     cluster = fault_cluster()
