@@ -237,6 +237,22 @@ class RecoveryLog:
             out.append((_text(entry_id), self.open_entry(payload), len(payload)))
         return out
 
+    def raw_page(self, client: Any, offset: str, until: str, count: int
+                 ) -> list[tuple[str, bytes | None]]:
+        """Up to ``count`` entries after ``offset`` and up to ``until``
+        (included), oldest first, each as ``(offset, payload)`` exactly as
+        published (``None`` for an entry without one), *not* opened: for the
+        bus's catch-up, which checks them like live messages (see
+        :mod:`cluster.bus.catch_up`)."""
+        Offset.of(offset)  # raises InvalidOffset (a ValueError) for anything else
+        Offset.of(until)
+        entries = client.xrange(self.key, min="(" + offset, max=until, count=int(count))
+        out: list[tuple[str, bytes | None]] = []
+        for entry_id, fields in entries:
+            payload = fields.get(b"p") if isinstance(fields, dict) else None
+            out.append((_text(entry_id), payload if isinstance(payload, bytes) else None))
+        return out
+
     def scan(self, client: Any, offset: str, namespace: str, sid: str,
              rooms: Iterable[Any], count: int = SCAN_COUNT,
              max_bytes: int = SCAN_BYTES) -> ScanPage:
