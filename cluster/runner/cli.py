@@ -168,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
                       default=float(os.environ.get("CLUSTER_DRAIN_SECONDS", "10")),
                       help="on SIGTERM, how long in-flight handlers may take to finish before "
                            "the node exits (default: 10)")
+    node.add_argument("--drain-spread-seconds", type=float, metavar="SECONDS",
+                      # 5: cluster.runner.drain_spread.DEFAULT_DRAIN_SPREAD_SECONDS, not
+                      # imported here (it would import socketio before the monkey patch)
+                      default=float(os.environ.get("CLUSTER_DRAIN_SPREAD_SECONDS") or "5"),
+                      help="on SIGTERM, after the handlers finished, close the clients at "
+                           "random moments over this window (at most 1 s per 100 clients) so "
+                           "that they do not all reconnect to the other nodes at once; 0 "
+                           "closes them all at once; SIGTERM then takes up to --drain-seconds "
+                           "plus this (default: $CLUSTER_DRAIN_SPREAD_SECONDS, else 5)")
     node.add_argument("--access-log", action="store_true",
                       help="log every HTTP request (default: off; polling makes it noisy)")
     node.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
@@ -255,7 +264,8 @@ def run_node(args: argparse.Namespace) -> int:
         return 2
     try:
         serve_eventlet(socketio, socketio.app, args.host, args.port,
-                       log_output=args.access_log, drain_seconds=args.drain_seconds)
+                       log_output=args.access_log, drain_seconds=args.drain_seconds,
+                       drain_spread_seconds=args.drain_spread_seconds)
     except OSError as exc:
         from cluster.runner.start_checks import listen_error
 

@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from cluster import compat
 from cluster.bus.features import bus_features
 from cluster.config import (
     DEFAULT_HTTP_BODY_TIMEOUT,
@@ -48,6 +47,7 @@ from cluster.runner.body_deadline import (
     PollingBodyMiddleware,
     deadline_input,
 )
+from cluster.runner.drain_spread import close_spread
 
 if TYPE_CHECKING:
     import flask
@@ -281,8 +281,10 @@ def watch_stop_signals(socketio: SocketIO) -> Any:
 
 
 def serve_eventlet(socketio: SocketIO, wsgi_app: Callable[..., Any], host: str, port: int, *,
-                   log_output: bool = False, drain_seconds: float = 10.0) -> None:
-    """Serve ``wsgi_app`` until SIGTERM/SIGINT, then stop gracefully."""
+                   log_output: bool = False, drain_seconds: float = 10.0,
+                   drain_spread_seconds: float = 0.0) -> None:
+    """Serve ``wsgi_app`` until SIGTERM/SIGINT, then stop gracefully
+    (:func:`drain_node` with ``drain_seconds`` and ``drain_spread_seconds``)."""
     import eventlet
     import eventlet.wsgi
 
@@ -313,13 +315,13 @@ def serve_eventlet(socketio: SocketIO, wsgi_app: Callable[..., Any], host: str, 
     # new Socket.IO connections are refused from now on (see HealthMiddleware)
     # while the open ones are served until the drain closes them; stopping
     # the WSGI server first would cut every websocket at once
-    shutdown_node(socketio, drain_seconds=drain_seconds)
+    shutdown_node(socketio, drain_seconds=drain_seconds, spread_seconds=drain_spread_seconds)
     server_thread.kill()
     sock.close()
     logger.info("Node stopped")
 
 
-def drain_node(socketio: SocketIO, grace_seconds: float) -> None:
+def drain_node(socketio: SocketIO, grace_seconds: float, spread_seconds: float = 0.0) -> None:
     """Take a node out of the cluster without losing anything.
 
     In order: ``/readyz`` turns 503 and new Socket.IO connections are
@@ -328,8 +330,11 @@ def drain_node(socketio: SocketIO, grace_seconds: float) -> None:
     pending); every client is then closed at the Engine.IO level, not with a
     Socket.IO DISCONNECT (which tells clients not to come back), so they
     reconnect through the load balancer to another node and resume or
-    recover there; finally the bus publishes what is still queued and says
-    goodbye.
+    recover there, the closes spread over up to ``spread_seconds`` with
+    jitter (:mod:`cluster.runner.drain_spread`; 0: all at once, the default
+    here, while ``python -m cluster node`` spreads over 5 s); finally the
+    bus publishes what is still queued and says goodbye. The whole drain
+    takes at most about ``grace_seconds + spread_seconds``.
     """
     deadline = time.monotonic() + grace_seconds
     socketio.node_state.draining = True
@@ -337,26 +342,19 @@ def drain_node(socketio: SocketIO, grace_seconds: float) -> None:
     if not runner.wait_idle(timeout=max(0.0, deadline - time.monotonic())):
         logger.warning("drain: %d handler(s) still running after %.1f s; closing anyway",
                        runner.in_flight, grace_seconds)
-    eio = socketio.server.eio
-    closed = 0
-    for eio_sid, eio_socket in compat.open_engine_sockets(eio):
-        try:
-            # abort: no Engine.IO CLOSE packet, which clients take as "do not
-            # reconnect"; a dropped transport makes them retry
-            eio_socket.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
-            closed += 1
-        except Exception:  # a socket closing under us is fine here
-            logger.debug("connection %s already gone while draining", eio_sid[:8])
-        compat.forget_engine_socket(eio, eio_sid)
+    # the flush below gets what is left of the grace, plus the spread window
+    deadline = max(deadline, time.monotonic()) + spread_seconds
+    closed = close_spread(socketio.server.eio, spread_seconds, socketio.server.sleep)
     logger.info("drain: closed %d connection(s); they reconnect to other nodes", closed)
     if socketio.sessions is not None:
         socketio.sessions.flush(timeout=max(0.0, deadline - time.monotonic()))
     bus_features(socketio.server.manager).close(timeout=max(0.5, deadline - time.monotonic()))
 
 
-def shutdown_node(socketio: SocketIO, *, drain_seconds: float) -> None:
+def shutdown_node(socketio: SocketIO, *, drain_seconds: float,
+                  spread_seconds: float = 0.0) -> None:
     """Disconnect every local client and flush what must survive the node."""
-    drain_node(socketio, drain_seconds)
+    drain_node(socketio, drain_seconds, spread_seconds)
     socketio.server.shutdown()
 
 
@@ -383,7 +381,8 @@ def run_app(socketio: SocketIO, app: flask.Flask | None, host: str | None = None
     async_mode = socketio.server.async_mode
     if async_mode == "eventlet":
         serve_eventlet(socketio, app, host, port, log_output=log_output,
-                       drain_seconds=kwargs.pop("drain_seconds", 10.0))
+                       drain_seconds=kwargs.pop("drain_seconds", 10.0),
+                       drain_spread_seconds=kwargs.pop("drain_spread_seconds", 0.0))
         return
     if async_mode != "threading":
         raise RuntimeError(f"async_mode {async_mode!r} is not supported by SocketIO.run().")
