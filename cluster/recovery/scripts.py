@@ -9,8 +9,11 @@ on it, with Redis access but without the bus secret) would make every
 append fail, and with it cross-node delivery. The scripts check ``TYPE``
 first, atomically; a wrong-typed key is renamed to the quarantine key
 (kept ``QUARANTINE_SECONDS``, for whoever investigates) and the stream
-starts anew. Its first id is a millisecond past Redis's clock, so no id
-of the old stream can exist in it, and it is marked as trimmed (that
+starts anew. Its first id is a millisecond past Redis's clock and past
+the previous reset's first id (kept in a third key of the same slot, since
+the stream a ``SET`` overwrote took its own ids with it, and ids after a
+reset may run ahead of the clock), so no id of an earlier stream can exist
+in it, and it is marked as trimmed (that
 first entry, a marker, is deleted at once, which sets the stream's
 ``max-deleted-entry-id``), so no offset from before the reset, ``0-0``
 included, is ever taken as the start of a complete replay: clients away
@@ -22,19 +25,26 @@ from __future__ import annotations
 QUARANTINE_SECONDS = 3600
 
 # the TYPE check, shared by the scripts: sets ``healed`` to the old type
-# when a wrong-typed key was moved aside (KEYS[1] stream, KEYS[2] quarantine;
-# ``quarantine_ms`` and ``stream_ms``, the new stream's idle expiry, set by
-# the script before)
+# when a wrong-typed key was moved aside (KEYS[1] stream, KEYS[2] quarantine,
+# KEYS[3] the last reset's first millisecond; ``quarantine_ms`` and
+# ``stream_ms``, the new stream's idle expiry, set by the script before)
 _HEAL = """
 local healed = false
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'stream' and kind ~= 'none' then
   redis.call('RENAME', KEYS[1], KEYS[2])
   redis.call('PEXPIRE', KEYS[2], quarantine_ms)
-  -- a millisecond past now: every id of the old stream is below it, so
-  -- none can be found again in the new one
+  -- a millisecond past now and past the previous reset's start: every id
+  -- of an earlier stream is below it, so none can be found again here
   local clock = redis.call('TIME')
   local next_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + 1
+  if redis.call('TYPE', KEYS[3])['ok'] == 'string' then
+    local previous = tonumber(redis.call('GET', KEYS[3]))
+    if previous and previous >= next_ms then next_ms = previous + 1 end
+  else
+    redis.call('DEL', KEYS[3])
+  end
+  redis.call('SET', KEYS[3], string.format('%.0f', next_ms), 'PX', stream_ms)
   local marker = redis.call('XADD', KEYS[1], string.format('%.0f-0', next_ms), 'h', '1')
   redis.call('XDEL', KEYS[1], marker)
   redis.call('PEXPIRE', KEYS[1], stream_ms)
@@ -42,7 +52,7 @@ if kind ~= 'stream' and kind ~= 'none' then
 end
 """
 
-#: KEYS: stream, quarantine; ARGV: channel, payload, window ms, max entries,
+#: KEYS: stream, quarantine, reset mark; ARGV: channel, payload, window ms, max entries,
 #: publish command, quarantine ms, then routing fields (name, value, ...).
 #: Returns the entry id, or ``{id, old type}`` when it healed the key.
 APPEND = """
@@ -63,7 +73,7 @@ end
 return id
 """
 
-#: KEYS: stream, quarantine; ARGV: quarantine ms, stream idle expiry ms.
+#: KEYS: stream, quarantine, reset mark; ARGV: quarantine ms, stream idle expiry ms.
 #: Returns the old type, or false (nil) when the key was a stream or absent.
 HEAL = """
 local quarantine_ms = tonumber(ARGV[1])

@@ -86,6 +86,8 @@ class RecoveryLog:
         self.key = f"{{{channel}}}:recovery"
         #: where a wrong-typed key at ``key`` is moved (same slot)
         self.quarantine_key = f"{{{channel}}}:recovery:quarantined"
+        #: the first millisecond of the last reset's stream (see :mod:`.scripts`)
+        self.reset_mark_key = f"{{{channel}}}:recovery:reset"
         self.channel = channel
         self.open_entry = open_entry
         self.window_ms = max(1000, int(window * 1000))
@@ -110,7 +112,7 @@ class RecoveryLog:
         """
         args = [self.channel, payload, self.window_ms, self.max_entries,
                 self.publish_command, QUARANTINE_SECONDS * 1000, *route_fields(payload)]
-        keys = [self.key, self.quarantine_key]
+        keys = [self.key, self.quarantine_key, self.reset_mark_key]
         if hasattr(client, "execute"):
             # not redis-py's Script: in a pipeline it checks SCRIPT EXISTS
             # first, a second round trip per batch
@@ -143,7 +145,7 @@ class RecoveryLog:
     def heal(self, client: Any) -> bool:
         """Move a wrong-typed key at :attr:`key` aside (see :mod:`.scripts`);
         True when there was one. For readers that met ``WRONGTYPE``."""
-        kind = self._script(client, HEAL)(keys=[self.key, self.quarantine_key],
+        kind = self._script(client, HEAL)(keys=[self.key, self.quarantine_key, self.reset_mark_key],
                                           args=[QUARANTINE_SECONDS * 1000, self.window_ms * 2])
         if kind is None:
             return False
