@@ -5,7 +5,7 @@ password, an ACL user without a needed permission, or a TLS certificate the
 client does not trust never heal on their own, and redis-py reports them as
 generic connection or response errors. :func:`access_problem` recognises
 them and says what to change, so the operator reads the fix, not a
-traceback. The bus (:mod:`cluster.bus.redis_access`) uses it too.
+traceback. The bus (:mod:`cluster.bus.backends.redis_access`) uses it too.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 
 from cluster import Client
 from cluster.bus import BusAccessDenied
-from cluster.bus.redis_access import check_access
+from cluster.bus.backends.redis_access import check_access
 from cluster.devtools.processes import free_port
 from session_store import RedisSessionStore, SessionStoreAccessDenied
 from session_store.resume import stored_form
@@ -72,7 +72,7 @@ def test_the_cluster_runs_on_a_tls_redis_with_an_acl_user(
     assert pid
     admin = tls_redis.client(admin=True)
     try:
-        assert admin.exists(f"sio:sess:resume:{stored_form(pid)}") == 1
+        assert admin.exists(f"sio:sess:resume:{{{stored_form(pid)}}}") == 1
     finally:
         admin.close()
     # recovery: b's node crashes, misses two emits, b comes back and gets them

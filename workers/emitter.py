@@ -30,7 +30,7 @@ from cluster.bus import (
     check_signing,
     create_manager,
 )
-from cluster.bus.redis_access import check_access
+from cluster.bus.backends.redis_access import check_access
 
 from .exceptions import ConfigurationError, PayloadError, PublishError
 from .settings import DEFAULT_CHANNEL, WorkerSettings

@@ -23,13 +23,32 @@ add to python-socketio's ``PubSubManager``:
     publish queue to drain.
 :func:`with_timeout`
     ack callbacks with their own timeout and an expiry callback.
+
+Layout, and the one direction imports point in (``tests/bus/test_layout.py``
+fails on any import cycle, lazy and ``TYPE_CHECKING`` imports included):
+
+- the publish/receive pipeline, flat here: :mod:`.transport` (the interface
+  a backend implements, the subscription state, the recovery reads a
+  backend may offer), :mod:`.codec` and :mod:`.message_schema`,
+  :mod:`.publisher`, :mod:`.outbox`, :mod:`.batch`, :mod:`.sender`,
+  :mod:`.receiver`, :mod:`.ordered_delivery`, :mod:`.catch_up`, with the
+  shared :mod:`.settings`, :mod:`.stats`, :mod:`.runtime`, :mod:`.errors`;
+- :mod:`.backends`: Redis and kombu. They import only the pipeline's
+  interfaces, never the manager nor a service;
+- :mod:`.services`: node registry and heartbeats, acks, cluster queries,
+  presence, membership. They use the pipeline; the pipeline never imports
+  them;
+- the composers, which nothing above imports: :mod:`.manager`
+  (:class:`ClusterManager`), :mod:`.redis_manager` and
+  :mod:`.kombu_manager` (the manager with a backend), :mod:`.features`
+  (what the node asks of any manager) and :mod:`.startup` (start-up checks).
 """
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlparse
 
-from cluster.bus.acks import TimedAck, with_timeout
+from cluster.bus.backends.redis_connection import SCHEMES as REDIS_SCHEMES
 from cluster.bus.codec import Codec
 from cluster.bus.defaults import DEFAULT_CHANNEL
 from cluster.bus.errors import (
@@ -46,15 +65,15 @@ from cluster.bus.errors import (
 from cluster.bus.features import BusFeatures, RecoveryReader, bus_features
 from cluster.bus.kombu_manager import KombuManager
 from cluster.bus.manager import ClusterManager
-from cluster.bus.membership import LocalManager, MembershipEvents
-from cluster.bus.presence import Presence
-from cluster.bus.redis_connection import SCHEMES as REDIS_SCHEMES
 from cluster.bus.redis_manager import RedisManager
+from cluster.bus.services.acks import TimedAck, with_timeout
+from cluster.bus.services.membership import LocalManager, MembershipEvents
+from cluster.bus.services.presence import Presence
+from cluster.bus.services.view import ClusterView
 from cluster.bus.settings import BusSettings
 from cluster.bus.signing_policy import check_signing
 from cluster.bus.stats import COUNTERS, GAUGES
 from cluster.bus.transport import Subscription, Transport
-from cluster.bus.view import ClusterView
 
 __all__ = [
     "create_manager", "ClusterManager", "LocalManager", "MembershipEvents", "RedisManager",
@@ -103,8 +122,8 @@ def create_manager(url: str, *, channel: str = DEFAULT_CHANNEL,
     common = dict(channel=channel, write_only=write_only, logger=logger,
                   signing_secret=signing_secret, **settings)
     if scheme in REDIS_SCHEMES:
-        cluster = bool(options.pop("cluster", False))
-        return RedisManager(url, redis_options=options, cluster=cluster,
+        redis_cluster = bool(options.pop("cluster", False))
+        return RedisManager(url, redis_options=options, cluster=redis_cluster,
                             **common)
     sub = {key: options.pop(key, None) for key in
            ("exchange_options", "queue_options", "producer_options")}

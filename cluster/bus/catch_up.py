@@ -102,7 +102,7 @@ READ_ATTEMPTS = 3
 
 class CatchUpReader(Protocol):
     """The reads of the recovery stream a catch-up needs (see
-    :class:`~.redis_recovery.RedisRecoveryReader`); each returns its default
+    :class:`~.backends.redis_recovery.RedisRecoveryReader`); each returns its default
     (None, or False) when the stream cannot be read."""
 
     def last_offset(self) -> str | None: ...

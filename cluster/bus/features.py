@@ -2,7 +2,7 @@
 
 A node runs with one of three kinds of python-socketio client manager: a
 cluster bus (:class:`~.manager.ClusterManager`), the single-node
-:class:`~.membership.LocalManager`, or one a user passed in
+:class:`~.services.membership.LocalManager`, or one a user passed in
 (``client_manager=``, a stock python-socketio manager). The node's parts
 (readiness, metrics, recovery, cluster queries, presence, shutdown) ask
 their questions here, through :func:`bus_features`, instead of probing the
@@ -11,31 +11,14 @@ manager without a bus answers as a single node would.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from cluster.bus.presence import Presence
-    from cluster.bus.view import ClusterView
-    from cluster.recovery.routing import ScanPage
+from cluster.bus.manager import ClusterManager
+from cluster.bus.services.presence import Presence
+from cluster.bus.services.view import ClusterView
+from cluster.bus.transport import RecoveryReader
 
-
-class RecoveryReader(Protocol):
-    """Reads of the shared recovery stream (see :mod:`cluster.recovery.replay`).
-
-    Every read returns its documented default when the stream cannot be
-    read (Redis down), and logs why.
-    """
-
-    def last_offset(self) -> str | None: ...
-    def restart_point(self) -> str | None: ...
-    def readable(self, offset: str) -> bool: ...
-    def contains(self, offset: str) -> bool: ...
-    def page(self, offset: str, count: int
-             ) -> list[tuple[str, dict[str, Any] | None, int]] | None: ...
-    def scan(self, offset: str, namespace: str, sid: str, rooms: Iterable[Any]
-             ) -> ScanPage | None: ...
-    def after(self, offset: str) -> list[tuple[str, dict[str, Any]]] | None: ...
+__all__ = ["BusFeatures", "RecoveryReader", "SingleNode", "bus_features"]
 
 
 class BusFeatures(Protocol):
@@ -85,8 +68,6 @@ _SINGLE_NODE = SingleNode()
 def bus_features(manager: Any) -> BusFeatures:
     """The features of ``manager``: the manager itself when it is a cluster
     bus, else the single-node answers."""
-    from cluster.bus.manager import ClusterManager  # the bus package imports this module
-
     if isinstance(manager, ClusterManager):
         return manager.features
     return _SINGLE_NODE

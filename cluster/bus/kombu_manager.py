@@ -1,12 +1,12 @@
 """KombuManager: the cluster bus over a kombu broker (RabbitMQ...); the
-transport itself is :mod:`.kombu_transport`."""
+transport itself is :mod:`.backends.kombu_transport`."""
 from __future__ import annotations
 
 from typing import Any
 
+from cluster.bus.backends.kombu_transport import KombuTransport
 from cluster.bus.defaults import DEFAULT_CHANNEL
 from cluster.bus.errors import BusConfigurationError
-from cluster.bus.kombu_transport import KombuTransport
 from cluster.bus.manager import ClusterManager
 from cluster.bus.settings import split_settings
 

@@ -4,15 +4,17 @@ The manager is what python-socketio talks to (``emit``, room changes,
 ``disconnect``, acks); it composes the parts that do the work and passes
 each only what it needs:
 
-- a :class:`~.transport.Transport` moves bytes (Redis, kombu);
+- a :class:`~.transport.Transport` moves bytes (the backends in
+  :mod:`.backends`: Redis, kombu);
 - the :class:`~.publisher.Publisher` is the one way out: serialize, queue,
   seal, send, with one retry policy;
 - the :class:`~.receiver.Receiver` listens, checks and dispatches;
-- :class:`~.heartbeat.Heartbeat` keeps the node registry and the periodic
-  chores; :class:`~.acks.AckTable` the ack callbacks;
-- :class:`~.view.ClusterView` (cluster-wide queries) and
-  :class:`~.presence.Presence` see the bus through a
-  :class:`~.link.BusLink`;
+- :class:`~.services.heartbeat.Heartbeat` keeps the node registry and the
+  periodic chores; :class:`~.services.acks.AckTable` the ack callbacks;
+- the cluster services in :mod:`.services`:
+  :class:`~.services.view.ClusterView` (cluster-wide queries) and
+  :class:`~.services.presence.Presence` see the bus through a
+  :class:`~.services.link.BusLink`;
 - :class:`~.ordered_delivery.OrderedDelivery` hands a node's own logged
   emits to its clients in stream order.
 
@@ -29,23 +31,23 @@ from typing import Any, cast
 from socketio.packet import Packet
 
 from cluster import compat
-from cluster.bus.acks import AckTable
 from cluster.bus.catch_up import close_client_connections
 from cluster.bus.codec import Codec
 from cluster.bus.defaults import DEFAULT_CHANNEL
-from cluster.bus.heartbeat import Heartbeat
-from cluster.bus.link import BusLink
-from cluster.bus.membership import MembershipEvents, named_rooms
-from cluster.bus.nodes import NodeRegistry
 from cluster.bus.ordered_delivery import OrderedDelivery, PendingDelivery
-from cluster.bus.presence import Presence
 from cluster.bus.publisher import Publisher
 from cluster.bus.receiver import Receiver
 from cluster.bus.runtime import Runtime
+from cluster.bus.services.acks import AckTable
+from cluster.bus.services.heartbeat import Heartbeat
+from cluster.bus.services.link import BusLink
+from cluster.bus.services.membership import MembershipEvents, named_rooms
+from cluster.bus.services.nodes import NodeRegistry
+from cluster.bus.services.presence import Presence
+from cluster.bus.services.view import ClusterView
 from cluster.bus.settings import BusSettings
 from cluster.bus.stats import BusStats
 from cluster.bus.transport import Subscription, Transport
-from cluster.bus.view import ClusterView
 
 
 class _ServerLogger:

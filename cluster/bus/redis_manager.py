@@ -2,20 +2,20 @@
 Sentinel, Redis Cluster).
 
 The URL forms and the driver options are described in
-:mod:`.redis_connection`; publishing and listening in
-:mod:`.redis_transport`; the recovery stream's reads in
-:mod:`.redis_recovery`. This module only builds them for a manager.
+:mod:`.backends.redis_connection`; publishing and listening in
+:mod:`.backends.redis_transport`; the recovery stream's reads in
+:mod:`.backends.redis_recovery`. This module only builds them for a manager.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from cluster.bus.backends.redis_connection import SCHEMES, RedisConnector
+from cluster.bus.backends.redis_recovery import RedisRecoveryReader
+from cluster.bus.backends.redis_transport import RedisTransport
 from cluster.bus.defaults import DEFAULT_CHANNEL
 from cluster.bus.errors import Dropped
 from cluster.bus.manager import ClusterManager
-from cluster.bus.redis_connection import SCHEMES, RedisConnector
-from cluster.bus.redis_recovery import RedisRecoveryReader
-from cluster.bus.redis_transport import RedisTransport
 from cluster.bus.settings import split_settings
 from cluster.recovery.stream import RecoveryLog
 
@@ -40,7 +40,7 @@ class RedisManager(ClusterManager):
                  cluster: bool = False, **kwargs: Any) -> None:
         options = dict(redis_options or {})
         kwargs = split_settings(options, kwargs)
-        connector = RedisConnector(url, options, cluster, channel)
+        connector = RedisConnector(url, options, redis_cluster=cluster, channel=channel)
         window = kwargs.get("recovery_window")
         log = None
         if window:

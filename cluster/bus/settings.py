@@ -63,7 +63,7 @@ class BusSettings:
       within about this long after the bus returns.
     - ``ack_timeout``: seconds before an unanswered ack callback is
       dropped (60); ``None`` keeps them forever as python-socketio does.
-      Per call: :func:`~.acks.with_timeout`.
+      Per call: :func:`~.services.acks.with_timeout`.
     - ``request_timeout``: default timeout of cluster queries (5.0).
     - ``heartbeat_interval`` (1.0) and ``node_timeout`` (silence after
       which a node counts as gone; ``3 * heartbeat_interval + 0.5``).

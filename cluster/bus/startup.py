@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from cluster.bus.backends.redis_access import check_access
 from cluster.bus.manager import ClusterManager
-from cluster.bus.redis_access import check_access
 from cluster.bus.redis_manager import RedisManager
 from cluster.bus.signing_policy import check_signing
 

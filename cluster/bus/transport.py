@@ -1,25 +1,56 @@
-"""The one small interface a bus backend implements, and the subscription
-state it reports to.
+"""The one small interface a bus backend implements, the subscription
+state it reports to, and the reads of a recovery stream it may offer.
 
-A backend (Redis, Redis Cluster and Sentinel in :mod:`.redis_transport`,
-kombu in :mod:`.kombu_transport`) only moves bytes: it connects a
-publisher, sends a batch of sealed payloads in one round trip (saying
-which of them the server refused, :meth:`Transport.send_each`), and yields
-the payloads it receives, telling the :class:`Subscription` when it
-subscribed, re-subscribed or lost the channel. Everything else (checking,
-ordering, delivery, retries) belongs to the manager's other parts.
+A backend (Redis, Redis Cluster and Sentinel in
+:mod:`.backends.redis_transport`, kombu in :mod:`.backends.kombu_transport`)
+only moves bytes: it connects a publisher, sends a batch of sealed payloads
+in one round trip (saying which of them the server refused,
+:meth:`Transport.send_each`), and yields the payloads it receives, telling
+the :class:`Subscription` when it subscribed, re-subscribed or lost the
+channel. Everything else (checking, ordering, delivery, retries) belongs to
+the pipeline's other parts. This module imports neither the manager nor the
+cluster services: they import it.
 """
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
-from cluster.bus.features import RecoveryReader
-from cluster.bus.nodes import NodeRegistry
 from cluster.bus.runtime import Backoff, Runtime
 from cluster.bus.stats import BusStats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cluster.recovery.routing import ScanPage
+
+
+class RecoveryReader(Protocol):
+    """Reads of the shared recovery stream (see :mod:`cluster.recovery.replay`),
+    offered by a backend that keeps one (:attr:`Transport.recovery`).
+
+    Every read returns its documented default when the stream cannot be
+    read (Redis down), and logs why.
+    """
+
+    def last_offset(self) -> str | None: ...
+    def restart_point(self) -> str | None: ...
+    def readable(self, offset: str) -> bool: ...
+    def contains(self, offset: str) -> bool: ...
+    def page(self, offset: str, count: int
+             ) -> list[tuple[str, dict[str, Any] | None, int]] | None: ...
+    def scan(self, offset: str, namespace: str, sid: str, rooms: Iterable[Any]
+             ) -> ScanPage | None: ...
+    def after(self, offset: str) -> list[tuple[str, dict[str, Any]]] | None: ...
+
+
+class Registry(Protocol):
+    """What the subscription needs of the node registry
+    (:class:`~.services.nodes.NodeRegistry`): a protocol, so that the
+    pipeline does not import the cluster services."""
+
+    def freeze(self) -> None: ...
+    def thaw(self) -> None: ...
 
 
 class Transport:
@@ -94,7 +125,7 @@ class Subscription:
     (the node registry, presence, the ordered delivery of own emits).
     """
 
-    def __init__(self, stats: BusStats, nodes: NodeRegistry, runtime: Runtime,
+    def __init__(self, stats: BusStats, nodes: Registry, runtime: Runtime,
                  logger: logging.Logger, *, node_timeout: float, max_backoff: float,
                  publishing: Callable[[], bool]) -> None:
         self.stats = stats

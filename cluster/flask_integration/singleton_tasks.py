@@ -43,8 +43,8 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cluster.bus.backends.redis_connection import close_quietly
 from cluster.bus.features import bus_features
-from cluster.bus.redis_connection import close_quietly
 from cluster.bus.settings import driver_only
 from cluster.exceptions import ConfigurationError, LeaseLost
 from session_store import redis_client

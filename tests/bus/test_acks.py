@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cluster.bus.acks import AckTable, with_timeout
+from cluster.bus.services.acks import AckTable, with_timeout
 from cluster.bus.stats import BusStats
 
 

@@ -6,10 +6,10 @@ import logging
 import time
 
 from cluster.bus.codec import Codec
-from cluster.bus.heartbeat import Heartbeat
-from cluster.bus.nodes import NodeRegistry
 from cluster.bus.publisher import Publisher
 from cluster.bus.runtime import Runtime
+from cluster.bus.services.heartbeat import Heartbeat
+from cluster.bus.services.nodes import NodeRegistry
 from cluster.bus.settings import BusSettings
 from cluster.bus.stats import BusStats
 from cluster.bus.transport import Subscription

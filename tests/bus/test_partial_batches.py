@@ -240,7 +240,7 @@ class FailingProducer:
 
 def test_kombu_reports_how_far_a_batch_got() -> None:
     pytest.importorskip("kombu")
-    from cluster.bus.kombu_transport import KombuTransport
+    from cluster.bus.backends.kombu_transport import KombuTransport
 
     transport = KombuTransport("memory://", "chan", "q1")
     producer = FailingProducer(fail_at=2)

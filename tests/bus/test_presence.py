@@ -5,9 +5,9 @@ import logging
 import threading
 from typing import Any
 
-from cluster.bus.link import BusLink
-from cluster.bus.nodes import NodeRegistry
-from cluster.bus.presence import Presence
+from cluster.bus.services.link import BusLink
+from cluster.bus.services.nodes import NodeRegistry
+from cluster.bus.services.presence import Presence
 from cluster.bus.stats import BusStats
 
 

@@ -7,9 +7,9 @@ import threading
 from typing import Any
 
 from cluster.bus.codec import Codec
-from cluster.bus.nodes import NodeRegistry
 from cluster.bus.receiver import Receiver
 from cluster.bus.runtime import Runtime
+from cluster.bus.services.nodes import NodeRegistry
 from cluster.bus.stats import BusStats
 from cluster.bus.transport import Subscription, Transport
 

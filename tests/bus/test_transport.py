@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from cluster.bus.nodes import NodeRegistry
 from cluster.bus.runtime import Runtime
+from cluster.bus.services.nodes import NodeRegistry
 from cluster.bus.stats import BusStats
 from cluster.bus.transport import Subscription, Transport
 

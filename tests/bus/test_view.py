@@ -10,11 +10,11 @@ import pytest
 import socketio
 
 from cluster.bus.errors import ClusterRequestError, ClusterRequestTimeout
-from cluster.bus.link import BusLink
-from cluster.bus.membership import LocalManager
-from cluster.bus.nodes import NodeRegistry
+from cluster.bus.services.link import BusLink
+from cluster.bus.services.membership import LocalManager
+from cluster.bus.services.nodes import NodeRegistry
+from cluster.bus.services.view import ClusterView
 from cluster.bus.stats import BusStats
-from cluster.bus.view import ClusterView
 
 
 def view(ready: bool = True, peers: tuple[str, ...] = (), write_only: bool = False,

@@ -7,13 +7,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cluster.bus.nodes import NodeRegistry
+from cluster.bus.services.nodes import NodeRegistry
 from cluster.bus.stats import BusStats
 
 
 @dataclasses.dataclass(frozen=True)
 class BusLink:
-    """:param publish: :meth:`.publisher.Publisher.publish`.
+    """:param publish: :meth:`cluster.bus.publisher.Publisher.publish`.
     :param dumps: serializes a message, raising at the caller.
     :param spawn: runs ``func(*args)`` in a task of its own, errors logged.
     :param nodes: the live nodes, this one included.

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cluster.bus.nodes import NodeRegistry
 from cluster.bus.publisher import Publisher, check_backend
 from cluster.bus.runtime import Runtime
+from cluster.bus.services.nodes import NodeRegistry
 from cluster.bus.transport import Subscription, Transport
 
 NodeEvent = Callable[[str], None]

@@ -6,7 +6,7 @@ ask every live node over the bus and wait for all answers, at most
 ``timeout`` seconds (the manager's ``request_timeout``, 5 s, by default). A
 node that dies while being asked stops being waited for as soon as its
 heartbeat expires; a live node that stays silent makes the query raise
-:class:`~.errors.ClusterRequestTimeout`, which carries the partial answers.
+:class:`~cluster.bus.errors.ClusterRequestTimeout`, which carries the partial answers.
 
 Commands (``sockets_join``, ``sockets_leave``, ``disconnect_sockets``,
 ``server_side_emit`` without callback) are applied here at once and
@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 from cluster import compat
 from cluster.bus.errors import BusSerializationError, ClusterRequestError, ClusterRequestTimeout
-from cluster.bus.link import BusLink
-from cluster.bus.membership import named_rooms
+from cluster.bus.services.link import BusLink
+from cluster.bus.services.membership import named_rooms
 
 T = TypeVar("T")
 

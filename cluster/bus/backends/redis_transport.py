@@ -13,8 +13,8 @@ from typing import Any
 
 import redis
 
-from cluster.bus.redis_connection import RedisConnector, close_quietly
-from cluster.bus.redis_recovery import RedisRecoveryReader
+from cluster.bus.backends.redis_connection import RedisConnector, close_quietly
+from cluster.bus.backends.redis_recovery import RedisRecoveryReader
 from cluster.bus.runtime import Backoff
 from cluster.bus.transport import Subscription, Transport
 from cluster.recovery.stream import RecoveryLog
@@ -89,7 +89,7 @@ class RedisTransport(Transport):
     def send_each(self, payloads: list[bytes], logged: list[bool]) -> list[str | None | Exception]:
         """One pipeline: logged payloads go through the recovery script
         (stream append + publish), the others are plain publishes; each
-        reply is looked at on its own (see :mod:`.batch`): Redis at
+        reply is looked at on its own (see :mod:`cluster.bus.batch`): Redis at
         ``maxmemory`` refuses the script's XADD but not a PUBLISH."""
         log = self.log if any(logged) else None
         pipe = self._publisher().pipeline(transaction=False)
@@ -118,7 +118,7 @@ class RedisTransport(Transport):
         """Redis restarted (empty) under redis-py's own reconnect: the
         script is gone while the plain publishes went out. Load it and
         append just those, in their order (they are the batch's tail, see
-        :func:`.batch.take`, so the order on the channel is kept)."""
+        :func:`cluster.bus.batch.take`, so the order on the channel is kept)."""
         missing = [i for i, reply in enumerate(replies)
                    if isinstance(reply, redis.exceptions.NoScriptError)]
         if not missing:

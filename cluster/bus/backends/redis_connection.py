@@ -85,12 +85,12 @@ class RedisConnector:
     :param url: Redis URL (see the module doc).
     :param options: driver options for redis-py (``sentinel_kwargs`` is
         taken out for the Sentinel connections).
-    :param cluster: Redis Cluster mode for a ``redis://`` URL.
+    :param redis_cluster: Redis Cluster mode for a ``redis://`` URL.
     :param channel: the bus channel: on a Redis Cluster the client talks to
         the shard owning its slot; with Sentinel it is the default service.
     """
 
-    def __init__(self, url: str, options: dict[str, Any] | None, cluster: bool,
+    def __init__(self, url: str, options: dict[str, Any] | None, redis_cluster: bool,
                  channel: str, logger: logging.Logger | None = None) -> None:
         options = dict(options or {})
         self.url = url
@@ -103,10 +103,10 @@ class RedisConnector:
                 f"Unsupported Redis URL scheme {scheme!r}; use one of "
                 f"{', '.join(s + '://' for s in SCHEMES)}.")
         self.mode = ("sentinel" if scheme.endswith("+sentinel") else
-                     "cluster" if scheme.endswith("+cluster") or cluster
+                     "redis_cluster" if scheme.endswith("+cluster") or redis_cluster
                      else "single")
         #: sharded pub/sub (SPUBLISH/SSUBSCRIBE) on a Redis Cluster
-        self.sharded = self.mode == "cluster"
+        self.sharded = self.mode == "redis_cluster"
         options.setdefault("socket_connect_timeout", 2.0)
         options.setdefault("socket_timeout", 5.0)
         if scheme != "unix" and "unix_socket_path" not in options:
@@ -193,12 +193,12 @@ class RedisConnector:
         if parsed.scheme.endswith("+cluster"):
             seeds = [ClusterNode(h, p)  # type: ignore[no-untyped-call]
                      for h, p in _hosts(parsed.netloc)]
-            cluster = RedisCluster(startup_nodes=seeds, **kwargs)
+            seed_client = RedisCluster(startup_nodes=seeds, **kwargs)
         else:
-            cluster = RedisCluster.from_url(self.url, **kwargs)
+            seed_client = RedisCluster.from_url(self.url, **kwargs)
         try:
-            node = cluster.get_node_from_key(self.channel)  # type: ignore[no-untyped-call]
+            node = seed_client.get_node_from_key(self.channel)  # type: ignore[no-untyped-call]
         finally:
-            cluster.close()
+            seed_client.close()
         node_kwargs = dict(self.options, **_credentials(parsed))
         return redis.Redis(host=node.host, port=node.port, **node_kwargs)

@@ -4,7 +4,7 @@ A node or emitter started while Redis is away keeps retrying (an outage
 heals). But a wrong password, an ACL user without a needed permission or an
 untrusted TLS certificate never heal, and the bus's background retries
 would only log them forever while the node stays not-ready. So the runner
-and the emitter try one ``PING`` at start: :class:`~.errors.BusAccessDenied`
+and the emitter try one ``PING`` at start: :class:`~cluster.bus.errors.BusAccessDenied`
 with the fix when Redis refuses us (or we refuse its certificate), nothing
 when it is simply unreachable.
 """

@@ -14,13 +14,13 @@ from typing import Any
 
 import redis
 
-from cluster.bus.redis_connection import RedisConnector, close_quietly
+from cluster.bus.backends.redis_connection import RedisConnector, close_quietly
 from cluster.recovery.routing import ScanPage
 from cluster.recovery.stream import RecoveryLog
 
 
 class RedisRecoveryReader:
-    """A :class:`~.features.RecoveryReader` over one Redis stream.
+    """A :class:`~cluster.bus.transport.RecoveryReader` over one Redis stream.
 
     :param mark: a sealed bus payload the stream may hold as a marker
         entry (see :meth:`restart_point`).

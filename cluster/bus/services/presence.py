@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cluster.bus.link import BusLink
+from cluster.bus.services.link import BusLink
 
 PresenceCallback = Callable[[str, Any, str], Any]
 

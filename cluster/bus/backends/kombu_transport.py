@@ -3,7 +3,7 @@
 A fanout exchange named after the channel, one exclusive auto-deleting queue
 per node. Unlike python-socketio's KombuManager, bodies are published
 pre-serialized as ``application/json`` and read back as raw bytes that go
-through :class:`~.codec.Codec`: kombu's deserializers (pickle among them)
+through :class:`~cluster.bus.codec.Codec`: kombu's deserializers (pickle among them)
 never run on what comes off the broker.
 """
 from __future__ import annotations
