@@ -195,7 +195,9 @@ class Emitter:
                     with _errors():
                         options = (self._manager.redis_options
                                    if isinstance(self._manager, RedisManager) else None)
-                        check_access(self.url, options)
+                        check_access(self.url, options,
+                                     max_clock_skew=self._manager.settings.max_clock_skew,
+                                     who="This emitter")
                 self._pid = pid
             return self._manager
 

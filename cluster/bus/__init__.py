@@ -53,6 +53,7 @@ from cluster.bus.codec import Codec
 from cluster.bus.defaults import DEFAULT_CHANNEL
 from cluster.bus.errors import (
     BusAccessDenied,
+    BusClockSkew,
     BusConfigurationError,
     BusError,
     BusMessageTooLarge,
@@ -81,7 +82,7 @@ __all__ = [
     "ClusterView", "Presence", "Codec", "TimedAck", "with_timeout",
     "COUNTERS", "GAUGES", "BusError", "BusConfigurationError",
     "BusSerializationError", "BusMessageTooLarge", "BusPublishError", "ClusterRequestError",
-    "ClusterRequestTimeout", "UnsignedBusError", "BusAccessDenied", "check_signing",
+    "ClusterRequestTimeout", "UnsignedBusError", "BusAccessDenied", "BusClockSkew", "check_signing",
     "bus_features", "BusFeatures", "RecoveryReader", "DEFAULT_CHANNEL",
     "BusSettings", "Transport", "Subscription", "REDIS_SCHEMES",
 ]

@@ -5,8 +5,9 @@
     BusError
     ├── BusConfigurationError (ValueError)   bad URL, option or secret
     │   ├── UnsignedBusError                 no signing secret, no opt-out
-    │   └── BusAccessDenied                  Redis refused our credentials, or
-    │                                        we refused its TLS certificate
+    │   ├── BusAccessDenied                  Redis refused our credentials, or
+    │   │                                    we refused its TLS certificate
+    │   └── BusClockSkew                     our clock is too far from Redis's
     ├── BusSerializationError (TypeError)    payload cannot be sent as JSON
     │   └── BusMessageTooLarge (ValueError)  over ``max_message_bytes``
     ├── BusPublishError                      a write-only publish gave up
@@ -35,6 +36,12 @@ class UnsignedBusError(BusConfigurationError):
 class BusAccessDenied(BusConfigurationError):
     """Redis refused the bus's credentials or a permission, or its TLS
     certificate is not trusted: no retry fixes it (the message says what does)."""
+
+
+class BusClockSkew(BusConfigurationError):
+    """This process's clock differs from the Redis server's by more than
+    ``max_clock_skew``: the other nodes would drop its messages (the message
+    says by how much, and what to do)."""
 
 
 class BusSerializationError(BusError, TypeError):

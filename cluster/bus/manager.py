@@ -32,6 +32,7 @@ from socketio.packet import Packet
 
 from cluster import compat
 from cluster.bus.catch_up import close_client_connections
+from cluster.bus.clock import ClockWatch
 from cluster.bus.codec import Codec
 from cluster.bus.defaults import DEFAULT_CHANNEL
 from cluster.bus.ordered_delivery import OrderedDelivery, PendingDelivery
@@ -125,10 +126,12 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         self.cluster = ClusterView(link, self, s.request_timeout)
         #: first-join / last-leave room events (see :class:`Presence`)
         self.presence = Presence(link, lambda: named_rooms(self.rooms))
+        #: this node's clock against the bus server's (see :mod:`.clock`)
+        self.clock = ClockWatch(s.max_clock_skew, log)
         self.heartbeat = Heartbeat(self.nodes, self.publisher, transport, self.subscription,
                                    self.runtime, log, host_id=self.host_id,
                                    node_name=s.node_name, interval=s.heartbeat_interval,
-                                   chores=self.acks.expire)
+                                   chores=self.acks.expire, clock=self.clock)
         self.heartbeat.on_joined(self.presence.resync)
         self.heartbeat.on_gone(self.cluster.node_gone)
         self.heartbeat.on_gone(self.presence.node_gone)
@@ -222,7 +225,8 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
             return False
         if self.write_only:
             return self.publisher.healthy
-        return self.subscription.subscribed and self.publisher.healthy
+        return (self.subscription.subscribed and self.publisher.healthy
+                and not self.clock.skewed)
 
     @property
     def signed(self) -> bool:
@@ -251,6 +255,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         values["ready"] = int(self.ready)
         values["live_nodes"] = 0 if self.write_only else len(self.nodes)
         values["pending_acks"] = self.acks.pending()
+        values["clock_offset_seconds"] = round(self.clock.offset, 3)
         return values
 
     def flush(self, timeout: float = 5.0) -> bool:

@@ -26,6 +26,7 @@ from cluster.bus.runtime import Backoff
 from cluster.bus.stats import BusStats
 from cluster.bus.transport import Subscription, Transport
 from cluster.recovery.stream import split_published
+from session_store.quiet_log import QuietLog
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -56,7 +57,7 @@ class Receiver:
         self.handlers = handlers
         self.own_emit = own_emit
         self._local = threading.local()  # green-thread local under eventlet
-        self._last_drop_log = 0.0
+        self._quiet = QuietLog(logger, 10.0)
         self.catch_up = CatchUp(self._stream_reader, self.apply, stats, logger,
                                 max_age_ms=self._max_age_ms, reset_clients=reset_clients,
                                 sleep=subscription.sleep)
@@ -149,10 +150,13 @@ class Receiver:
         return True
 
     def _log_drop(self, drop: Dropped) -> None:
-        now = time.monotonic()
-        if now - self._last_drop_log > 10:  # rate limited: could be a flood
-            self._last_drop_log = now
-            self.logger.warning(
-                "Dropped a bus message (%s: %s). If this is a peer of ours, "
-                "check that every node and emitter uses the same signing "
-                "secret.", drop.reason, drop)
+        # the likely cause, by reason: ages and offsets are about clocks
+        if drop.reason in ("dropped_replayed", "dropped_bad_offset"):
+            advice = ("check that every node's and emitter's clock is within "
+                      "max_clock_skew of the Redis server's (NTP), and that the same "
+                      "signing secret is used everywhere")
+        else:
+            advice = "check that every node and emitter uses the same signing secret"
+        # rate limited: could be a flood
+        self._quiet.log(logging.WARNING, "drop", "Dropped a bus message (%s: %s). If this "
+                        "is a peer of ours, %s.", drop.reason, drop, advice)

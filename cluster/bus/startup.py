@@ -1,10 +1,12 @@
 """What a node checks about its bus before it serves anyone.
 
-Two mistakes must stop a node at start rather than leave it running badly:
+These mistakes must stop a node at start rather than leave it running badly:
 an unsigned bus without the explicit opt-out (anyone reaching Redis would
 command its clients), and a Redis that refuses the node's password or ACL,
 or whose TLS certificate the node does not trust (the bus would retry
-forever while the node stays not-ready). Both raise a
+forever while the node stays not-ready). A clock further from Redis's than
+``max_clock_skew`` stops it too (the other nodes would drop its messages:
+see :mod:`.clock`). Each raises a
 :class:`~.errors.BusConfigurationError` whose message is the fix.
 """
 from __future__ import annotations
@@ -30,4 +32,5 @@ def check_bus(manager: Any, allow_unsigned: bool,
                   "pass --allow-unsigned-bus (or set CLUSTER_ALLOW_UNSIGNED_BUS=1)",
                   logger or logging.getLogger("cluster"))
     if isinstance(manager, RedisManager):
-        check_access(manager.redis_url, manager.redis_options)
+        check_access(manager.redis_url, manager.redis_options,
+                     max_clock_skew=manager.settings.max_clock_skew)

@@ -59,6 +59,9 @@ Gauges
     lag_seconds           publish-to-receive delay of the last message from
                           another node (wall clocks; assumes synced clocks)
     lag_seconds_max       largest such delay seen
+    clock_offset_seconds  the bus server's clock minus this node's, measured
+                          each heartbeat (past ``max_clock_skew``: not ready,
+                          see ``cluster.bus.clock``)
 """
 from __future__ import annotations
 
@@ -75,7 +78,7 @@ COUNTERS = (
     "catch_up_disconnects", "acks_expired", "requests_timed_out", "lag_samples",
 )
 GAUGES = ("buffered", "buffered_bytes", "ready", "live_nodes", "pending_acks", "lag_seconds",
-          "lag_seconds_max")
+          "lag_seconds_max", "clock_offset_seconds")
 
 
 class BusStats:

@@ -101,6 +101,11 @@ class Transport:
         (re)subscriptions and losses to it and resubscribing by itself."""
         raise NotImplementedError
 
+    def server_time(self) -> float | None:
+        """The bus server's clock in seconds since the epoch (None: this
+        backend cannot tell), for :class:`~.clock.ClockWatch`."""
+        return None
+
     def subscriber_count(self) -> int | None:
         """How many subscribers the channel has (None: unknown)."""
         return None

@@ -6,7 +6,9 @@ untrusted TLS certificate never heal, and the bus's background retries
 would only log them forever while the node stays not-ready. So the runner
 and the emitter try one ``PING`` at start: :class:`~cluster.bus.errors.BusAccessDenied`
 with the fix when Redis refuses us (or we refuse its certificate), nothing
-when it is simply unreachable.
+when it is simply unreachable. The same round trip compares our clock with
+Redis's (:mod:`cluster.bus.clock`): :class:`~cluster.bus.errors.BusClockSkew`
+when they differ by more than ``max_clock_skew``.
 """
 from __future__ import annotations
 
@@ -15,24 +17,34 @@ from urllib.parse import urlparse
 
 import redis
 
-from cluster.bus.errors import BusAccessDenied
+from cluster.bus.clock import check_offset, measure_offset
+from cluster.bus.errors import BusAccessDenied, BusClockSkew
 from session_store.redis_errors import access_problem
 
-__all__ = ["access_problem", "check_access"]
+__all__ = ["access_problem", "check_access", "server_time"]
 
 #: URL schemes checked (Sentinel and Cluster discover their servers later)
 CHECKED_SCHEMES = ("redis", "rediss", "unix")
 
 
-def check_access(url: str, options: dict[str, Any] | None = None, timeout: float = 3.0) -> None:
+def check_access(url: str, options: dict[str, Any] | None = None, timeout: float = 3.0, *,
+                 max_clock_skew: float | None = None, who: str = "This node") -> None:
     """``PING`` the Redis at ``url``; raise :class:`BusAccessDenied` with the
-    fix if it refuses our credentials or we refuse its certificate."""
+    fix if it refuses our credentials or we refuse its certificate, and
+    :class:`~cluster.bus.errors.BusClockSkew` if ``max_clock_skew`` is given
+    and ``who``'s clock is further than that from Redis's."""
     if urlparse(url).scheme not in CHECKED_SCHEMES:
         return
     kwargs = {"socket_connect_timeout": timeout, "socket_timeout": timeout, **(options or {})}
     client = redis.Redis.from_url(url, **kwargs)
     try:
         client.ping()
+        if max_clock_skew is not None:
+            measured = measure_offset(lambda: server_time(client))
+            if measured is not None:
+                check_offset(*measured, max_clock_skew, who)
+    except BusClockSkew:
+        raise
     except Exception as exc:
         problem = access_problem(exc)
         if problem is not None:
@@ -40,3 +52,9 @@ def check_access(url: str, options: dict[str, Any] | None = None, timeout: float
         # unreachable or failing for now: the bus retries with backoff
     finally:
         client.close()
+
+
+def server_time(client: Any) -> float:
+    """The Redis server's clock (``TIME``), in seconds since the epoch."""
+    seconds, micros = client.time()
+    return float(seconds) + float(micros) / 1_000_000

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from cluster.bus.backends.redis_access import server_time
 from cluster.bus.backends.redis_connection import RedisConnector, close_quietly
 from cluster.bus.backends.redis_recovery import RedisRecoveryReader
 from cluster.bus.runtime import Backoff
@@ -129,6 +130,9 @@ class RedisTransport(Transport):
             log.append(again, payloads[i])
         for i, reply in zip(missing, again.execute(raise_on_error=False), strict=True):
             replies[i] = reply
+
+    def server_time(self) -> float | None:
+        return server_time(self._publisher())
 
     def subscriber_count(self) -> int | None:
         client = self._publisher()

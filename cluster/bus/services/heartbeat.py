@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cluster.bus.clock import ClockWatch
 from cluster.bus.publisher import Publisher, check_backend
 from cluster.bus.runtime import Runtime
 from cluster.bus.services.nodes import NodeRegistry
@@ -27,12 +28,14 @@ class Heartbeat:
 
     :param chores: called on every tick (about four times a second), e.g.
         the expiry of unanswered acks.
+    :param clock: measured against the bus server's clock at every beat
+        (None: not watched).
     """
 
     def __init__(self, nodes: NodeRegistry, publisher: Publisher, transport: Transport,
                  subscription: Subscription, runtime: Runtime, logger: logging.Logger, *,
                  host_id: str, node_name: str, interval: float,
-                 chores: Callable[[], None]) -> None:
+                 chores: Callable[[], None], clock: ClockWatch | None = None) -> None:
         self.nodes = nodes
         self.publisher = publisher
         self.transport = transport
@@ -43,6 +46,7 @@ class Heartbeat:
         self.node_name = node_name
         self.interval = interval
         self.chores = chores
+        self.clock = clock
         self._joined: list[Callable[[], None]] = []
         self._gone: list[NodeEvent] = []
 
@@ -88,6 +92,8 @@ class Heartbeat:
                 if now >= next_beat:
                     next_beat = now + self.interval
                     check_backend(self.transport, self.logger)
+                    if self.clock is not None:
+                        self.clock.measure(self.transport.server_time)
                     self.publisher.publish({"method": "heartbeat", "host_id": self.host_id,
                                             "name": self.node_name}, volatile=True)
                 self.chores()
