@@ -53,8 +53,9 @@ the codec's ``max_message_age`` (60 s: older messages are refused, see
 :mod:`.codec`; :data:`AGE_MARGIN_MS` is kept for the reading itself), when
 more than :data:`MAX_ENTRIES` messages are missing, or when the stream
 cannot be read. Then the node says so instead of losing silently: it closes
-every local client connection at the Engine.IO level (as a drain does), so
-they reconnect and recover through their own offsets (``recovered`` True
+every local client connection at the Engine.IO level, spread over a few
+seconds as a drain does (:mod:`cluster.node.client_closing`), so they
+reconnect and recover through their own offsets (``recovered`` True
 with the replay while their history is in the stream, else False), counted
 in ``catch_up_impossible`` and ``catch_up_disconnects``.
 
@@ -83,7 +84,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from cluster import compat
 from cluster.bus.stats import BusStats
 from cluster.recovery.offsets import Offset
 
@@ -266,26 +266,3 @@ class CatchUp:
             if len(page) < PAGE or cursor == until:
                 return count, None
 
-
-def close_client_connections(server: Any, spawn: Callable[..., Any]) -> int:
-    """Close every client connection of ``server`` at the Engine.IO level (a
-    dropped transport, as a drain does, not a Socket.IO DISCONNECT, which
-    tells clients not to come back), so that they reconnect and recover
-    from their own offsets; returns how many. The closing runs in a task of
-    its own (``spawn``): the disconnect handlers it triggers must not hold
-    up the listener."""
-    if server is None:
-        return 0
-    eio = server.eio
-    sockets = compat.open_engine_sockets(eio)
-
-    def close() -> None:
-        for eio_sid, eio_socket in sockets:
-            try:
-                eio_socket.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
-            except Exception:  # a socket closing under us is fine here
-                pass
-            compat.forget_engine_socket(eio, eio_sid)
-
-    spawn(close)
-    return len(sockets)

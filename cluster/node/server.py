@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 from socketio import packet as sio_packet
 
 from cluster import compat
-from cluster.bus import MembershipEvents, bus_features
+from cluster.bus import ClusterManager, MembershipEvents, bus_features
 from cluster.exceptions import ConfigurationError
+from cluster.node.client_closing import DEFAULT_DRAIN_SPREAD_SECONDS, close_spread
 from cluster.node.connect_deadlines import ConnectDeadlines
 from cluster.node.connecting import INVALID_NAMESPACE, Connects
 from cluster.node.engine import ClusterEngineServer
@@ -154,6 +155,20 @@ class ClusterServer(compat.SocketServerSeam):
     def _listen_to_membership(self, manager: Any) -> None:
         if isinstance(manager, MembershipEvents):  # not a user's stock manager
             manager.membership_listener = self.room_cap.room_changed
+        if isinstance(manager, ClusterManager):
+            # the bus sends every client to recover when it cannot catch up
+            manager.client_closer = self.close_clients
+
+    def close_clients(self, window: float = DEFAULT_DRAIN_SPREAD_SECONDS) -> int:
+        """Close every client connection at the Engine.IO level, spread over
+        ``window`` seconds with jitter (:mod:`cluster.node.client_closing`),
+        in a task of its own so the caller (the bus's listener) is not held
+        up; returns how many are being closed. The clients reconnect, here
+        or elsewhere, and resume and recover."""
+        count = len(compat.open_engine_sockets(self.eio))
+        if count:
+            self.start_background_task(close_spread, self.eio, window, self.sleep)
+        return count
 
     # -- bus ---------------------------------------------------------------
 

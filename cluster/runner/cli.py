@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="on SIGTERM, how long in-flight handlers may take to finish before "
                            "the node exits (default: 10)")
     node.add_argument("--drain-spread-seconds", type=float, metavar="SECONDS",
-                      # 5: cluster.runner.drain_spread.DEFAULT_DRAIN_SPREAD_SECONDS, not
+                      # 5: cluster.node.client_closing.DEFAULT_DRAIN_SPREAD_SECONDS, not
                       # imported here (it would import socketio before the monkey patch)
                       default=float(os.environ.get("CLUSTER_DRAIN_SPREAD_SECONDS") or "5"),
                       help="on SIGTERM, after the handlers finished, close the clients at "

@@ -41,13 +41,13 @@ from cluster.config import (
     DEFAULT_HTTP_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 )
+from cluster.node.client_closing import close_spread
 from cluster.runner.body_deadline import (
     TIMEOUT_RESPONSE,
     BodyDeadlineExceeded,
     PollingBodyMiddleware,
     deadline_input,
 )
-from cluster.runner.drain_spread import close_spread
 
 if TYPE_CHECKING:
     import flask
@@ -331,7 +331,7 @@ def drain_node(socketio: SocketIO, grace_seconds: float, spread_seconds: float =
     Socket.IO DISCONNECT (which tells clients not to come back), so they
     reconnect through the load balancer to another node and resume or
     recover there, the closes spread over up to ``spread_seconds`` with
-    jitter (:mod:`cluster.runner.drain_spread`; 0: all at once, the default
+    jitter (:mod:`cluster.node.client_closing`; 0: all at once, the default
     here, while ``python -m cluster node`` spreads over 5 s); finally the
     bus publishes what is still queued and says goodbye. The whole drain
     takes at most about ``grace_seconds + spread_seconds``.

@@ -1,6 +1,12 @@
-"""Closing a draining node's clients spread over a window, with jitter.
+"""Closing a node's clients spread over a window, with jitter.
 
-A node that closes all of its clients at once on SIGTERM sends them all to
+Two things close all of a node's clients so that they reconnect elsewhere
+(or here) and recover: a drain on SIGTERM (:mod:`cluster.runner.serve`), and
+the bus when it cannot catch up exactly after a lost subscription
+(:mod:`cluster.bus.catch_up`, through :meth:`ClusterServer.close_clients
+<cluster.node.server.ClusterServer.close_clients>`).
+
+A node that closes all of its clients at once sends them all to
 the other nodes in the same few milliseconds: every one of them reconnects,
 resumes its session and replays its missed packets at once, and a rolling
 deploy of N nodes does that N times (socket.io #5413). Spreading the closes
