@@ -36,24 +36,32 @@ import redis
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 
 __all__ = ["CLUSTER_SCHEMES", "LazyClient", "LuaScript", "connect", "is_cluster",
-           "wants_cluster"]
+           "parse_hosts", "wants_cluster"]
 
 #: URL schemes of a Redis Cluster
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
-def _seeds(netloc: str) -> list[ClusterNode]:
-    seeds = []
+def parse_hosts(netloc: str) -> list[tuple[str, int]]:
+    """The ``host:port`` pairs of a URL's ``netloc`` (credentials dropped, a
+    missing port 6379, IPv6 brackets removed); :class:`ValueError` naming
+    the bad item otherwise. The bus's Sentinel and Cluster URLs use it too."""
+    hosts = []
     for item in netloc.rsplit("@", 1)[-1].split(","):
         host, _, port = item.rpartition(":")
         if not host:
             host, port = port, "6379"
         try:
-            seeds.append(ClusterNode(host.strip("[]"), int(port)))  # type: ignore[no-untyped-call]
+            hosts.append((host.strip("[]"), int(port)))
         except ValueError:
-            raise ValueError(f"Bad host:port {item!r} in the Redis Cluster URL; write "
-                             "redis+cluster://HOST1:PORT1,HOST2:PORT2") from None
-    return seeds
+            raise ValueError(f"Bad host:port {item!r} in the Redis URL; list the "
+                             "servers as HOST1:PORT1,HOST2:PORT2") from None
+    return hosts
+
+
+def _seeds(netloc: str) -> list[ClusterNode]:
+    return [ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in parse_hosts(netloc)]
 
 
 def wants_cluster(url: str, options: Mapping[str, Any] | None) -> bool:

@@ -42,23 +42,17 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cluster.bus.errors import BusConfigurationError
+from session_store.redis_client import parse_hosts
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel",
            "redis+cluster", "rediss+cluster")
 
 
 def _hosts(netloc: str) -> list[tuple[str, int]]:
-    hosts = []
-    for item in netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = item.rpartition(":")
-        if not host:
-            host, port = port, "6379"
-        try:
-            hosts.append((host.strip("[]"), int(port)))
-        except ValueError:
-            raise BusConfigurationError(
-                f"Bad host:port {item!r} in the bus URL.") from None
-    return hosts
+    try:
+        return parse_hosts(netloc)
+    except ValueError as exc:
+        raise BusConfigurationError(f"{exc} (in the bus URL)") from None
 
 
 def _credentials(parsed: Any) -> dict[str, str]:
