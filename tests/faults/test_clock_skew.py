@@ -3,14 +3,15 @@
 The outcome must be explicit, never traffic dropped silently: the skewed
 node refuses to start with an error naming the skew and the fix (see
 :mod:`cluster.bus.clock`). The clock is shifted with libfaketime
-(``faketime -f +Ns``, Debian package ``faketime``, which ``./dev setup``
-installs), monotonic time left true so that timeouts and leases are.
+(preloaded with ``FAKETIME=+Ns``, Debian package ``faketime``, which
+``./dev setup`` installs), monotonic time left true so that timeouts and
+leases are.
 """
 
 from __future__ import annotations
 
+import glob
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +25,29 @@ from tests.harness.fixtures import NODE_START_TIMEOUT, _used_by, with_bus_secret
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 
 
-def _faketime() -> str:
-    found = shutil.which("faketime")
-    if found is None:
-        message = "faketime is not installed (./dev setup installs Debian's faketime)"
+def _libfaketime() -> str:
+    """libfaketime's preload library (Debian's ``faketime`` package). It is
+    preloaded into the node itself rather than run through the ``faketime``
+    wrapper, which forks: the node must be the process the harness stops
+    by PID."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not found:
+        message = "libfaketime is not installed (./dev setup installs Debian's faketime)"
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and {message}", pytrace=False)
         pytest.skip(message)
-    return found
+    return found[0]
 
 
 class SkewedNode(NodeProcess):
     """A node whose wall clock runs ``shift`` seconds off (ahead if positive)."""
 
     def __init__(self, app: str, shift: float, **kwargs: Any) -> None:
-        self.faketime = _faketime()
         env = dict(kwargs.pop("env", None) or {})
-        env["DONT_FAKE_MONOTONIC"] = "1"  # timeouts and leases stay true
+        env.update(LD_PRELOAD=_libfaketime(), FAKETIME=f"{shift:+g}s",
+                   DONT_FAKE_MONOTONIC="1")  # timeouts and leases stay true
         super().__init__(app, env=env, **kwargs)
         self.shift = shift
-
-    def command(self) -> list[str]:
-        return [self.faketime, "-f", f"{self.shift:+g}s", *super().command()]
 
 
 @pytest.mark.parametrize("shift", [5.0, 90.0, -5.0], ids=["5s-ahead", "90s-ahead", "5s-behind"])
