@@ -26,6 +26,7 @@ connections while draining), so spreading loses nothing.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +68,11 @@ def close_spread(eio: Any, window: float, sleep: Callable[[float], Any],
     offsets = close_offsets(len(order), window, rng)
     if offsets and offsets[-1] > 0:
         logger.info("drain: closing %d connection(s) over %.1f s", len(order), offsets[-1])
+    # a node that fell behind its schedule (a busy or paused process) must
+    # not catch up in one burst, which is the storm this avoids: a tick
+    # closes at most twice its share, and the rest of the schedule shifts
+    per_tick = max(1, math.ceil(2 * len(order) * TICK / offsets[-1])) if offsets and \
+        offsets[-1] > 0 else len(order)
     started = time.monotonic()
     closed = 0
     index = 0
@@ -75,9 +81,13 @@ def close_spread(eio: Any, window: float, sleep: Callable[[float], Any],
         if wait > 0:
             sleep(max(wait, TICK))
         now = time.monotonic() - started
-        while index < len(order) and offsets[index] <= now + TICK / 2:
+        batch = 0
+        while index < len(order) and offsets[index] <= now + TICK / 2 and batch < per_tick:
             closed += _close(eio, *order[index])
             index += 1
+            batch += 1
+        if batch == per_tick and index < len(order) and offsets[index] <= now + TICK / 2:
+            sleep(TICK)  # behind schedule: the next share in the next tick
     return closed
 
 
