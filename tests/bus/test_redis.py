@@ -91,11 +91,13 @@ def test_redis_killed_under_steady_emits_then_restarted(
     wait_nodes(a, 2)
     b.call("join", {"room": "stream"})
     sent: list[int] = []
+    sent_at: dict[int, float] = {}
     stop = threading.Event()
 
     def stream() -> None:
         seq = 0
         while not stop.is_set():
+            sent_at[seq] = time.monotonic()
             a.client.emit("relay", {"to": "stream", "payload": seq})
             sent.append(seq)
             seq += 1
@@ -129,9 +131,15 @@ def test_redis_killed_under_steady_emits_then_restarted(
     s1 = stats(a)
     dropped = s1["dropped_buffer_full"] + s1["dropped_unpublished"]
     lost = set(sent) - delivered
-    assert len(lost) <= dropped, (
-        f"{len(lost)} emits neither delivered nor counted dropped: "
-        f"{sorted(lost)[:20]}")
+    # a Redis SIGKILLed between taking a PUBLISH and writing it to the
+    # subscribers' sockets loses it with its output buffers (without a
+    # recovery stream nothing can bring it back): at most the one emit sent
+    # in the 100 ms before the kill may go that way, uncounted
+    at_the_kill = {seq for seq in lost if killed_at - 0.1 <= sent_at[seq] <= killed_at}
+    assert len(at_the_kill) <= 1, f"emits lost at the kill: {sorted(at_the_kill)}"
+    assert len(lost - at_the_kill) <= dropped, (
+        f"{len(lost - at_the_kill)} emits neither delivered nor counted dropped: "
+        f"{sorted(lost - at_the_kill)[:20]}")
     assert s1["reconnects"] >= 1 and stats(b)["reconnects"] >= 1
     print(f"sent={len(sent)} delivered={len(delivered)} dropped={dropped} "
           f"resumed_after={resumed_after:.3f}s")
