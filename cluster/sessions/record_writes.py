@@ -10,6 +10,8 @@ back, :func:`cluster.sessions.repair.write_back`).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from session_store import SessionStoreError
@@ -37,17 +39,24 @@ def flush_rooms(sessions: ConnectionSessions, bound: BoundSession) -> None:
         raise SessionStoreError(f"rooms of the connection: {exc}") from exc
 
 
-def write_record(sessions: ConnectionSessions, bound: BoundSession) -> None:
-    """The whole record (when the connection is accepted), then the rooms."""
-    if bound.session_id is None or sessions.store is None:
-        return
+@contextlib.contextmanager
+def _record_errors() -> Iterator[None]:
+    """Redis errors of the connection record as the store's own error."""
     try:
-        sessions.state.save(bound.session_id, bound.record(), sessions.store.lease_ttl)
-        bound.left.clear()
+        yield
     except SessionStoreError:
         raise
     except Exception as exc:  # redis errors of the connection record
         raise SessionStoreError(f"connection record: {exc}") from exc
+
+
+def write_record(sessions: ConnectionSessions, bound: BoundSession) -> None:
+    """The whole record (when the connection is accepted), then the rooms."""
+    if bound.session_id is None or sessions.store is None:
+        return
+    with _record_errors():
+        sessions.state.save(bound.session_id, bound.record(), sessions.store.lease_ttl)
+        bound.left.clear()
     flush_rooms(sessions, bound)
 
 
@@ -56,12 +65,8 @@ def write_namespace(sessions: ConnectionSessions, bound: BoundSession, namespace
     the fields of namespaces it left meanwhile go)."""
     if bound.session_id is None or sessions.store is None:
         return
-    try:
+    with _record_errors():
         sessions.state.save_namespace(bound.session_id, bound.record(), namespace,
                                       sessions.store.lease_ttl, forget=bound.left)
         bound.left.clear()
-    except SessionStoreError:
-        raise
-    except Exception as exc:  # redis errors of the connection record
-        raise SessionStoreError(f"connection record: {exc}") from exc
     flush_rooms(sessions, bound)
