@@ -1,4 +1,5 @@
-"""The fan-out benchmark suite against the peers (``python -m benchmarks.fanout``).
+"""The benchmark suites against the peers (``python -m benchmarks.fanout``,
+``python -m benchmarks.scaleout``).
 
 ========================  ===================================================
 module                    what
@@ -11,5 +12,8 @@ module                    what
 :mod:`.measures`          one function per measurement
 :mod:`.report`            machine and versions, JSON, Markdown, the PNG plot
 :mod:`.celery_sender`     the process that sends Celery tasks and Emitter emits
+:mod:`.scaleout_measure`  scale-out: CPU per emit on nodes without members
+                          (slope between two rates), the sharded Node peer
+:mod:`.scaleout_report`   its JSON and Markdown
 ========================  ===================================================
 """

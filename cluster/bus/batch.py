@@ -39,6 +39,7 @@ same message 13 times in 8 s). So:
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -62,13 +63,19 @@ class Item:
     and reused by every retry; ``None`` asks the sender to seal it (again).
     """
 
-    __slots__ = ("body", "size", "volatile", "logged", "waiter", "payload", "sealed_at")
+    __slots__ = ("body", "size", "volatile", "logged", "waiter", "payload", "sealed_at",
+                 "queued_at", "channel")
 
-    def __init__(self, body: str, volatile: bool, logged: bool, waiter: Waiter | None) -> None:
+    def __init__(self, body: str, volatile: bool, logged: bool, waiter: Waiter | None,
+                 channel: str | None = None) -> None:
         self.body, self.volatile, self.logged, self.waiter = body, volatile, logged, waiter
+        #: the channel it travels on (None: the common one, see :mod:`.channels`)
+        self.channel = channel
         self.size = encoded_size(body)
         self.payload: bytes | None = None
         self.sealed_at = 0.0
+        #: monotonic time it was queued: a node paused since drops it
+        self.queued_at = time.monotonic()
 
 
 #: ``send_batch(items)``: one round trip; one :data:`Result` per item, in

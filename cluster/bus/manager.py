@@ -26,12 +26,22 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 from socketio.packet import Packet
 
 from cluster import compat
+from cluster.bus.channels import (
+    FOLLOW_WAIT,
+    MEMBERSHIP_COMMANDS,
+    MEMBERSHIP_GRACE,
+    ChannelFollower,
+    node_channel,
+    room_channel,
+    single_room,
+)
 from cluster.bus.clock import ClockWatch
 from cluster.bus.codec import Codec
 from cluster.bus.defaults import DEFAULT_CHANNEL
@@ -117,7 +127,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
                                          log, node_timeout=s.silence_limit,
                                          max_backoff=s.max_backoff,
                                          publishing=lambda: self.publisher.healthy)
-        link = BusLink(host_id=self.host_id, publish=self.publisher.publish,
+        link = BusLink(host_id=self.host_id, publish=self._publish_for_services,
                        dumps=self.publisher.dumps, spawn=self._spawn_safely, nodes=self.nodes,
                        logger=log, stats=self.bus_stats,
                        ready=lambda: self.ready, event=self.runtime.event,
@@ -137,6 +147,16 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         self.heartbeat.on_gone(self.presence.node_gone)
         self.subscription.on_subscribed(self.presence.resync)
         self.subscription.on_lost(self._emitters_stop_waiting)
+        #: the room channels this node follows (None: everything travels on
+        #: the common channel; see :mod:`.channels`)
+        self.follower: ChannelFollower | None = None
+        self.routes = bool(transport.routes and s.route_by_room)
+        # until then this process's room emits take the common channel
+        # (see _memberships_changed_elsewhere)
+        self._common_until = 0.0
+        if self.routes and not write_only:
+            self.follower = transport.follower = ChannelFollower(self.runtime.spawn,
+                                                                 self.runtime.event)
         self.receiver = Receiver(transport, self.subscription, self.codec, self.bus_stats,
                                  log, host_id=self.host_id,
                                  own_emit=self._deliver_own_logged,
@@ -175,6 +195,8 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
             compat.mark_manager_initialized(self.server)
             self._check_monkey_patched()
         self.publisher.start()
+        if self.follower is not None:  # answers meant for this node only
+            self.follower.follow(node_channel(self.channel, self.host_id))
         self.thread = self.runtime.spawn(self.receiver.run)
         self.runtime.spawn(self.heartbeat.run)
         self.bus_logger().info("%s bus initialized (node %s, channel %r)",
@@ -256,6 +278,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         values["live_nodes"] = 0 if self.write_only else len(self.nodes)
         values["pending_acks"] = self.acks.pending()
         values["clock_offset_seconds"] = round(self.clock.offset, 3)
+        values["followed_channels"] = len(self.follower) if self.follower is not None else 0
         return values
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -301,8 +324,11 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
             ack_id = self.acks.add(room, callback)
             message["callback"] = [room, namespace, ack_id]
         logged = ack_id is None and self.logs_recovery
+        channel = self.room_channel(namespace, room)
+        # routed to a room with no member here, it does not come back
+        here = channel is None or room in self.rooms.get(namespace, {})
         pending = None
-        if logged and not self.write_only:
+        if logged and not self.write_only and here:
             pending = self.ordered.expect()
             message["lid"] = pending.lid
         try:
@@ -314,38 +340,79 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
                 self.ordered.abandon(pending)
             raise
         if self.write_only:
-            self.publisher.publish(body=body, logged=logged)
+            self.publisher.publish(body=body, logged=logged, channel=channel)
         elif pending is not None:
-            self._deliver_logged(message, body, pending)
+            self._deliver_logged(message, body, pending, channel)
         else:
-            self._deliver(message)  # this node's clients: no round trip
-            self.publisher.publish(body=body)
+            if here:
+                self._deliver(message)  # this node's clients: no round trip
+            self.publisher.publish(body=body, logged=logged and not here, channel=channel)
+
+    def room_channel(self, namespace: str, room: Any) -> str | None:
+        """The channel an emit to ``room`` travels on (None: the common one)."""
+        if self.routes and single_room(room) and time.monotonic() >= self._common_until:
+            return room_channel(self.channel, namespace, room)
+        return None
+
+    def _memberships_changed_elsewhere(self) -> None:
+        """This process asked other nodes to change memberships (a remote
+        sid's ``join_room``, ``sockets_join``): the node that joins follows
+        the room's channel only once it has read the request, and an emit
+        this process makes right after could reach Redis before that
+        subscription. For :data:`~.channels.MEMBERSHIP_GRACE` seconds its
+        room emits therefore take the common channel, which every node reads
+        in order after the request, as before routing."""
+        self._common_until = time.monotonic() + MEMBERSHIP_GRACE
+
+    def _publish_for_services(self, message: dict[str, Any] | None = None,
+                              **kwargs: Any) -> bool:
+        """The cluster services' way out (see :class:`~.services.link.BusLink`)."""
+        if message is not None and message.get("op") in MEMBERSHIP_COMMANDS:
+            self._memberships_changed_elsewhere()
+        return self.publisher.publish(message, **kwargs)
 
     def publish_message(self, data: dict[str, Any]) -> Any:
         """python-socketio's own bus messages (room changes, disconnects,
-        returned acks) leave through the publisher too."""
-        return self.publisher.publish(data)
+        returned acks) leave through the publisher too, each on the channel
+        of the node, sid or room it is for (see :mod:`.channels`)."""
+        channel = None
+        if self.routes:
+            method = data.get("method")
+            if method == "callback" and isinstance(data.get("host_id"), str):
+                channel = node_channel(self.channel, data["host_id"])
+            elif method in ("disconnect", "enter_room", "leave_room"):
+                if method == "enter_room":
+                    self._memberships_changed_elsewhere()
+                channel = self.room_channel(data.get("namespace") or "/", data.get("sid"))
+            elif method == "close_room":
+                channel = self.room_channel(data.get("namespace") or "/", data.get("room"))
+        return self.publisher.publish(data, channel=channel)
 
     def new_ack_id(self, sid: Any, callback: Any) -> int:
         return self.acks.add(sid, callback)
 
     def _deliver_logged(self, message: dict[str, Any], body: str,
-                        pending: PendingDelivery) -> None:
+                        pending: PendingDelivery, channel: str | None = None) -> None:
         """Publish a logged emit and wait until the listener delivered it to
         this node's clients, in stream order (see :mod:`.ordered_delivery`);
         without the bus it is delivered here at once, without an offset, and
         logged when the bus returns."""
         self.publisher.start()
+        queued_at = time.monotonic()
         coming_back = self.publisher.healthy and self.subscription.subscribed
         in_listener = self.receiver.in_listener()
         if in_listener and coming_back:
             pending.message = message  # delivered when it comes back
-        queued = self.publisher.publish(body=body, logged=True, waiter=pending)
+        queued = self.publisher.publish(body=body, logged=True, waiter=pending, channel=channel)
         if queued and coming_back:
             if in_listener:
                 return  # the listener cannot wait for itself
             pending.wait(self.offset_wait)
         if self.ordered.settle(pending):
+            if self.runtime.paused_since(queued_at):
+                # frozen while it waited: the outbox drops it, and its
+                # clients, here too, have moved on (cluster.node.pause_fence)
+                return
             if queued:
                 self.bus_stats.incr("delivered_unlogged")
             self._deliver(message)
@@ -416,18 +483,35 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
     # -- presence hooks: every room change of this node passes here --------
     def basic_enter_room(self, sid: Any, namespace: str, room: Any,
                          eio_sid: Any = None) -> None:
-        track = self.presence.enabled and room is not None and room != sid
-        new = track and room not in self.rooms.get(namespace, {})
+        first = room is not None and room not in self.rooms.get(namespace, {})
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        if new:
+        if first and self.follower is not None:
+            self._follow(namespace, room)
+        if first and self.presence.enabled and room != sid:
             self.presence.local_added(namespace, room)
 
     def basic_leave_room(self, sid: Any, namespace: str, room: Any) -> None:
-        track = self.presence.enabled and room is not None and room != sid
-        had = track and room in self.rooms.get(namespace, {})
+        had = room is not None and room in self.rooms.get(namespace, {})
         super().basic_leave_room(sid, namespace, room)
-        if had and room not in self.rooms.get(namespace, {}):
+        if not had or room in self.rooms.get(namespace, {}):
+            return  # not the last member here
+        if self.follower is not None:
+            self.follower.unfollow(room_channel(self.channel, namespace, room))
+        if self.presence.enabled and room != sid:
             self.presence.local_removed(namespace, room)
+
+    def _follow(self, namespace: str, room: Any) -> None:
+        """The room's first member here: follow its channel. A handler's
+        join waits (up to :data:`~.channels.FOLLOW_WAIT` s) until Redis
+        confirmed, so an emit right after it reaches the new member; the
+        listener cannot wait for its own confirmation, nor anyone while the
+        bus is down (the next subscription takes the channel)."""
+        assert self.follower is not None
+        wait = FOLLOW_WAIT if (self.subscription.subscribed
+                               and not self.receiver.in_listener()) else 0.0
+        channel = room_channel(self.channel, namespace, room)
+        if not self.follower.follow(channel, wait) and wait:
+            self.bus_stats.incr("follow_timeouts")
 
     def _spawn_safely(self, func: Any, *args: Any) -> Any:
         """Run ``func(*args)`` in a task of its own, logging its errors."""

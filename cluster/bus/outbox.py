@@ -24,7 +24,9 @@ large emits fill the node's memory: 10,000 messages of 1 MiB are 10 GiB);
 beyond that new messages are refused, counted in ``dropped_buffer_full``
 and logged.
 "Volatile" messages (heartbeats, queries) are never buffered: they are stale
-by the time the bus returns.
+by the time the bus returns. What was queued before the node itself was
+found paused (SIGSTOP, a frozen VM: :mod:`cluster.node.pause_fence`) is
+dropped, not published late, since its clients have moved on.
 
 When the server refuses part of a batch (Redis at ``maxmemory`` refuses the
 recovery stream's writes but not plain publishes), what it accepted is done
@@ -142,16 +144,17 @@ class Outbox:
         return self._queued_bytes + self._in_flight_bytes
 
     def put(self, body: str, volatile: bool = False, *, logged: bool = False,
-            waiter: Waiter | None = None) -> bool:
+            waiter: Waiter | None = None, channel: str | None = None) -> bool:
         """Queue one message; False when it was refused (and counted).
 
         ``logged``: append it to the recovery stream when it is published;
         ``waiter`` is woken if publishing fails (it then stops waiting for
-        the message to come back through the channel).
+        the message to come back through the channel); ``channel``: where
+        it travels (None: the common channel, see :mod:`.channels`).
         """
         if volatile and not self.healthy:
             return False
-        item = Item(body, volatile, logged, waiter)
+        item = Item(body, volatile, logged, waiter, channel)
         with self._bytes_lock:
             full = (len(self) >= self.max_size
                     or self.buffered_bytes + item.size > self.max_bytes)
@@ -167,7 +170,7 @@ class Outbox:
         return True
 
     def publish_now(self, body: str, *, logged: bool, timeout: float,
-                    connect: Callable[[], None]) -> str | None:
+                    connect: Callable[[], None], channel: str | None = None) -> str | None:
         """Send one message synchronously (write-only emitters).
 
         Retries with the same capped backoff as the queue (and the same
@@ -179,7 +182,7 @@ class Outbox:
         """
         deadline = time.monotonic() + timeout
         backoff = Backoff(cap=self.max_backoff)
-        item = Item(body, False, logged, None)
+        item = Item(body, False, logged, None, channel)
         refused_since: float | None = None
         while True:
             try:
@@ -265,6 +268,8 @@ class Outbox:
         backoff = Backoff(cap=self.max_backoff)
         refused_since: float | None = None
         while True:
+            if self._drop_stale(batch) and not batch:
+                return True
             try:
                 if not self.healthy and self.failed_since is not None \
                         and self.before_resume is not None:
@@ -369,6 +374,29 @@ class Outbox:
             "or raise maxmemory: the stream needs room.",
             type(done.error).__name__, done.error, count,
             self.stats.get("published_unlogged"))
+
+    def _drop_stale(self, batch: list[Item]) -> int:
+        """Drop (and count in ``dropped_after_pause``) the items queued
+        before this node was found paused (:meth:`Runtime.paused_since`):
+        their clients have moved to other nodes meanwhile, and publishing
+        them now would deliver them after what those clients sent since.
+        Their emitters were not answered yet (a logged emit's handler waits
+        for it), so nobody was told they went out."""
+        paused_since = self.runtime.paused_since
+        if not batch or not paused_since(batch[0].queued_at):
+            return 0
+        stale = [item for item in batch if paused_since(item.queued_at)]
+        batch[:] = [item for item in batch if not paused_since(item.queued_at)]
+        self._in_flight = len(batch)
+        self._in_flight_bytes = sum(item.size for item in batch)
+        self._wake_waiters(stale)
+        self.stats.incr("dropped_after_pause", len(stale))
+        self._quiet.log(
+            logging.WARNING, "paused",
+            "Dropped %d message(s) queued before this node was paused: their "
+            "clients have reconnected elsewhere, and publishing them now would "
+            "deliver them out of order (metric dropped_after_pause).", len(stale))
+        return len(stale)
 
     @staticmethod
     def _wake_waiters(items: Iterable[Item]) -> None:

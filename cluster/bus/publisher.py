@@ -105,12 +105,13 @@ class Publisher:
 
     def publish(self, message: dict[str, Any] | None = None, *, body: str | None = None,
                 volatile: bool = False, logged: bool = False,
-                waiter: Waiter | None = None) -> bool:
+                waiter: Waiter | None = None, channel: str | None = None) -> bool:
         """Queue one bus message; False when the outbox refused it.
 
         ``body`` is the message already serialized by the caller (then
         ``message`` may be omitted). ``logged`` appends it to the recovery
         stream as it is published; ``waiter`` is woken if that fails.
+        ``channel``: where it travels (None: the common channel).
         ``volatile`` messages (heartbeats, queries) are dropped rather than
         buffered while the bus is down. Write-only publishers send before
         returning and raise :class:`~.errors.BusPublishError` after
@@ -120,14 +121,14 @@ class Publisher:
             assert message is not None
             body = self.codec.dumps(message)
         if self.write_only:
-            self._publish_now(body, logged)
+            self._publish_now(body, logged, channel)
             return True
         if self.outbox is None:
             self.start()
         assert self.outbox is not None
-        return self.outbox.put(body, volatile, logged=logged, waiter=waiter)
+        return self.outbox.put(body, volatile, logged=logged, waiter=waiter, channel=channel)
 
-    def _publish_now(self, body: str, logged: bool) -> None:
+    def _publish_now(self, body: str, logged: bool, channel: str | None) -> None:
         if self.outbox is None:
             self.outbox = self._make_outbox()  # the same policy, no task
         now = time.monotonic()
@@ -139,7 +140,7 @@ class Publisher:
         try:
             with self.lock:
                 self.outbox.publish_now(body, logged=logged, timeout=timeout,
-                                        connect=self.transport.connect)
+                                        connect=self.transport.connect, channel=channel)
         except BusConfigurationError:
             raise
         except Exception as exc:

@@ -44,6 +44,13 @@ class Runtime:
             return self.server.eio.create_event()
         return threading.Event()
 
+    def paused_since(self, moment: float) -> bool:
+        """Whether the node was found paused (frozen, starved of CPU) after
+        monotonic time ``moment``, by its engine's pause fence (see
+        :mod:`cluster.node.pause_fence`); always False outside a node."""
+        fence = getattr(getattr(self.server, "eio", None), "pause_fence", None)
+        return fence is not None and bool(fence.paused_since(moment))
+
     @property
     def async_mode(self) -> str:
         return getattr(self.server, "async_mode", None) or "threading"

@@ -47,4 +47,8 @@ class SealedSender:
                 item.payload = self.codec.seal(item.body, self.host_id, logged=item.logged)
                 item.sealed_at = now
             payloads = [item.payload for item in items if item.payload is not None]
-            return self.transport.send_each(payloads, [item.logged for item in items])
+            logged = [item.logged for item in items]
+            channels = [item.channel for item in items]
+            if any(channels):
+                return self.transport.send_each(payloads, logged, channels)
+            return self.transport.send_each(payloads, logged)

@@ -19,7 +19,7 @@ from cluster.bus.outbox import DEFAULT_MAX_BYTES
 #: extension passes ``message_queue_options`` on as driver options only,
 #: and these are the limits a deployment tunes there
 DRIVER_OPTION_SETTINGS = frozenset({"buffer_size", "buffer_bytes", "max_message_bytes",
-                                    "max_clock_skew"})
+                                    "max_clock_skew", "route_by_room"})
 
 _POSITIVE = ("buffer_size", "buffer_bytes", "max_message_bytes", "max_batch", "max_backoff",
              "request_timeout", "heartbeat_interval", "max_message_age", "publish_timeout")
@@ -77,6 +77,11 @@ class BusSettings:
       the other nodes to resubscribe before flushing the buffer (3.0).
     - ``recovery_window`` / ``recovery_max_entries``: connection state
       recovery's stream (seconds kept, entries kept); off by default.
+    - ``route_by_room``: emits to one room travel on the room's own
+      channel, which only nodes with a member of the room follow (True; see
+      :mod:`.channels`). Nodes and emitters of a cluster must agree: set it
+      to False on the new version while nodes from before routing (which
+      follow only the common channel) still run, then drop it.
     """
 
     node_name: str = ""
@@ -95,6 +100,7 @@ class BusSettings:
     resume_wait: float = 3.0
     recovery_window: float | None = None
     recovery_max_entries: int = 100_000
+    route_by_room: bool = True
 
     def __post_init__(self) -> None:
         for key in _POSITIVE:

@@ -19,6 +19,9 @@ Counters
     dropped_buffer_full   emits refused because the outage buffer was full
                           (``buffer_size`` messages or ``buffer_bytes`` bytes)
     dropped_unpublished   messages still buffered when the manager closed
+    dropped_after_pause   messages still queued when the node was found
+                          paused (frozen past ``ping_timeout``): their
+                          clients moved on, so they are not published late
     published_unlogged    emits that were to be recovery-logged but went out
                           without an offset: the stream kept refusing the
                           write (Redis at ``maxmemory``) for ``log_retry``
@@ -27,6 +30,8 @@ Counters
                           without their offset (the bus was slow or down;
                           they are logged once it is back)
     handler_errors        valid messages whose local handling raised
+    follow_timeouts       joins that went on before Redis confirmed the
+                          room channel's subscription (``FOLLOW_WAIT`` s)
     recovery_stream_resets  keys of the wrong type found at the recovery
                           stream's name, moved aside so that delivery goes on
                           (logged with the fix; recovery across it is lost)
@@ -62,6 +67,8 @@ Gauges
     clock_offset_seconds  the bus server's clock minus this node's, measured
                           each heartbeat (past ``max_clock_skew``: not ready,
                           see ``cluster.bus.clock``)
+    followed_channels     room and node channels this node subscribes to
+                          besides the common one (see ``cluster.bus.channels``)
 """
 from __future__ import annotations
 
@@ -71,14 +78,14 @@ COUNTERS = (
     "published", "publish_errors", "received", "dropped_malformed",
     "dropped_unsigned", "dropped_bad_signature", "dropped_replayed",
     "dropped_bad_offset", "dropped_buffer_full", "dropped_unpublished", "published_unlogged",
-    "delivered_unlogged",
-    "handler_errors", "recovery_stream_resets",
+    "delivered_unlogged", "dropped_after_pause",
+    "handler_errors", "follow_timeouts", "recovery_stream_resets",
     "reconnects", "catch_ups", "caught_up", "catch_up_skipped", "catch_up_after_restart",
     "catch_up_impossible",
     "catch_up_disconnects", "acks_expired", "requests_timed_out", "lag_samples",
 )
 GAUGES = ("buffered", "buffered_bytes", "ready", "live_nodes", "pending_acks", "lag_seconds",
-          "lag_seconds_max", "clock_offset_seconds")
+          "lag_seconds_max", "clock_offset_seconds", "followed_channels")
 
 
 class BusStats:

@@ -22,6 +22,7 @@ from cluster.bus.runtime import Backoff, Runtime
 from cluster.bus.stats import BusStats
 
 if TYPE_CHECKING:  # pragma: no cover
+    from cluster.bus.channels import ChannelFollower
     from cluster.recovery.routing import ScanPage
 
 
@@ -63,6 +64,12 @@ class Transport:
     logs_recovery = False
     #: reads of that stream (None without one)
     recovery: RecoveryReader | None = None
+    #: whether messages may travel on channels of their own (rooms, nodes:
+    #: see :mod:`.channels`) besides the common one
+    routes = False
+    #: the channels the node follows besides the common one (set by the
+    #: manager of a node when :attr:`routes`)
+    follower: ChannelFollower | None = None
 
     def connect(self) -> None:
         """(Re)connect the publishing side; raises when the bus is down."""
@@ -78,9 +85,12 @@ class Transport:
         self.send(payloads)
         return [None] * len(payloads)
 
-    def send_each(self, payloads: list[bytes], logged: list[bool]) -> list[str | None | Exception]:
+    def send_each(self, payloads: list[bytes], logged: list[bool],
+                  channels: list[str | None] | None = None) -> list[str | None | Exception]:
         """Publish ``payloads`` in one round trip (appending the ``logged``
-        ones to the recovery stream) and say what became of each: its
+        ones to the recovery stream), each on its channel in ``channels``
+        (``None``: the common one; only a backend that :attr:`routes` is
+        given others), and say what became of each: its
         offset (``None`` when not logged) if the server took it, or, in its
         place, the error the server refused it with (it had no effect and
         is retried as it is). Raises when the outcome is unknown (the

@@ -14,7 +14,10 @@
   (:class:`~.engine_socket.StrictSocket`): an undecodable polling payload
   gets 400, a websocket message the connection closed, the session ends,
   and :meth:`ClusterEngineServer.malformed_payload` counts it in
-  ``malformed_packets`` with one log line per 10 s at most.
+  ``malformed_packets`` with one log line per 10 s at most;
+- a :class:`~.pause_fence.PauseFence`: after the node did not run for
+  ``ping_timeout`` (frozen, starved), what its older connections send is
+  not received and they are closed (their clients have moved on).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from cluster import compat
 from cluster.exceptions import ConfigurationError
 from cluster.node.engine_socket import StrictSocket
 from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG
+from cluster.node.pause_fence import PauseFence
 from cluster.node.websocket_transport import FLUSHER, ClusterSocket
 from session_store.quiet_log import QuietLog
 
@@ -51,6 +55,16 @@ class ClusterEngineServer(compat.EngineServerSeam):
         #: shared with the Socket.IO server's counters (see ClusterServer)
         self.counters: dict[str, int] = {"slow_consumers": 0}
         self._quiet = QuietLog(logger, MALFORMED_LOG_WINDOW)
+        #: started with the first connection (see :mod:`.pause_fence`)
+        self.pause_fence = PauseFence(self.ping_timeout, spawn=self.start_background_task,
+                                      sleep=self.sleep, counters=self.counters)
+
+    def share_counters(self, counters: dict[str, int]) -> None:
+        """Count in ``counters`` from now on (the Socket.IO server's, so
+        that one dict holds every counter the metrics report)."""
+        counters.update(self.counters)
+        self.counters = counters
+        self.pause_fence.counters = counters
 
     def set_max_backlog(self, max_backlog: int) -> None:
         """Bytes a client may leave unread; applies to sockets opened later."""
@@ -66,6 +80,8 @@ class ClusterEngineServer(compat.EngineServerSeam):
         # websocket transport is the node's own
         compat.adopt_socket(eio_socket,
                             ClusterSocket if self.async_mode == "eventlet" else StrictSocket)
+        self.pause_fence.start()
+        eio_socket.fence_generation = self.pause_fence.check()
 
     def disconnect(self, sid: str | None = None) -> None:
         """Close a client's session (every session when ``sid`` is None).

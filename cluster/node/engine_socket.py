@@ -121,7 +121,14 @@ class StrictSocket(compat.EngineSocketSeam):
         """python-engineio's ``receive`` of a packet whose type was checked.
 
         :raises MalformedPayload: python-engineio did not know the type either.
+        :raises SocketIsClosedError: the node was paused since this
+            connection opened (see :mod:`cluster.node.pause_fence`): the
+            packet is not received and the connection is closed.
         """
+        fence = getattr(self.server, "pause_fence", None)
+        if fence is not None and fence.fenced(getattr(self, "fence_generation", 0)):
+            self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            raise eio_exceptions.SocketIsClosedError()
         try:
             self.receive(pkt)
         except eio_exceptions.UnknownPacketError:

@@ -119,10 +119,9 @@ class ClusterServer(compat.SocketServerSeam):
                 dict(vars(limits or Limits()), max_events_per_second=max_events_per_second))
         self.set_limits(limits or Limits())
         # one dict: the transport counts its slow consumers in it too
-        self.counters.update(self.eio.counters)
+        self.eio.share_counters(self.counters)
         self.packet_hold = PacketHold(lambda kind, item: locate(self, kind, item),
                                       self.counters)
-        self.eio.counters = self.counters
         self._listen_to_membership(self.manager)
 
     def set_limits(self, limits: Limits) -> None:

@@ -80,6 +80,8 @@ class ClusterSocket(StrictSocket):
     compressed = False
     polling_backlog = 0
     ping_timer: Any = None
+    #: the pause fence's generation when it opened (set by the engine)
+    fence_generation = 0
 
     # python-engineio's own state (set in its ``Socket.__init__``), declared
     # for mypy only: the base class is untyped
@@ -100,6 +102,11 @@ class ClusterSocket(StrictSocket):
         return writer.backlog if writer is not None else self.polling_backlog
 
     def send(self, pkt: Any) -> None:
+        fence = getattr(self.server, "pause_fence", None)
+        if fence is not None and fence.generation != self.fence_generation:
+            # opened before the node was frozen: an answer now (the ack of
+            # an emit the outbox dropped) would tell its client a lie
+            return
         writer = self.frame_writer
         if writer is None:
             self._send_polling(pkt)

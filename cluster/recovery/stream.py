@@ -102,15 +102,16 @@ class RecoveryLog:
         self.logger = logger
         self._quiet = QuietLog(logger, HEAL_LOG_EVERY)
 
-    def append(self, client: Any, payload: bytes) -> Any:
-        """Append and publish ``payload`` atomically; returns its offset.
+    def append(self, client: Any, payload: bytes, channel: str | None = None) -> Any:
+        """Append and publish ``payload`` atomically (on ``channel``, by
+        default the stream's own); returns its offset.
 
         The entry carries the payload's routing fields (see :mod:`.routing`).
         ``client`` may be a pipeline: the call is then queued (as EVALSHA,
         so load the script first with :meth:`load_script`) and the offset is
         in the pipeline's reply (see :meth:`offset_from`).
         """
-        args = [self.channel, payload, self.window_ms, self.max_entries,
+        args = [channel or self.channel, payload, self.window_ms, self.max_entries,
                 self.publish_command, QUARANTINE_SECONDS * 1000, *route_fields(payload)]
         keys = [self.key, self.quarantine_key, self.reset_mark_key]
         if hasattr(client, "execute"):

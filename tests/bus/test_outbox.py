@@ -145,3 +145,44 @@ def test_buffer_smaller_than_the_largest_message_is_a_configuration_error() -> N
         make_node(LoopbackHub(), buffer_bytes=1_000, max_message_bytes=2_000)
     with pytest.raises(BusConfigurationError, match="buffer_bytes=0"):
         make_node(LoopbackHub(), buffer_bytes=0)
+
+
+class _PausedRuntime(Runtime):
+    """A runtime whose node was found paused at ``found`` (monotonic)."""
+
+    found = float("-inf")
+
+    def paused_since(self, moment: float) -> bool:
+        return moment < self.found
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.woken = False
+
+    def wake(self) -> None:
+        self.woken = True
+
+
+def test_what_was_queued_before_the_node_was_paused_is_dropped_not_published_late() -> None:
+    import time
+
+    bus = FlakyBus()
+    runtime = _PausedRuntime()
+    stats = BusStats()
+    box = Outbox(runtime, bus.send, stats, log, connect=bus.connect, max_backoff=0.05)
+    bus.down = True  # held in the outage buffer, as in a frozen node's queue
+    waiter = _Waiter()
+    assert box.put("before-1") and box.put("before-2", logged=True, waiter=waiter)
+    runtime.found = time.monotonic()  # the pause is found ...
+    assert box.put("after")  # ... and the node goes on
+    bus.down = False
+    thread = threading.Thread(target=box.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: bus.sent == ["after"])
+        assert stats.get("dropped_after_pause") == 2 and waiter.woken
+        wait_for(lambda: len(box) == 0 and box.buffered_bytes == 0)
+    finally:
+        box.close(timeout=1)
+        thread.join(5)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from cluster.bus import BusConfigurationError, BusPublishError, BusSerializationError, Codec
+from cluster.bus.channels import room_channel
 from cluster.devtools.processes import free_port
 from workers import ConfigurationError, Emitter, PayloadError, PublishError
 
@@ -24,6 +25,7 @@ class Wire:
     def __init__(self, emitter: Emitter, secret: str | None = None) -> None:
         self.codec = Codec(secret)
         self.raw: list[bytes] = []
+        self.channels: list[str | None] = []
         self.emitter = emitter
         self.patch()
 
@@ -32,9 +34,11 @@ class Wire:
         manager.transport.connect = lambda: None  # type: ignore[method-assign]
         manager.transport.send_each = self.send_each  # type: ignore[method-assign]
 
-    def send_each(self, payloads: list[bytes], logged: list[bool]) -> list[str | None]:
+    def send_each(self, payloads: list[bytes], logged: list[bool],
+                  channels: list[str | None] | None = None) -> list[str | None]:
         """Every payload accepted, none logged (the transport's seam)."""
         self.raw.extend(payloads)
+        self.channels.extend(channels or [None] * len(payloads))
         return [None] * len(payloads)
 
     def messages(self) -> list[dict[str, Any]]:
@@ -73,6 +77,9 @@ def test_emit_variants(emitter: Emitter, wire: Wire) -> None:
                    ("none", [], None, "/", None),
                    ("everyone", [[1, 2]], None, "/", ["x", "y"]),
                    ("message", ["text"], "sid1", "/", None)]
+    # one room (or sid) has its channel; several rooms and everyone share
+    # the common one (see cluster.bus.channels)
+    assert wire.channels == [None, None, None, room_channel("flask-socketio", "/", "sid1")]
 
 
 def test_bytes_travel_as_binary_attachments(emitter: Emitter, wire: Wire) -> None:

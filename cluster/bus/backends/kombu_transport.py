@@ -80,8 +80,10 @@ class KombuTransport(Transport):
             if isinstance(result, Exception):
                 raise result
 
-    def send_each(self, payloads: list[bytes], logged: list[bool]) -> list[str | None | Exception]:
-        """Publish one by one (kombu has no pipeline), tracking how far it
+    def send_each(self, payloads: list[bytes], logged: list[bool],
+                  channels: list[str | None] | None = None) -> list[str | None | Exception]:
+        """Publish one by one (kombu has no pipeline), on the one fanout
+        exchange (kombu does not route by room yet), tracking how far it
         got: when a publish fails after some went out, those are reported
         sent (never sent again) and the failed one and the rest refused,
         retried with their seals (the failed one may have reached the

@@ -46,7 +46,8 @@ def raise_refused(results: list[str | None | Exception]) -> list[str | None]:
 
 
 class RedisTransport(Transport):
-    """Publishes and subscribes on one Redis channel.
+    """Publishes and subscribes on the common Redis channel and, without
+    Redis Cluster, on the room and node channels (see :mod:`cluster.bus.channels`).
 
     :param connector: makes the clients.
     :param log: the recovery stream when emits are logged (None: plain
@@ -60,6 +61,9 @@ class RedisTransport(Transport):
         self.channel = connector.channel
         self.log = log
         self.logs_recovery = log is not None
+        # room channels need classic pub/sub: a script may PUBLISH on any
+        # channel, but SPUBLISH only on one of its keys' slot (Redis Cluster)
+        self.routes = not connector.sharded
         self._pub: redis.Redis | None = None
 
     # -- publishing -------------------------------------------------------------
@@ -87,7 +91,8 @@ class RedisTransport(Transport):
     def send_logged(self, payloads: list[bytes], logged: list[bool]) -> list[str | None]:
         return raise_refused(self.send_each(payloads, logged))
 
-    def send_each(self, payloads: list[bytes], logged: list[bool]) -> list[str | None | Exception]:
+    def send_each(self, payloads: list[bytes], logged: list[bool],
+                  channels: list[str | None] | None = None) -> list[str | None | Exception]:
         """One pipeline: logged payloads go through the recovery script
         (stream append + publish), the others are plain publishes; each
         reply is looked at on its own (see :mod:`cluster.bus.batch`): Redis at
@@ -95,11 +100,12 @@ class RedisTransport(Transport):
         log = self.log if any(logged) else None
         pipe = self._publisher().pipeline(transaction=False)
         command = pipe.spublish if self.connector.sharded else pipe.publish
-        for payload, append in zip(payloads, logged, strict=True):
+        routes = channels if channels is not None and self.routes else [None] * len(payloads)
+        for payload, append, channel in zip(payloads, logged, routes, strict=True):
             if append and log is not None:
-                log.append(pipe, payload)
+                log.append(pipe, payload, channel)
             else:
-                command(self.channel, payload)
+                command(channel or self.channel, payload)
         try:
             # errors come back in place; a broken connection still raises
             replies = pipe.execute(raise_on_error=False)
@@ -161,20 +167,44 @@ class RedisTransport(Transport):
     def _subscribe(self) -> tuple[Any, Any]:
         client = self.connector.client()
         pubsub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
+        follower = self.follower if self.routes else None
         try:
             if self.connector.sharded:
                 pubsub.ssubscribe(self.channel)
             else:
-                pubsub.subscribe(self.channel)
+                if follower is not None:
+                    # from now on follows go to this connection; those made
+                    # before are in followed() (a channel in both is
+                    # subscribed twice, which Redis ignores)
+                    follower.pubsub = pubsub
+                pubsub.subscribe(self.channel, *(follower.followed() if follower else ()))
             # wait for the confirmation: only then are we really listening
             for _ in range(50):
                 message = pubsub.get_message(timeout=0.1)
                 if message and message["type"] in ("subscribe", "ssubscribe"):
-                    return client, pubsub
+                    if self._is_common(message):
+                        return client, pubsub
+                    self._confirmed(message)
             raise TimeoutError("no subscription confirmation within 5 s")
         except Exception:
+            if follower is not None and follower.pubsub is pubsub:
+                follower.pubsub = None
             pubsub.close()
             raise
+
+    def _is_common(self, message: dict[str, Any]) -> bool:
+        channel = message.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "replace")
+        return channel == self.channel
+
+    def _confirmed(self, message: dict[str, Any]) -> None:
+        """A room or node channel's subscription is in place."""
+        channel = message.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "replace")
+        if self.follower is not None and isinstance(channel, str):
+            self.follower.confirmed(channel)
 
     def listen(self, subscription: Subscription) -> Iterator[bytes]:
         backoff = Backoff(cap=subscription.max_backoff)
@@ -209,6 +239,9 @@ class RedisTransport(Transport):
                     kind = message["type"]
                     if kind == data_type:
                         yield message["data"]
+                    elif not self._is_common(message):
+                        if kind == "subscribe":  # a room's, asked for by the follower
+                            self._confirmed(message)
                     elif kind in ("subscribe", "ssubscribe"):
                         # _subscribe took the first confirmation: another one
                         # means redis-py lost the connection and re-subscribed
@@ -222,6 +255,8 @@ class RedisTransport(Transport):
                 if not subscription.retry_after(exc, backoff):
                     break
             finally:
+                if self.follower is not None and self.follower.pubsub is pubsub:
+                    self.follower.pubsub = None
                 if pubsub is not None:
                     try:
                         pubsub.close()

@@ -1,0 +1,185 @@
+"""Which bus channel a message travels on, and the room channels a node follows.
+
+Without routing, every cross-node message went on the one common channel,
+so every node received, checked and dropped every emit of the cluster:
+capacity did not grow with nodes (issue 25 measured 221-263 µs of CPU per
+emit on a node with no member of the room). With a backend that routes
+(:attr:`~.transport.Transport.routes`: Redis and Sentinel; not yet Redis
+Cluster's sharded pub/sub nor kombu), the rule is:
+
+===============================================  ==================================
+message                                          channel
+===============================================  ==================================
+emit to one room (a named room or a sid)          that room's channel
+close_room; enter/leave_room and disconnect of a  the room's (or the sid's) channel
+remote sid
+an ack going back to the node that asked (python- the asking node's channel
+socketio's ``callback`` message)
+broadcasts (no room), emits to several rooms,     the common channel
+heartbeats, presence, cluster queries
+===============================================  ==================================
+
+A room's channel is ``<channel>:room:<digest>``, the digest a 64-bit hash of
+the namespace and room (bounded names, whatever a room is called; two rooms
+sharing a digest only costs a node a message it then has no client for).
+Each room has its own channel rather than one of a fixed set of partitions:
+with a room per user (notifications), every node holds members of nearly
+every partition, so partitions would filter nothing; Redis keeps a channel in
+about a hundred bytes and matches a PUBLISH in O(1).
+
+A node follows (SUBSCRIBEs to) a room's channel while it has at least one
+member of the room (every connection is a member of its sid's room), on the
+same pub/sub connection as the common channel, so Redis delivers everything
+in publish order and the recovery stream's order holds across rooms.
+Follows and unfollows made in the same turn of the event loop go out as one
+command (:class:`ChannelFollower`); ``join_room`` waits (up to
+:data:`FOLLOW_WAIT` seconds) until Redis confirmed the subscription, so an
+emit made right after the join reaches the new member. A join another node
+(or an emitter) asked for (``join_room`` of a remote sid, ``sockets_join``)
+cannot be waited for: the asking process sends its room emits on the common
+channel for :data:`MEMBERSHIP_GRACE` seconds after asking, so they arrive
+after the request, in order, as before routing. Stock python-socketio
+emitters publish on the common channel, which every node still follows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+#: seconds a join waits for Redis to confirm the room's subscription
+FOLLOW_WAIT = 2.0
+#: seconds after a process asked other nodes to join rooms during which its
+#: room emits take the common channel (see ``ClusterManager.room_channel``)
+MEMBERSHIP_GRACE = 5.0
+#: the cluster commands that make nodes join rooms
+MEMBERSHIP_COMMANDS = frozenset({"sockets_join"})
+
+
+def room_channel(base: str, namespace: str, room: Any) -> str:
+    """The channel of ``room`` in ``namespace`` (see the module doc)."""
+    key = json.dumps([namespace, room], separators=(",", ":"), default=str)
+    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+    return f"{base}:room:{digest}"
+
+
+def node_channel(base: str, host_id: str) -> str:
+    """The channel only node ``host_id`` follows (answers meant for it)."""
+    return f"{base}:node:{host_id}"
+
+
+def single_room(room: Any) -> bool:
+    """Whether ``room`` names one room (not None: everyone; not a list:
+    several rooms, whose union must get the message once)."""
+    return room is not None and not isinstance(room, (list, tuple, set))
+
+
+class ChannelFollower:
+    """The room channels a node follows, batched into SUBSCRIBE/UNSUBSCRIBE.
+
+    The listener sets :attr:`pubsub` while it is subscribed and reports each
+    confirmation (:meth:`confirmed`); on a resubscription it subscribes to
+    :meth:`followed` itself.
+
+    :param spawn: starts a task (the server's): the batch goes out from a
+        task of its own, once the caller's turn is over, so the follows and
+        unfollows of that turn join it, and the caller never yields in the
+        middle of python-socketio's room bookkeeping (a disconnect leaving
+        its rooms one by one must not let a resume of the same sid run in
+        between).
+    :param event: makes an event (the server's kind).
+    """
+
+    def __init__(self, spawn: Callable[..., Any], event: Callable[[], Any]) -> None:
+        self._spawn = spawn
+        self._event = event
+        self._lock = threading.Lock()
+        self._wanted: set[str] = set()
+        self._changes: dict[str, bool] = {}  # channel -> follow (True) / unfollow
+        self._waiters: dict[str, list[Any]] = {}
+        self._flushing = False
+        #: the listener's pub/sub object while subscribed (None: the next
+        #: subscription takes every followed channel)
+        self.pubsub: Any = None
+        #: SUBSCRIBE/UNSUBSCRIBE commands sent (each carries a batch)
+        self.commands = 0
+
+    def __len__(self) -> int:
+        return len(self._wanted)
+
+    def followed(self) -> list[str]:
+        """Every channel followed now."""
+        with self._lock:
+            return sorted(self._wanted)
+
+    def follow(self, channel: str, wait: float = 0.0) -> bool:
+        """Follow ``channel``; with ``wait``, block up to that many seconds
+        for Redis's confirmation. True when confirmed (or followed already)."""
+        with self._lock:
+            if channel in self._wanted and channel not in self._changes:
+                return True
+            self._wanted.add(channel)
+            self._changes[channel] = True
+            event = None
+            if wait > 0:
+                event = self._event()
+                self._waiters.setdefault(channel, []).append(event)
+            lead = not self._flushing
+            self._flushing = True
+        if lead:
+            self._spawn(self._flush)
+        if event is None:
+            return False
+        confirmed = bool(event.wait(wait))
+        if not confirmed:
+            with self._lock:
+                waiting = self._waiters.get(channel, [])
+                if event in waiting:
+                    waiting.remove(event)
+                if not waiting:
+                    self._waiters.pop(channel, None)
+        return confirmed
+
+    def unfollow(self, channel: str) -> None:
+        """Stop following ``channel`` (with the next batch)."""
+        with self._lock:
+            if channel not in self._wanted:
+                return
+            self._wanted.discard(channel)
+            self._changes[channel] = False
+            lead = not self._flushing
+            self._flushing = True
+        if lead:
+            self._spawn(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            changes, self._changes = self._changes, {}
+            self._flushing = False
+            pubsub = self.pubsub
+        if pubsub is None or not changes:
+            return  # the next subscription subscribes to everything wanted
+        follow = [channel for channel, on in changes.items() if on]
+        drop = [channel for channel, on in changes.items() if not on]
+        try:
+            if drop:
+                self.commands += 1
+                pubsub.unsubscribe(*drop)
+            if follow:
+                self.commands += 1
+                pubsub.subscribe(*follow)
+        except Exception:  # noqa: S110 - the listener resubscribes to everything wanted
+            pass
+
+    def confirmed(self, channel: str) -> None:
+        """Redis confirmed the subscription of ``channel``: wake its joins."""
+        with self._lock:
+            events = self._waiters.pop(channel, [])
+        for event in events:
+            event.set()
+
+    def wanted(self, channel: str) -> bool:
+        """Whether ``channel`` is followed now."""
+        return channel in self._wanted
