@@ -4,8 +4,9 @@ Without routing, every cross-node message went on the one common channel,
 so every node received, checked and dropped every emit of the cluster:
 capacity did not grow with nodes (issue 25 measured 221-263 µs of CPU per
 emit on a node with no member of the room). With a backend that routes
-(:attr:`~.transport.Transport.routes`: Redis and Sentinel; not yet Redis
-Cluster's sharded pub/sub nor kombu), the rule is:
+(:attr:`~.transport.Transport.routes`: Redis, Sentinel and kombu, whose
+node queues are bound to the routing keys of the channels they follow; not
+yet Redis Cluster's sharded pub/sub), the rule is:
 
 ===============================================  ==================================
 message                                          channel

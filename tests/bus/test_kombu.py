@@ -63,3 +63,21 @@ def test_two_nodes_over_rabbitmq_and_pickle_is_never_loaded(
     assert b.wait_event("relayed", 2)[-1] == "after"
     assert not marker.exists()
     assert b.call("stats")["stats"]["dropped_malformed"] == 1
+
+
+def test_room_emits_reach_only_the_nodes_with_members_over_rabbitmq(
+        amqp_url, bus_nodes, connect) -> None:
+    channel = f"bus-test-{uuid.uuid4().hex[:8]}"
+    n1, n2 = bus_nodes(2, message_queue=amqp_url, extra_args=["--channel", channel])
+    a, b = connect(n1), connect(n2)
+    wait_nodes(a, 2)
+    for i in range(10):  # a fresh room each time: its binding is made by the join
+        b.call("join", {"room": f"r{i}"})
+        a.call("relay", {"to": f"r{i}", "payload": f"p{i}"})
+        assert b.wait_event("relayed", i + 1)[-1] == f"p{i}"
+    before = a.call("stats")["stats"]["received"]
+    for i in range(100):
+        a.call("relay", {"to": "r0", "payload": f"q{i}"})
+    assert b.wait_event("relayed", 110)[-1] == "q99"
+    # n1 has no member of r0: the broker sent it heartbeats, none of the emits
+    assert a.call("stats")["stats"]["received"] - before < 20
