@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlparse
 
 from cluster.bus import (
     BusConfigurationError,
@@ -30,7 +31,7 @@ from cluster.bus import (
     check_signing,
     create_manager,
 )
-from cluster.bus.backends.redis_access import check_access
+from cluster.bus.backends.redis_access import CHECKED_SCHEMES, check_access, check_clock_of
 
 from .exceptions import ConfigurationError, PayloadError, PublishError
 from .settings import DEFAULT_CHANNEL, WorkerSettings
@@ -195,9 +196,14 @@ class Emitter:
                     with _errors():
                         options = (self._manager.redis_options
                                    if isinstance(self._manager, RedisManager) else None)
-                        check_access(self.url, options,
-                                     max_clock_skew=self._manager.settings.max_clock_skew,
+                        skew = self._manager.settings.max_clock_skew
+                        check_access(self.url, options, max_clock_skew=skew,
                                      who="This emitter")
+                        if isinstance(self._manager, RedisManager) and \
+                                urlparse(self.url).scheme not in CHECKED_SCHEMES:
+                            # Sentinel, Redis Cluster: through the bus's connector
+                            check_clock_of(self._manager.new_redis_client, skew,
+                                           who="This emitter")
                 self._pid = pid
             return self._manager
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlparse
 
-from cluster.bus.backends.redis_access import check_access
+from cluster.bus.backends.redis_access import CHECKED_SCHEMES, check_access, check_clock_of
 from cluster.bus.manager import ClusterManager
 from cluster.bus.redis_manager import RedisManager
 from cluster.bus.signing_policy import check_signing
@@ -34,3 +35,6 @@ def check_bus(manager: Any, allow_unsigned: bool,
     if isinstance(manager, RedisManager):
         check_access(manager.redis_url, manager.redis_options,
                      max_clock_skew=manager.settings.max_clock_skew)
+        if urlparse(manager.redis_url).scheme not in CHECKED_SCHEMES:
+            # Sentinel, Redis Cluster: the clock of the server the bus uses
+            check_clock_of(manager.new_redis_client, manager.settings.max_clock_skew)

@@ -255,7 +255,8 @@ def run_node(args: argparse.Namespace) -> int:
         except BusConfigurationError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    except ClusterError as exc:
+    except (ClusterError, BusConfigurationError) as exc:
+        # e.g. a signing secret too short, found as the bus is built
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if socketio.app is None:

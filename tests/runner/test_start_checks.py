@@ -165,3 +165,14 @@ def test_json_logs_are_one_object_per_line(node_factory: Any) -> None:
     entries = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all(entry["node"] == "node1" for entry in entries)
     assert any("Node listening" in entry["message"] for entry in entries)
+
+
+def test_a_signing_secret_too_short_is_one_line_and_exit_code_2(redis_url: str) -> None:
+    with socket.socket() as probe:  # a free port, so only the secret is wrong
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = _node("--app", "tests.apps.chat_app:socketio", "--port", str(port),
+                 "--message-queue", redis_url, "--signing-secret", "short")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: The bus signing secret is too short")
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1

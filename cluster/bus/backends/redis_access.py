@@ -12,6 +12,7 @@ when they differ by more than ``max_clock_skew``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -50,6 +51,30 @@ def check_access(url: str, options: dict[str, Any] | None = None, timeout: float
         if problem is not None:
             raise BusAccessDenied(f"Cannot use the cluster bus: {problem}") from None
         # unreachable or failing for now: the bus retries with backoff
+    finally:
+        client.close()
+
+
+def check_clock_of(client_factory: Callable[[], Any], max_clock_skew: float,
+                   who: str = "This node") -> None:
+    """Raise :class:`~cluster.bus.errors.BusClockSkew` if ``who``'s clock is
+    further than ``max_clock_skew`` from the Redis server a client made by
+    ``client_factory`` talks to: the bus's own connector, so Sentinel (the
+    current master) and Redis Cluster (the channel's shard) are checked as
+    a plain Redis is by :func:`check_access`. A Redis that cannot be reached
+    now passes: the heartbeat's check takes over once it can be."""
+    try:
+        client = client_factory()
+    except Exception:
+        return
+    try:
+        measured = measure_offset(lambda: server_time(client))
+        if measured is not None:
+            check_offset(*measured, max_clock_skew, who)
+    except BusClockSkew:
+        raise
+    except Exception:  # noqa: S110 - unreachable for now: checked again each heartbeat
+        pass
     finally:
         client.close()
 
