@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how long late deliveries still count after a window")
     p.add_argument("--max-p99-ms", type=float, default=250.0, help="a step passes below this p99")
     p.add_argument("--max-loss", type=float, default=0.001, help="...and this loss fraction")
+    p.add_argument("--publishers", type=int, default=0,
+                   help="publishing clients in a ladder (default 0: one per node; 1: every "
+                        "publish enters through the first node, as from an admin console)")
     p.add_argument("--memory-counts", default="2000,10000", help="idle websockets on one node")
     p.add_argument("--memory-settle-seconds", type=float, default=2.0,
                    help="wait after opening, before reading RSS")
@@ -172,7 +175,7 @@ def ladders_of_target(procs: Procs, results: dict[str, Any], args: argparse.Name
     target = targets.TARGETS[key]
     settings = LadderSettings(step_s=args.step_seconds, warmup_s=args.warmup_seconds,
                               drain_s=args.drain_seconds, max_p99_ms=args.max_p99_ms,
-                              max_loss=args.max_loss)
+                              max_loss=args.max_loss, publishers=args.publishers)
     jobs = [(s, False) for s in args.scenario_list] if "ladder" not in skip else []
     if "deflate" not in skip and target.deflate and rnd <= args.deflate_rounds:
         jobs.append((args.deflate_scenario, True))

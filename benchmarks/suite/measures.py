@@ -48,6 +48,7 @@ class LadderSettings:
     max_p99_ms: float = 250.0  # a step passes with p99 at most this...
     max_loss: float = 0.001    # ...and at most this fraction of deliveries missing
     concurrency: int = 100     # websocket handshakes in flight while connecting
+    publishers: int = 0        # publishing clients (0: one per node, each on its node)
 
 
 def rung_rates(start: float, factor: float, maximum: float) -> list[float]:
@@ -79,7 +80,7 @@ def run_ladder(procs: Procs, nodes: list[Proc], redis: Proc, clients: int,
         "rates": [r / clients for r in rungs], "half": True, "deflate": deflate,
         "step_s": settings.step_s, "warmup_s": settings.warmup_s, "drain_s": settings.drain_s,
         "max_p99_ms": settings.max_p99_ms, "max_loss": settings.max_loss,
-        "concurrency": settings.concurrency,
+        "concurrency": settings.concurrency, "publishers": settings.publishers,
         "deadline_s": connect_s + (len(rungs) + 2) * step_timeout(settings) + 30,
     }
     loadgen = Loadgen(procs, config)
