@@ -81,22 +81,30 @@ class ScaleoutSettings:
     settle_s: float = 1.0        # after the clients are ready, before the first window
 
 
-class ScaleoutLoadgen(Loadgen):
-    """:class:`Loadgen` driving ``scaleout_loadgen.mjs`` instead of ``loadgen.mjs``."""
+class JsonLinesProc(Loadgen):
+    """:class:`Loadgen`'s driver (JSON lines out, commands in) for any such program.
 
-    def __init__(self, procs: Procs, config: dict[str, Any]) -> None:
+    The scale-out load generator (:func:`scaleout_loadgen`) and the per-user
+    emitter of :mod:`.scaleout_nodes` speak the same line protocol.
+    """
+
+    def __init__(self, procs: Procs, name: str, argv: list[str], cwd: str,
+                 env: dict[str, str] | None = None, config: dict[str, Any] | None = None) -> None:
         # the parent's __init__ hard-codes its script; the rest is the same driver
         self.procs = procs
-        self.config = config
-        self.proc: Proc = procs.spawn("scaleout-loadgen",
-                                      [node_executable(), "scaleout_loadgen.mjs",
-                                       json.dumps(config)],
-                                      cwd=str(NODE_DIR), env=child_env(), pipe=True)
+        self.config = config or {}
+        self.proc: Proc = procs.spawn(name, argv, cwd=cwd, env=env or child_env(), pipe=True)
         self.events: queue.Queue[Event | None] = queue.Queue()
         self.errors: list[str] = []
-        self._reader = threading.Thread(target=self._read, name="scaleout-loadgen-stdout",
-                                        daemon=True)
+        self._reader = threading.Thread(target=self._read, name=f"{name}-stdout", daemon=True)
         self._reader.start()
+
+
+def scaleout_loadgen(procs: Procs, config: dict[str, Any]) -> JsonLinesProc:
+    """``benchmarks/node/scaleout_loadgen.mjs`` with ``config`` (see its header)."""
+    return JsonLinesProc(procs, "scaleout-loadgen",
+                         [node_executable(), "scaleout_loadgen.mjs", json.dumps(config)],
+                         cwd=str(NODE_DIR), config=config)
 
 
 # -- Redis ---------------------------------------------------------------------------
@@ -141,6 +149,7 @@ class Sample:
     redis: float
     loadgen: float
     publishes: int
+    publisher: float = 0.0  # CPU of a publishing process outside the nodes (an emitter)
 
 
 def measure_target(procs: Procs, target: Target, redis_url: str,
@@ -154,10 +163,10 @@ def measure_target(procs: Procs, target: Target, redis_url: str,
     nodes = start_nodes(procs, target, NODES, redis_url)
     phases = [(0, settings.low_rate), (1, settings.high_rate)]
     per_phase_s = settings.warmup_s + settings.window_s + settings.drain_s + 20.0
-    config = {"url": node_url(nodes[0]), "touch_urls": [node_url(n) for n in nodes[1:]],
-              "receivers": settings.receivers, "room": "scaleout",
+    config = {"urls": [node_url(nodes[0])], "touch_urls": [node_url(n) for n in nodes[1:]],
+              "room_size": settings.receivers, "room": "scaleout",
               "deadline_s": 60.0 + len(phases) * per_phase_s + settings.settle_s}
-    loadgen = ScaleoutLoadgen(procs, config)
+    loadgen = scaleout_loadgen(procs, config)
     starts: dict[int, Sample] = {}
     windows: list[dict[str, Any]] = []
 
@@ -222,6 +231,7 @@ def window_of(index: int, rate: float, start: Sample, end: Sample, end_event: Ev
         "redis_cpu_s": end.redis - start.redis,
         "redis_cpu_ms_per_s": 1000 * (end.redis - start.redis) / wall,
         "loadgen_cpu_util": (end.loadgen - start.loadgen) / wall,
+        "publisher_cpu_util": (end.publisher - start.publisher) / wall,
         "redis_publishes": end.publishes - start.publishes,
     }
 

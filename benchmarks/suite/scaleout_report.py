@@ -1,8 +1,10 @@
-"""The scale-out benchmark's Markdown: one row per target, ratios, every round.
+"""The scale-out benchmark's Markdown: a section per measurement, ratios, every round.
 
-Figures are µs of CPU per emit (see :mod:`.scaleout_measure`). A target's
-cell shows the median over its rounds and the spread (lowest–highest of
-every round); for the uninvolved nodes, both nodes of every round count.
+Figures are µs of CPU per emit (see :mod:`.scaleout_measure` and
+:mod:`.scaleout_nodes`). A target's cell shows the median over its rounds
+and the spread (lowest–highest of every round); for the uninvolved nodes,
+both nodes of every round count; for the nodes measurement, one row per
+target and node count.
 """
 
 from __future__ import annotations
@@ -63,10 +65,11 @@ def deliveries(results: dict[str, Any], target: str) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The whole report: the run, then a section per measurement, then the errors."""
     s, m, v = results["settings"], results["machine"], results["versions"]
-    keys = [k for k in s["targets"] if k in SCALEOUT_TARGETS]
     quick = " (--quick smoke run, not figures)" if results["quick"] else ""
-    out = [f"# Scale-out: uninvolved cost{quick}",
+    measures = results.get("measures", ["uninvolved"])
+    out = [f"# Scale-out{quick}",
            "",
            (f"{results['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
             f"Linux {m['kernel']}, Python {m['python']}; load average at start "
@@ -74,7 +77,20 @@ def markdown(results: dict[str, Any]) -> str:
             f"targets interleaved; {results['elapsed_s'] / 60:.1f} min."),
            "",
            "Versions: " + ", ".join(f"{name} {ver}" for name, ver in v.items() if ver) + ".",
-           "",
+           ""]
+    if "uninvolved" in measures:
+        out += uninvolved_section(results)
+    if "nodes" in measures:
+        out += nodes_section(results)
+    if results["errors"]:
+        out += ["", "## Errors", ""] + [f"- {e['what']}: {e['error']}" for e in results["errors"]]
+    return "\n".join(out) + "\n"
+
+
+def uninvolved_section(results: dict[str, Any]) -> list[str]:
+    s = results["settings"]
+    keys = [k for k in s["targets"] if k in SCALEOUT_TARGETS]
+    out = ["## Uninvolved cost: a node with no member of the room", "",
            (f"Setup: {s['nodes']} nodes of each target share one Redis. One room's "
             f"{s['receivers']} receivers and its publisher (not a member) are on node 0; the "
             "other nodes hold no client. The publisher sends "
@@ -94,7 +110,7 @@ def markdown(results: dict[str, Any]) -> str:
     out += table(["target", "each node with no member of the room, µs CPU per emit",
                   f"emitting node, µs CPU per emit ({s['receivers']} local receivers)",
                   "Redis, µs CPU per emit", "delivered / expected (both windows)"], rows)
-    out += ["", "## Ratios of medians: target ÷ peer (lower is cheaper)", ""]
+    out += ["", "### Ratios of medians: target ÷ peer (lower is cheaper)", ""]
     ratio_rows = []
     for key in keys:
         for figure, name in FIGURES:
@@ -105,7 +121,7 @@ def markdown(results: dict[str, Any]) -> str:
                                  for peer in (NODE, SHARDED))])
     out += table(["figure", f"÷ {SCALEOUT_TARGETS[NODE].label}",
                   f"÷ {SCALEOUT_TARGETS[SHARDED].label}"], ratio_rows)
-    out += ["", "## Every round", ""]
+    out += ["", "### Every round", ""]
     round_rows = []
     for run in results["runs"]:
         label = SCALEOUT_TARGETS[run["target"]].label
@@ -129,7 +145,112 @@ def markdown(results: dict[str, Any]) -> str:
                   "Redis connections subscribed (channels)"], round_rows)
     out += ["", ("\"behind\": fewer than 95% of the high window's deliveries arrived before it "
                  "closed, so the emitting node fell behind and the uninvolved nodes saw fewer "
-                 "emits than were sent (their per-emit figure is then too low).")]
-    if results["errors"]:
-        out += ["", "## Errors", ""] + [f"- {e['what']}: {e['error']}" for e in results["errors"]]
-    return "\n".join(out) + "\n"
+                 "emits than were sent (their per-emit figure is then too low)."), ""]
+    return out
+
+
+# -- cluster CPU against node count ----------------------------------------------------------
+
+def nodes_values(results: dict[str, Any], target: str, count: int, figure: str,
+                 user: bool = False) -> list[float]:
+    """Every round's ``figure`` at ``count`` nodes (of the per-user window when ``user``)."""
+    out = []
+    for run in results.get("nodes_runs", []):
+        if run["target"] != target or run["nodes"] != count or "cluster_us" not in run:
+            continue
+        source = run.get("user") if user else run
+        if source is not None and figure in source:
+            out.append(float(source[figure]))
+    return out
+
+
+def nodes_deliveries(results: dict[str, Any], target: str, count: int, windows: range) -> str:
+    runs = [r for r in results.get("nodes_runs", [])
+            if r["target"] == target and r["nodes"] == count and "windows" in r]
+    picked = [w for r in runs for w in r["windows"] if w["phase"] in windows]
+    if not picked:
+        return "—"
+    delivered = sum(w["delivered"] for w in picked)
+    expected = sum(w["expected"] for w in picked)
+    duplicates = sum(w["duplicates"] for w in picked)
+    behind = sum(1 for w in picked if w["phase"] > 0 and w["in_window_fraction"] < 0.95)
+    return (f"{delivered:,}/{expected:,}" + (f", {duplicates:,} dup." if duplicates else "")
+            + (f", {behind} window(s) behind" if behind else ""))
+
+
+def user_notes(results: dict[str, Any], target: str) -> str:
+    notes = {r["user_note"] for r in results.get("nodes_runs", [])
+             if r["target"] == target and r.get("user_note")}
+    return "; ".join(sorted(notes)) or "not measured"
+
+
+def nodes_section(results: dict[str, Any]) -> list[str]:
+    s, n = results["settings"], results["nodes_settings"]
+    keys = [k for k in s["targets"] if k in SCALEOUT_TARGETS]
+    counts = n["node_counts"]
+    out = ["## Cluster CPU per emit against node count", "",
+           (f"Setup: {', '.join(map(str, counts))} nodes of each target share one Redis. "
+            f"{n['rooms']} rooms of {n['room_size']} receivers ({n['receivers']} clients) "
+            "connect round-robin straight to the nodes, as a balancer spreads them, so every "
+            "node holds the same number of receivers and every room has members on every "
+            "node. One publisher client per room, not a member, all on node 0. Windows: "
+            f"{n['low_rate']:g} then {n['high_rate']:g} room emits/s in total (round-robin "
+            f"over the rooms), then {n['user_rate']:g} emits/s from one process to per-user "
+            "rooms (each receiver alone in its own room; this project: `workers.Emitter`), "
+            f"each {n['window_s']:g} s after {n['warmup_s']:g} s of warm-up. CPU per emit is "
+            "a slope against the first window, idle cost cancelling (see "
+            "`benchmarks/suite/scaleout_nodes.py`); "
+            "*cluster* is the sum over every node process, per delivery is that over the "
+            "deliveries per emit. Median over rounds in bold, then the spread."),
+           "", "### Room emits (rooms of "
+           f"{n['room_size']} spread over every node)", ""]
+    rows = []
+    for key in keys:
+        for count in counts:
+            rows.append([SCALEOUT_TARGETS[key].label, str(count),
+                         *(cell(nodes_values(results, key, count, figure)) for figure in
+                           ("cluster_us", "per_delivery_us", "publishing_us", "other_us",
+                            "redis_us")),
+                         nodes_deliveries(results, key, count, range(0, 2))])
+    out += table(["target", "nodes", "cluster, µs CPU per emit", "cluster, µs CPU per delivery",
+                  "node 0 (publishers), µs per emit", "each other node, µs per emit",
+                  "Redis, µs CPU per emit", "delivered / expected"], rows)
+    out += ["", "### Per-user rooms (one emitting process, one delivery per emit)", ""]
+    rows = []
+    for key in keys:
+        for count in counts:
+            cluster = nodes_values(results, key, count, "cluster_us", user=True)
+            if not cluster:
+                rows.append([SCALEOUT_TARGETS[key].label, str(count), user_notes(results, key),
+                             "", "", ""])
+                continue
+            rows.append([SCALEOUT_TARGETS[key].label, str(count), cell(cluster),
+                         cell(nodes_values(results, key, count, "redis_us", user=True)),
+                         cell(nodes_values(results, key, count, "publisher_us", user=True)),
+                         nodes_deliveries(results, key, count, range(2, 3))])
+    out += table(["target", "nodes", "cluster, µs CPU per emit", "Redis, µs CPU per emit",
+                  "emitting process, µs CPU per emit", "delivered / expected"], rows)
+    out += ["", "### Every round", ""]
+    rows = []
+    for run in results.get("nodes_runs", []):
+        label = SCALEOUT_TARGETS[run["target"]].label
+        if "cluster_us" not in run:
+            rows.append([str(run["round"]), label, str(run["nodes"]), "failed", "", "", ""])
+            continue
+        user = run.get("user")
+        rows.append([
+            str(run["round"]), label, str(run["nodes"]),
+            " / ".join(f"{x:.0f}" for x in run["per_node_us"]),
+            f"{run['redis_us']:.1f}" + (" (behind)" if run["behind"] else ""),
+            (" / ".join(f"{x:.0f}" for x in user["per_node_us"])
+             + f", Redis {user['redis_us']:.1f}" + (" (behind)" if user["behind"] else ""))
+            if user else "—",
+            f"{run['subscribed']['connections']} ({run['subscribed']['channels']})"])
+    out += table(["round", "target", "nodes", "room emit, µs per node (node 0 first)",
+                  "room emit, Redis µs", "per-user emit, µs per node, Redis",
+                  "Redis connections subscribed (channels)"], rows)
+    out += ["", ("\"behind\": fewer than 95% of a window's deliveries arrived before it closed "
+                 "(the cluster did not keep up with the rate, so its per-emit figures are too "
+                 "low). Turn this into a prediction for 10 to 1,000 nodes with "
+                 "`python -m benchmarks.capacity_model`."), ""]
+    return out

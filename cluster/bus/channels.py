@@ -44,6 +44,7 @@ emitters publish on the common channel, which every node still follows.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -61,9 +62,21 @@ MEMBERSHIP_COMMANDS = frozenset({"sockets_join"})
 
 def room_channel(base: str, namespace: str, room: Any) -> str:
     """The channel of ``room`` in ``namespace`` (see the module doc)."""
+    try:
+        return _cached_room_channel(base, namespace, room)
+    except TypeError:  # a room that cannot be a cache key
+        return _room_channel(base, namespace, room)
+
+
+def _room_channel(base: str, namespace: str, room: Any) -> str:
     key = json.dumps([namespace, room], separators=(",", ":"), default=str)
     digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
     return f"{base}:room:{digest}"
+
+
+# every emit asks: the hash of a busy room is computed once, and the cache
+# stays bounded however many rooms come and go
+_cached_room_channel = functools.lru_cache(maxsize=65_536, typed=True)(_room_channel)
 
 
 def node_channel(base: str, host_id: str) -> str:
