@@ -34,6 +34,14 @@ RESUBSCRIBED = (
     "max_message_bytes or raise that limit")
 
 
+def _channel_name(message: dict[str, Any]) -> str | None:
+    """The channel a pub/sub message or confirmation is about."""
+    channel = message.get("channel")
+    if isinstance(channel, bytes):
+        return channel.decode("utf-8", "replace")
+    return channel if isinstance(channel, str) else None
+
+
 def raise_refused(results: list[str | None | Exception]) -> list[str | None]:
     """``results`` of :meth:`RedisTransport.send_each`, raising the first
     refusal (for callers that want all or nothing)."""
@@ -169,22 +177,31 @@ class RedisTransport(Transport):
         pubsub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
         follower = self.follower if self.routes else None
         try:
+            expected = {self.channel}
             if self.connector.sharded:
                 pubsub.ssubscribe(self.channel)
+            elif follower is None:
+                pubsub.subscribe(self.channel)
             else:
-                if follower is not None:
-                    # from now on follows go to this connection; those made
-                    # before are in followed() (a channel in both is
-                    # subscribed twice, which Redis ignores)
-                    follower.pubsub = pubsub
-                pubsub.subscribe(self.channel, *(follower.followed() if follower else ()))
-            # wait for the confirmation: only then are we really listening
+                first = follower.followed()
+                pubsub.subscribe(self.channel, *first)  # connects: one connection only
+                # from now on follows go to this connection; one made since
+                # the snapshot either finds it set or is in followed() now
+                follower.pubsub = pubsub
+                missed = sorted(set(follower.followed()) - set(first))
+                if missed:
+                    pubsub.subscribe(*missed)
+                expected.update(first, missed)
+            # wait for every confirmation: only then are we really listening,
+            # to the room channels of the clients connected so far too
             for _ in range(50):
                 message = pubsub.get_message(timeout=0.1)
                 if message and message["type"] in ("subscribe", "ssubscribe"):
-                    if self._is_common(message):
+                    if not self._is_common(message):
+                        self._confirmed(message)
+                    expected.discard(_channel_name(message))
+                    if not expected:
                         return client, pubsub
-                    self._confirmed(message)
             raise TimeoutError("no subscription confirmation within 5 s")
         except Exception:
             if follower is not None and follower.pubsub is pubsub:
@@ -193,17 +210,12 @@ class RedisTransport(Transport):
             raise
 
     def _is_common(self, message: dict[str, Any]) -> bool:
-        channel = message.get("channel")
-        if isinstance(channel, bytes):
-            channel = channel.decode("utf-8", "replace")
-        return channel == self.channel
+        return _channel_name(message) == self.channel
 
     def _confirmed(self, message: dict[str, Any]) -> None:
         """A room or node channel's subscription is in place."""
-        channel = message.get("channel")
-        if isinstance(channel, bytes):
-            channel = channel.decode("utf-8", "replace")
-        if self.follower is not None and isinstance(channel, str):
+        channel = _channel_name(message)
+        if self.follower is not None and channel is not None:
             self.follower.confirmed(channel)
 
     def listen(self, subscription: Subscription) -> Iterator[bytes]:
