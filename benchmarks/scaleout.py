@@ -33,9 +33,9 @@ It writes ``benchmarks/results/scaleout.md`` and ``.json``
 binds to 127.0.0.1, every phase has a timeout, and everything started is
 stopped by PID, on errors and Ctrl-C too. Run from the repository root::
 
-    .venv/bin/python -m benchmarks.scaleout                      # ~9 min per round of 3 targets
+    .venv/bin/python -m benchmarks.scaleout                      # ~8 min per round of 3 targets
     .venv/bin/python -m benchmarks.scaleout --measure uninvolved # ~2 min per round
-    .venv/bin/python -m benchmarks.scaleout --quick --measure nodes   # ~70 s, every path once
+    .venv/bin/python -m benchmarks.scaleout --quick --measure nodes   # ~45 s, every path once
 """
 
 from __future__ import annotations

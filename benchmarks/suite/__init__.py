@@ -14,6 +14,8 @@ module                    what
 :mod:`.celery_sender`     the process that sends Celery tasks and Emitter emits
 :mod:`.scaleout_measure`  scale-out: CPU per emit on nodes without members
                           (slope between two rates), the sharded Node peer
+:mod:`.scaleout_nodes`    scale-out: cluster CPU per emit at 2, 4, 6 nodes,
+                          small rooms and per-user rooms (an Emitter process)
 :mod:`.scaleout_report`   its JSON and Markdown
 ========================  ===================================================
 """
