@@ -192,3 +192,21 @@ def test_emitter_manages_remote_sids(redis_url: str, node_factory: Any,
         stranger.disconnect(near.sid)
     assert near.none_of("vip_news", wait=0.5)
     assert not near.disconnected.is_set()
+
+
+def test_an_emitter_reaches_only_the_node_that_holds_the_user(
+        redis_url: str, node_factory: Any, sio_client_factory: Any) -> None:
+    from tests.harness.raw_websocket import metric
+    from workers import Emitter
+
+    holder, other = node_factory(app=APP, count=2, env={"CELERY_BROKER_URL": redis_url,
+                                                        "CLUSTER_SIGNING_SECRET": SIGNING_SECRET})
+    user = Client(sio_client_factory, holder.url)
+    before = metric(other, "socketio_bus", kind="received")
+    with Emitter.from_env({"REDIS_URL": redis_url,
+                           "CLUSTER_SIGNING_SECRET": SIGNING_SECRET}) as emitter:
+        for i in range(100):  # to the user's sid: its own room
+            emitter.emit("note", i, to=user.sid)
+        assert [user.next("note") for _ in range(100)] == list(range(100))
+    # the other node heard heartbeats only (a few per second), none of the 100
+    assert metric(other, "socketio_bus", kind="received") - before < 20
