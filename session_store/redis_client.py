@@ -92,8 +92,37 @@ def connect(url: str, options: Mapping[str, Any] | None = None) -> Any:
     if parsed.scheme.lower() in CLUSTER_SCHEMES:
         _seeds(parsed.netloc)  # a bad host list fails now, not at the first command
     elif not cluster:
-        return redis.Redis.from_url(url, **options)
+        return _one_server(url, options)
     return LazyClient(lambda: _cluster(url, dict(options)), url)
+
+
+#: connections of a node's store to one Redis (redis-py's default, 100)
+POOL_SIZE = 100
+#: seconds a command waits for a free connection when all are busy
+POOL_WAIT = 10.0
+
+
+def _one_server(url: str, options: dict[str, Any]) -> redis.Redis:
+    """``redis.Redis.from_url`` over a blocking pool.
+
+    redis-py's default pool raises ``MaxConnectionsError`` once its 100
+    connections are busy. A node runs thousands of green threads, and a
+    burst of joins (each writes its connection record before its ack) then
+    failed those writes and the events lost their acks (seen with 300
+    clients joining at once). A blocking pool of the same size makes the
+    extra commands wait (up to :data:`POOL_WAIT` seconds) for a connection
+    instead. ``max_connections`` and ``timeout`` among the options set its
+    size and wait; ``connection_pool`` replaces it.
+    """
+    if "connection_pool" in options:
+        return redis.Redis(**options)
+    single = options.pop("single_connection_client", False)
+    options.setdefault("max_connections", POOL_SIZE)
+    options.setdefault("timeout", POOL_WAIT)
+    pool = redis.BlockingConnectionPool.from_url(url, **options)
+    client = redis.Redis(connection_pool=pool, single_connection_client=single)
+    client.auto_close_connection_pool = True
+    return client
 
 
 class LazyClient:
