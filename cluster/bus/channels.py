@@ -111,6 +111,8 @@ class ChannelFollower:
         self._event = event
         self._lock = threading.Lock()
         self._wanted: set[str] = set()
+        # what Redis confirmed on the current subscription
+        self._confirmed: set[str] = set()
         self._changes: dict[str, bool] = {}  # channel -> follow (True) / unfollow
         self._waiters: dict[str, list[Any]] = {}
         self._flushing = False
@@ -130,18 +132,24 @@ class ChannelFollower:
 
     def follow(self, channel: str, wait: float = 0.0) -> bool:
         """Follow ``channel``; with ``wait``, block up to that many seconds
-        for Redis's confirmation. True when confirmed (or followed already)."""
+        for Redis's confirmation (also when another caller asked for it and
+        it is not confirmed yet: a second member joining, or resuming, right
+        after the first must not go on before the subscription exists).
+        True when confirmed."""
         with self._lock:
-            if channel in self._wanted and channel not in self._changes:
+            if channel in self._confirmed and channel in self._wanted \
+                    and channel not in self._changes:
                 return True
-            self._wanted.add(channel)
-            self._changes[channel] = True
+            lead = False
+            if channel not in self._wanted or self._changes.get(channel) is False:
+                self._wanted.add(channel)
+                self._changes[channel] = True
+                lead = not self._flushing
+                self._flushing = True
             event = None
             if wait > 0:
                 event = self._event()
                 self._waiters.setdefault(channel, []).append(event)
-            lead = not self._flushing
-            self._flushing = True
         if lead:
             self._spawn(self._flush)
         if event is None:
@@ -162,6 +170,7 @@ class ChannelFollower:
             if channel not in self._wanted:
                 return
             self._wanted.discard(channel)
+            self._confirmed.discard(channel)
             self._changes[channel] = False
             lead = not self._flushing
             self._flushing = True
@@ -187,9 +196,29 @@ class ChannelFollower:
         except Exception:  # noqa: S110 - the listener resubscribes to everything wanted
             pass
 
+    def is_confirmed(self, channel: str) -> bool:
+        """Whether Redis confirmed ``channel`` on the current subscription."""
+        return channel in self._confirmed
+
+    def attach(self, pubsub: Any) -> None:
+        """The listener subscribes on ``pubsub`` from now on."""
+        with self._lock:
+            self.pubsub = pubsub
+            self._confirmed.clear()
+
+    def detach(self, pubsub: Any) -> None:
+        """The listener's ``pubsub`` is gone: nothing is confirmed any more
+        (the next subscription confirms everything followed again)."""
+        with self._lock:
+            if self.pubsub is pubsub:
+                self.pubsub = None
+                self._confirmed.clear()
+
     def confirmed(self, channel: str) -> None:
         """Redis confirmed the subscription of ``channel``: wake its joins."""
         with self._lock:
+            if channel in self._wanted:
+                self._confirmed.add(channel)
             events = self._waiters.pop(channel, [])
         for event in events:
             event.set()

@@ -485,7 +485,11 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
                          eio_sid: Any = None) -> None:
         first = room is not None and room not in self.rooms.get(namespace, {})
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        if first and self.follower is not None:
+        if room is not None and self.follower is not None and (
+                first or not self.follower.is_confirmed(
+                    room_channel(self.channel, namespace, room))):
+            # the first member here asks for the channel; a later one whose
+            # room's subscription is not confirmed yet waits for it too
             self._follow(namespace, room)
         if first and self.presence.enabled and room != sid:
             self.presence.local_added(namespace, room)

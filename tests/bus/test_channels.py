@@ -112,3 +112,21 @@ def test_an_emit_right_after_a_join_reaches_the_new_member_on_another_node(
         assert joiner.next("room_message", timeout=5)["text"] == room
     assert metric(second, "socketio_bus", kind="followed_channels") >= 20
     assert metric(second, "socketio_bus", kind="follow_timeouts") == 0
+
+
+def test_a_second_member_waits_for_the_subscription_the_first_asked_for() -> None:
+    # in a reconnect storm the members of one room resume on a node together:
+    # the first asks for the channel, the others must not replay and go on
+    # before Redis confirmed it, or what is published meanwhile is lost
+    tasks = _Tasks()
+    follower = ChannelFollower(tasks, threading.Event)
+    pubsub = follower.pubsub = _PubSub()
+    assert not follower.follow("r")  # the first member: asks, does not wait here
+    tasks.run()
+    assert not follower.follow("r", wait=0.05)  # sent, not confirmed: waits, times out
+    threading.Timer(0.05, follower.confirmed, args=("r",)).start()
+    assert follower.follow("r", wait=5)  # woken by the confirmation
+    assert follower.is_confirmed("r") and follower.follow("r", wait=5)
+    assert pubsub.commands == [("subscribe", ("r",))]  # asked once
+    follower.detach(pubsub)  # the subscription is lost: nothing confirmed
+    assert not follower.is_confirmed("r") and follower.followed() == ["r"]

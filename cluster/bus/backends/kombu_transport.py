@@ -175,6 +175,7 @@ class KombuTransport(Transport):
 
         while not subscription.closed:
             conn = None
+            pending: _PendingBindings | None = None
             try:
                 conn = self._connection()
                 conn.ensure_connection(max_retries=1)
@@ -207,8 +208,8 @@ class KombuTransport(Transport):
                     break
             finally:
                 inbox.clear()
-                if self.follower is not None:
-                    self.follower.pubsub = None
+                if self.follower is not None and pending is not None:
+                    self.follower.detach(pending)
                 if conn is not None:
                     try:
                         conn.release()
@@ -223,7 +224,7 @@ class KombuTransport(Transport):
         if follower is None:
             return None
         pending = _PendingBindings()
-        follower.pubsub = pending  # follows made from now on are queued
+        follower.attach(pending)  # follows made from now on are queued
         pending.subscribe(*follower.followed())
         self._rooms_exchange()(bound.channel).declare()
         self._bind(bound, pending)

@@ -187,7 +187,7 @@ class RedisTransport(Transport):
                 pubsub.subscribe(self.channel, *first)  # connects: one connection only
                 # from now on follows go to this connection; one made since
                 # the snapshot either finds it set or is in followed() now
-                follower.pubsub = pubsub
+                follower.attach(pubsub)
                 missed = sorted(set(follower.followed()) - set(first))
                 if missed:
                     pubsub.subscribe(*missed)
@@ -204,8 +204,8 @@ class RedisTransport(Transport):
                         return client, pubsub
             raise TimeoutError("no subscription confirmation within 5 s")
         except Exception:
-            if follower is not None and follower.pubsub is pubsub:
-                follower.pubsub = None
+            if follower is not None:
+                follower.detach(pubsub)
             pubsub.close()
             raise
 
@@ -267,8 +267,8 @@ class RedisTransport(Transport):
                 if not subscription.retry_after(exc, backoff):
                     break
             finally:
-                if self.follower is not None and self.follower.pubsub is pubsub:
-                    self.follower.pubsub = None
+                if self.follower is not None:
+                    self.follower.detach(pubsub)
                 if pubsub is not None:
                     try:
                         pubsub.close()
