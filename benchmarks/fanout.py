@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import signal
 import sys
 import tempfile
 import time
@@ -46,7 +45,14 @@ from .suite.measures import (
     run_ladder,
     rung_rates,
 )
-from .suite.procs import Proc, Procs, raise_fd_limit, redis_command, start_redis
+from .suite.procs import (
+    Proc,
+    Procs,
+    raise_fd_limit,
+    redis_command,
+    start_redis,
+    stop_on_sigterm_like_ctrl_c,
+)
 
 RESULTS = targets.ROOT / "benchmarks" / "results"
 MEASUREMENTS = ("ladder", "deflate", "memory", "celery", "failover")
@@ -285,13 +291,8 @@ def run(args: argparse.Namespace) -> int:
     return status or (1 if results["errors"] else 0)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    # SIGTERM ends the run the way Ctrl-C does, so the finally blocks stop the children
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm_like_ctrl_c()
     return run(parse_args(argv))
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import signal
 import sys
 import tempfile
 import time
@@ -53,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from .suite import report, targets
-from .suite.procs import Procs, redis_command, start_redis
+from .suite.procs import Procs, redis_command, start_redis, stop_on_sigterm_like_ctrl_c
 from .suite.scaleout_measure import (
     DEFAULT_TARGETS,
     NODES,
@@ -275,13 +274,8 @@ def run(args: argparse.Namespace) -> int:
     return status or (1 if results["errors"] else 0)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    # SIGTERM ends the run the way Ctrl-C does, so the finally blocks stop the children
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm_like_ctrl_c()
     return run(parse_args(argv))
 
 

@@ -39,7 +39,6 @@ import argparse
 import datetime
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,14 @@ from pathlib import Path
 from typing import Any
 
 from .suite import report, targets
-from .suite.procs import Procs, SuiteError, raise_fd_limit, redis_command, start_redis
+from .suite.procs import (
+    Procs,
+    SuiteError,
+    raise_fd_limit,
+    redis_command,
+    start_redis,
+    stop_on_sigterm_like_ctrl_c,
+)
 from .suite.storm_measure import NODES, STORM_TARGETS, StormSettings, run_storm
 
 RESULTS = targets.ROOT / "benchmarks" / "results"
@@ -330,13 +336,8 @@ def run(args: argparse.Namespace) -> int:
     return status or (1 if results["errors"] else 0)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    # SIGTERM ends the run the way Ctrl-C does, so the finally blocks stop the children
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm_like_ctrl_c()
     return run(parse_args(argv))
 
 

@@ -241,3 +241,13 @@ def raise_fd_limit(wanted: int) -> tuple[int, int]:
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm_like_ctrl_c() -> None:
+    """Make SIGTERM end a benchmark run the way Ctrl-C does, so its finally
+    blocks stop the children and write what was measured."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
