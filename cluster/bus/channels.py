@@ -48,7 +48,8 @@ import functools
 import hashlib
 import json
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 #: seconds a join waits for Redis to confirm the room's subscription
@@ -154,7 +155,12 @@ class ChannelFollower:
             self._spawn(self._flush)
         if event is None:
             return False
-        confirmed = bool(event.wait(wait))
+        return self._wait(channel, event, wait)
+
+    def _wait(self, channel: str, event: Any, timeout: float) -> bool:
+        """Wait for ``event``, a waiter of ``channel``; at the deadline it is
+        taken off the waiters (so nothing is left behind)."""
+        confirmed = timeout > 0 and bool(event.wait(timeout))
         if not confirmed:
             with self._lock:
                 waiting = self._waiters.get(channel, [])
@@ -163,6 +169,23 @@ class ChannelFollower:
                 if not waiting:
                     self._waiters.pop(channel, None)
         return confirmed
+
+    def wait_confirmed(self, channels: Iterable[str], timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds in all until Redis confirmed every
+        one of ``channels`` (each followed already). False at the deadline,
+        or as soon as one is no longer followed (its last member left)."""
+        deadline = time.monotonic() + timeout
+        for channel in channels:
+            with self._lock:
+                if channel not in self._wanted:
+                    return False
+                if channel in self._confirmed and channel not in self._changes:
+                    continue
+                event = self._event()
+                self._waiters.setdefault(channel, []).append(event)
+            if not self._wait(channel, event, deadline - time.monotonic()):
+                return False
+        return True
 
     def unfollow(self, channel: str) -> None:
         """Stop following ``channel`` (with the next batch)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from socketio.packet import Packet
@@ -516,6 +516,22 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         channel = room_channel(self.channel, namespace, room)
         if not self.follower.follow(channel, wait) and wait:
             self.bus_stats.incr("follow_timeouts")
+
+    def await_rooms(self, namespace: str, rooms: Iterable[Any], timeout: float) -> bool:
+        """Whether every room in ``rooms`` has its live traffic reaching this
+        node: Redis confirmed the subscription of each room's channel,
+        waited for up to ``timeout`` seconds (True at once without routing).
+
+        A recovering connection reads what it missed from the recovery
+        stream only after this: what is published from then on arrives
+        live, so nothing falls between the two (under a reconnect storm a
+        confirmation can take longer than a join's ``FOLLOW_WAIT``)."""
+        if self.follower is None:
+            return True
+        channels = [room_channel(self.channel, namespace, room) for room in rooms]
+        if self.receiver.in_listener():
+            return all(self.follower.is_confirmed(channel) for channel in channels)
+        return self.follower.wait_confirmed(channels, timeout)
 
     def _spawn_safely(self, func: Any, *args: Any) -> Any:
         """Run ``func(*args)`` in a task of its own, logging its errors."""

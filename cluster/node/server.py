@@ -88,7 +88,10 @@ class ClusterServer(compat.SocketServerSeam):
         self.in_process = self.test_sinks
         self.socketio_path = "socket.io"
         self.recovery: RecoveryOptions | None = None
-        self.recovering = RecoveryFlow(self, lambda: bus_features(self.manager).recovery)
+        self.recovering = RecoveryFlow(
+            self, lambda: bus_features(self.manager).recovery,
+            lambda namespace, rooms, timeout: bus_features(self.manager).await_rooms(
+                namespace, rooms, timeout))
         self.connects = Connects(self)
         self.room_cap = RoomCap(self)
         self.budget = PacketBudget(self)
@@ -109,6 +112,9 @@ class ClusterServer(compat.SocketServerSeam):
             "recoveries": 0,
             "recovery_failed": 0,
             "recovery_over_limit": 0,
+            # recoveries closed because their rooms' live traffic did not
+            # reach this node in time (the client recovers again)
+            "recovery_rooms_late": 0,
             "replayed_packets": 0,
         }
         self.limits = Limits()

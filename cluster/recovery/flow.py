@@ -55,6 +55,10 @@ REPLAY_HIGH_WATER = 256 * 1024
 REPLAY_STALL = 10.0
 #: seconds between checks while it waits
 REPLAY_PAUSE = 0.005
+#: seconds a recovering connection waits for its rooms' live traffic to
+#: reach this node (see :meth:`RecoveryFlow.finish`) before it is closed to
+#: recover again
+ROOMS_LIVE_WAIT = 10.0
 
 
 class RecoveryReader(Protocol):
@@ -90,12 +94,17 @@ class RecoveryFlow:
     :param reader: the bus's recovery reader now (``None``: emits are not
         logged); asked at each use, as the manager may be replaced before
         the first connection.
+    :param await_rooms: ``(namespace, rooms, timeout) -> bool``, whether the
+        live traffic of those rooms reaches this node, waited for up to
+        ``timeout`` seconds (the bus's ``await_rooms``).
     """
 
     def __init__(self, server: ClusterServer,
-                 reader: Callable[[], RecoveryReader | None]) -> None:
+                 reader: Callable[[], RecoveryReader | None],
+                 await_rooms: Callable[[str, list[Any], float], bool]) -> None:
         self.server = server
         self.reader = reader
+        self.await_rooms = await_rooms
 
     # -- around python-socketio's CONNECT --------------------------------------
 
@@ -202,12 +211,21 @@ class RecoveryFlow:
         try:
             if not server.manager.is_connected(sid, namespace):
                 return  # refused by the connect handler after all
+            rooms = server.manager.get_rooms(sid, namespace)
+            if not self.await_rooms(namespace, rooms, ROOMS_LIVE_WAIT):
+                # the tail below must be read after the rooms' traffic
+                # arrives live, or what is published in between reaches
+                # neither; nothing was sent yet, so the client recovers
+                # again from the same offset
+                server.counters["recovery_rooms_late"] += 1
+                self._close(eio_sid, sid, "its rooms' traffic did not reach this node "
+                            f"within {ROOMS_LIVE_WAIT:g} s")
+                return
             covered = replay.covered or offset
             self._send(eio_sid, namespace, replay.packets)
-            # the few entries logged between reading the replay and the
-            # connection's registration (its rooms are back now)
+            # the entries logged between reading the replay and the moment
+            # the rooms' traffic reached this node (its rooms are back now)
             limits = server.limits
-            rooms = server.manager.get_rooms(sid, namespace)
             tail = read_replay(
                 self._scanner(namespace, sid, rooms), covered, sid, namespace, rooms,
                 max_packets=max(1, limits.max_replay_packets - len(replay.packets)),
@@ -217,11 +235,8 @@ class RecoveryFlow:
                 # told it recovered, it must not miss anything: it is closed
                 # and recovers again from the last packet it got
                 server.counters["recovery_over_limit"] += 1
-                logger.warning("connection %s closed while it recovered: %s", sid[:8],
-                               tail.refused)
-                server.packet_hold.release(eio_sid)
                 covered = None
-                server.eio.disconnect(eio_sid)
+                self._close(eio_sid, sid, tail.refused)
                 return
             self._send(eio_sid, namespace, tail.packets)
             covered = tail.covered or covered
@@ -233,6 +248,15 @@ class RecoveryFlow:
                         replay.scanned + tail.scanned, replay.checked + tail.checked)
         finally:
             self.release_held(eio_sid, namespace, covered)
+
+    def _close(self, eio_sid: str, sid: str, reason: str) -> None:
+        """Close a connection told it recovered that could not be given
+        everything it missed; it recovers again from the last packet it got."""
+        logger.warning("connection %s closed while it recovered: %s", sid[:8], reason)
+        # closed before its held packets are dropped: none may reach the
+        # client, whose next recovery starts from the last one it got
+        self.server.eio.disconnect(eio_sid)
+        self.server.packet_hold.release(eio_sid)
 
     def _send(self, eio_sid: str, namespace: str,
               packets: list[tuple[str, dict[str, Any]]]) -> None:

@@ -130,3 +130,23 @@ def test_a_second_member_waits_for_the_subscription_the_first_asked_for() -> Non
     assert pubsub.commands == [("subscribe", ("r",))]  # asked once
     follower.detach(pubsub)  # the subscription is lost: nothing confirmed
     assert not follower.is_confirmed("r") and follower.followed() == ["r"]
+
+
+def test_wait_confirmed_waits_for_every_channel_within_one_deadline() -> None:
+    follower = ChannelFollower(lambda task: task(), threading.Event)
+    follower.pubsub = _PubSub()
+    follower.follow("a")
+    follower.follow("b")
+    follower.confirmed("a")
+    assert not follower.wait_confirmed(["a", "b"], 0.05)  # b never confirmed
+    assert follower._waiters == {}  # a missed deadline leaves no waiter behind
+    threading.Timer(0.05, follower.confirmed, args=("b",)).start()
+    assert follower.wait_confirmed(["a", "b"], 5)
+
+
+def test_wait_confirmed_gives_up_on_a_channel_nobody_follows() -> None:
+    # its last member left meanwhile: no confirmation will come
+    follower = ChannelFollower(lambda task: task(), threading.Event)
+    follower.pubsub = _PubSub()
+    assert not follower.wait_confirmed(["never-followed"], 5)
+    assert follower.followed() == []  # waiting never follows

@@ -59,7 +59,7 @@ def setup(redis_url: str) -> Any:
     socketio = SocketIO(app, session_store="memory", max_replay_packets=3,
                         connection_state_recovery=True)
     server = socketio.server
-    flow = RecoveryFlow(server, lambda: StreamReader(log, client))
+    flow = RecoveryFlow(server, lambda: StreamReader(log, client), lambda *_: True)
     yield server, flow, log, client, codec, socketio.sessions
     client.close()
 
