@@ -7,6 +7,7 @@ import os
 import queue
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -64,45 +65,138 @@ def test_the_worker_runs_the_workers_command() -> None:
     assert compose["services"]["worker"]["command"][:4] == ["python", "-m", "workers", "worker"]
 
 
-#: what a deployment sets (the compose file refuses to run without them)
+#: what a deployment sets (the containers refuse to start without them)
 DEPLOYMENT_ENV = {"SECRET_KEY": "compose-test-secret-key-0123456789",
                   "CLUSTER_SIGNING_SECRET": "compose-signing-secret-0123"}
+SECRETS = ("SECRET_KEY", "CLUSTER_SIGNING_SECRET", "CLUSTER_ALLOW_UNSIGNED_BUS")
+ENTRYPOINT = ROOT / "deploy" / "require-secrets"
 
 
 def _without(*names: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in names}
 
 
+def _compose_file() -> dict[str, Any]:
+    import yaml  # type: ignore[import-untyped]
+
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
 def test_compose_file_is_valid() -> None:
     reason = _compose_available()
     if reason:
         _skip_or_fail(reason)
-    env = dict(_without("CLUSTER_SIGNING_SECRET", "CLUSTER_ALLOW_UNSIGNED_BUS"), **DEPLOYMENT_ENV)
+    env = dict(_without(*SECRETS), **DEPLOYMENT_ENV)
     result = _docker_compose("config", "-q", check=False, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     services = _docker_compose("config", "--services", timeout=60, env=env).stdout.split()
     assert sorted(services) == ["lb", "node1", "node2", "redis", "worker"]
-    # no signing secret, no cluster: compose stops with the fix
-    unsigned = dict(env)
-    del unsigned["CLUSTER_SIGNING_SECRET"]
-    refused = _docker_compose("config", "-q", check=False, timeout=60, env=unsigned)
-    assert refused.returncode != 0
-    assert "set CLUSTER_SIGNING_SECRET" in refused.stderr and "openssl rand" in refused.stderr
 
 
-def test_every_node_and_the_worker_require_the_signing_secret() -> None:
+def test_compose_commands_work_in_a_shell_without_the_secrets() -> None:
+    """``docker compose down`` (and config) in a fresh shell: the secrets are
+    checked when a container starts, not when Compose reads its file."""
+    reason = _compose_available()
+    if reason:
+        _skip_or_fail(reason)
+    env = dict(_without(*SECRETS), COMPOSE_PROJECT_NAME=f"sio-test-{uuid.uuid4().hex[:8]}")
+    config = _docker_compose("config", "-q", check=False, timeout=60, env=env)
+    assert config.returncode == 0, config.stderr
+    # a project that never ran: nothing to remove, and nothing else touched
+    down = _docker_compose("down", "--timeout", "1", check=False, timeout=60, env=env)
+    assert down.returncode == 0, down.stderr
+
+
+def test_no_compose_command_needs_the_secrets() -> None:
     # the static half of the check above, for machines without Compose
-    import yaml  # type: ignore[import-untyped]
-
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    text = (ROOT / "docker-compose.yml").read_text()
+    code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in code if ":?" in line]
+    compose = _compose_file()
     for service in ("node1", "node2", "worker"):
         env = compose["services"][service]["environment"]
-        assert env["CLUSTER_SIGNING_SECRET"].startswith("${CLUSTER_SIGNING_SECRET:?set "), service
+        assert env["SECRET_KEY"] == "${SECRET_KEY:-}", service
+        assert env["CLUSTER_SIGNING_SECRET"] == "${CLUSTER_SIGNING_SECRET:-}", service
         assert "CLUSTER_ALLOW_UNSIGNED_BUS" not in env
+        # the image's entrypoint checks them: no service replaces it
+        assert "entrypoint" not in compose["services"][service], service
+        assert compose["services"][service]["image"] == "socketio-cluster:${IMAGE_TAG:-local}"
+    dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
+    assert "COPY deploy/require-secrets /usr/local/bin/require-secrets" in dockerfile
+    (entrypoint,) = [line for line in dockerfile if line.startswith("ENTRYPOINT ")]
+    assert entrypoint == 'ENTRYPOINT ["/usr/local/bin/require-secrets"]'
     # and the balancer it runs hides the probes and sets an opaque cookie
     cfg = (ROOT / "deploy" / "haproxy.cfg").read_text()
     assert "http-request deny deny_status 404 if node_internal" in cfg
     assert "cookie node1" not in cfg and "httponly" in cfg
+
+
+def _entrypoint(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], bool]:
+    """Run the image's entrypoint as the container would, with ``env`` as its
+    secrets; return the result and whether the command behind it ran."""
+    marker = tmp_path / "ran"
+    marker.unlink(missing_ok=True)
+    done = subprocess.run(
+        ["sh", str(ENTRYPOINT), "sh", "-c", 'touch "$0"; echo started; exit 7', str(marker)],
+        env=dict(_without(*SECRETS), **env), capture_output=True, text=True, timeout=30,
+        check=False)
+    return done, marker.exists()
+
+
+@pytest.mark.parametrize(("env", "missing"), [
+    ({}, "SECRET_KEY"),
+    ({"SECRET_KEY": " \t", "CLUSTER_SIGNING_SECRET": "s" * 32}, "SECRET_KEY"),
+    ({"SECRET_KEY": "k" * 32}, "CLUSTER_SIGNING_SECRET"),
+    # what the compose file passes when the shell has neither
+    ({"SECRET_KEY": "", "CLUSTER_SIGNING_SECRET": ""}, "SECRET_KEY"),
+    ({"SECRET_KEY": "k" * 32, "CLUSTER_SIGNING_SECRET": ""}, "CLUSTER_SIGNING_SECRET"),
+    ({"SECRET_KEY": "k" * 32, "CLUSTER_SIGNING_SECRET": "",
+      "CLUSTER_ALLOW_UNSIGNED_BUS": "0"}, "CLUSTER_SIGNING_SECRET"),
+], ids=["nothing", "blank-key", "no-signing", "compose-empty", "empty-signing", "opt-out-off"])
+def test_the_entrypoint_refuses_to_start_without_a_secret(
+        tmp_path: Path, env: dict[str, str], missing: str) -> None:
+    done, ran = _entrypoint(tmp_path, **env)
+    assert (done.returncode, ran, done.stdout) == (2, False, "")
+    # one line: the variable, and how to make one
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"error: {missing} is not set: "), line
+    assert f"{missing}=$(openssl rand -hex 32)" in line and ".env" in line
+
+
+@pytest.mark.parametrize("env", [
+    {"SECRET_KEY": "k" * 32, "CLUSTER_SIGNING_SECRET": "s" * 32},
+    # an unsigned bus chosen on purpose (the node then warns)
+    {"SECRET_KEY": "k" * 32, "CLUSTER_ALLOW_UNSIGNED_BUS": "1"},
+    {"SECRET_KEY": "k" * 32, "CLUSTER_SIGNING_SECRET": "", "CLUSTER_ALLOW_UNSIGNED_BUS": "True"},
+], ids=["signed", "unsigned-opt-out", "unsigned-opt-out-empty-secret"])
+def test_the_entrypoint_runs_the_command_with_the_secrets(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    done, ran = _entrypoint(tmp_path, **env)
+    # exec'd: the command's own output and exit status
+    assert (done.returncode, ran, done.stdout, done.stderr) == (7, True, "started\n", "")
+
+
+@pytest.mark.parametrize("command", [
+    ["-m", "cluster", "node", "--app", "demo.app:socketio"],
+    ["-m", "workers", "worker"],
+], ids=["node", "worker"])
+def test_an_empty_signing_secret_stops_the_node_and_the_worker(command: list[str]) -> None:
+    """Behind the entrypoint, the processes refuse the empty value the compose
+    file passes too: one ``error:`` line and exit code 2, before any Redis."""
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: never reached
+    argv = [sys.executable, *command]
+    if command[1] == "cluster":
+        argv += ["--port", str(free_port()), "--message-queue", redis_url]
+    env = dict(_without(*SECRETS), SECRET_KEY="k" * 32, CLUSTER_SIGNING_SECRET="",
+               MESSAGE_QUEUE_URL=redis_url)
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(("error: This node has a message queue but no signing secret",
+                            "error: The worker has a message queue but no signing secret")), line
+    assert "CLUSTER_SIGNING_SECRET" in line
 
 
 @pytest.fixture()
@@ -207,13 +301,12 @@ def test_compose_up_runs_the_demo_cluster(compose_cluster: str) -> None:
     bob.disconnect()
 
 
-def test_the_secret_key_is_required_with_no_well_known_default() -> None:
-    # a default key lets anyone forge a login cookie; the demo refuses to start without one
-    import yaml  # type: ignore[import-untyped]
-
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+def test_the_secret_key_has_no_well_known_default() -> None:
+    # a default key lets anyone forge a login cookie: the compose file passes
+    # the shell's (empty without one: the entrypoint then refuses, above)
+    compose = _compose_file()
     for service in ("node1", "node2", "worker"):
         value = compose["services"][service]["environment"]["SECRET_KEY"]
-        assert value.startswith("${SECRET_KEY:?") and "openssl rand" in value, (service, value)
-    for path in ("docker-compose.yml", "Dockerfile", "demo/app.py"):
+        assert value == "${SECRET_KEY:-}", (service, value)
+    for path in ("docker-compose.yml", "Dockerfile", "demo/app.py", "deploy/require-secrets"):
         assert "change-me" not in (ROOT / path).read_text(), path
