@@ -89,7 +89,7 @@ CLUSTER_OPTIONS = frozenset({
     "websocket_compression", "tcp_nodelay", "max_connections",
     "max_events_per_second", "max_backlog", "redis_url", "path", "resource", "resume_identity",
     "node_name", "max_rooms_per_connection", "max_namespaces_per_connection",
-    "connect_timeout", "max_replay_packets",
+    "connect_timeout", "max_replay_packets", "max_concurrent_connects",
     "max_replay_bytes", "http_header_timeout", "http_idle_timeout", "client_manager",
     "http_body_timeout",
 })

@@ -98,6 +98,22 @@ let stopAt = null;           // publishing stopped
 let countFrom = Infinity;    // start of the counted window (and of the "before" window)
 const hists = new Map();     // node pid (the client's first node) -> {before, storm, after}
 
+// the offset each message was delivered with (any member's), to tell why a
+// recovered client missed one (see missSamples)
+const offsets = new Map();
+const MISS_SAMPLES = 200;
+
+// "1700000000000-3" -> [ms, seq], compared as stream ids
+function offsetKey(offset) {
+  const [ms, seq] = String(offset).split("-").map(Number);
+  return [ms, seq];
+}
+function offsetAfter(a, b) {
+  const [am, as] = offsetKey(a);
+  const [bm, bs] = offsetKey(b);
+  return am > bm || (am === bm && as > bs);
+}
+
 function histsOf(pid) {
   if (!hists.has(pid)) {
     hists.set(pid, { before: new Histogram(), storm: new Histogram(), after: new Histogram() });
@@ -105,11 +121,15 @@ function histsOf(pid) {
   return hists.get(pid);
 }
 
-function onMessage(c, m) {
+function onMessage(c, m, offset) {
   const t = now();
   if (m.r !== c.room) { c.foreign += 1; return; }
   const key = m.f * 100_000 + m.q;
   c.recv.set(key, (c.recv.get(key) || 0) + 1);
+  if (typeof offset === "string") { // the recovery offset the server attached
+    offsets.set(key, offset);
+    c.lastOffset = offset;
+  }
   if (c.node === null || m.t < countFrom || (stopAt !== null && m.t >= stopAt)) return;
   // by send time: before the kill, the storm_s after it, the rest
   const h = histsOf(c.node);
@@ -152,12 +172,13 @@ function makeClient(index) {
     timeout: 20_000,
     perMessageDeflate: false,
   });
-  c.socket.on("msg", (m) => onMessage(c, m));
+  c.socket.on("msg", (m, offset) => onMessage(c, m, offset));
   c.socket.on("connect_error", () => { c.connectErrors += 1; });
   c.socket.io.on("reconnect_attempt", () => { c.attempts += 1; });
   c.socket.on("disconnect", (reason) => {
     c.active = false;
-    c.away.push({ start: now(), reason, reconnect: null, back: null, recovered: null });
+    c.away.push({ start: now(), reason, reconnect: null, back: null, recovered: null,
+                  lastOffset: c.lastOffset });
   });
   return c;
 }
@@ -243,6 +264,7 @@ function count() {
   }
   const classes = {};
   const lost = { unconfirmed: 0, acked_nobody_received: 0, sent: 0 };
+  const missSamples = [];
   for (const members of byRoom.values()) {
     const messages = [];
     for (const s of members) {
@@ -254,7 +276,7 @@ function count() {
         const got = members.some((m) => m.recv.has(key));
         if (!got && s.sendAck[q] !== 1) { lost.unconfirmed += 1; continue; }
         if (!got) lost.acked_nobody_received += 1;
-        messages.push([key, t]);
+        messages.push([key, t, s]);
       }
     }
     for (const c of members) {
@@ -265,21 +287,47 @@ function count() {
       cl.clients += 1;
       cl.foreign += c.foreign;
       let missing = 0;
-      for (const [key, t] of messages) {
+      for (const [key, t, sender] of messages) {
         cl.expected += 1;
         const n = c.recv.get(key) || 0;
         if (n > 0) { cl.received += 1; continue; }
         missing += 1;
-        const away = c.away.some((a) => t >= a.start - AWAY_GRACE_MS
+        const away = c.away.find((a) => t >= a.start - AWAY_GRACE_MS
                                         && (a.back === null || t <= a.back));
         if (away) cl.missed_while_away += 1; else cl.missed_while_connected += 1;
+        if (k === "recovered" && missSamples.length < MISS_SAMPLES) {
+          missSamples.push(missSample(c, key, t, sender, away, members));
+        }
       }
       cl.missed += missing;
       if (missing) cl.clients_missing += 1;
       for (const n of c.recv.values()) if (n > 1) cl.duplicates += n - 1;
     }
   }
-  return { classes, lost, never_joined: neverJoined };
+  return { classes, lost, never_joined: neverJoined, miss_samples: missSamples };
+}
+
+// why a recovered client missed a message: when it was sent against the
+// client's away window and the kill, who sent it, who got it, and whether its
+// offset lies at or before the offset the client had when it disconnected
+// (then the client held a later offset than a message it never got)
+function missSample(c, key, t, sender, away, members) {
+  const offset = offsets.get(key) || null;
+  const rel = (x) => (x === null || x === undefined ? null : Math.round(t - x));
+  return {
+    sent_after_kill_ms: killAsked === null ? null : Math.round(t - killAsked),
+    sent_after_away_start_ms: away ? rel(away.start) : null,
+    sent_after_reconnect_ms: away ? rel(away.reconnect) : null,
+    sent_after_back_ms: away ? rel(away.back) : null,
+    aways: c.away.length,
+    sender_on_victim: sender.node === victimPid,
+    sender_is_receiver: sender === c,
+    received_by: members.filter((m) => m.recv.has(key)).length, members: members.length,
+    offset,
+    client_offset_at_disconnect: away ? away.lastOffset || null : null,
+    offset_at_or_before_client_offset: offset && away && away.lastOffset
+      ? !offsetAfter(offset, away.lastOffset) : null,
+  };
 }
 
 function spread(values) {

@@ -115,6 +115,12 @@ class ChannelFollower:
         # what Redis confirmed on the current subscription
         self._confirmed: set[str] = set()
         self._changes: dict[str, bool] = {}  # channel -> follow (True) / unfollow
+        # SUBSCRIBE/UNSUBSCRIBE commands sent per channel and not answered
+        # yet: a confirmation counts only when it answers the last one (an
+        # unfollow and a follow again in quick succession must not take the
+        # first SUBSCRIBE's answer for the second's, while Redis still has
+        # the UNSUBSCRIBE in between to process)
+        self._unanswered: dict[str, int] = {}
         self._waiters: dict[str, list[Any]] = {}
         self._flushing = False
         #: the listener's pub/sub object while subscribed (None: the next
@@ -205,10 +211,11 @@ class ChannelFollower:
             changes, self._changes = self._changes, {}
             self._flushing = False
             pubsub = self.pubsub
-        if pubsub is None or not changes:
-            return  # the next subscription subscribes to everything wanted
-        follow = [channel for channel, on in changes.items() if on]
-        drop = [channel for channel, on in changes.items() if not on]
+            if pubsub is None or not changes:
+                return  # the next subscription subscribes to everything wanted
+            follow = [channel for channel, on in changes.items() if on]
+            drop = [channel for channel, on in changes.items() if not on]
+            self._count_sent(changes)  # before sending: the answer may come first
         try:
             if drop:
                 self.commands += 1
@@ -223,11 +230,30 @@ class ChannelFollower:
         """Whether Redis confirmed ``channel`` on the current subscription."""
         return channel in self._confirmed
 
-    def attach(self, pubsub: Any) -> None:
-        """The listener subscribes on ``pubsub`` from now on."""
+    def _count_sent(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            self._unanswered[channel] = self._unanswered.get(channel, 0) + 1
+
+    def _answered(self, channel: str) -> bool:
+        """One command of ``channel`` answered: True when it was the last."""
+        left = self._unanswered.pop(channel, 1) - 1
+        if left > 0:
+            self._unanswered[channel] = left
+        return left <= 0
+
+    def attach(self, pubsub: Any, subscribed: Iterable[str] = ()) -> None:
+        """The listener subscribes on ``pubsub`` from now on; it has just
+        sent a SUBSCRIBE for ``subscribed``."""
         with self._lock:
             self.pubsub = pubsub
             self._confirmed.clear()
+            self._unanswered.clear()
+            self._count_sent(subscribed)
+
+    def sent(self, channels: Iterable[str]) -> None:
+        """The listener sent a SUBSCRIBE for ``channels`` itself."""
+        with self._lock:
+            self._count_sent(channels)
 
     def detach(self, pubsub: Any) -> None:
         """The listener's ``pubsub`` is gone: nothing is confirmed any more
@@ -236,15 +262,25 @@ class ChannelFollower:
             if self.pubsub is pubsub:
                 self.pubsub = None
                 self._confirmed.clear()
+                self._unanswered.clear()
 
     def confirmed(self, channel: str) -> None:
-        """Redis confirmed the subscription of ``channel``: wake its joins."""
+        """Redis answered a SUBSCRIBE of ``channel``: when it answers the
+        last command sent for it, the channel is confirmed and its joins
+        wake."""
         with self._lock:
+            if not self._answered(channel):
+                return  # an UNSUBSCRIBE or SUBSCRIBE sent later is still on its way
             if channel in self._wanted:
                 self._confirmed.add(channel)
             events = self._waiters.pop(channel, [])
         for event in events:
             event.set()
+
+    def unsubscribed(self, channel: str) -> None:
+        """Redis answered an UNSUBSCRIBE of ``channel``."""
+        with self._lock:
+            self._answered(channel)
 
     def wanted(self, channel: str) -> bool:
         """Whether ``channel`` is followed now."""

@@ -101,6 +101,12 @@ class SocketIO:
         counted (``recovery_over_limit``).
     :param max_replay_bytes: the same bound in bytes (default 512 KiB; keep
         it below ``max_backlog``, or a replay to a slow client is cut).
+    :param max_concurrent_connects: CONNECTs a node works on at once
+        (default 32); the others wait their turn, and one that waits past
+        ``connect_timeout`` has its connection closed so the client comes
+        back later (a reconnect storm must not starve the connected clients
+        nor exhaust the session store's connections). Raise it when the
+        connect handler waits on slow services.
     :param websocket_compression: accept permessage-deflate when a client
         offers it. Default ``False``: browsers always offer it, and it costs
         2.5-3x CPU and memory per delivery.

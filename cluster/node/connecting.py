@@ -76,7 +76,6 @@ class Connects:
         """A client's CONNECT to ``namespace`` with payload ``data``."""
         server = self.server
         namespace = namespace or "/"
-        sessions = server.sessions
         environ = server.environ_of(eio_sid)
         if not server.serves_namespace(namespace):
             # refused here, before a session is bound (one per attempt was
@@ -95,6 +94,32 @@ class Connects:
                 "application needs more.", cap, eio_sid[:8], LOG_WINDOW)
             self.refuse(eio_sid, namespace, too_many_namespaces(cap))
             return
+        admission = server.admission
+        if admission is None or eio_sid in server.test_sinks:
+            self.bind_and_connect(eio_sid, namespace, data, environ)
+            return
+        with admission.admitted(server.limits.connect_timeout) as admitted:
+            if admitted and self.still_open(eio_sid):
+                self.bind_and_connect(eio_sid, namespace, data, environ)
+                return
+        if not admitted:
+            # not refused: a CONNECT_ERROR would stop socket.io-client for
+            # good, a closed connection makes it come back after its back-off
+            # with its session and offset (see cluster.node.connect_admission)
+            self.close_unconnected(eio_sid, "its CONNECT waited for longer than "
+                                            "connect_timeout (max_concurrent_connects)")
+
+    def still_open(self, eio_sid: str) -> bool:
+        """Whether the Engine.IO connection is still there (it may have closed
+        while its CONNECT waited)."""
+        eio_socket = compat.engine_socket(self.server.eio, eio_sid)
+        return eio_socket is not None and not getattr(eio_socket, "closed", False)
+
+    def bind_and_connect(self, eio_sid: str, namespace: str, data: Any, environ: Any) -> None:
+        """The CONNECT's work, once admitted: the session bound, python-socketio's
+        handling, the recovery replay, the settling."""
+        server = self.server
+        sessions = server.sessions
         restore_sid = None
         if sessions is not None and environ is not None:
             # bind (create or resume) the session before the sid is chosen,

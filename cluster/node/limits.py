@@ -24,6 +24,9 @@ option                              default      bounds
 ``max_replay_packets``              ``2000``     packets one recovery may replay
 ``max_replay_bytes``                ``524288``   bytes one recovery may replay
                                                  (keep it below ``max_backlog``)
+``max_concurrent_connects``         ``32``       CONNECTs the node works on at
+                                                 once, the others wait (see
+                                                 :mod:`.connect_admission`)
 ==================================  ===========  ================================
 
 The defaults are far above what a chat application does (a person types a
@@ -71,6 +74,7 @@ DEFAULT_MAX_NAMESPACES_PER_CONNECTION = 10
 DEFAULT_CONNECT_TIMEOUT = 45.0  # socket.io's connectTimeout
 DEFAULT_MAX_REPLAY_PACKETS = 2000
 DEFAULT_MAX_REPLAY_BYTES = 512 * 1024
+DEFAULT_MAX_CONCURRENT_CONNECTS = 32
 
 #: a client drops events for at least this long before its next log line
 LOG_WINDOW = 10.0
@@ -109,6 +113,7 @@ class Limits:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     max_replay_packets: int = DEFAULT_MAX_REPLAY_PACKETS
     max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES
+    max_concurrent_connects: int = DEFAULT_MAX_CONCURRENT_CONNECTS
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Limits:
@@ -143,6 +148,9 @@ class Limits:
                                          example="max_replay_packets=5000"),
             max_replay_bytes=_positive(options, "max_replay_bytes", DEFAULT_MAX_REPLAY_BYTES,
                                        whole=True, example="max_replay_bytes=1048576"),
+            max_concurrent_connects=_positive(
+                options, "max_concurrent_connects", DEFAULT_MAX_CONCURRENT_CONNECTS,
+                whole=True, example="max_concurrent_connects=64"),
         )
 
 

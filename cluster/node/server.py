@@ -38,6 +38,7 @@ from cluster import compat
 from cluster.bus import ClusterManager, MembershipEvents, bus_features
 from cluster.exceptions import ConfigurationError
 from cluster.node.client_closing import DEFAULT_DRAIN_SPREAD_SECONDS, close_spread
+from cluster.node.connect_admission import ConnectAdmission
 from cluster.node.connect_deadlines import ConnectDeadlines
 from cluster.node.connecting import INVALID_NAMESPACE, Connects
 from cluster.node.engine import ClusterEngineServer
@@ -118,6 +119,7 @@ class ClusterServer(compat.SocketServerSeam):
             "replayed_packets": 0,
         }
         self.limits = Limits()
+        self.admission: ConnectAdmission | None = None
         self.rate_limiter: RateLimiter | None = None
         self.deadlines: ConnectDeadlines = None  # type: ignore[assignment]
         if max_events_per_second is not None:
@@ -137,6 +139,8 @@ class ClusterServer(compat.SocketServerSeam):
         applies to connections opened afterwards.
         """
         self.limits = limits
+        if self.admission is None or self.admission.limit != limits.max_concurrent_connects:
+            self.admission = ConnectAdmission(limits.max_concurrent_connects, self.counters)
         rate = limits.max_events_per_second
         if self.rate_limiter is None or rate != self.rate_limiter.rate:
             self.rate_limiter = RateLimiter(rate) if rate else None

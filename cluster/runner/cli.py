@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                       default=os.environ.get("CLUSTER_MAX_REPLAY_BYTES") or None,
                       help="the same bound in bytes; keep it below --max-backlog (default: "
                            "$CLUSTER_MAX_REPLAY_BYTES, else the app's setting, else 524288)")
+    node.add_argument("--max-concurrent-connects", type=int, metavar="N",
+                      default=os.environ.get("CLUSTER_MAX_CONCURRENT_CONNECTS") or None,
+                      help="CONNECTs worked on at once, the others wait (default: "
+                           "$CLUSTER_MAX_CONCURRENT_CONNECTS, else the app's setting, else 32)")
     node.add_argument("--http-header-timeout", type=float, metavar="SECONDS",
                       default=os.environ.get("CLUSTER_HTTP_HEADER_TIMEOUT") or None,
                       help="seconds a client has to send a complete HTTP request head; 0 "
@@ -207,6 +211,7 @@ _OVERRIDING_FLAGS = (
     "max_connections", "tcp_nodelay", "websocket_compression", "session_ttl", "max_backlog",
     "http_header_timeout", "http_idle_timeout", "max_events_per_second",
     "max_rooms_per_connection", "connect_timeout", "max_replay_packets", "max_replay_bytes",
+    "max_concurrent_connects",
     "max_namespaces_per_connection",
     "http_body_timeout",
     "channel", "signing_secret",

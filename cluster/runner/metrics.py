@@ -47,6 +47,13 @@ class NodeCollector:
             rooms.add_metric([namespace], count)
         yield rooms
 
+        if server.admission is not None:
+            waiting = GaugeMetricFamily(
+                "socketio_connects_waiting",
+                "CONNECTs waiting for one of max_concurrent_connects slots")
+            waiting.add_metric([], server.admission.waiting)
+            yield waiting
+
         server_counters = CounterMetricFamily(
             "socketio_server_events", "Server event counters", labels=["kind"])
         for name, value in sorted(server.counters.items()):

@@ -38,6 +38,8 @@ socketio = SocketIO(app, connection_state_recovery=(
 login_manager = LoginManager(app)
 
 USERS = {"alice": "Alice Liddell", "bob": "Bob Marley"}
+# connect handlers running now, and the most at once (max_concurrent_connects)
+CONNECTS_RUNNING = {"now": 0, "most": 0}
 hooks_seen: list[str] = []
 
 
@@ -88,6 +90,11 @@ def show_hooks() -> Any:
     return jsonify(hooks_seen)
 
 
+@app.route("/connects-running")
+def connects_running() -> Any:
+    return jsonify(CONNECTS_RUNNING)
+
+
 @app.route("/node")
 def node_name() -> Any:
     return jsonify(node=NODE_NAME)
@@ -123,6 +130,13 @@ def tag_with_node(handler: Any) -> Any:
 def on_connect(auth: dict[str, Any] | None) -> Any:
     if auth and auth.get("refuse") == "false":
         return False
+    if auth and auth.get("linger"):  # a connect handler that waits on a slow service
+        CONNECTS_RUNNING["now"] += 1
+        CONNECTS_RUNNING["most"] = max(CONNECTS_RUNNING["most"], CONNECTS_RUNNING["now"])
+        try:
+            socketio.sleep(float(auth["linger"]))
+        finally:
+            CONNECTS_RUNNING["now"] -= 1
     if auth and auth.get("refuse") == "raise":
         raise ConnectionRefusedError("go away", {"reason": "refused by test"})
     emit("welcome", {

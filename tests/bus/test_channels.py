@@ -150,3 +150,39 @@ def test_wait_confirmed_gives_up_on_a_channel_nobody_follows() -> None:
     follower.pubsub = _PubSub()
     assert not follower.wait_confirmed(["never-followed"], 5)
     assert follower.followed() == []  # waiting never follows
+
+
+def test_an_answer_to_an_earlier_subscribe_does_not_confirm_a_later_one() -> None:
+    # the last member leaves and a new one comes back at once: SUBSCRIBE,
+    # UNSUBSCRIBE, SUBSCRIBE are on their way; the first answer must not
+    # wake the new member while Redis still has the UNSUBSCRIBE to process
+    tasks = _Tasks()
+    follower = ChannelFollower(tasks, threading.Event)
+    pubsub = follower.pubsub = _PubSub()
+    follower.follow("r")
+    tasks.run()
+    follower.unfollow("r")
+    tasks.run()
+    follower.follow("r")
+    tasks.run()
+    assert pubsub.commands == [("subscribe", ("r",)), ("unsubscribe", ("r",)),
+                               ("subscribe", ("r",))]
+    follower.confirmed("r")  # answers the first SUBSCRIBE
+    assert not follower.is_confirmed("r")
+    assert not follower.wait_confirmed(["r"], 0.05)
+    follower.unsubscribed("r")
+    assert not follower.is_confirmed("r")
+    threading.Timer(0.05, follower.confirmed, args=("r",)).start()
+    assert follower.wait_confirmed(["r"], 5)  # the answer to the last SUBSCRIBE
+
+
+def test_a_new_subscription_counts_what_the_listener_subscribed_itself() -> None:
+    follower = ChannelFollower(lambda task: task(), threading.Event)
+    follower.follow("a")
+    pubsub = _PubSub()
+    follower.attach(pubsub, ["a"])
+    follower.sent(["b"])
+    follower.confirmed("a")
+    assert follower.is_confirmed("a")
+    follower.detach(pubsub)
+    assert not follower.is_confirmed("a")

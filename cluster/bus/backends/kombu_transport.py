@@ -224,8 +224,9 @@ class KombuTransport(Transport):
         if follower is None:
             return None
         pending = _PendingBindings()
-        follower.attach(pending)  # follows made from now on are queued
-        pending.subscribe(*follower.followed())
+        followed = follower.followed()
+        follower.attach(pending, followed)  # follows made from now on are queued
+        pending.subscribe(*followed)
         self._rooms_exchange()(bound.channel).declare()
         self._bind(bound, pending)
         return pending
@@ -242,3 +243,5 @@ class KombuTransport(Transport):
                         self.follower.confirmed(channel)
                 else:
                     bound.unbind_from(exchange=exchange, routing_key=channel)
+                    if self.follower is not None:
+                        self.follower.unsubscribed(channel)

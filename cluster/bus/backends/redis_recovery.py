@@ -18,6 +18,13 @@ from cluster.bus.backends.redis_connection import RedisConnector, close_quietly
 from cluster.recovery.routing import ScanPage
 from cluster.recovery.stream import RecoveryLog
 
+#: reads in progress at once (so connections open at most): recoveries of a
+#: reconnect storm queue for a turn instead of opening a connection each
+#: (each open costs round trips and CPU, and redis-py refuses past 100)
+MAX_CONCURRENT_READS = 16
+#: seconds a read waits for its turn before it returns its default
+READ_TURN_WAIT = 10.0
+
 
 class RedisRecoveryReader:
     """A :class:`~cluster.bus.transport.RecoveryReader` over one Redis stream.
@@ -34,6 +41,7 @@ class RedisRecoveryReader:
         self.mark = mark
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
+        self._turns = threading.BoundedSemaphore(MAX_CONCURRENT_READS)
 
     def _reader(self) -> redis.Redis:
         with self._lock:  # one client, whoever asks first builds it
@@ -43,23 +51,48 @@ class RedisRecoveryReader:
                 client = self._client = self.connector.client()
             return client
 
+    def _forget(self, client: redis.Redis) -> None:
+        """The next read makes a new client (to follow a move of the stream,
+        or a Redis that came back elsewhere); reads in progress on this one
+        finish on it, which closes when the last of them lets it go: closing
+        it here cut all of them, and each then closed the next new client,
+        over and over under a reconnect storm (measured: 1,900 failed reads
+        in one storm)."""
+        with self._lock:
+            if self._client is client:
+                self._client = None
+
     def close(self) -> None:
         client, self._client = self._client, None
         close_quietly(client)
 
     def _read(self, read: Callable[..., Any], *args: Any, default: Any) -> Any:
+        if not self._turns.acquire(timeout=READ_TURN_WAIT):
+            self.logger.warning("recovery log unreadable (no turn among %d reads within "
+                                "%g s: the node is overloaded)", MAX_CONCURRENT_READS,
+                                READ_TURN_WAIT)
+            return default
         try:
+            return self._read_now(read, *args, default=default)
+        finally:
+            self._turns.release()
+
+    def _read_now(self, read: Callable[..., Any], *args: Any, default: Any) -> Any:
+        client = None
+        try:
+            client = self._reader()
             try:
-                return read(self._reader(), *args)
+                return read(client, *args)
             except redis.exceptions.ResponseError as exc:
                 # a key of another type at the stream's name: move it aside
                 # (logged and counted there), then read the new stream
-                if "WRONGTYPE" not in str(exc) or not self.log.heal(self._reader()):
+                if "WRONGTYPE" not in str(exc) or not self.log.heal(client):
                     raise
-                return read(self._reader(), *args)
+                return read(client, *args)
         except Exception as exc:
-            self.logger.warning("recovery log unreadable (%s)", exc)
-            self.close()  # reconnect (and rediscover) next time
+            self.logger.warning("recovery log unreadable (%s: %s)", type(exc).__name__, exc)
+            if client is not None:
+                self._forget(client)  # reconnect (and rediscover) next time
             return default
 
     def last_offset(self) -> str | None:
@@ -110,3 +143,4 @@ class RedisRecoveryReader:
     def after(self, offset: str) -> list[tuple[str, dict[str, Any]]] | None:
         """Messages logged after ``offset`` (None: cannot recover from it)."""
         return self._read(self.log.after, offset, default=None)  # type: ignore[no-any-return]
+

@@ -187,9 +187,10 @@ class RedisTransport(Transport):
                 pubsub.subscribe(self.channel, *first)  # connects: one connection only
                 # from now on follows go to this connection; one made since
                 # the snapshot either finds it set or is in followed() now
-                follower.attach(pubsub)
+                follower.attach(pubsub, first)
                 missed = sorted(set(follower.followed()) - set(first))
                 if missed:
+                    follower.sent(missed)
                     pubsub.subscribe(*missed)
                 expected.update(first, missed)
             # wait for every confirmation: only then are we really listening,
@@ -254,6 +255,10 @@ class RedisTransport(Transport):
                     elif not self._is_common(message):
                         if kind == "subscribe":  # a room's, asked for by the follower
                             self._confirmed(message)
+                        elif kind == "unsubscribe" and self.follower is not None:
+                            channel = _channel_name(message)
+                            if channel is not None:
+                                self.follower.unsubscribed(channel)
                     elif kind in ("subscribe", "ssubscribe"):
                         # _subscribe took the first confirmation: another one
                         # means redis-py lost the connection and re-subscribed
