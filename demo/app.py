@@ -8,8 +8,10 @@ cluster import ...`` line (it was ``from flask_socketio import``).
 Two handlers show what the cluster adds, and say so: ``online`` asks every
 node who is in a room (``socketio.cluster``), and ``start_job`` hands work
 to a Celery worker that reports progress to the asking client from another
-process (``workers.tasks.long_job``, through the cluster's emitter). The
-protocol is in the README ("The demo's protocol").
+process (``workers.tasks.long_job``, through the cluster's emitter); asked
+to, the worker first has the page confirm the job and waits for its answer
+(``Emitter.call``: worker -> page -> worker). The protocol is in the README
+("The demo's protocol").
 
 Run it on a local cluster with ``./dev up`` (or ``docker compose up``), then
 open http://127.0.0.1:8000 in two browsers. ``SECRET_KEY`` must be set
@@ -190,7 +192,9 @@ def on_online(data):
 @socketio.on("start_job")
 @authenticated_only
 def on_start_job(data):
-    """Queue a Celery job reporting to this client alone; ack ``{"job_id"}``."""
+    """Queue a Celery job reporting to this client alone; ack ``{"job_id"}``.
+    With ``{"confirm": true}`` the worker asks the page (``job_confirm``)
+    before it starts."""
     try:
         steps = max(1, min(MAX_STEPS, int((data or {}).get("steps", 10))))
     except (TypeError, ValueError):
@@ -202,7 +206,8 @@ def on_start_job(data):
     except ValueError as exc:
         # workers.ConfigurationError: no broker configured for this node
         return {"error": str(exc)}
-    result = long_job.delay(to=request.sid, steps=steps, step_seconds=0.3)
+    result = long_job.delay(to=request.sid, steps=steps, step_seconds=0.3,
+                            confirm=bool((data or {}).get("confirm")))
     return {"job_id": result.id}
 
 

@@ -8,87 +8,49 @@ delivers to its own clients. From a script::
     emitter = Emitter.from_env()            # MESSAGE_QUEUE_URL, channel, secret
     emitter.emit("news", {"title": "Hi"}, to="lobby")
 
-Nothing here listens on the bus, so what needs an answer from the nodes
-(acks, ``room_members``, ``rooms_of``, ``sockets``) is not offered: run those
-on a socket node (``socketio.server.manager.cluster``).
+Clients can answer, too: ``call`` returns one client's ack, ``gather``
+collects a room's answers by a deadline, and ``emit(..., callback=f)``
+calls ``f`` in this process for each answer (see :mod:`workers.calls`).
+The answers come back on a reply channel of this process's own, so a
+worker reads its answers and nothing else::
+
+    if emitter.call("confirm", {"job": 42}, to=sid, timeout=30) == "yes":
+        ...
+    votes = emitter.gather("vote", "lunch?", to="team", timeout=10)
+    votes.answers   # {sid: answer}; votes.missing: who did not answer in time
+
+Cluster queries that need an answer from the nodes (``room_members``,
+``rooms_of``, ``sockets``) are not offered: run those on a socket node
+(``socketio.cluster``).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
-from cluster.bus import (
-    BusConfigurationError,
-    BusPublishError,
-    BusSerializationError,
-    ClusterManager,
-    RedisManager,
-    check_signing,
-    create_manager,
-)
+from cluster.bus import ClusterManager, RedisManager, check_signing, create_manager
 from cluster.bus.backends.redis_access import CHECKED_SCHEMES, check_access, check_clock_of
+from cluster.bus.services.asks import DEFAULT_MAX_PENDING, GatherResult
 
-from .exceptions import ConfigurationError, PayloadError, PublishError
+from .arguments import (
+    bus_errors,
+    check_required_rooms,
+    check_rooms,
+    check_sid,
+    check_sids,
+    is_room,
+)
+from .calls import WorkerCalls, check_timeout
+from .exceptions import ConfigurationError, PayloadError
 from .settings import DEFAULT_CHANNEL, WorkerSettings
 
-__all__ = ["Emitter"]
+__all__ = ["Emitter", "GatherResult"]
 
 log = logging.getLogger("workers.emitter")
-
-
-def _is_room(value: Any) -> bool:
-    return isinstance(value, (str, int)) and not isinstance(value, bool)
-
-
-def _rooms(value: Any, what: str) -> Any:
-    """A room (str or int) or a list of them, as the nodes accept it."""
-    if value is None or _is_room(value):
-        return value
-    if isinstance(value, (list, tuple, set, frozenset)) and all(map(_is_room, value)):
-        return list(value)
-    raise PayloadError(
-        f"{what}={value!r} cannot address clients: use a sid or room name "
-        f"(str or int) or a list of them.")
-
-
-def _required_rooms(value: Any) -> Any:
-    if value is None or value == []:
-        raise PayloadError("rooms must name at least one room.")
-    return _rooms(value, "rooms")
-
-
-def _sids(value: Any, what: str) -> Any:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple, set, frozenset)) and all(
-            isinstance(v, str) for v in value):
-        return list(value)
-    raise PayloadError(f"{what}={value!r} must be a sid (str) or a list of sids.")
-
-
-def _sid(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise PayloadError(f"sid={value!r} must be a non-empty string: the "
-                           f"client's request.sid.")
-    return value
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """Turn bus errors into this package's, keeping both catchable."""
-    try:
-        yield
-    except BusSerializationError as exc:
-        raise PayloadError(str(exc)) from exc
-    except BusPublishError as exc:
-        raise PublishError(str(exc)) from exc
-    except BusConfigurationError as exc:
-        raise ConfigurationError(str(exc)) from exc
 
 
 class Emitter:
@@ -115,6 +77,13 @@ class Emitter:
                             seconds: emits are then logged in the recovery
                             stream like the nodes' own, so a client that was
                             away gets them replayed. ``None`` (default): off.
+    :param max_pending_calls: calls, gathers and callback emits that may
+                              wait for answers at once in this process
+                              (1,000); past it they raise
+                              :class:`TooManyCallsError`.
+    :param ack_timeout: seconds an ``emit`` callback waits for answers
+                        (60, the nodes' own default) unless wrapped with
+                        ``cluster.bus.with_timeout(f, seconds)``.
 
     Construction tries one ``PING`` of a Redis bus: a refused password, ACL
     permission or TLS certificate raises :class:`ConfigurationError` with
@@ -122,7 +91,9 @@ class Emitter:
     connection opens on the first call and is re-opened in a forked
     child (Celery's prefork pool forks after import), so one module-level
     emitter is safe everywhere. It is thread-safe. ``close()`` releases the
-    connection; a later call opens a new one.
+    connection; a later call opens a new one. The first ``call``,
+    ``gather`` or callback emit opens the reply channel (one more
+    connection, and a daemon thread that reads it).
 
     Payloads are JSON (plus ``bytes``, sent as binary attachments); anything
     else raises :class:`PayloadError` here and nothing is sent.
@@ -133,7 +104,9 @@ class Emitter:
                  namespace: str = "/", publish_timeout: float = 5.0,
                  options: Mapping[str, Any] | None = None,
                  recovery_window: float | None = None,
-                 allow_unsigned: bool = False) -> None:
+                 allow_unsigned: bool = False,
+                 max_pending_calls: int = DEFAULT_MAX_PENDING,
+                 ack_timeout: float = 60.0) -> None:
         if not isinstance(url, str) or not url.strip():
             raise ConfigurationError(
                 "Emitter needs the message queue URL the socket nodes use, "
@@ -143,7 +116,7 @@ class Emitter:
             raise ConfigurationError(
                 f"channel={channel!r}: use the nodes' channel name "
                 f"(default {DEFAULT_CHANNEL!r}).")
-        with _errors():
+        with bus_errors():
             check_signing(bool(signing_secret), allow_unsigned, "The emitter",
                           "pass Emitter(..., allow_unsigned=True) (or set "
                           "CLUSTER_ALLOW_UNSIGNED_BUS=1 for Emitter.from_env)", log)
@@ -154,9 +127,17 @@ class Emitter:
         self._secret = signing_secret
         self._options = dict(options or {})
         self.recovery_window = recovery_window
+        if not isinstance(max_pending_calls, int) or isinstance(max_pending_calls, bool) \
+                or max_pending_calls < 1:
+            raise ConfigurationError(f"max_pending_calls={max_pending_calls!r}: a positive "
+                                     f"whole number.")
+        self.max_pending_calls = max_pending_calls
+        self.ack_timeout = check_timeout(ack_timeout)
         self._lock = threading.Lock()
         self._manager: ClusterManager | None = None
         self._pid = 0
+        self._calls: WorkerCalls | None = None
+        self._calls_pid = 0
         self._get_manager()  # a bad URL, secret or option fails here, not later
 
     @classmethod
@@ -184,7 +165,7 @@ class Emitter:
             if self._manager is None or self._pid != pid:
                 # a connection inherited through fork is shared with the
                 # parent: never use it, open our own
-                with _errors():
+                with bus_errors():
                     self._manager = create_manager(
                         self.url, channel=self.channel, write_only=True,
                         signing_secret=self._secret, options=dict(self._options),
@@ -193,7 +174,7 @@ class Emitter:
                 if not self._pid:
                     # once per emitter: a refused password or an untrusted
                     # certificate fails here with the fix, not after retries
-                    with _errors():
+                    with bus_errors():
                         options = (self._manager.redis_options
                                    if isinstance(self._manager, RedisManager) else None)
                         skew = self._manager.settings.max_clock_skew
@@ -217,10 +198,26 @@ class Emitter:
         """True when the last publish reached the bus."""
         return self._manager is not None and self._manager.ready
 
+    def _get_calls(self) -> WorkerCalls:
+        manager = self._get_manager()
+        pid = os.getpid()
+        with self._lock:
+            if self._calls is None or self._calls_pid != pid:
+                # a forked child asks with its own manager's id, on its own
+                # reply channel (the parent's reader thread did not survive)
+                self._calls = WorkerCalls(manager, max_pending=self.max_pending_calls,
+                                          ack_timeout=self.ack_timeout, logger=log)
+                self._calls_pid = pid
+            return self._calls
+
     def close(self) -> None:
-        """Release the bus connection (a later call reconnects)."""
+        """Release the bus connection and the reply channel (a later call
+        reconnects); calls still waiting raise :class:`PublishError`."""
         with self._lock:
             manager, self._manager = self._manager, None
+            calls, self._calls = self._calls, None
+        if calls is not None and self._calls_pid == os.getpid():
+            calls.close()
         if manager is not None and self._pid == os.getpid():
             manager.close()
 
@@ -247,7 +244,8 @@ class Emitter:
 
     # -- emitting --------------------------------------------------------------
     def emit(self, event: str, *args: Any, to: Any = None, room: Any = None,
-             namespace: str | None = None, skip_sid: Any = None) -> None:
+             namespace: str | None = None, skip_sid: Any = None,
+             callback: Callable[..., Any] | None = None) -> None:
         """Send ``event`` with ``args`` to clients, like ``socketio.emit``.
 
         :param to: a sid, a room, or a list of them; ``None`` (and no
@@ -255,16 +253,89 @@ class Emitter:
         :param room: alias of ``to`` (Flask-SocketIO's older name).
         :param namespace: default: the emitter's (``"/"``).
         :param skip_sid: a sid or list of sids that must not receive it.
+        :param callback: called *in this process* with each client's ack:
+            ``callback(*args)`` when the answer comes from the client ``to``
+            names (a sid, as in a handler), ``callback(sid, *args)`` from
+            each client of a room (``to`` a room or a list), once per
+            answering client. It runs in a thread of the emitter's, after
+            ``emit`` returned (a Celery task may have ended by then). It
+            waits ``ack_timeout`` seconds (60) for answers, or as long as
+            ``cluster.bus.with_timeout(callback, seconds, on_timeout=hook)``
+            says, whose ``hook()`` runs once if a client stayed silent or
+            none was reached. Needs ``to``.
         """
         if not isinstance(event, str) or not event:
             raise PayloadError(f"event={event!r}: the event name must be a "
                                f"non-empty string.")
-        target = _rooms(to if to is not None else room, "to")
-        skip = _sids(skip_sid, "skip_sid")
+        target = check_rooms(to if to is not None else room, "to")
+        skip = check_sids(skip_sid, "skip_sid")
+        if callback is not None:
+            if not callable(callback):
+                raise PayloadError(f"callback={callback!r} is not callable.")
+            if target is None or target == []:
+                raise PayloadError("An emit with a callback needs to= (a sid or a room): "
+                                   "acks are asked of clients, not of everyone.")
+            calls = self._get_calls()
+            with bus_errors():
+                calls.emit_with_callback(event, args, to=target, namespace=self._ns(namespace),
+                                         skip_sid=skip, callback=callback)
+            return
         data = args[0] if len(args) == 1 else tuple(args)
-        with _errors():
+        with bus_errors():
             self._get_manager().emit(event, data, namespace=self._ns(namespace),
                                      room=target, skip_sid=skip)
+
+    def call(self, event: str, *args: Any, to: str | None = None, sid: str | None = None,
+             namespace: str | None = None, timeout: float = 60) -> Any:
+        """Send ``event`` to one client and return its ack, as ``SocketIO.call``
+        does in a handler: the one ack argument, a tuple of several, or
+        ``None`` for none.
+
+        :param to: the client's sid (``sid`` is an alias), on whichever node.
+        :param timeout: seconds to wait (60; at most 600). A node forgets an
+            unanswered ack after its ``ack_timeout`` (60 s by default), so a
+            longer wait needs the nodes' ``ack_timeout`` raised too.
+        :raises CallTimeoutError: no answer in time (also a ``TimeoutError``
+            and python-socketio's ``socketio.exceptions.TimeoutError``).
+        :raises NotConnectedError: no node has the client; known after one
+            bus round trip, not at the timeout.
+        :raises TooManyCallsError: ``max_pending_calls`` asks are waiting.
+        """
+        target = check_sid(to if to is not None else sid)
+        if not isinstance(event, str) or not event:
+            raise PayloadError(f"event={event!r}: the event name must be a "
+                               f"non-empty string.")
+        seconds = check_timeout(timeout)
+        calls = self._get_calls()
+        with bus_errors():
+            return calls.call(event, args, to=target, namespace=self._ns(namespace),
+                              timeout=seconds)
+
+    def gather(self, event: str, *args: Any, to: Any, namespace: str | None = None,
+               timeout: float = 5, skip_sid: Any = None) -> GatherResult:
+        """Send ``event`` to every client in ``to`` (a room, a sid or a list
+        of them), on every node, and wait for their acks, at most
+        ``timeout`` seconds (5; at most 600): socket.io's
+        ``io.to(room).timeout(ms).emitWithAck()``, across the cluster.
+
+        Returns a :class:`GatherResult`: ``answers`` maps each answering
+        client's sid to its answer (shaped as :meth:`call` returns it),
+        ``missing`` names the clients that got the event and did not answer
+        in time, those of a node that died meanwhile included. It returns
+        as soon as every client answered, and never after the deadline.
+        """
+        if not isinstance(event, str) or not event:
+            raise PayloadError(f"event={event!r}: the event name must be a "
+                               f"non-empty string.")
+        target = check_rooms(to, "to")
+        if target is None or target == []:
+            raise PayloadError("gather() needs to=: a sid, a room or a list of them.")
+        skip = check_sids(skip_sid, "skip_sid")
+        seconds = check_timeout(timeout)
+        calls = self._get_calls()
+        with bus_errors():
+            return calls.gather(event, args, to=target, namespace=self._ns(namespace),
+                                timeout=seconds, skip_sid=skip)
 
     def send(self, data: Any, to: Any = None, room: Any = None,
              namespace: str | None = None, skip_sid: Any = None) -> None:
@@ -275,26 +346,26 @@ class Emitter:
     # -- rooms and connections of any sid --------------------------------------
     def join_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
         """Put client ``sid`` (on whichever node it is) into ``room``."""
-        room = _rooms(room, "room")
-        if not _is_room(room):
+        room = check_rooms(room, "room")
+        if not is_room(room):
             raise PayloadError(f"room={room!r}: join one room per call.")
-        with _errors():
-            self._get_manager().enter_room(_sid(sid), self._ns(namespace), room)
+        with bus_errors():
+            self._get_manager().enter_room(check_sid(sid), self._ns(namespace), room)
 
     def leave_room(self, sid: str, room: Any, namespace: str | None = None) -> None:
         """Take client ``sid`` out of ``room``."""
-        room = _rooms(room, "room")
-        if not _is_room(room):
+        room = check_rooms(room, "room")
+        if not is_room(room):
             raise PayloadError(f"room={room!r}: leave one room per call.")
-        with _errors():
-            self._get_manager().leave_room(_sid(sid), self._ns(namespace), room)
+        with bus_errors():
+            self._get_manager().leave_room(check_sid(sid), self._ns(namespace), room)
 
     def close_room(self, room: Any, namespace: str | None = None) -> None:
         """Remove every client from ``room``, on every node."""
-        room = _rooms(room, "room")
-        if not _is_room(room):
+        room = check_rooms(room, "room")
+        if not is_room(room):
             raise PayloadError(f"room={room!r}: close one room per call.")
-        with _errors():
+        with bus_errors():
             self._get_manager().close_room(room, self._ns(namespace))
 
     def disconnect(self, sid: str, namespace: str | None = None) -> None:
@@ -303,25 +374,25 @@ class Emitter:
         python-socketio's write-only managers crash here (they try to
         disconnect locally, without a server); this goes through the bus.
         """
-        with _errors():
+        with bus_errors():
             self._get_manager().cluster.disconnect_sockets(
-                to=_sid(sid), namespace=self._ns(namespace))
+                to=check_sid(sid), namespace=self._ns(namespace))
 
     # -- cluster-wide commands (no answer needed) ------------------------------
     def sockets_join(self, rooms: Any, to: Any = None,
                      namespace: str | None = None) -> None:
         """Make every client in ``to`` (sids/rooms; all when ``None``) join
         ``rooms``, on every node (socket.io's ``socketsJoin``)."""
-        rooms, to = _required_rooms(rooms), _rooms(to, "to")
-        with _errors():
+        rooms, to = check_required_rooms(rooms), check_rooms(to, "to")
+        with bus_errors():
             self._get_manager().cluster.sockets_join(
                 rooms, to=to, namespace=self._ns(namespace))
 
     def sockets_leave(self, rooms: Any, to: Any = None,
                       namespace: str | None = None) -> None:
         """Make every client in ``to`` leave ``rooms`` (``socketsLeave``)."""
-        rooms, to = _required_rooms(rooms), _rooms(to, "to")
-        with _errors():
+        rooms, to = check_required_rooms(rooms), check_rooms(to, "to")
+        with bus_errors():
             self._get_manager().cluster.sockets_leave(
                 rooms, to=to, namespace=self._ns(namespace))
 
@@ -329,9 +400,9 @@ class Emitter:
                            namespace: str | None = None) -> None:
         """Disconnect every client in ``to`` -- *all* clients of the
         namespace when ``to`` is ``None`` (``disconnectSockets``)."""
-        with _errors():
+        with bus_errors():
             self._get_manager().cluster.disconnect_sockets(
-                to=_rooms(to, "to"), namespace=self._ns(namespace))
+                to=check_rooms(to, "to"), namespace=self._ns(namespace))
 
     def server_side_emit(self, event: str, *args: Any,
                          namespace: str | None = None) -> None:
@@ -339,6 +410,6 @@ class Emitter:
         ``args`` (``serverSideEmit`` without ack)."""
         if not isinstance(event, str) or not event:
             raise PayloadError(f"event={event!r} must be a non-empty string.")
-        with _errors():
+        with bus_errors():
             self._get_manager().cluster.server_side_emit(
                 event, *args, namespace=self._ns(namespace))

@@ -50,6 +50,7 @@ from cluster.bus.publisher import Publisher
 from cluster.bus.receiver import Receiver
 from cluster.bus.runtime import Runtime
 from cluster.bus.services.acks import AckTable
+from cluster.bus.services.answering import Answering
 from cluster.bus.services.heartbeat import Heartbeat
 from cluster.bus.services.link import BusLink
 from cluster.bus.services.membership import MembershipEvents, named_rooms
@@ -157,6 +158,12 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         if self.routes and not write_only:
             self.follower = transport.follower = ChannelFollower(self.runtime.spawn,
                                                                  self.runtime.event)
+        #: clients' answers to asks of any process: gather, workers' calls
+        #: (see :mod:`.services.answering`)
+        self.answering = Answering(
+            link, self, self.acks, in_listener=lambda: self.receiver.in_listener(),
+            channel_of=lambda host: node_channel(self.channel, host) if self.routes else None)
+        self.heartbeat.on_gone(self.answering.node_gone)
         self.receiver = Receiver(transport, self.subscription, self.codec, self.bus_stats,
                                  log, host_id=self.host_id,
                                  own_emit=self._deliver_own_logged,
@@ -172,6 +179,8 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
                                      "request": self.cluster.handle_request,
                                      "response": self.cluster.handle_response,
                                      "presence": self.presence.handle_message,
+                                     "ask": self.answering.handle_ask,
+                                     "answer": self.answering.handle_answer,
                                  })
         self._initialized = False
         self._closed = False

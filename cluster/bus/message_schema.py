@@ -15,10 +15,41 @@ STOCK_METHODS = frozenset(
     {"emit", "callback", "disconnect", "enter_room", "leave_room", "close_room"})
 #: methods only cluster nodes speak
 CLUSTER_METHODS = frozenset(
-    {"heartbeat", "bye", "request", "response", "presence"})
+    {"heartbeat", "bye", "request", "response", "presence", "ask", "answer"})
 
 def _is_room(value: Any) -> bool:
     return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
+def _is_args(value: Any) -> bool:
+    """Arguments as :func:`cluster.bus.services.asks.encode_args` sends them."""
+    return (isinstance(value, list) and len(value) >= 1 and isinstance(value[0], list)
+            and all(isinstance(a, str) for a in value[1:]))
+
+
+def _is_sids(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(s, str) for s in value)
+
+
+def _ask_ok(message: dict[str, Any]) -> bool:
+    room, skip, timeout = message.get("room"), message.get("skip_sid"), message.get("timeout")
+    return (isinstance(message.get("ask_id"), str) and isinstance(message.get("event"), str)
+            and _is_args(message.get("args"))
+            and (_is_room(room) or (isinstance(room, list) and len(room) > 0
+                                    and all(map(_is_room, room))))
+            and (skip is None or isinstance(skip, str) or _is_sids(skip))
+            and isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+            and timeout > 0)
+
+
+def _answer_ok(message: dict[str, Any]) -> bool:
+    answers = message.get("answers")
+    return (isinstance(message.get("ask_id"), str) and isinstance(message.get("to"), str)
+            and ("roster" not in message or _is_sids(message["roster"]))
+            and ("nodes" not in message or _is_sids(message["nodes"]))
+            and (answers is None or (isinstance(answers, dict)
+                                     and all(map(_is_args, answers.values()))))
+            and ("error" not in message or isinstance(message["error"], str)))
 
 
 def check_fields(message: dict[str, Any]) -> None:
@@ -65,6 +96,10 @@ def check_fields(message: dict[str, Any]) -> None:
         elif method == "response":
             ok = ok and isinstance(message.get("req_id"), str) and isinstance(
                 message.get("to"), str)
+        elif method == "ask":
+            ok = ok and _ask_ok(message)
+        elif method == "answer":
+            ok = ok and _answer_ok(message)
         elif method == "presence":
             op = message.get("op")
             ok = ok and op in ("add", "remove", "sync") and _is_room(

@@ -18,6 +18,8 @@ import flask
 import socketio
 
 from cluster.bus.features import BusFeatures, bus_features
+from cluster.bus.services.answering import gather_on
+from cluster.bus.services.asks import GatherResult
 from cluster.config import NodeConfig
 from cluster.exceptions import ConfigurationError
 from cluster.flask_integration.cluster_registrations import (
@@ -406,6 +408,24 @@ class SocketIO:
     def call(self, event: str, *args: Any, **kwargs: Any) -> Any:
         """Emit to one client and wait for its ack (``to=``, ``timeout=60``)."""
         return self._emitter.call(event, *args, **kwargs)
+
+    def gather(self, event: str, *args: Any, to: Any, namespace: str | None = None,
+               timeout: float = 5, skip_sid: Any = None) -> GatherResult:
+        """Send ``event`` to every client in ``to`` (a room, a sid or a list
+        of them) on every node and wait for their acks, at most ``timeout``
+        seconds (default 5; at most 600): socket.io's
+        ``io.to(room).timeout(ms).emitWithAck()``, across the cluster.
+
+        Returns a :class:`~cluster.bus.services.asks.GatherResult`:
+        ``answers`` maps each answering client's sid to its answer (shaped
+        as :meth:`call` returns it), ``missing`` names the clients that got
+        the event and did not answer in time, those of a node that died
+        meanwhile included. It returns as soon as every client answered;
+        never after the deadline. Without a message queue it asks this
+        node's clients.
+        """
+        return gather_on(self.server, event, list(args), to=to,
+                         namespace=namespace or "/", timeout=timeout, skip_sid=skip_sid)
 
     def send(self, data: Any, json: bool = False, namespace: str | None = None,
              to: str | None = None, callback: Callable[..., Any] | None = None,

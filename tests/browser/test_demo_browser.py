@@ -4,7 +4,9 @@ One :class:`~cluster.devtools.local_cluster.LocalCluster` (what ``./dev up`` run
 redis-server, 2 nodes serving ``demo.app``, a real Celery worker, HAProxy.
 Two browsers with separate profiles log in, their sockets on different
 nodes; they see each other online and chat across nodes; one runs a Celery
-job whose progress reaches only its own page; then the node serving one page
+job that first asks her page to confirm it and waits for the answer (worker
+-> page -> worker), and whose progress reaches only her page; then the node
+serving one page
 is SIGKILLed, and that page comes back on the other node, recovered, with
 its user, its rooms and the messages sent while it was away.
 """
@@ -136,16 +138,26 @@ def test_two_users_chat_across_nodes_run_a_job_and_survive_a_node_crash(
               "the two chat lines in order")
     _shot(bob, artifacts, "2-bob-chatting")
 
-    # a Celery job: alice's bar reaches 100 %, bob's page shows nothing
+    # a Celery job: the worker asks alice's page first and waits for her
+    # answer; then alice's bar reaches 100 %, bob's page shows nothing
     steps = alice.find_element("id", "job-steps")
     steps.clear()
     steps.send_keys("5")
     alice.find_element("id", "job-start").click()
+    _wait(alice, lambda d: d.find_element("id", "job-confirm").is_displayed(),
+          "the worker's question on alice's page")
+    assert _text(alice, "job-confirm-steps") == "5"
+    assert _text(alice, "job-percent") == "waiting for your confirmation"
+    assert alice.find_element("id", "job-bar").get_attribute("value") == "0"  # not started
+    assert not bob.find_element("id", "job-confirm").is_displayed()
+    _shot(alice, artifacts, "3-alice-confirms-the-job")
+    alice.find_element("id", "job-run").click()
     _wait(alice, lambda d: _text(d, "job-percent").startswith("100% done"), "the job's result")
+    assert not alice.find_element("id", "job-confirm").is_displayed()
     assert alice.find_element("id", "job-bar").get_attribute("value") == "100"
     assert _text(bob, "job-percent") == "no job yet"
     assert bob.find_element("id", "job-bar").get_attribute("value") == "0"
-    _shot(alice, artifacts, "3-alice-job-done")
+    _shot(alice, artifacts, "4-alice-job-done")
 
     # SIGKILL the node serving alice's socket; bob writes while she is away
     victim = next(node for node in demo_cluster.nodes if node.name == alice_node)
@@ -170,7 +182,7 @@ def test_two_users_chat_across_nodes_run_a_job_and_survive_a_node_crash(
               "every chat line exactly once")
     _wait(bob, lambda d: _online(d) == {"alice": bob_node, "bob": bob_node},
           "alice listed on the surviving node")
-    screenshot = _shot(alice, artifacts, "4-alice-recovered")
+    screenshot = _shot(alice, artifacts, "5-alice-recovered")
     if os.environ.get("UPDATE_DEMO_SCREENSHOT") == "1":  # the README's picture
         shutil.copyfile(screenshot, ROOT / "docs" / "demo.png")
-    _shot(bob, artifacts, "5-bob-missed-nothing")
+    _shot(bob, artifacts, "6-bob-missed-nothing")

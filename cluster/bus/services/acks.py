@@ -89,6 +89,10 @@ class AckTable:
     callback.
 
     :param spawn: runs an expiry hook in a task of its own, errors logged.
+
+    The manager's tick calls :meth:`expire` about four times a second;
+    services whose answers expire too (:mod:`.answering`) hook in with
+    :meth:`add_chore`, so one tick keeps every deadline of the node.
     """
 
     def __init__(self, callbacks: dict[Any, Any], default_timeout: float | None,
@@ -98,6 +102,11 @@ class AckTable:
         self.stats = stats
         self.spawn = spawn
         self._ids = itertools.count(1)
+        self._chores: list[Callable[[], Any]] = []
+
+    def add_chore(self, chore: Callable[[], Any]) -> None:
+        """Run ``chore()`` on every tick, after the expiry of callbacks."""
+        self._chores.append(chore)
 
     def add(self, sid: Any, callback: Any) -> int:
         """File ``callback`` for ``sid``; its ack id."""
@@ -120,6 +129,8 @@ class AckTable:
             on_timeout = getattr(callback, "on_ack_timeout", None)
             if on_timeout is not None:
                 self.spawn(on_timeout)
+        for chore in self._chores:
+            chore()
 
     def pending(self) -> int:
         """Callbacks still waiting (-1 when unknown for a moment)."""
