@@ -35,7 +35,10 @@ in publish order and the recovery stream's order holds across rooms.
 Follows and unfollows made in the same turn of the event loop go out as one
 command (:class:`ChannelFollower`); ``join_room`` waits (up to
 :data:`FOLLOW_WAIT` seconds) until Redis confirmed the subscription, so an
-emit made right after the join reaches the new member. A join another node
+emit made right after the join reaches the new member. A CONNECT waits once
+for all the rooms it entered (restored on a resume, or joined by the
+connect handler), just before its reply, so a connected client's rooms reach
+it; a recovering one also reads the tail of what it missed only after that. A join another node
 (or an emitter) asked for (``join_room`` of a remote sid, ``sockets_join``)
 cannot be waited for: the asking process sends its room emits on the common
 channel for :data:`MEMBERSHIP_GRACE` seconds after asking, so they arrive

@@ -12,6 +12,7 @@ manager without a bus answers as a single node would.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 from cluster.bus.manager import ClusterManager
@@ -38,6 +39,7 @@ class BusFeatures(Protocol):
     @property
     def recovery(self) -> RecoveryReader | None: ...
     def await_rooms(self, namespace: str, rooms: Iterable[Any], timeout: float) -> bool: ...
+    def follow_waits_deferred(self) -> AbstractContextManager[None]: ...
     def stats(self) -> dict[str, int | float]: ...
     def new_redis_client(self) -> Any: ...
     def close(self, timeout: float = 2.0) -> None: ...
@@ -56,6 +58,9 @@ class SingleNode:
 
     def await_rooms(self, namespace: str, rooms: Iterable[Any], timeout: float) -> bool:
         return True  # everything is delivered here
+
+    def follow_waits_deferred(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def stats(self) -> dict[str, int | float]:
         return {}

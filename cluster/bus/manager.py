@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 from socketio.packet import Packet
@@ -152,6 +154,9 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         #: the common channel; see :mod:`.channels`)
         self.follower: ChannelFollower | None = None
         self.routes = bool(transport.routes and s.route_by_room)
+        # per task (green-thread local once patched): joins that do not wait
+        # for their confirmation (see follow_waits_deferred)
+        self._deferring = threading.local()
         # until then this process's room emits take the common channel
         # (see _memberships_changed_elsewhere)
         self._common_until = 0.0
@@ -521,10 +526,24 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         bus is down (the next subscription takes the channel)."""
         assert self.follower is not None
         wait = FOLLOW_WAIT if (self.subscription.subscribed
-                               and not self.receiver.in_listener()) else 0.0
+                               and not self.receiver.in_listener()
+                               and not getattr(self._deferring, "on", False)) else 0.0
         channel = room_channel(self.channel, namespace, room)
         if not self.follower.follow(channel, wait) and wait:
             self.bus_stats.incr("follow_timeouts")
+
+    @contextmanager
+    def follow_waits_deferred(self) -> Iterator[None]:
+        """Within the block, this task's joins follow their rooms' channels
+        without waiting for each confirmation: a CONNECT restoring (or
+        joining) several rooms waits once for all of them, with
+        :meth:`await_rooms`, after it gave back its admission slot."""
+        before = getattr(self._deferring, "on", False)
+        self._deferring.on = True
+        try:
+            yield
+        finally:
+            self._deferring.on = before
 
     def await_rooms(self, namespace: str, rooms: Iterable[Any], timeout: float) -> bool:
         """Whether every room in ``rooms`` has its live traffic reaching this

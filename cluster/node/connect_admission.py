@@ -12,7 +12,10 @@ the others failed after ``POOL_WAIT`` with "No connection available" and got
 a new session instead of their own (their recovery lost), while the
 clients already connected waited seconds for their messages.
 
-So at most ``max_concurrent_connects`` (default 32) are worked on at once;
+So at most ``max_concurrent_connects`` (default 32) are worked on at once
+(the session bound, a replay planned, the connect handler run; the wait for
+the rooms' subscriptions before the CONNECT reply is not work, and the slot
+is given back before it);
 the others wait, in arrival order as the semaphore serves them, costing
 nothing but their socket. Each admitted one then finishes in milliseconds,
 and the node serves its connected clients in between. A CONNECT that waits
@@ -26,7 +29,7 @@ queue's length now.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -50,9 +53,10 @@ class ConnectAdmission:
         self.waiting = 0
 
     @contextmanager
-    def admitted(self, timeout: float) -> Iterator[bool]:
-        """Hold a slot for the ``with`` block; True once admitted, False
-        when none freed up within ``timeout`` seconds (nothing is held)."""
+    def admitted(self, timeout: float) -> Iterator[Slot | None]:
+        """Hold a slot for the ``with`` block (or until its
+        :meth:`Slot.release`); None when none freed up within ``timeout``
+        seconds (nothing is held)."""
         if not self._slots.acquire(blocking=False):
             self._counters["connects_queued"] += 1
             self.waiting += 1
@@ -62,9 +66,24 @@ class ConnectAdmission:
                 self.waiting -= 1
             if not got:
                 self._counters["connect_queue_timeouts"] += 1
-                yield False
+                yield None
                 return
+        slot = Slot(self._slots.release)
         try:
-            yield True
+            yield slot
         finally:
-            self._slots.release()
+            slot.release()
+
+
+class Slot:
+    """One admitted CONNECT's place; given back once, early or at the end."""
+
+    __slots__ = ("_give_back",)
+
+    def __init__(self, give_back: Callable[[], object]) -> None:
+        self._give_back: Callable[[], object] | None = give_back
+
+    def release(self) -> None:
+        give_back, self._give_back = self._give_back, None
+        if give_back is not None:
+            give_back()

@@ -31,6 +31,9 @@ import socketio
 from socketio import packet as sio_packet
 
 from cluster import compat
+from cluster.bus import bus_features
+from cluster.bus.channels import FOLLOW_WAIT
+from cluster.node.connect_admission import Slot
 from cluster.node.limits import LOG_WINDOW
 from cluster.node.packet_dispatch import CONNECT_FAILED, report_handler_error
 
@@ -71,6 +74,8 @@ class Connects:
 
     def __init__(self, server: ClusterServer) -> None:
         self.server = server
+        # the admission slots of the CONNECTs being worked on, by eio sid
+        self._slots: dict[str, Slot] = {}
 
     def handle(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         """A client's CONNECT to ``namespace`` with payload ``data``."""
@@ -98,22 +103,29 @@ class Connects:
         if admission is None or eio_sid in server.test_sinks:
             self.bind_and_connect(eio_sid, namespace, data, environ)
             return
-        with admission.admitted(server.limits.connect_timeout) as admitted:
-            if admitted and self.still_open(eio_sid):
-                self.bind_and_connect(eio_sid, namespace, data, environ)
+        with admission.admitted(server.limits.connect_timeout) as slot:
+            if slot is not None:
+                if self.still_open(eio_sid):
+                    # accepted() gives the slot back before the CONNECT
+                    # reply waits for the rooms' subscriptions
+                    self._slots[eio_sid] = slot
+                    try:
+                        self.bind_and_connect(eio_sid, namespace, data, environ)
+                    finally:
+                        self._slots.pop(eio_sid, None)
                 return
-        if not admitted:
-            # not refused: a CONNECT_ERROR would stop socket.io-client for
-            # good, a closed connection makes it come back after its back-off
-            # with its session and offset (see cluster.node.connect_admission)
-            self.close_unconnected(eio_sid, "its CONNECT waited for longer than "
-                                            "connect_timeout (max_concurrent_connects)")
+        # not refused: a CONNECT_ERROR would stop socket.io-client for good, a
+        # closed connection makes it come back after its back-off with its
+        # session and offset (see cluster.node.connect_admission)
+        self.close_unconnected(eio_sid, "its CONNECT waited for longer than "
+                                        "connect_timeout (max_concurrent_connects)")
 
     def still_open(self, eio_sid: str) -> bool:
         """Whether the Engine.IO connection is still there (it may have closed
         while its CONNECT waited)."""
         eio_socket = compat.engine_socket(self.server.eio, eio_sid)
-        return eio_socket is not None and not getattr(eio_socket, "closed", False)
+        return eio_socket is not None and not getattr(eio_socket, "closed", False) \
+            and self.server.environ_of(eio_sid) is not None
 
     def bind_and_connect(self, eio_sid: str, namespace: str, data: Any, environ: Any) -> None:
         """The CONNECT's work, once admitted: the session bound, python-socketio's
@@ -121,17 +133,24 @@ class Connects:
         server = self.server
         sessions = server.sessions
         restore_sid = None
-        if sessions is not None and environ is not None:
-            # bind (create or resume) the session before the sid is chosen,
-            # so a recovered connection can get its old sid back
-            restore_sid = sessions.prepare(namespace, environ, data)
-        # what the connect handler emits is held until the CONNECT reply has
-        # gone out (the official client buffers such events anyway;
-        # python-socketio's would dispatch them for a namespace it does not
-        # know yet)
-        attempt = server.recovering.begin(eio_sid, namespace, environ, sessions, restore_sid)
+        features = bus_features(server.manager)
+        # the rooms it enters (restored, or joined by the connect handler)
+        # are waited for once, all together, before the CONNECT reply
+        # (accepted()), not one by one while it holds its slot
+        with features.follow_waits_deferred():
+            if sessions is not None and environ is not None:
+                # bind (create or resume) the session before the sid is chosen,
+                # so a recovered connection can get its old sid back
+                restore_sid = sessions.prepare(namespace, environ, data)
+            # what the connect handler emits is held until the CONNECT reply
+            # has gone out (the official client buffers such events anyway;
+            # python-socketio's would dispatch them for a namespace it does
+            # not know yet)
+            attempt = server.recovering.begin(eio_sid, namespace, environ, sessions,
+                                              restore_sid)
         try:
-            server.library_handle_connect(eio_sid, namespace, data)
+            with features.follow_waits_deferred():
+                server.library_handle_connect(eio_sid, namespace, data)
         finally:
             try:
                 server.recovering.end(eio_sid, namespace, attempt)
@@ -165,13 +184,24 @@ class Connects:
                     return True
         return False
 
-    def accepted(self, eio_sid: str, data: dict[str, Any]) -> None:
+    def accepted(self, eio_sid: str, data: dict[str, Any], namespace: str) -> None:
         """The CONNECT reply goes out: the connection exists now. Its session
         is persisted (not before, so a refused CONNECT leaves nothing), and
         the reply carries its resume id as ``pid``, where socket.io's
         connection state recovery puts it, so the official client keeps it
-        and sends it back."""
+        and sends it back. Before that, with its admission slot given back,
+        it waits (up to ``FOLLOW_WAIT`` s) until this node receives the
+        traffic of every room it is in, so what the client does once
+        connected is answered in those rooms."""
         server = self.server
+        slot = self._slots.pop(eio_sid, None)
+        if slot is not None:
+            slot.release()
+        sid = data.get("sid")
+        if sid is not None:
+            rooms = server.manager.get_rooms(sid, namespace)
+            if not bus_features(server.manager).await_rooms(namespace, rooms, FOLLOW_WAIT):
+                server.counters["connect_rooms_late"] += 1
         sessions = server.sessions
         environ = server.environ_of(eio_sid)
         if sessions is None or environ is None:

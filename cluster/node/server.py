@@ -116,6 +116,9 @@ class ClusterServer(compat.SocketServerSeam):
             # recoveries closed because their rooms' live traffic did not
             # reach this node in time (the client recovers again)
             "recovery_rooms_late": 0,
+            # CONNECT replies sent before this node received all the
+            # connection's rooms' traffic (FOLLOW_WAIT passed)
+            "connect_rooms_late": 0,
             "replayed_packets": 0,
         }
         self.limits = Limits()
@@ -208,7 +211,7 @@ class ClusterServer(compat.SocketServerSeam):
     def send_packet(self, eio_sid: str, pkt: Any) -> None:
         if pkt.packet_type in (sio_packet.CONNECT, sio_packet.CONNECT_ERROR):
             if pkt.packet_type == sio_packet.CONNECT and isinstance(pkt.data, dict):
-                self.connects.accepted(eio_sid, pkt.data)
+                self.connects.accepted(eio_sid, pkt.data, pkt.namespace or "/")
         elif self.packet_hold.holding(eio_sid) and self.packet_hold.hold(eio_sid, "pkt", pkt):
             return  # held during a recovery, or already replayed
         self.deliver_packet(eio_sid, pkt)
