@@ -69,7 +69,7 @@ class ReplyInbox:
         self.logger = logger
         #: the one channel read: this process's own, or the common one on a
         #: bus that does not route
-        self.channel = (node_channel(manager.channel, manager.host_id) if manager.routes
+        self.channel = (node_channel(manager.route_base, manager.host_id) if manager.routes
                         else manager.channel)
         self._ready = threading.Event()
         self._stop = threading.Event()

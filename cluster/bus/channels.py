@@ -4,9 +4,9 @@ Without routing, every cross-node message went on the one common channel,
 so every node received, checked and dropped every emit of the cluster:
 capacity did not grow with nodes (issue 25 measured 221-263 µs of CPU per
 emit on a node with no member of the room). With a backend that routes
-(:attr:`~.transport.Transport.routes`: Redis, Sentinel and kombu, whose
-node queues are bound to the routing keys of the channels they follow; not
-yet Redis Cluster's sharded pub/sub), the rule is:
+(:attr:`~.transport.Transport.routes`: Redis, Sentinel, Redis Cluster's
+sharded pub/sub, and kombu, whose node queues are bound to the routing keys
+of the channels they follow), the rule is:
 
 ===============================================  ==================================
 message                                          channel
@@ -20,7 +20,10 @@ broadcasts (no room), emits to several rooms,     the common channel
 heartbeats, presence, cluster queries
 ===============================================  ==================================
 
-A room's channel is ``<channel>:room:<digest>``, the digest a 64-bit hash of
+A room's channel is ``<channel>:room:<digest>`` (``{<channel>}:room:<digest>``
+on Redis Cluster: a hash tag puts every room and node channel in the common
+channel's slot, where the recovery script may SPUBLISH and where one shard
+connection keeps them all in publish order), the digest a 64-bit hash of
 the namespace and room (bounded names, whatever a room is called; two rooms
 sharing a digest only costs a node a message it then has no client for).
 Each room has its own channel rather than one of a fixed set of partitions:

@@ -154,6 +154,8 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         #: the common channel; see :mod:`.channels`)
         self.follower: ChannelFollower | None = None
         self.routes = bool(transport.routes and s.route_by_room)
+        #: what this bus's room and node channels are named after
+        self.route_base = transport.route_base(self.channel)
         # per task (green-thread local once patched): joins that do not wait
         # for their confirmation (see follow_waits_deferred)
         self._deferring = threading.local()
@@ -167,7 +169,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         #: (see :mod:`.services.answering`)
         self.answering = Answering(
             link, self, self.acks, in_listener=lambda: self.receiver.in_listener(),
-            channel_of=lambda host: node_channel(self.channel, host) if self.routes else None)
+            channel_of=lambda host: node_channel(self.route_base, host) if self.routes else None)
         self.heartbeat.on_gone(self.answering.node_gone)
         self.receiver = Receiver(transport, self.subscription, self.codec, self.bus_stats,
                                  log, host_id=self.host_id,
@@ -210,7 +212,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
             self._check_monkey_patched()
         self.publisher.start()
         if self.follower is not None:  # answers meant for this node only
-            self.follower.follow(node_channel(self.channel, self.host_id))
+            self.follower.follow(node_channel(self.route_base, self.host_id))
         self.thread = self.runtime.spawn(self.receiver.run)
         self.runtime.spawn(self.heartbeat.run)
         self.bus_logger().info("%s bus initialized (node %s, channel %r)",
@@ -365,7 +367,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
     def room_channel(self, namespace: str, room: Any) -> str | None:
         """The channel an emit to ``room`` travels on (None: the common one)."""
         if self.routes and single_room(room) and time.monotonic() >= self._common_until:
-            return room_channel(self.channel, namespace, room)
+            return room_channel(self.route_base, namespace, room)
         return None
 
     def _memberships_changed_elsewhere(self) -> None:
@@ -393,7 +395,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         if self.routes:
             method = data.get("method")
             if method == "callback" and isinstance(data.get("host_id"), str):
-                channel = node_channel(self.channel, data["host_id"])
+                channel = node_channel(self.route_base, data["host_id"])
             elif method in ("disconnect", "enter_room", "leave_room"):
                 if method == "enter_room":
                     self._memberships_changed_elsewhere()
@@ -501,7 +503,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         if room is not None and self.follower is not None and (
                 first or not self.follower.is_confirmed(
-                    room_channel(self.channel, namespace, room))):
+                    room_channel(self.route_base, namespace, room))):
             # the first member here asks for the channel; a later one whose
             # room's subscription is not confirmed yet waits for it too
             self._follow(namespace, room)
@@ -514,7 +516,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         if not had or room in self.rooms.get(namespace, {}):
             return  # not the last member here
         if self.follower is not None:
-            self.follower.unfollow(room_channel(self.channel, namespace, room))
+            self.follower.unfollow(room_channel(self.route_base, namespace, room))
         if self.presence.enabled and room != sid:
             self.presence.local_removed(namespace, room)
 
@@ -528,7 +530,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         wait = FOLLOW_WAIT if (self.subscription.subscribed
                                and not self.receiver.in_listener()
                                and not getattr(self._deferring, "on", False)) else 0.0
-        channel = room_channel(self.channel, namespace, room)
+        channel = room_channel(self.route_base, namespace, room)
         if not self.follower.follow(channel, wait) and wait:
             self.bus_stats.incr("follow_timeouts")
 
@@ -556,7 +558,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         confirmation can take longer than a join's ``FOLLOW_WAIT``)."""
         if self.follower is None:
             return True
-        channels = [room_channel(self.channel, namespace, room) for room in rooms]
+        channels = [room_channel(self.route_base, namespace, room) for room in rooms]
         if self.receiver.in_listener():
             return all(self.follower.is_confirmed(channel) for channel in channels)
         return self.follower.wait_confirmed(channels, timeout)

@@ -71,6 +71,11 @@ class Transport:
     #: manager of a node when :attr:`routes`)
     follower: ChannelFollower | None = None
 
+    def route_base(self, channel: str) -> str:
+        """What room and node channel names start with (see
+        :func:`~.channels.room_channel`): the common channel's name."""
+        return channel
+
     def connect(self) -> None:
         """(Re)connect the publishing side; raises when the bus is down."""
         raise NotImplementedError

@@ -34,6 +34,24 @@ RESUBSCRIBED = (
     "max_message_bytes or raise that limit")
 
 
+_SUBSCRIBED = ("subscribe", "ssubscribe")
+_UNSUBSCRIBED = ("unsubscribe", "sunsubscribe")
+
+
+class _ShardChannels:
+    """A pub/sub's subscribe/unsubscribe as shard channels (SSUBSCRIBE,
+    SUNSUBSCRIBE): what the follower and the listener call on Redis Cluster."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self.pubsub = pubsub
+
+    def subscribe(self, *channels: str) -> None:
+        self.pubsub.ssubscribe(*channels)
+
+    def unsubscribe(self, *channels: str) -> None:
+        self.pubsub.sunsubscribe(*channels)
+
+
 def _channel_name(message: dict[str, Any]) -> str | None:
     """The channel a pub/sub message or confirmation is about."""
     channel = message.get("channel")
@@ -69,10 +87,17 @@ class RedisTransport(Transport):
         self.channel = connector.channel
         self.log = log
         self.logs_recovery = log is not None
-        # room channels need classic pub/sub: a script may PUBLISH on any
-        # channel, but SPUBLISH only on one of its keys' slot (Redis Cluster)
-        self.routes = not connector.sharded
+        # on Redis Cluster, room and node channels are named into the common
+        # channel's slot (route_base): the recovery script may SPUBLISH only
+        # there, and one shard connection keeps every channel in publish order
+        self.routes = True
         self._pub: redis.Redis | None = None
+
+    def route_base(self, channel: str) -> str:
+        """On Redis Cluster, ``{channel}``: a hash tag, so every room and
+        node channel (``{channel}:room:...``) lives in the common channel's
+        slot, on its shard, as the recovery stream does."""
+        return f"{{{channel}}}" if self.connector.sharded else channel
 
     # -- publishing -------------------------------------------------------------
     def connect(self) -> None:
@@ -172,41 +197,44 @@ class RedisTransport(Transport):
             self.recovery.close()
 
     # -- listening ----------------------------------------------------------------
-    def _subscribe(self) -> tuple[Any, Any]:
+    def _subscribe(self) -> tuple[Any, Any, Any]:
+        """Subscribe to the common channel and every followed one; returns
+        the client, its pub/sub and what the follower sends its changes to."""
         client = self.connector.client()
         pubsub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
         follower = self.follower if self.routes else None
+        commands = _ShardChannels(pubsub) if self.connector.sharded else pubsub
         try:
             expected = {self.channel}
-            if self.connector.sharded:
-                pubsub.ssubscribe(self.channel)
-            elif follower is None:
-                pubsub.subscribe(self.channel)
+            if follower is None:
+                commands.subscribe(self.channel)
             else:
                 first = follower.followed()
-                pubsub.subscribe(self.channel, *first)  # connects: one connection only
+                # one command, so one connection (one shard on a cluster:
+                # every channel is in the common one's slot)
+                commands.subscribe(self.channel, *first)
                 # from now on follows go to this connection; one made since
                 # the snapshot either finds it set or is in followed() now
-                follower.attach(pubsub, first)
+                follower.attach(commands, first)
                 missed = sorted(set(follower.followed()) - set(first))
                 if missed:
                     follower.sent(missed)
-                    pubsub.subscribe(*missed)
+                    commands.subscribe(*missed)
                 expected.update(first, missed)
             # wait for every confirmation: only then are we really listening,
             # to the room channels of the clients connected so far too
             for _ in range(50):
                 message = pubsub.get_message(timeout=0.1)
-                if message and message["type"] in ("subscribe", "ssubscribe"):
+                if message and message["type"] in _SUBSCRIBED:
                     if not self._is_common(message):
                         self._confirmed(message)
                     expected.discard(_channel_name(message))
                     if not expected:
-                        return client, pubsub
+                        return client, pubsub, commands
             raise TimeoutError("no subscription confirmation within 5 s")
         except Exception:
             if follower is not None:
-                follower.detach(pubsub)
+                follower.detach(commands)
             pubsub.close()
             raise
 
@@ -223,9 +251,9 @@ class RedisTransport(Transport):
         backoff = Backoff(cap=subscription.max_backoff)
         data_type = "smessage" if self.connector.sharded else "message"
         while not subscription.closed:
-            pubsub = None
+            pubsub = commands = None
             try:
-                client, pubsub = self._subscribe()
+                client, pubsub, commands = self._subscribe()
                 subscription.up()
                 backoff.reset()
                 burst = 0
@@ -253,27 +281,27 @@ class RedisTransport(Transport):
                     if kind == data_type:
                         yield message["data"]
                     elif not self._is_common(message):
-                        if kind == "subscribe":  # a room's, asked for by the follower
+                        if kind in _SUBSCRIBED:  # a room's, asked for by the follower
                             self._confirmed(message)
-                        elif kind == "unsubscribe" and self.follower is not None:
+                        elif kind in _UNSUBSCRIBED and self.follower is not None:
                             channel = _channel_name(message)
                             if channel is not None:
                                 self.follower.unsubscribed(channel)
-                    elif kind in ("subscribe", "ssubscribe"):
+                    elif kind in _SUBSCRIBED:
                         # _subscribe took the first confirmation: another one
                         # means redis-py lost the connection and re-subscribed
                         # on its own (e.g. Redis cut us at its pub/sub output
                         # buffer limit); what was published meanwhile is lost
                         subscription.resubscribed(RESUBSCRIBED)
-                    elif kind in ("unsubscribe", "sunsubscribe"):
+                    elif kind in _UNSUBSCRIBED:
                         # e.g. the channel's slot moved to another shard
                         raise ConnectionError("unsubscribed by the server")
             except Exception as exc:  # any failure: resubscribe with backoff
                 if not subscription.retry_after(exc, backoff):
                     break
             finally:
-                if self.follower is not None:
-                    self.follower.detach(pubsub)
+                if self.follower is not None and commands is not None:
+                    self.follower.detach(commands)
                 if pubsub is not None:
                     try:
                         pubsub.close()
