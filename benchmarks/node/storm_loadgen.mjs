@@ -160,7 +160,8 @@ async function onReconnect(c) {
 
 function makeClient(index) {
   const c = { index, room: `r${Math.floor(index / ROOM_SIZE)}`, node: null, active: false,
-              recv: new Map(), foreign: 0, seq: 0, sendT: [], sendAck: [], away: [],
+              recv: new Map(), foreign: 0, seq: 0, sendT: [], sendAck: [], sendNode: [],
+              away: [],
               connects: 0, connectErrors: 0, attempts: 0 };
   c.socket = io(cfg.lb_url, {
     transports: ["websocket"], // no polling, so no stickiness needed at the balancer
@@ -229,7 +230,10 @@ function publish(c) {
   c.sendT.push(t);
   c.sendAck.push(0);
   c.socket.timeout(cfg.ack_timeout_ms).emit("publish", { r: c.room, f: c.index, q, t },
-                                            (err) => { c.sendAck[q] = err ? 2 : 1; });
+                                            (err, ack) => {
+                                              c.sendAck[q] = err ? 2 : 1;
+                                              if (ack && ack.node) c.sendNode[q] = ack.node;
+                                            });
 }
 
 function startPublishing() {
@@ -295,8 +299,9 @@ function count() {
         const away = c.away.find((a) => t >= a.start - AWAY_GRACE_MS
                                         && (a.back === null || t <= a.back));
         if (away) cl.missed_while_away += 1; else cl.missed_while_connected += 1;
-        if (k === "recovered" && missSamples.length < MISS_SAMPLES) {
-          missSamples.push(missSample(c, key, t, sender, away, members));
+        const sampled = missSamples.filter((m) => m.class === k).length;
+        if (k !== "not_back" && sampled < MISS_SAMPLES) {
+          missSamples.push({ class: k, ...missSample(c, key, t, sender, away, members) });
         }
       }
       cl.missed += missing;
@@ -307,7 +312,19 @@ function count() {
   return { classes, lost, never_joined: neverJoined, miss_samples: missSamples };
 }
 
-// why a recovered client missed a message: when it was sent against the
+// the node a client was on at time t, as far as the load generator knows
+// (the node of its last rejoin before t; a recovered client's new node is
+// not reported, so it stays null after its first away)
+function nodeAt(c, t) {
+  let node = c.node;
+  for (const a of c.away) {
+    if (a.start > t) break;
+    node = a.node || null;
+  }
+  return node;
+}
+
+// why a client missed a message: when it was sent against the
 // client's away window and the kill, who sent it, who got it, and whether its
 // offset lies at or before the offset the client had when it disconnected
 // (then the client held a later offset than a message it never got)
@@ -322,7 +339,13 @@ function missSample(c, key, t, sender, away, members) {
     aways: c.away.length,
     sender_on_victim: sender.node === victimPid,
     sender_is_receiver: sender === c,
+    // the node each was on when the message was sent (its last join, or the
+    // one it was on before the kill)
+    sender_node: sender.sendNode[key % 100_000] || nodeAt(sender, t),
+    receiver_node: nodeAt(c, t),
     received_by: members.filter((m) => m.recv.has(key)).length, members: members.length,
+    received_on_sender_node: members.filter((m) => m.recv.has(key)
+                                             && nodeAt(m, t) === nodeAt(sender, t)).length,
     offset,
     client_offset_at_disconnect: away ? away.lastOffset || null : null,
     offset_at_or_before_client_offset: offset && away && away.lastOffset
