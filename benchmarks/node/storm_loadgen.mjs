@@ -453,6 +453,8 @@ async function main() {
 }
 
 main().then(
-  () => setTimeout(() => process.exit(0), 200),
+  // exit once stdout is flushed: a pipe takes a large result line in parts,
+  // and exiting earlier cut it
+  () => process.stdout.write("", () => setTimeout(() => process.exit(0), 200)),
   (err) => { say("error", { message: String((err && err.stack) || err) }); process.exit(2); },
 );
