@@ -383,6 +383,13 @@ function storm(killedAt) {
     reconnect_attempts: victims.reduce((s, c) => s + c.attempts, 0),
     connect_errors: victims.reduce((s, c) => s + c.connectErrors, 0),
     later_disconnects: victims.reduce((s, c) => s + Math.max(0, c.away.length - 1), 0),
+    // socket.io-client's reason for each disconnect after the first, and
+    // how long the connection before it had lasted
+    later_disconnect_reasons: countBy(victims.flatMap((c) => c.away.slice(1)
+                                                       .map((a) => a.reason))),
+    later_disconnect_after_back_ms: spread(victims.flatMap((c) => c.away.slice(1).map(
+      (a, i) => (c.away[i].back === null ? null : a.start - c.away[i].back)))
+      .filter((ms) => ms !== null)),
     survivor_clients_disconnected: survivorsAway,
     new_nodes: countBy(first.filter((a) => a.node).map((a) => a.node)),
   };
