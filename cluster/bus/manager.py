@@ -47,7 +47,7 @@ from cluster.bus.channels import (
 from cluster.bus.clock import ClockWatch
 from cluster.bus.codec import Codec
 from cluster.bus.defaults import DEFAULT_CHANNEL
-from cluster.bus.ordered_delivery import OrderedDelivery, PendingDelivery
+from cluster.bus.ordered_delivery import MAX_TRACKED, OrderedDelivery, PendingDelivery
 from cluster.bus.publisher import Publisher
 from cluster.bus.receiver import Receiver
 from cluster.bus.runtime import Runtime
@@ -424,7 +424,10 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
             if in_listener:
                 return  # the listener cannot wait for itself
             pending.wait(self.offset_wait)
-        if self.ordered.settle(pending):
+        # did not come back in time: who gets it now, so that those who
+        # enter the room before it comes back still get it then
+        recipients = None if pending.claimed else self._local_recipients(message)
+        if self.ordered.settle(pending, recipients):
             if self.runtime.paused_since(queued_at):
                 # frozen while it waited: the outbox drops it, and its
                 # clients, here too, have moved on (cluster.node.pause_fence)
@@ -453,11 +456,33 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
     def _deliver_own_logged(self, message: dict[str, Any]) -> None:
         """The listener's part: this node's logged emit came back."""
         lid = message.get("lid")
-        if isinstance(lid, int) and self.ordered.arrived(lid):
+        if not isinstance(lid, int):
+            return
+        verdict = self.ordered.arrived(lid)
+        if verdict is True:
             try:
                 self._deliver(message)
             finally:
                 self.ordered.done(lid)
+        elif isinstance(verdict, frozenset):
+            # abandoned, back late: to the clients the emitter did not reach
+            skip = message.get("skip_sid")
+            skipped = set(skip) if isinstance(skip, list) else {skip} if skip else set()
+            self._deliver(dict(message, skip_sid=sorted(skipped | verdict, key=str)))
+
+    def _local_recipients(self, message: dict[str, Any]) -> frozenset[Any] | None:
+        """The sids of this node an emit reaches now (None: more than
+        :data:`~.ordered_delivery.MAX_TRACKED`)."""
+        namespace = message.get("namespace") or "/"
+        room = message.get("room")
+        rooms = room if isinstance(room, list) else [room]
+        sids: set[Any] = set()
+        for target in rooms:
+            for sid, _ in self.get_participants(namespace, target):
+                sids.add(sid)
+                if len(sids) > MAX_TRACKED:
+                    return None
+        return frozenset(sids)
 
     def _deliver(self, message: dict[str, Any]) -> None:
         """Hand an emit to python-socketio for this node's clients."""

@@ -24,6 +24,20 @@ def test_an_abandoned_emit_is_not_delivered_again_when_it_returns() -> None:
     assert ordered.arrived(pending.lid) is False  # nor a second copy
 
 
+def test_an_abandoned_emit_comes_back_to_those_the_emitter_did_not_reach() -> None:
+    # under load the emitter gave up waiting and delivered it to a and b; a
+    # client recovering meanwhile entered the room after that, and its replay
+    # was read before the emit reached the stream: only the return reaches it
+    ordered = OrderedDelivery(Runtime())
+    pending = ordered.expect()
+    assert ordered.settle(pending, frozenset({"a", "b"})) is True
+    assert ordered.arrived(pending.lid) == frozenset({"a", "b"})
+    assert ordered.arrived(pending.lid) is False  # a second copy goes nowhere
+    nobody = ordered.expect()
+    assert ordered.settle(nobody, frozenset()) is True  # no local member then
+    assert ordered.arrived(nobody.lid) == frozenset()  # everyone here gets it now
+
+
 def test_a_claimed_emit_is_not_abandoned() -> None:
     ordered = OrderedDelivery(Runtime())
     pending = ordered.expect()
