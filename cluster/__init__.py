@@ -5,8 +5,8 @@ Port a Flask-SocketIO application by changing its import::
     from cluster import SocketIO, emit, join_room, leave_room
 
 Names are loaded on first use (PEP 562) so that ``python -m cluster node``
-can let eventlet monkey-patch the process before Flask, python-socketio or
-the application are imported.
+can let eventlet or gevent monkey-patch the process before Flask,
+python-socketio or the application are imported.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Every use of a private name of python-socketio, python-engineio or
-eventlet's websocket.
+"""Every use of a private name of python-socketio or python-engineio.
 
 These libraries offer no public seam for what the node's websocket
 transport does (write frames itself, share one frame between recipients),
@@ -36,9 +35,6 @@ class EngineSocketSeam(engineio.socket.Socket):  # type: ignore[misc]  # python-
     def trigger_disconnect(self, reason: Any) -> None:
         """Run the server's disconnect handlers for this socket, now."""
         self.server._trigger_event("disconnect", self.sid, reason, run_async=False)
-
-    def bad_request(self) -> Any:
-        return self.server._bad_request()
 
 
 class EngineServerSeam(engineio.Server):  # type: ignore[misc]  # python-engineio is untyped
@@ -88,37 +84,6 @@ def adopt_socket(eio_socket: Any, socket_class: type) -> None:
         eio_socket.__class__ = socket_class
 
 
-def websocket_app(server: Any, handler: Callable[[Any], Any]) -> Any:
-    """The async driver's websocket WSGI app (eventlet's ``WebSocketWSGI``,
-    which negotiates permessage-deflate) running ``handler(ws)``."""
-    factory = server._async["websocket"]
-    return None if factory is None else factory(handler, server)
-
-
-def websocket_socket(ws: Any) -> Any:
-    """The green socket beneath an eventlet websocket."""
-    return ws.socket
-
-
-def websocket_deflate_options(ws: Any) -> dict[str, Any] | None:
-    """The permessage-deflate parameters eventlet negotiated, if any."""
-    return (getattr(ws, "extensions", None) or {}).get("permessage-deflate")
-
-
-def compressed_frame(ws: Any, payload: str | bytes) -> bytes:
-    """A frame of ``payload`` compressed with ``ws``'s own deflate context
-    (context takeover makes compressed frames differ per socket)."""
-    compressed: bytes = ws._pack_message(payload)
-    return compressed
-
-
-def route_websocket_writes(ws: Any, write: Callable[[bytes], None]) -> None:
-    """Send the frames eventlet's websocket makes itself (pongs to client
-    pings, its closing frame) through ``write``, behind what is pending,
-    instead of a ``sendall`` of their own that would interleave with it."""
-    ws._send = write
-
-
 def drain_queue(queue: Any) -> Iterator[Any]:
     """Take what python-engineio queued for a socket while it was polling,
     without blocking, marking each item done."""
@@ -129,7 +94,6 @@ def drain_queue(queue: Any) -> Iterator[Any]:
             return
         queue.task_done()
         yield item
-
 
 
 def pending_binary_packets(server: Any) -> dict[str, Any]:

@@ -6,9 +6,9 @@ Start a worker next to the socket nodes, with the same environment
     celery -A workers.celery_app worker --loglevel INFO
     python -m workers worker            # the same, with the cluster's flags
 
-The default prefork pool needs no eventlet: tasks reach clients through a
-write-only :class:`~workers.Emitter` (:func:`get_emitter`), not through a
-Socket.IO server. Tasks and results travel as JSON only (no pickle).
+The default prefork pool needs neither eventlet nor gevent: tasks reach
+clients through a write-only :class:`~workers.Emitter` (:func:`get_emitter`),
+not through a Socket.IO server. Tasks and results travel as JSON only (no pickle).
 
 Add your own tasks in your modules with ``from workers.celery_app import
 app`` and ``@app.task``; :mod:`workers.tasks` holds examples to copy.

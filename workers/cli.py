@@ -33,7 +33,7 @@ Start a Celery worker running workers.celery_app: the same as
 cluster's Socket.IO clients through the message queue, so give it the nodes'
 environment: MESSAGE_QUEUE_URL (or REDIS_URL), MESSAGE_QUEUE_CHANNEL,
 CLUSTER_SIGNING_SECRET, and CELERY_BROKER_URL (default: the message queue
-URL). The default prefork pool needs no eventlet.
+URL). The default prefork pool needs neither eventlet nor gevent.
 
 Arguments after `--` go to `celery worker` unchanged, e.g.
 `python -m workers worker -- --max-tasks-per-child 100`.

@@ -219,13 +219,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
                                self.name, self.node_name, self.channel)
 
     def _check_monkey_patched(self) -> None:
-        if self.runtime.async_mode == "eventlet":
-            from eventlet.patcher import is_monkey_patched
-            if not is_monkey_patched("socket"):
-                raise RuntimeError(
-                    "The cluster bus needs eventlet's monkey patching with "
-                    "async_mode='eventlet': call eventlet.monkey_patch() "
-                    "before importing anything else.")
+        self.runtime.require_monkey_patch()
 
     def close(self, timeout: float = 2.0) -> None:
         """Say goodbye, flush the publisher for up to ``timeout`` s, stop."""

@@ -56,7 +56,7 @@ class Receiver:
         self.host_id = host_id
         self.handlers = handlers
         self.own_emit = own_emit
-        self._local = threading.local()  # green-thread local under eventlet
+        self._local = threading.local()  # green-thread local under eventlet/gevent
         self._quiet = QuietLog(logger, 10.0)
         self.catch_up = CatchUp(self._stream_reader, self.apply, stats, logger,
                                 max_age_ms=self._max_age_ms, reset_clients=reset_clients,

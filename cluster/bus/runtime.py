@@ -1,10 +1,11 @@
 """Concurrency primitives that follow the server's async mode.
 
-A node runs under eventlet (monkey patched) in production and under plain
-threads in tests and in write-only processes such as Celery workers. The bus
-asks the Socket.IO server for tasks, sleeps and events when it has one, so
-that everything it starts is a green thread under eventlet, and falls back to
-daemon threads otherwise.
+A node runs under eventlet or gevent (monkey patched, see
+:mod:`cluster.runtime`) in production and under plain threads in tests and
+in write-only processes such as Celery workers. The bus asks the Socket.IO
+server for tasks, sleeps and events when it has one, so that everything it
+starts is a green thread of the node's runtime, and falls back to daemon
+threads otherwise.
 """
 from __future__ import annotations
 
@@ -54,6 +55,21 @@ class Runtime:
     @property
     def async_mode(self) -> str:
         return getattr(self.server, "async_mode", None) or "threading"
+
+    def require_monkey_patch(self) -> None:
+        """Refuse a green async mode (eventlet, gevent) in a process its
+        library has not monkey-patched: the bus's blocking Redis reads
+        would stop every green thread of the node."""
+        from cluster import runtime
+
+        mode = self.async_mode
+        if mode in runtime.MODES and not runtime.load(mode).is_monkey_patched():
+            patch = ("eventlet.monkey_patch()" if mode == "eventlet"
+                     else "gevent.monkey.patch_all()")
+            raise RuntimeError(
+                f"The cluster bus needs {mode}'s monkey patching with async_mode={mode!r}: "
+                f"run the node with `python -m cluster node --async-mode {mode}`, or call "
+                f"{patch} before importing anything else.")
 
 
 class Backoff:

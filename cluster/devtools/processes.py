@@ -410,8 +410,8 @@ class NodeProcess(ManagedProcess):
     ``extra_args`` are appended to the command line. ``python`` defaults to
     the running interpreter, ``module`` to ``cluster`` (tests swap in a
     stand-in). Ready once ``GET /readyz`` answers 200, within
-    ``start_timeout`` seconds (20 by default: eventlet and Flask take a while
-    to import on a busy machine).
+    ``start_timeout`` seconds (20 by default: eventlet or gevent and Flask
+    take a while to import on a busy machine).
     """
 
     def __init__(

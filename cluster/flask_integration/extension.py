@@ -135,9 +135,9 @@ class SocketIO:
     python-engineio): ``cors_allowed_origins``, ``ping_interval``,
     ``ping_timeout``, ``max_http_buffer_size``, ``async_handlers`` (default
     ``True``), ``always_connect``, ``logger``, ``engineio_logger``, ``json``,
-    ``path``, ``async_mode`` (default: ``eventlet`` when eventlet has
-    monkey-patched the process, as the node runner does, else ``threading``;
-    ``None`` means the same default), ``namespaces``, ``serializer``.
+    ``path``, ``async_mode`` (default: ``eventlet`` or ``gevent`` when that
+    library has monkey-patched the process, as the node runner does, else
+    ``threading``; ``None`` means the same default), ``namespaces``, ``serializer``.
     ``client_manager`` replaces the bus manager built from ``message_queue``
     (after ``init_app`` it holds the manager in use, as in Flask-SocketIO).
 
@@ -169,7 +169,7 @@ class SocketIO:
         self._emitter = Emitter(lambda: self.server, self.runner)
         self._tasks = TasksAndServing(lambda: self.server, lambda: self.app, self.node_state, self)
         self.wsgi_server: Any = None
-        #: the async mode in use ("eventlet" or "threading"); set by init_app
+        #: the async mode in use ("eventlet", "gevent" or "threading"); set by init_app
         self.async_mode: str | None = None
         self._built_manager: Any = None
         if app is not None or "message_queue" in kwargs:
@@ -342,7 +342,7 @@ class SocketIO:
 
     def run(self, app: flask.Flask | None = None, host: str | None = None,
             port: int | None = None, **kwargs: Any) -> None:
-        """Serve the app: under eventlet with the node runner's server, else with
+        """Serve the app: under eventlet or gevent with the node's server, else with
         Werkzeug's (``allow_unsafe_werkzeug=True`` outside debug, as in Flask-SocketIO)."""
         self._tasks.run(app, host=host, port=port, **kwargs)
 

@@ -89,8 +89,8 @@ _local: threading.local | None = None
 
 
 def _task_local() -> threading.local:
-    # created on first use: under the node runner eventlet has patched
-    # threading by then, so this is green-thread local
+    # created on first use: under the node runner eventlet or gevent has
+    # patched threading by then, so this is green-thread local
     global _local
     if _local is None:
         _local = threading.local()

@@ -61,7 +61,7 @@ def close_spread(eio: Any, window: float, sleep: Callable[[float], Any],
                  rng: random.Random | None = None) -> int:
     """Close every open Engine.IO socket of ``eio`` over ``window`` seconds;
     returns how many were closed. ``sleep`` is the server's (it yields to
-    the other connections under eventlet)."""
+    the other connections under eventlet or gevent)."""
     sockets: Sequence[tuple[str, Any]] = list(compat.open_engine_sockets(eio))
     order = list(sockets)
     (rng or random.Random()).shuffle(order)  # which client goes first is random too

@@ -15,8 +15,8 @@ One sweeper task serves the whole node, instead of a timer or a green
 thread per connection: it runs only while some connection is waiting, wakes
 every ``interval`` seconds and looks only at the waiting connections (the
 connected ones are not tracked at all). It is started through the server's
-``start_background_task``, so it is a green thread under eventlet and a
-daemon thread in threading mode.
+``start_background_task``, so it is a green thread under eventlet or
+gevent and a daemon thread in threading mode.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@
 - ``restore_next_id`` (of :class:`cluster.compat.EngineServerSeam`):
   connection state recovery sets the previous sid right before the connect
   so the recovered connection keeps it;
-- under eventlet, the node's websocket transport
+- under eventlet or gevent, the node's websocket transport
   (:class:`~.websocket_transport.ClusterSocket`: frames written directly and
-  coalesced, pings on timers) for every new connection;
+  coalesced, pings on timers) for every new connection, on the
+  :class:`~cluster.runtime.Runtime` of the server's ``async_mode``;
 - ``max_backlog``: bytes a client may leave unread before it is
   disconnected (default 1 MiB), counted in ``slow_consumers``;
 - every socket decodes what its client sends strictly
@@ -25,12 +26,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cluster import compat
+from cluster import compat, runtime
 from cluster.exceptions import ConfigurationError
 from cluster.node.engine_socket import StrictSocket
-from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG
+from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG, Flusher
 from cluster.node.pause_fence import PauseFence
-from cluster.node.websocket_transport import FLUSHER, ClusterSocket
+from cluster.node.websocket_transport import ClusterSocket
 from session_store.quiet_log import QuietLog
 
 logger = logging.getLogger("cluster.transport")
@@ -49,6 +50,13 @@ class ClusterEngineServer(compat.EngineServerSeam):
 
     def __init__(self, *args: Any, max_backlog: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: the green-thread runtime of ``async_mode`` (None under threading),
+        #: and the flusher of its websockets' writes
+        self.runtime: runtime.Runtime | None = None
+        self.flusher: Flusher | None = None
+        if self.async_mode in runtime.MODES:
+            self.runtime = runtime.load(self.async_mode)
+            self.flusher = Flusher(self.runtime)
         self.max_backlog = DEFAULT_MAX_BACKLOG
         if max_backlog is not None:
             self.set_max_backlog(max_backlog)
@@ -76,10 +84,10 @@ class ClusterEngineServer(compat.EngineServerSeam):
         self.max_backlog = max_backlog
 
     def socket_created(self, eio_socket: Any) -> None:
-        # polling is decoded strictly under every async mode; the eventlet
-        # websocket transport is the node's own
+        # polling is decoded strictly under every async mode; on a green
+        # runtime the websocket transport is the node's own
         compat.adopt_socket(eio_socket,
-                            ClusterSocket if self.async_mode == "eventlet" else StrictSocket)
+                            ClusterSocket if self.runtime is not None else StrictSocket)
         self.pause_fence.start()
         eio_socket.fence_generation = self.pause_fence.check()
 
@@ -135,4 +143,6 @@ class ClusterEngineServer(compat.EngineServerSeam):
 
     def transport_stats(self) -> dict[str, int]:
         """Websocket writes and the frames they carried (coalescing ratio)."""
-        return dict(FLUSHER.counters)
+        if self.flusher is None:
+            return {"writes": 0, "frames": 0}
+        return dict(self.flusher.counters)

@@ -27,7 +27,10 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cluster.runtime import Runtime
 
 logger = logging.getLogger("cluster.transport")
 
@@ -41,17 +44,21 @@ DEFAULT_MAX_BACKLOG = 1024 * 1024
 class Flusher:
     """Writes every :class:`FrameWriter` that got frames, once per hub turn.
 
-    One eventlet timer per turn (not per frame, not per socket) runs
-    :meth:`run` in the hub once the running green thread yields. It only
-    does non-blocking sends, which is all the hub may do. (A minimum
-    interval between flushes, 2-10 ms, was tried to pack more frames per
-    write: the gain stayed within run-to-run noise, so latency wins.)
+    One hub callback per turn (not per frame, not per socket; the
+    runtime's :meth:`~cluster.runtime.Runtime.call_soon`) runs :meth:`run`
+    in the hub once the running green thread yields. It only does
+    non-blocking sends, which is all the hub may do. (A minimum interval
+    between flushes, 2-10 ms, was tried to pack more frames per write: the
+    gain stayed within run-to-run noise, so latency wins.)
+
+    :param runtime: the node's green-thread runtime; its writers wait and
+        spawn through it too.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self._dirty: list[FrameWriter] = []
         self._armed = False
-        self._hub: Any = None
         #: ``writes`` (send calls) and ``frames`` (frames they carried)
         self.counters = {"writes": 0, "frames": 0}
 
@@ -59,11 +66,7 @@ class Flusher:
         self._dirty.append(writer)
         if not self._armed:
             self._armed = True
-            if self._hub is None:
-                from eventlet.hubs import get_hub
-
-                self._hub = get_hub()
-            self._hub.schedule_call_global(0, self.run)
+            self.runtime.call_soon(self.run)
 
     def run(self) -> None:
         self._armed = False
@@ -80,7 +83,7 @@ class FrameWriter:
 
     :param sock: the connection's green socket; writes go to the real socket
         beneath it, non-blocking.
-    :param flusher: the node's :class:`Flusher`.
+    :param flusher: the node's :class:`Flusher` (and its runtime).
     :param max_backlog: unsent bytes tolerated before ``on_overflow`` is
         called (default 1 MiB, :data:`DEFAULT_MAX_BACKLOG`).
     :param on_overflow: called once, from a green thread of its own, when the
@@ -93,7 +96,7 @@ class FrameWriter:
 
     def __init__(self, sock: Any, flusher: Flusher, *, max_backlog: int = DEFAULT_MAX_BACKLOG,
                  on_overflow: Callable[[int], None] | None = None) -> None:
-        self._fd = getattr(sock, "fd", sock)  # eventlet's GreenSocket wraps the real one
+        self._fd = flusher.runtime.raw_socket(sock)
         self._flusher = flusher
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -136,9 +139,7 @@ class FrameWriter:
                 self._overflow()
                 return
             self._draining = True
-            from eventlet import spawn_n
-
-            spawn_n(self._drain)
+            self._flusher.runtime.spawn(self._drain)
 
     def _send_pending(self) -> bool:
         """One send of all pending bytes; False when the socket broke."""
@@ -165,12 +166,11 @@ class FrameWriter:
 
     def _drain(self) -> None:
         # a green thread, only while the kernel buffer is full: waits for room
-        from eventlet.hubs import trampoline
-
+        wait_writable = self._flusher.runtime.wait_writable
         try:
             while self._pending and not self.closed:
                 try:
-                    trampoline(self._fd.fileno(), write=True)
+                    wait_writable(self._fd.fileno())
                 except Exception as exc:  # closed under us
                     self._broken(exc)
                     return
@@ -181,8 +181,7 @@ class FrameWriter:
 
     def wait_drained(self, timeout: float) -> bool:
         """Wait (green) up to ``timeout`` s until nothing is pending."""
-        from eventlet import sleep
-
+        sleep = self._flusher.runtime.sleep
         deadline = time.monotonic() + timeout
         self.flush()
         while self._pending and not self.closed and time.monotonic() < deadline:
@@ -212,11 +211,9 @@ class FrameWriter:
         backlog = self._pending_bytes
         self.close(flush=False)
         if self._on_overflow is not None:
-            from eventlet import spawn_n
-
             # not here: this may run inside the hub, and the disconnect
             # handlers it leads to may block
-            spawn_n(self._on_overflow, backlog)
+            self._flusher.runtime.spawn(self._on_overflow, backlog)
 
     def _broken(self, exc: BaseException) -> None:
         if not isinstance(exc, OSError) or exc.errno not in (

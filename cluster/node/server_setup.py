@@ -9,13 +9,14 @@ extension to keep; it reaches into nothing else.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cluster import runtime
 from cluster.bus.features import bus_features
 from cluster.bus.settings import driver_only
 from cluster.config import BusConfig, NodeConfig
+from cluster.exceptions import ConfigurationError
 from cluster.node.packets import ClusterPacket
 from cluster.node.server import ClusterServer
 from cluster.recovery.replay import RecoveryOptions
@@ -44,19 +45,32 @@ class NodeParts:
 
 
 def default_async_mode() -> str:
-    """``eventlet`` when eventlet has patched the process, else ``threading``.
+    """``eventlet`` or ``gevent`` when that library has patched the
+    process, else ``threading``.
 
-    The node runner monkey-patches before importing the application, so the
-    same module serves production under eventlet and unit tests (or
-    ``flask run``) with threads, without an ``async_mode`` argument.
+    The node runner monkey-patches (with ``--async-mode``) before importing
+    the application, so the same module serves production under eventlet
+    or gevent and unit tests (or ``flask run``) with threads, without an
+    ``async_mode`` argument.
     """
-    if "eventlet" not in sys.modules:
-        # not imported means not patched; importing it here would only
-        # print eventlet's deprecation warning in threaded processes
-        return "threading"
-    from eventlet.patcher import is_monkey_patched
+    return runtime.patched_mode() or "threading"
 
-    return "eventlet" if is_monkey_patched("socket") else "threading"
+
+def check_async_mode(async_mode: str) -> None:
+    """Refuse a green ``async_mode`` this process cannot run: its library is
+    missing, or the other one has monkey-patched the process."""
+    if async_mode not in runtime.MODES:
+        return  # threading, or what python-socketio itself refuses
+    patched = runtime.patched_mode()
+    if patched is not None and patched != async_mode:
+        raise ConfigurationError(
+            f"async_mode={async_mode!r}, but {patched} has monkey-patched this process: "
+            f"remove async_mode= from SocketIO(...) or set it to {patched!r}, or run the "
+            f"node with --async-mode {async_mode} (CLUSTER_ASYNC_MODE={async_mode}).")
+    try:
+        runtime.load(async_mode)
+    except runtime.RuntimeUnavailableError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def build_manager(bus: BusConfig, recovery: RecoveryOptions | None, *, write_only: bool) -> Any:
@@ -89,6 +103,7 @@ def create_server(config: NodeConfig, extension: SocketIO) -> NodeParts:
     if server_kwargs.get("async_mode") is None:
         # None is Flask-SocketIO's "choose for me" (its example app passes it)
         server_kwargs["async_mode"] = default_async_mode()
+    check_async_mode(server_kwargs["async_mode"])
     if server_kwargs.get("serializer", "default") == "default":
         # python-socketio's JSON packets, with socket.io-parser's bound on
         # binary attachments

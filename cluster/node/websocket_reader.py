@@ -1,6 +1,6 @@
 """Reading websocket messages from a client (RFC 6455), at native speed.
 
-eventlet's websocket unmasks every incoming byte in a Python generator
+eventlet's own websocket unmasked every incoming byte in a Python generator
 (~0.28 s per MB): one client uploading large frames held the hub for
 seconds and froze every other connection of the node. Here a payload is
 unmasked with one integer XOR over the whole frame (C speed: ~1 ms per MB),
@@ -59,8 +59,8 @@ class WebSocketReader:
         upgrade; its timeout bounds how long a read may wait.
     :param write: queues a frame to the client (pongs, the close reply).
     :param max_message: largest message in bytes, after inflation.
-    :param deflate: the negotiated permessage-deflate parameters (eventlet's
-        ``ws.extensions["permessage-deflate"]``), or ``None``.
+    :param deflate: the negotiated permessage-deflate parameters (see
+        :func:`.websocket_handshake.negotiate_deflate`), or ``None``.
     """
 
     def __init__(self, sock: Any, write: Callable[[bytes], None], *, max_message: int,

@@ -1,7 +1,7 @@
 """The node's Engine.IO socket: websocket frames written directly, bounded.
 
 :class:`ClusterSocket` is python-engineio's socket with a different
-websocket transport under eventlet (polling is untouched):
+websocket transport under eventlet and gevent (polling is untouched):
 
 - once a connection is on the websocket, :meth:`ClusterSocket.send` turns
   the packet into a frame (shared by every recipient of a broadcast, see
@@ -9,6 +9,9 @@ websocket transport under eventlet (polling is untouched):
   :class:`~.frame_writer.FrameWriter`: no queue, no writer green thread, no
   per-packet timer, and one ``send`` per socket per turn of the event loop;
 - pings are hub timers instead of one sleeping green thread per connection;
+- the handshake is the node's own (:mod:`.websocket_handshake`), and the
+  runtime's hub is reached through the server's
+  :class:`~cluster.runtime.Runtime` only, so the same code runs on both;
 - what a client leaves unread is bounded in bytes (``max_backlog`` of the
   Engine.IO server), on the websocket and on long-polling alike: past it
   the client is disconnected, logged and counted (``slow_consumers``).
@@ -29,20 +32,19 @@ from engineio import packet as eio_packet
 
 from cluster import compat
 from cluster.node.engine_socket import MalformedPayload, StrictSocket
-from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG, Flusher, FrameWriter
+from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG, FrameWriter
 from cluster.node.frames import frame, frame_of
+from cluster.node.websocket_handshake import NodeWebSocket, upgrade
 from cluster.node.websocket_reader import WebSocketReader
 
 logger = logging.getLogger("cluster.transport")
 
-#: one flusher per process: the event loop it serves is per process too
-FLUSHER = Flusher()
 PING_FRAME = frame(b"2")
 
 
 class _SpentQueue:
-    """Stands in for python-engineio's packet queue (an eventlet queue with
-    its events and locks, ~2 KiB) once the socket writes frames itself."""
+    """Stands in for python-engineio's packet queue (a green queue with its
+    events and locks, ~2 KiB) once the socket writes frames itself."""
 
     __slots__ = ("_empty",)
 
@@ -72,11 +74,12 @@ class ClusterSocket(StrictSocket):
 
     Adopted by :class:`~.engine.ClusterEngineServer` right after python-engineio
     creates the socket (see :func:`.compat.adopt_socket`); it adds no
-    ``__init__`` state, only class-level defaults.
+    ``__init__`` state, only class-level defaults. Its server has a
+    ``runtime`` (:class:`cluster.runtime.Runtime`) and a ``flusher``.
     """
 
     frame_writer: FrameWriter | None = None
-    websocket: Any = None
+    websocket: NodeWebSocket | None = None
     compressed = False
     polling_backlog = 0
     ping_timer: Any = None
@@ -114,7 +117,7 @@ class ClusterSocket(StrictSocket):
         if not self.check_ping_timeout():
             return
         if self.compressed:
-            writer.write(compat.compressed_frame(self.websocket, pkt.encode()))
+            writer.write(self._frame(pkt))
         else:
             writer.write(frame_of(pkt))
 
@@ -148,9 +151,7 @@ class ClusterSocket(StrictSocket):
     def schedule_ping(self) -> None:
         if self.last_ping:
             self.last_ping = None
-            from eventlet.hubs import get_hub
-
-            self.ping_timer = get_hub().schedule_call_global(self.server.ping_interval,
+            self.ping_timer = self.server.runtime.call_later(self.server.ping_interval,
                                                              self._ping_due)
 
     def _cancel_ping(self) -> None:
@@ -159,7 +160,7 @@ class ClusterSocket(StrictSocket):
         # ~12 KB per closed connection under churn
         timer, self.ping_timer = self.ping_timer, None
         if timer is not None:
-            timer.cancel()
+            self.server.runtime.cancel_call(timer)
 
     def _ping_due(self) -> None:
         # runs in the hub: only non-blocking work here
@@ -170,9 +171,7 @@ class ClusterSocket(StrictSocket):
         if writer is not None:
             writer.write(PING_FRAME)
         else:
-            from eventlet import spawn_n
-
-            spawn_n(self.send, eio_packet.Packet(eio_packet.PING))
+            self.server.runtime.spawn(self.send, eio_packet.Packet(eio_packet.PING))
 
     # -- closing -----------------------------------------------------------
 
@@ -191,7 +190,7 @@ class ClusterSocket(StrictSocket):
             self.closed = True
             if not abort:
                 writer.write(frame_of(eio_packet.Packet(eio_packet.CLOSE)))
-                if wait and not _in_hub():
+                if wait and not self.server.runtime.in_hub():
                     writer.wait_drained(timeout=1.0)
                 else:
                     writer.flush()
@@ -202,23 +201,20 @@ class ClusterSocket(StrictSocket):
     def upgrade_to_websocket(self, environ: dict[str, Any], start_response: Any) -> Any:
         if self.upgraded:
             raise OSError("Socket has been upgraded already")
-        app = compat.websocket_app(self.server, self._serve_websocket)
-        if app is None:
-            return self.bad_request()
-        return app(environ, start_response)
+        return upgrade(environ, start_response, self._serve_websocket)
 
-    def _serve_websocket(self, ws: Any) -> list[Any]:
+    def _serve_websocket(self, ws: NodeWebSocket) -> None:
         server = self.server
-        sock = compat.websocket_socket(ws)
+        sock = ws.socket
         # a read that sees nothing for a whole ping cycle means a dead peer
         sock.settimeout(server.ping_interval + server.ping_timeout)
-        writer = FrameWriter(sock, FLUSHER,
+        writer = FrameWriter(sock, server.flusher,
                              max_backlog=getattr(server, "max_backlog", DEFAULT_MAX_BACKLOG),
                              on_overflow=self._writer_overflowed)
-        compat.route_websocket_writes(ws, writer.write)
-        self.websocket = ws
-        deflate = compat.websocket_deflate_options(ws)
+        deflate = ws.deflate
         self.compressed = deflate is not None
+        if self.compressed:
+            self.websocket = ws  # compresses with this connection's own context
         reader = WebSocketReader(sock, writer.write, max_message=server.max_http_buffer_size,
                                  deflate=deflate)
         receive_frame = reader.read_message
@@ -226,13 +222,13 @@ class ClusterSocket(StrictSocket):
         try:
             if self.connected:
                 if not self._finish_upgrade(receive_frame, writer):
-                    return []
+                    return
             else:
                 self.connected = True
                 self.upgraded = True
             for pkt in compat.drain_queue(self.queue):
                 if pkt is None:  # closed while upgrading
-                    return []
+                    return
                 writer.write(self._frame(pkt))
             self.frame_writer = writer
             # nothing reads the queue from now on: free it
@@ -242,11 +238,11 @@ class ClusterSocket(StrictSocket):
             if self.frame_writer is writer:
                 self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
             writer.close()
-        return []
 
     def _frame(self, pkt: Any) -> bytes:
-        if self.compressed:
-            return compat.compressed_frame(self.websocket, pkt.encode())
+        websocket = self.websocket
+        if websocket is not None:
+            return websocket.compressed_frame(pkt.encode())
         return frame_of(pkt)
 
     def _finish_upgrade(self, receive_frame: Any, writer: FrameWriter) -> bool:
@@ -285,8 +281,7 @@ class ClusterSocket(StrictSocket):
             return None  # the session is closed already
 
     def _read_loop(self, receive_frame: Any) -> None:
-        from eventlet import sleep  # this transport only runs under eventlet
-
+        sleep = self.server.runtime.sleep
         while True:
             try:
                 data = receive_frame()
@@ -313,9 +308,3 @@ class ClusterSocket(StrictSocket):
                 self.server.logger.exception("Unknown receive error")
                 return
 
-
-def _in_hub() -> bool:
-    import greenlet
-    from eventlet.hubs import get_hub
-
-    return greenlet.getcurrent() is get_hub().greenlet

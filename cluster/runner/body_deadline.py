@@ -1,16 +1,18 @@
 """A deadline on HTTP request bodies (``http_body_timeout``).
 
-eventlet bounds each socket read (``socket_timeout``, the node's
+The node's servers bound each socket read (the node's
 ``http_idle_timeout``), and that timer restarts with every byte: a client
 sending a body one byte every two seconds is never cut, and holds a green
 thread and a connection for as long as it likes. The node's header deadline
-(:func:`cluster.runner.serve.http_protocol`) ends when the head is complete,
-so the body needs its own.
+(:mod:`cluster.runtime.eventlet_server`, :mod:`cluster.runtime.gevent_server`)
+ends when the head is complete, so the body needs its own. Each server
+gives its request input the deadline its own way; this module holds what
+they share.
 
 The deadline is a *budget of waiting*: the total time one request may spend
-blocked reading its body, counted only while the application (or eventlet,
-discarding an unread body before the next keep-alive request) waits for body
-bytes. Time the application spends on other work is not charged, so a
+blocked reading its body, counted only while the application (or the
+server, discarding an unread body before the next keep-alive request) waits
+for body bytes. Time the application spends on other work is not charged, so a
 handler that does something slow before reading ``request.data`` is not
 punished, and a long-polling GET (no body) never touches it.
 
@@ -21,25 +23,24 @@ application taking large uploads over slow links raises it (or switches it
 off with ``0``/``None`` and relies on its balancer).
 
 When the budget runs out the read raises :class:`BodyDeadlineExceeded`. It
-derives from ``BaseException``, as ``eventlet.Timeout`` does, so that an
-application's ``except Exception`` cannot swallow it and go on with half a
-body, and so that eventlet's own handler (which turns ``Exception`` into a
-500 and logs a traceback per request) lets it through to the node's
-protocol, which answers ``408`` (when no response has started) and closes
-the connection. python-engineio is the exception that proves the rule: its
-polling POST handler has a bare ``except`` that would log a traceback and
-answer ``200``, so :class:`PollingBodyMiddleware` reads a polling POST's
+derives from ``BaseException``, as eventlet's and gevent's ``Timeout`` do,
+so that an application's ``except Exception`` cannot swallow it and go on
+with half a body, and so that the server's own handler (which turns
+``Exception`` into a 500 and logs a traceback per request) lets it through
+to the node's protocol, which answers ``408`` (when no response has
+started) and closes the connection. python-engineio is the exception that
+proves the rule: its polling POST handler has a bare ``except`` that would
+log a traceback and answer ``200``, so :class:`PollingBodyMiddleware` reads a polling POST's
 body (bounded by ``max_http_buffer_size``) before python-engineio runs.
 """
 
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["BodyDeadlineExceeded", "PollingBodyMiddleware", "deadline_input"]
+__all__ = ["TIMEOUT_RESPONSE", "BodyDeadlineExceeded", "PollingBodyMiddleware"]
 
 #: what the node answers when a body misses its deadline (no response yet)
 TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
@@ -47,65 +48,8 @@ TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r
                     b"request body not received in time\n")
 
 
-class BodyDeadlineExceeded(BaseException):  # noqa: N818  # like eventlet.Timeout
+class BodyDeadlineExceeded(BaseException):  # noqa: N818  # like the libraries' Timeout
     """The request body was not received within the node's body deadline."""
-
-
-def deadline_input(original: Any, budget: float, on_expired: Callable[[], None]) -> Any:
-    """A copy of eventlet's request input ``original`` whose reads share ``budget`` seconds.
-
-    ``on_expired`` runs once, before :class:`BodyDeadlineExceeded` is
-    raised, so that the protocol marks the connection for closing (eventlet
-    would otherwise try to discard the rest of the body, slowly).
-    """
-    import eventlet
-    import eventlet.wsgi
-
-    class DeadlineInput(eventlet.wsgi.Input):  # type: ignore[misc]  # eventlet is untyped
-        spent = 0.0
-        _reading = False
-
-        def _charged(self, read: Callable[..., Any], *args: Any) -> Any:
-            if self._reading:  # a read made by another of this input's reads
-                return read(*args)
-            remaining = budget - self.spent
-            if remaining <= 0:
-                self._expire()
-            self._reading = True
-            started = time.monotonic()
-            timer = eventlet.Timeout(remaining)
-            try:
-                return read(*args)
-            except eventlet.Timeout as exc:
-                if exc is not timer:
-                    raise
-                self._expire()
-            finally:
-                timer.cancel()
-                self.spent += time.monotonic() - started
-                self._reading = False
-
-        def _expire(self) -> None:
-            self.spent = budget
-            on_expired()
-            raise BodyDeadlineExceeded(f"request body not received within {budget:g} s")
-
-        def read(self, length: int | None = None) -> bytes:
-            data: bytes = self._charged(super().read, length)
-            return data
-
-        def readline(self, size: int | None = None) -> bytes:
-            data: bytes = self._charged(super().readline, size)
-            return data
-
-        def readlines(self, hint: int | None = None) -> list[bytes]:
-            lines: list[bytes] = self._charged(super().readlines, hint)
-            return lines
-
-    wrapped = DeadlineInput(
-        original.rfile, original.content_length, original.get_socket(), wfile=original.wfile,
-        wfile_line=original.wfile_line, chunked_input=original.chunked_input)
-    return wrapped
 
 
 class PollingBodyMiddleware:

@@ -5,8 +5,12 @@ tooling (``python -m cluster.devtools``) and the Celery worker belongs to
 :mod:`workers` (``python -m workers worker``); neither is imported here.
 Environment variables are read here, once, and
 nowhere else: ``MESSAGE_QUEUE_URL`` (then ``REDIS_URL``) for the bus,
-``CLUSTER_SIGNING_SECRET`` for message signing, ``CLUSTER_*`` for the limits
-(see ``--help``).
+``CLUSTER_SIGNING_SECRET`` for message signing, ``CLUSTER_ASYNC_MODE`` for
+the runtime, ``CLUSTER_*`` for the limits (see ``--help``).
+
+The runtime (eventlet or gevent, :mod:`cluster.runtime`) is chosen from the
+parsed arguments and monkey-patches the process before anything imports
+Flask, redis-py, python-socketio or the application.
 """
 
 from __future__ import annotations
@@ -16,20 +20,20 @@ import atexit
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from cluster import runtime
 from cluster.runner.log_format import LOG_FORMATS
 
 if TYPE_CHECKING:
     from cluster.config import NodeConfig
 
 NODE_DESCRIPTION = """\
-Serve a Flask + Socket.IO application as one node of the cluster, under
-eventlet's WSGI server, on one port: the app's routes, Socket.IO at
-/socket.io/, and the probes /healthz (alive), /readyz (ready: bus reachable,
-not draining) and /metrics (Prometheus).
+Serve a Flask + Socket.IO application as one node of the cluster, on
+eventlet's or gevent's WSGI server (--async-mode), on one port: the app's
+routes, Socket.IO at /socket.io/, and the probes /healthz (alive), /readyz
+(ready: bus reachable, not draining) and /metrics (Prometheus).
 
 SIGTERM or SIGINT drains the node: it reports not-ready, disconnects its
 clients so they reconnect to other nodes, then exits.
@@ -40,6 +44,14 @@ def _env_flag(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _async_mode(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in runtime.MODES:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an async mode: choose {' or '.join(runtime.MODES)}")
+    return mode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--app", required=True, metavar="MODULE:ATTR",
                       help="the application: a module and the name of its cluster.SocketIO "
                            "object or of its Flask app, e.g. 'chat:socketio'")
+    node.add_argument("--async-mode", type=_async_mode, metavar="{eventlet,gevent}",
+                      default=os.environ.get(runtime.ENV_VAR) or runtime.DEFAULT_MODE,
+                      help="the green-thread library the node runs on: eventlet, or gevent "
+                           "(pip install 'flask-socketio-cluster[gevent]'); the application's "
+                           "SocketIO must not name the other one (default: "
+                           f"${runtime.ENV_VAR}, else {runtime.DEFAULT_MODE})")
     node.add_argument("--host", default="127.0.0.1",
                       help="interface to listen on (default: 127.0.0.1; use 0.0.0.0 in a "
                            "container)")
@@ -194,18 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _monkey_patch() -> None:
-    # eventlet must patch the standard library before Flask, python-socketio,
-    # redis-py or the application import it; patching twice is a no-op
-    with warnings.catch_warnings():
-        # eventlet announces its maintenance mode on import; the node's
-        # operators cannot act on that warning, so it stays out of the log
-        warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-        import eventlet
-
-    eventlet.monkey_patch()
-
-
 #: flags that override the application's keyword option of the same name
 _OVERRIDING_FLAGS = (
     "max_connections", "tcp_nodelay", "websocket_compression", "session_ttl", "max_backlog",
@@ -232,8 +238,20 @@ def node_config(base: NodeConfig, args: argparse.Namespace) -> NodeConfig:
     return base.with_overrides(**overrides)
 
 
+def select_runtime(mode: str) -> bool:
+    """Run this process on ``mode`` (monkey-patching it); False, with one
+    ``error:`` line telling the fix, when its library is not installed."""
+    try:
+        runtime.select(mode)
+    except runtime.RuntimeUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def run_node(args: argparse.Namespace) -> int:
-    _monkey_patch()
+    if not select_runtime(args.async_mode):  # a no-op when main() did it already
+        return 2
     from cluster.runner.log_format import configure_logging, default_node_name
 
     configure_logging(args.log_level, args.log_format, args.name or default_node_name())
@@ -241,7 +259,7 @@ def run_node(args: argparse.Namespace) -> int:
     from cluster.bus.startup import check_bus
     from cluster.exceptions import ClusterError
     from cluster.runner.app_loader import load_socketio
-    from cluster.runner.serve import serve_eventlet
+    from cluster.runner.serve import serve_node
     from cluster.runner.start_checks import check_bus_url, check_port_free
 
     try:
@@ -268,10 +286,18 @@ def run_node(args: argparse.Namespace) -> int:
         print("error: the SocketIO object has no Flask app; call init_app(app) in the module.",
               file=sys.stderr)
         return 2
+    app_mode = socketio.server.async_mode
+    if app_mode != args.async_mode:
+        fix = (f"or run with --async-mode {app_mode}" if app_mode in runtime.MODES
+               else "the node runs on eventlet or gevent only")
+        print(f"error: the application's SocketIO has async_mode={app_mode!r}, but the node "
+              f"runs on {args.async_mode}: remove async_mode= from SocketIO(...), {fix}.",
+              file=sys.stderr)
+        return 2
     try:
-        serve_eventlet(socketio, socketio.app, args.host, args.port,
-                       log_output=args.access_log, drain_seconds=args.drain_seconds,
-                       drain_spread_seconds=args.drain_spread_seconds)
+        serve_node(socketio, socketio.app, args.host, args.port,
+                   log_output=args.access_log, drain_seconds=args.drain_seconds,
+                   drain_spread_seconds=args.drain_spread_seconds)
     except OSError as exc:
         from cluster.runner.start_checks import listen_error
 
@@ -284,12 +310,11 @@ def run_node(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
-    if words[:1] == ["node"]:
-        # before anything imports Flask, redis-py or the application
-        _monkey_patch()
     args = build_parser().parse_args(argv)
     if args.command == "node":
+        # before anything imports Flask, redis-py or the application
+        if not select_runtime(args.async_mode):
+            return 2
         return run_node(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 

@@ -1,6 +1,9 @@
-"""Serving a node: eventlet's WSGI server with production defaults.
+"""Serving a node: its runtime's WSGI server with production defaults.
 
-Defaults a user would otherwise find the hard way:
+The server is eventlet's or gevent's (:mod:`cluster.runtime`: how each
+enforces what follows is in :mod:`cluster.runtime.eventlet_server` and
+:mod:`cluster.runtime.gevent_server`). Defaults a user would otherwise find
+the hard way:
 
 - ``max_connections`` (default 100,000): eventlet serves at most 1,024
   connections unless told otherwise, and connection 1,025 hangs silently.
@@ -12,10 +15,20 @@ Defaults a user would otherwise find the hard way:
 - permessage-deflate is declined unless ``websocket_compression=True``
   (see :class:`DeclineCompressionMiddleware`).
 - ``http_header_timeout`` (default 10 s) and ``http_idle_timeout`` (default
-  60 s): without them (eventlet's ``socket_timeout=None``) a connection that
-  never completes its request head is kept forever, and with 100,000
-  connections allowed one stranger can hold them all. See
-  :func:`http_protocol`.
+  60 s): without them (eventlet's ``socket_timeout=None``, gevent's
+  socket without a timeout) a connection that never completes its request
+  head is kept forever, and with 100,000 connections allowed one stranger
+  can hold them all. The header timeout is a deadline for the whole head,
+  from the connection's accept (or the next request's first byte) to its
+  blank line: a socket timeout restarts with every byte, so a client
+  dribbling one byte every few seconds would never hit it. The idle
+  timeout bounds how long a kept-alive connection waits for its next
+  request, and how long a body or a response may stall. Neither touches
+  what the application does once the head is read: a long-polling GET
+  waits in python-engineio (up to ``ping_interval``) without reading the
+  socket, and an upgraded websocket sets its own socket timeout
+  (``ping_interval + ping_timeout``, see
+  :mod:`cluster.node.websocket_transport`).
 - ``http_body_timeout`` (default 30 s): the total time a request may spend
   waiting for its body; a body dribbled one byte at a time gets ``408``.
   See :mod:`.body_deadline`.
@@ -29,7 +42,6 @@ from __future__ import annotations
 import logging
 import resource
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -42,16 +54,13 @@ from cluster.config import (
     DEFAULT_MAX_CONNECTIONS,
 )
 from cluster.node.client_closing import close_spread
-from cluster.runner.body_deadline import (
-    TIMEOUT_RESPONSE,
-    BodyDeadlineExceeded,
-    PollingBodyMiddleware,
-    deadline_input,
-)
+from cluster.runner.body_deadline import PollingBodyMiddleware
+from cluster.runtime import MODES, Runtime, ServerOptions
 
 if TYPE_CHECKING:
     import flask
 
+    from cluster.config import TransportConfig
     from cluster.flask_integration.extension import SocketIO
 
 logger = logging.getLogger("cluster.node")
@@ -59,9 +68,8 @@ logger = logging.getLogger("cluster.node")
 __all__ = [
     "DEFAULT_BACKLOG", "DEFAULT_HTTP_BODY_TIMEOUT", "DEFAULT_HTTP_HEADER_TIMEOUT",
     "DEFAULT_HTTP_IDLE_TIMEOUT", "DEFAULT_MAX_CONNECTIONS", "DeclineCompressionMiddleware",
-    "drain_node", "http_protocol",
-    "listen", "raise_open_file_limit", "run_app", "serve_eventlet", "shutdown_node",
-    "stop_app", "watch_stop_signals",
+    "drain_node", "raise_open_file_limit", "run_app", "serve_node", "server_options",
+    "shutdown_node", "stop_app", "watch_stop_signals",
 ]
 
 #: the listening socket's accept queue
@@ -71,9 +79,10 @@ DEFAULT_BACKLOG = 2048
 class DeclineCompressionMiddleware:
     """Hide the client's ``Sec-WebSocket-Extensions`` offer from the server.
 
-    Browsers always offer permessage-deflate and eventlet accepts it when
-    offered; per-message compression then costs 2.5-3x CPU and memory on every
-    delivery. Removing the offer makes the handshake decline it.
+    Browsers always offer permessage-deflate and the node's handshake
+    accepts it when offered; per-message compression then costs 2.5-3x CPU
+    and memory on every delivery. Removing the offer makes the handshake
+    decline it.
     """
 
     def __init__(self, wsgi_app: Callable[..., Iterable[bytes]],
@@ -102,146 +111,11 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def listen(host: str, port: int, *, tcp_nodelay: bool = True,
-           backlog: int = DEFAULT_BACKLOG) -> Any:
-    """An eventlet listening socket with the node's socket options."""
-    import eventlet
+def watch_stop_signals(socketio: SocketIO, green: Runtime) -> Callable[[], int]:
+    """Watch for SIGTERM and SIGINT; the function returned waits (green)
+    for the first one and returns its number.
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = eventlet.listen((host, port), family=family, backlog=backlog, reuse_addr=True)
-    if tcp_nodelay:
-        # accepted sockets inherit TCP_NODELAY from the listener on Linux
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def http_protocol(header_timeout: float | None = DEFAULT_HTTP_HEADER_TIMEOUT,
-                  idle_timeout: float | None = DEFAULT_HTTP_IDLE_TIMEOUT,
-                  body_timeout: float | None = DEFAULT_HTTP_BODY_TIMEOUT) -> Any:
-    """eventlet's ``HttpProtocol`` with small buffers and request timeouts.
-
-    Buffers: eventlet keeps a buffered reader (8 KiB) and writer (16 KiB)
-    for every connection for its whole life, though a websocket uses
-    neither after its handshake: 24 KiB of each idle websocket's ~54 KiB.
-    2 KiB each still holds an HTTP request head or a polling response in
-    one read or write; larger bodies bypass the buffers anyway.
-
-    Timeouts (``None`` switches one off):
-
-    ``header_timeout``
-        a deadline for the whole request head, from the connection's accept
-        (first request) or from the first byte of the request (later ones
-        on a kept-alive connection) to its blank line. A deadline, not a
-        socket timeout: a socket timeout restarts with every byte, so a
-        client dribbling one byte every few seconds would never hit it.
-    ``idle_timeout``
-        how long a kept-alive connection may wait for its next request, and
-        (as eventlet's ``socket_timeout``, which restarts with every byte)
-        how long a request body or a response may stall.
-    ``body_timeout``
-        the total time a request may spend waiting for its body (see
-        :mod:`.body_deadline`): past it the node answers ``408`` (or, once
-        a response has started, just closes) and frees the green thread.
-
-    Neither touches what the application does once the head is read: a
-    long-polling GET waits in python-engineio (up to ``ping_interval``)
-    without reading the socket, and an upgraded websocket sets its own
-    socket timeout (``ping_interval + ping_timeout``, see
-    :mod:`.websocket_transport`). eventlet offers only per-operation socket
-    timeouts (``socket_timeout``, a numeric ``keepalive``), hence the head
-    deadline here, as an ``eventlet.Timeout`` armed around the read of the
-    head and cancelled in :meth:`get_environ`, which eventlet calls once the
-    head is complete and before the application runs.
-    """
-    import eventlet
-    import eventlet.wsgi
-
-    class NodeHttpProtocol(eventlet.wsgi.HttpProtocol):  # type: ignore[misc]  # eventlet is untyped
-        rbufsize = 2048
-        wbufsize = 2048
-        _head_timer: Any = None
-        _requests = 0
-
-        def handle_one_request(self) -> None:
-            if self._requests and not self._next_request_arrives():
-                self.close_connection = 1
-                return
-            self._requests += 1
-            timer = self._head_timer = (
-                eventlet.Timeout(header_timeout) if header_timeout else None)
-            try:
-                super().handle_one_request()
-            except eventlet.Timeout as exc:
-                if exc is not timer:
-                    raise
-                self.close_connection = 1
-                # debug only: a flood of these must not flood the log
-                logger.debug("closed %s: no complete request head within %.1f s",
-                             self.client_address, header_timeout)
-            except BodyDeadlineExceeded:
-                self.close_connection = 1
-                self._refuse_slow_body()
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                self._head_timer = None
-
-        def get_environ(self) -> dict[str, Any]:
-            # the head is complete: the request now belongs to the application
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-            environ: dict[str, Any] = super().get_environ()
-            if body_timeout:
-                # eventlet reads eventlet.input itself (discarding an unread
-                # body), so both names get the input with the deadline
-                environ["wsgi.input"] = environ["eventlet.input"] = deadline_input(
-                    environ["eventlet.input"], body_timeout, self._body_expired)
-            return environ
-
-        def _body_expired(self) -> None:
-            # no discard of the rest of the body: the connection closes
-            self.close_connection = 1
-
-        def _refuse_slow_body(self) -> None:
-            environ = getattr(self, "environ", None) or {}
-            # eventlet's per-response list, non-empty once the status line is out
-            started = getattr(environ.get("eventlet.input"), "headers_sent", None)
-            if not started:
-                try:
-                    self.wfile.write(TIMEOUT_RESPONSE)
-                    self.wfile.flush()
-                except OSError:
-                    pass  # the client is gone: nothing to tell it
-            # debug only, like the head deadline: the client chose to be slow
-            logger.debug("closed %s: request body not received within %.1f s",
-                         self.client_address, body_timeout)
-
-        def _next_request_arrives(self) -> bool:
-            """Wait (up to the idle timeout) for the next request's first byte."""
-            if self.rfile.closed:
-                return False
-            if not idle_timeout:
-                return True
-            timer = eventlet.Timeout(idle_timeout)
-            try:
-                return bool(self.rfile.peek(1))  # b"": the client closed
-            except eventlet.Timeout as exc:
-                if exc is not timer:
-                    raise
-                return False
-            except OSError:  # reset by the peer, or the socket timeout
-                return False
-            finally:
-                timer.cancel()
-
-    return NodeHttpProtocol
-
-
-def watch_stop_signals(socketio: SocketIO) -> Any:
-    """An event that fires with the signal number on SIGTERM or SIGINT.
-
-    A Python signal handler alone is not enough under eventlet: it runs
+    A Python signal handler alone is not enough under a green hub: it runs
     while the hub sleeps in ``epoll`` and whatever it wakes only runs when
     that sleep ends, which can be many seconds later. The signal number is
     therefore also written to a pipe (``signal.set_wakeup_fd``) that a green
@@ -249,11 +123,8 @@ def watch_stop_signals(socketio: SocketIO) -> Any:
     """
     import os
 
-    import eventlet
-    import eventlet.event
-    from eventlet.hubs import trampoline
-
-    stop_requested = eventlet.event.Event()
+    stop_requested = green.event()
+    received: list[int] = []
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     os.set_blocking(write_fd, False)
@@ -264,60 +135,64 @@ def watch_stop_signals(socketio: SocketIO) -> Any:
 
     def wait_for_signal() -> None:
         while True:
-            trampoline(read_fd, read=True)
+            green.wait_readable(read_fd)
             try:
                 data = os.read(read_fd, 16)
             except BlockingIOError:
                 continue
             for signum in data:
-                if signum in (signal.SIGTERM, signal.SIGINT) and not stop_requested.ready():
-                    stop_requested.send(signum)
+                if signum in (signal.SIGTERM, signal.SIGINT) and not received:
+                    received.append(signum)
+                    stop_requested.set()
+
+    def wait() -> int:
+        stop_requested.wait()
+        return received[0]
 
     signal.signal(signal.SIGTERM, note_signal)
     signal.signal(signal.SIGINT, note_signal)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    eventlet.spawn(wait_for_signal)
-    return stop_requested
+    green.spawn(wait_for_signal)
+    return wait
 
 
-def serve_eventlet(socketio: SocketIO, wsgi_app: Callable[..., Any], host: str, port: int, *,
-                   log_output: bool = False, drain_seconds: float = 10.0,
-                   drain_spread_seconds: float = 0.0) -> None:
-    """Serve ``wsgi_app`` until SIGTERM/SIGINT, then stop gracefully
+def server_options(transport: TransportConfig, log_output: bool = False) -> ServerOptions:
+    """The WSGI server's settings from the node's transport configuration."""
+    return ServerOptions(
+        max_connections=transport.max_connections, tcp_nodelay=transport.tcp_nodelay,
+        backlog=DEFAULT_BACKLOG, header_timeout=transport.http_header_timeout,
+        idle_timeout=transport.http_idle_timeout, body_timeout=transport.http_body_timeout,
+        log_output=log_output)
+
+
+def serve_node(socketio: SocketIO, wsgi_app: Callable[..., Any], host: str, port: int, *,
+               log_output: bool = False, drain_seconds: float = 10.0,
+               drain_spread_seconds: float = 0.0) -> None:
+    """Serve ``wsgi_app`` on the runtime of the server's ``async_mode``
+    (eventlet or gevent) until SIGTERM/SIGINT, then stop gracefully
     (:func:`drain_node` with ``drain_seconds`` and ``drain_spread_seconds``)."""
-    import eventlet
-    import eventlet.wsgi
-
+    green = socketio.server.eio.runtime
+    if green is None:
+        raise RuntimeError(f"async_mode {socketio.server.async_mode!r} has no green "
+                           "runtime to serve on: use eventlet or gevent.")
     transport = socketio.server.config.transport
     raise_open_file_limit()
     socketio.server.initialize_manager()
-    header_timeout, idle_timeout = transport.http_header_timeout, transport.http_idle_timeout
-    body_timeout = transport.http_body_timeout
-    if body_timeout:
+    if transport.http_body_timeout:
         eio = socketio.server.eio
         wsgi_app = PollingBodyMiddleware(wsgi_app, transport.path,
                                          lambda: int(eio.max_http_buffer_size))
-    sock = listen(host, port, tcp_nodelay=transport.tcp_nodelay)
-    stop_requested = watch_stop_signals(socketio)
-    server_thread = eventlet.spawn(
-        eventlet.wsgi.server, sock, wsgi_app,
-        max_size=transport.max_connections,
-        log_output=log_output, log=logging.getLogger("cluster.access"),
-        # per socket operation, restarted by every byte: bounds a stalled
-        # body or response; websockets replace it with their ping timeout
-        socket_timeout=idle_timeout, debug=False,
-        protocol=http_protocol(header_timeout, idle_timeout, body_timeout),
-    )
-    socketio.wsgi_server = server_thread
-    logger.info("Node listening on http://%s:%s", host, port)
-    signum = stop_requested.wait()
+    server = green.serve(wsgi_app, host, port, server_options(transport, log_output))
+    wait_for_stop = watch_stop_signals(socketio, green)
+    socketio.wsgi_server = server
+    logger.info("Node listening on http://%s:%s (%s)", host, port, green.name)
+    signum = wait_for_stop()
     logger.info("Received %s: draining the node", signal.Signals(signum).name)
     # new Socket.IO connections are refused from now on (see HealthMiddleware)
     # while the open ones are served until the drain closes them; stopping
     # the WSGI server first would cut every websocket at once
     shutdown_node(socketio, drain_seconds=drain_seconds, spread_seconds=drain_spread_seconds)
-    server_thread.kill()
-    sock.close()
+    server.stop()
     logger.info("Node stopped")
 
 
@@ -360,7 +235,8 @@ def shutdown_node(socketio: SocketIO, *, drain_seconds: float,
 
 def run_app(socketio: SocketIO, app: flask.Flask | None, host: str | None = None,
             port: int | None = None, **kwargs: Any) -> None:
-    """``SocketIO.run``: eventlet's server, or Werkzeug's in threading mode."""
+    """``SocketIO.run``: the node's server on eventlet or gevent, or
+    Werkzeug's in threading mode."""
     if app is None:
         raise RuntimeError("SocketIO.run() needs the Flask application.")
     # Flask-SocketIO's reloader arguments, in the form Werkzeug takes them
@@ -379,26 +255,27 @@ def run_app(socketio: SocketIO, app: flask.Flask | None, host: str | None = None
     allow_unsafe_werkzeug = kwargs.pop("allow_unsafe_werkzeug", False)
     app.debug = debug
     async_mode = socketio.server.async_mode
-    if async_mode == "eventlet":
-        serve_eventlet(socketio, app, host, port, log_output=log_output,
-                       drain_seconds=kwargs.pop("drain_seconds", 10.0),
-                       drain_spread_seconds=kwargs.pop("drain_spread_seconds", 0.0))
+    if async_mode in MODES:
+        serve_node(socketio, app, host, port, log_output=log_output,
+                   drain_seconds=kwargs.pop("drain_seconds", 10.0),
+                   drain_spread_seconds=kwargs.pop("drain_spread_seconds", 0.0))
         return
     if async_mode != "threading":
         raise RuntimeError(f"async_mode {async_mode!r} is not supported by SocketIO.run().")
     if not debug and not allow_unsafe_werkzeug:
         raise RuntimeError(
             "Werkzeug's development server is not meant for production. Run the "
-            "node with `python -m cluster node --app MODULE:ATTR` (eventlet), or "
+            "node with `python -m cluster node --app MODULE:ATTR` (eventlet or gevent), or "
             "pass allow_unsafe_werkzeug=True to run() to use it anyway."
         )
     app.run(host=host, port=port, threaded=True, use_reloader=use_reloader, **kwargs)
 
 
 def stop_app(socketio: SocketIO) -> None:
-    """Stop a server started by :func:`run_app` (eventlet mode)."""
-    server_thread = socketio.wsgi_server
-    if server_thread is None:
-        raise RuntimeError("stop() only stops a server started by SocketIO.run() under eventlet.")
+    """Stop a server started by :func:`run_app` (eventlet or gevent mode)."""
+    server = socketio.wsgi_server
+    if server is None:
+        raise RuntimeError("stop() only stops a server started by SocketIO.run() under "
+                           "eventlet or gevent.")
     shutdown_node(socketio, drain_seconds=0)
-    server_thread.kill()
+    server.stop()

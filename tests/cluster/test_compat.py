@@ -1,5 +1,5 @@
-"""The private names of python-engineio and eventlet that cluster.compat
-relies on: these fail first when an upgrade moves one of them."""
+"""The private names of python-socketio and python-engineio that
+cluster.compat relies on: these fail first when an upgrade moves one of them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import inspect
 import engineio
 import engineio.socket
 import socketio
-from engineio.async_drivers import eventlet as eio_eventlet
-from eventlet import websocket as eventlet_websocket
 from socketio import base_manager, base_server
 from socketio import packet as sio_packet
 
@@ -31,17 +29,8 @@ def test_engineio_fires_connect_after_creating_the_socket() -> None:
 
 def test_engineio_server_privates_used_by_the_seam() -> None:
     assert callable(engineio.Server._trigger_event)
-    assert callable(engineio.Server._bad_request)
-    assert eio_eventlet._async["websocket"] is eio_eventlet.WebSocketWSGI
     params = inspect.signature(engineio.socket.Socket.close).parameters
     assert list(params) == ["self", "wait", "abort", "reason"]
-
-
-def test_eventlet_websocket_privates() -> None:
-    ws_class = eventlet_websocket.RFC6455WebSocket
-    assert callable(ws_class._pack_message)
-    assert "self._send(payload)" in inspect.getsource(ws_class.send)
-    assert "self.socket.sendall" in inspect.getsource(ws_class._send)
 
 
 def test_adopt_socket_only_takes_stock_sockets() -> None:

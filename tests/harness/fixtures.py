@@ -15,6 +15,9 @@ fixture                   scope      gives
                                      **kwargs)`` -> a client, shut down at teardown
 ========================  =========  ==============================================
 
+Nodes run on eventlet, or on what ``CLUSTER_ASYNC_MODE`` names (they
+inherit the environment: ``CLUSTER_ASYNC_MODE=gevent ./dev test tests/cluster``;
+see :mod:`tests.harness.runtimes`); the report's header says which.
 Everything is started by :mod:`cluster.devtools.local_cluster` and stopped by PID at
 teardown. When a test fails, the last lines of the log of every process it
 used (nodes, HAProxy, Redis) are attached to the failure report. A missing
@@ -39,6 +42,7 @@ from cluster.devtools.local_cluster import (
     RedisServerProcess,
     stop_all,
 )
+from tests.harness.runtimes import NODE_ASYNC_MODE
 
 __all__ = [
     "BUS_SIGNING_SECRET",
@@ -84,6 +88,10 @@ class NodeFactory(Protocol):
         env: dict[str, str] | None = None,
         extra_args: Sequence[str] | None = None,
     ) -> list[NodeProcess]: ...
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"nodes run on: {NODE_ASYNC_MODE} (CLUSTER_ASYNC_MODE; tests/gevent: gevent)"
 
 
 def _used_by(item: pytest.Item, process: ManagedProcess) -> None:

@@ -7,6 +7,7 @@ import struct
 
 from engineio import packet as eio_packet
 
+from cluster import runtime
 from cluster.node.frame_writer import FrameWriter
 from cluster.node.frames import OPCODE_BINARY, OPCODE_TEXT, close_frame, frame, frame_of
 
@@ -30,6 +31,8 @@ def test_a_packet_is_framed_once_for_all_recipients() -> None:
 
 
 class ManualFlusher:
+    runtime = runtime.load("eventlet")
+
     def __init__(self) -> None:
         self.counters = {"writes": 0, "frames": 0}
         self.scheduled: list[FrameWriter] = []

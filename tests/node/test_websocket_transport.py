@@ -132,9 +132,11 @@ def test_a_closed_socket_releases_its_ping_timer() -> None:
     # with connection churn
     import engineio
 
+    from cluster import runtime
     from cluster.node.websocket_transport import ClusterSocket
 
     server = engineio.Server(async_mode="threading")
+    server.runtime = runtime.load("eventlet")  # what ClusterEngineServer gives its sockets
     eio_socket = ClusterSocket(server, "sid1")
     eio_socket.schedule_ping()
     timer = eio_socket.ping_timer

@@ -14,11 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from cluster.runner.serve import (
-    DEFAULT_HTTP_HEADER_TIMEOUT,
-    DEFAULT_HTTP_IDLE_TIMEOUT,
-    http_protocol,
-)
+from cluster.runner.serve import DEFAULT_HTTP_HEADER_TIMEOUT, DEFAULT_HTTP_IDLE_TIMEOUT
+from cluster.runtime.eventlet_server import http_protocol
 
 
 def _websocket_handshake(port: int, extensions: str | None) -> str:
