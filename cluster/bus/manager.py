@@ -420,7 +420,8 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
             pending.wait(self.offset_wait)
         # did not come back in time: who gets it now, so that those who
         # enter the room before it comes back still get it then
-        recipients = None if pending.claimed else self._local_recipients(message)
+        recipients, recovering = (None, ()) if pending.claimed \
+            else self._local_recipients(message)
         if self.ordered.settle(pending, recipients):
             if self.runtime.paused_since(queued_at):
                 # frozen while it waited: the outbox drops it, and its
@@ -428,6 +429,11 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
                 return
             if queued:
                 self.bus_stats.incr("delivered_unlogged")
+            if recovering:
+                # not to connections being recovered: without an offset their
+                # replay could not tell it from its own copy (sent twice);
+                # they get it from the replay, or when it comes back
+                message = dict(message, skip_sid=_with_skipped(message, recovering))
             self._deliver(message)
 
     def _emitters_stop_waiting(self) -> None:
@@ -440,6 +446,9 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
     #: recover by themselves, returning how many (set by the node's server,
     #: which spreads the closes; None: nothing to close)
     client_closer: Callable[[], int] | None = None
+    #: whether a connection (by Engine.IO sid) is being recovered: its live
+    #: packets are held until its replay is out (set by the node's server)
+    recovering: Callable[[Any], bool] | None = None
 
     def _reset_local_clients(self) -> int:
         """A catch-up could not be exact: this node's clients recover by
@@ -460,23 +469,26 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
                 self.ordered.done(lid)
         elif isinstance(verdict, frozenset):
             # abandoned, back late: to the clients the emitter did not reach
-            skip = message.get("skip_sid")
-            skipped = set(skip) if isinstance(skip, list) else {skip} if skip else set()
-            self._deliver(dict(message, skip_sid=sorted(skipped | verdict, key=str)))
+            self._deliver(dict(message, skip_sid=_with_skipped(message, verdict)))
 
-    def _local_recipients(self, message: dict[str, Any]) -> frozenset[Any] | None:
-        """The sids of this node an emit reaches now (None: more than
-        :data:`~.ordered_delivery.MAX_TRACKED`)."""
+    def _local_recipients(self, message: dict[str, Any]
+                          ) -> tuple[frozenset[Any] | None, list[Any]]:
+        """The sids of this node an abandoned emit goes to now (None: more
+        than :data:`~.ordered_delivery.MAX_TRACKED`), and those of its
+        targets that are being recovered, which it skips."""
         namespace = message.get("namespace") or "/"
         room = message.get("room")
         rooms = room if isinstance(room, list) else [room]
+        recovering = self.recovering
         sids: set[Any] = set()
+        held: list[Any] = []
         for target in rooms:
-            for sid, _ in self.get_participants(namespace, target):
+            for sid, eio_sid in self.get_participants(namespace, target):
+                if recovering is not None and recovering(eio_sid):
+                    held.append(sid)
+                    continue
                 sids.add(sid)
-                if len(sids) > MAX_TRACKED:
-                    return None
-        return frozenset(sids)
+        return (frozenset(sids) if len(sids) <= MAX_TRACKED else None), held
 
     def _deliver(self, message: dict[str, Any]) -> None:
         """Hand an emit to python-socketio for this node's clients."""
@@ -590,3 +602,10 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
             except Exception:
                 self.bus_logger().exception("Error in bus callback %r", func)
         return self.runtime.spawn(run)
+
+
+def _with_skipped(message: dict[str, Any], sids: Iterable[Any]) -> list[Any]:
+    """The emit's ``skip_sid`` with ``sids`` added."""
+    skip = message.get("skip_sid")
+    skipped = set(skip) if isinstance(skip, list) else {skip} if skip else set()
+    return sorted(skipped.union(sids), key=str)

@@ -170,6 +170,7 @@ class ClusterServer(compat.SocketServerSeam):
         if isinstance(manager, ClusterManager):
             # the bus sends every client to recover when it cannot catch up
             manager.client_closer = self.close_clients
+            manager.recovering = self.packet_hold.collecting
 
     def close_clients(self, window: float = DEFAULT_DRAIN_SPREAD_SECONDS) -> int:
         """Close every client connection at the Engine.IO level, spread over

@@ -126,6 +126,12 @@ class PacketHold:
     def start(self, eio_sid: str) -> None:
         self._held[eio_sid] = _Held()
 
+    def collecting(self, eio_sid: str) -> bool:
+        """Whether packets for ``eio_sid`` are held now (its replay is not
+        out yet; the floor afterwards does not count)."""
+        held = self._held.get(eio_sid)
+        return held is not None and held.packets is not None
+
     def holding(self, eio_sid: str) -> bool:
         """Whether packets for ``eio_sid`` must go through :meth:`hold`
         (the hot path's one dict lookup)."""
