@@ -95,7 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tail", dest="tail_s", type=float,
                    help=f"seconds of traffic after they are back (default {d.tail_s:g})")
     p.add_argument("--drain", dest="drain_s", type=float,
-                   help=f"seconds for the last deliveries (default {d.drain_s:g})")
+                   help=f"seconds for the last deliveries at least, then until none arrived "
+                        f"for 1 s, at most 60 s more (default {d.drain_s:g})")
     p.add_argument("--reconnect-delay-ms", type=float,
                    help=f"the client's reconnectionDelay (default {d.reconnect_delay_ms:g}, "
                         f"socket.io-client's)")

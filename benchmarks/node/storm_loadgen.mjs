@@ -121,8 +121,11 @@ function histsOf(pid) {
   return hists.get(pid);
 }
 
+let lastDelivery = 0;
+
 function onMessage(c, m, offset) {
   const t = now();
+  lastDelivery = t;
   if (m.r !== c.room) { c.foreign += 1; return; }
   const key = m.f * 100_000 + m.q;
   c.recv.set(key, (c.recv.get(key) || 0) + 1);
@@ -443,7 +446,12 @@ async function main() {
   await sleep(cfg.tail_s * 1000);
   stopAt = now();
   for (const timer of timers) clearTimeout(timer);
+  // at least drain_s, then until nothing arrived for a second (at most 60 s
+  // more): a message still on its way is late, not lost; its latency is
+  // reported in the "after" phase
   await sleep(cfg.drain_s * 1000);
+  const settleBy = now() + 60_000;
+  while (now() < settleBy && now() - lastDelivery < 1000) await sleep(100);
   // the kill's moment on this clock: the first victim disconnect, unless the
   // driver's answer came first (a victim that noticed nothing)
   const disconnects = victims.flatMap((c) => c.away.filter((a) => a.start >= killAsked)

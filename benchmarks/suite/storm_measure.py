@@ -245,7 +245,8 @@ def run_storm(procs: Procs, target: Target, redis: Proc, redis_url: str, s: Stor
         back = seen["all_back"]
         print(f"    {label}: {back['back']}/{back['victims']} of the killed node's clients back "
               f"(timeout {s.recover_timeout_s:g} s)", flush=True)
-        result = loadgen.expect("result", s.storm_s + s.tail_s + s.drain_s + 60.0)
+        # the generator drains until deliveries stop, up to 60 s past drain_s
+        result = loadgen.expect("result", s.storm_s + s.tail_s + s.drain_s + 120.0)
         watcher.join(1.0)
         out.update({k: v for k, v in result.items() if k not in ("event", "t")})
         victim_key = next(k for k, v in watched.items() if v is victim)

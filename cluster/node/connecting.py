@@ -149,6 +149,8 @@ class Connects:
             attempt = server.recovering.begin(eio_sid, namespace, environ, sessions,
                                               restore_sid)
         try:
+            if server.environ_of(eio_sid) is None:
+                return  # the connection closed while its session was bound
             with features.follow_waits_deferred():
                 server.library_handle_connect(eio_sid, namespace, data)
         finally:
