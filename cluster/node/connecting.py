@@ -11,6 +11,10 @@ for :class:`cluster.node.server.ClusterServer`:
   once per ``LOG_WINDOW`` for the node; the connection keeps the namespaces
   it is in (with ``namespaces='*'`` one connection could otherwise open
   thousands, each with its own room cap and connection-record entry);
+- at most ``max_concurrent_connects`` CONNECTs are worked on at once
+  (:mod:`cluster.node.connect_admission`); the rooms a CONNECT enters are
+  waited for once, all together, just before its reply (:meth:`Connects.accepted`),
+  after its slot was given back;
 - the session is bound (a new fork, or a resume) before the sid is chosen,
   so connection state recovery can give the connection its old sid back
   (:mod:`cluster.recovery.flow` plans, replays and releases);
