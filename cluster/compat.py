@@ -69,7 +69,12 @@ class EngineServerSeam(engineio.Server):  # type: ignore[misc]  # python-enginei
 
     def generate_id(self) -> str:
         sid, self._restored_id = self._restored_id, None
-        return sid if sid is not None else super().generate_id()
+        return sid if sid is not None else self.shape_new_id(super().generate_id())
+
+    def shape_new_id(self, random_id: str) -> str:
+        """A new id from python-engineio's random ``random_id`` (restored
+        ids do not come here); the default keeps it as it is."""
+        return random_id
 
 
 def adopt_socket(eio_socket: Any, socket_class: type) -> None:

@@ -2,8 +2,11 @@
 
 The balancer has three jobs in this product, and each maps to a few lines:
 
-* **Stickiness.** Engine.IO long-polling sends every request of one session
-  to the node that owns it, so the balancer inserts a ``SERVERID`` cookie
+* **Stickiness (optional).** The nodes forward a session's requests to
+  the node that owns it (:mod:`cluster.node.forwarding`), so ``sticky=False``
+  balances every request round-robin with no cookie. With ``sticky=True``
+  (the default here) every request of one session goes to its owner
+  directly, saving the forwarding hop: the balancer inserts a ``SERVERID`` cookie
   for the node (``cookie SERVERID insert indirect nocache httponly attr
   "SameSite=Lax"``; ``indirect`` keeps the cookie away from the node,
   ``nocache`` stops shared caches from storing a response that carries it,
@@ -157,6 +160,7 @@ def render_haproxy_config(
     log_level: str = "notice",
     cookie_salt: str = "",
     secure_cookie: bool = False,
+    sticky: bool = True,
     request_timeout: str = "10s",
     max_connections_per_source: int | None = DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     max_requests_per_source: int | None = DEFAULT_MAX_REQUESTS_PER_SOURCE,
@@ -177,6 +181,9 @@ def render_haproxy_config(
     request. ``cookie_salt`` goes into the opaque cookie values (default
     ``""``: values depend on the names only); ``secure_cookie`` adds the
     ``Secure`` flag (set it when clients reach the balancer over TLS).
+    ``sticky=False`` balances every request round-robin with no cookie: the
+    nodes forward a session's requests to its owner themselves
+    (:mod:`cluster.node.forwarding`), so no stickiness is needed.
     ``request_timeout`` (default ``10s``) is HAProxy's ``timeout
     http-request``: the deadline for a request's head and its buffered
     body. ``max_connections_per_source`` (default 200 open connections) and
@@ -276,14 +283,15 @@ def render_haproxy_config(
         "",
         "backend socket_nodes",
         "    balance roundrobin",
-        "    cookie SERVERID insert indirect nocache httponly"
-        + (" secure" if secure_cookie else "") + ' attr "SameSite=Lax"',
+        *(["    cookie SERVERID insert indirect nocache httponly"
+           + (" secure" if secure_cookie else "") + ' attr "SameSite=Lax"'] if sticky else []),
         f"    option httpchk GET {health_path}",
         "    http-check expect status 200",
         f"    default-server inter {check_interval} fall {fall} rise {rise}",
     ]
-    lines += [f"    server {b.name} {b.host}:{b.port} check cookie "
-              f"{cookie_value(b.name, cookie_salt)}" for b in items]
+    lines += [f"    server {b.name} {b.host}:{b.port} check"
+              + (f" cookie {cookie_value(b.name, cookie_salt)}" if sticky else "")
+              for b in items]
     if stats_port is not None:
         lines += [
             "",

@@ -16,6 +16,8 @@
   gets 400, a websocket message the connection closed, the session ends,
   and :meth:`ClusterEngineServer.malformed_payload` counts it in
   ``malformed_packets`` with one log line per 10 s at most;
+- ``sid_minter``: with session forwarding on, new sids name their node
+  (:mod:`.sid_owner`);
 - a :class:`~.pause_fence.PauseFence`: after the node did not run for
   ``ping_timeout`` (frozen, starved), what its older connections send is
   not received and they are closed (their clients have moved on).
@@ -66,6 +68,13 @@ class ClusterEngineServer(compat.EngineServerSeam):
         #: started with the first connection (see :mod:`.pause_fence`)
         self.pause_fence = PauseFence(self.ping_timeout, spawn=self.start_background_task,
                                       sleep=self.sleep, counters=self.counters)
+
+    #: mints new sids (:class:`~.sid_owner.SidMinter`) when session
+    #: forwarding is on (see :mod:`.forwarding`); None: python-engineio's ids
+    sid_minter: Any = None
+
+    def shape_new_id(self, random_id: str) -> str:
+        return random_id if self.sid_minter is None else str(self.sid_minter.mint(random_id))
 
     def share_counters(self, counters: dict[str, int]) -> None:
         """Count in ``counters`` from now on (the Socket.IO server's, so

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "without it a node with a message queue and no secret refuses to "
                            "start. Only for stock python-socketio emitters (default: "
                            "$CLUSTER_ALLOW_UNSIGNED_BUS)")
+    node.add_argument("--advertise-url", default=os.environ.get("CLUSTER_ADVERTISE_URL"),
+                      metavar="URL",
+                      help="how the other nodes reach this one, to forward the requests of "
+                           "its sessions (default: $CLUSTER_ADVERTISE_URL, else "
+                           "http://HOST:PORT, the host's own address for a wildcard HOST)")
     node.add_argument("--name", default=os.environ.get("NODE_NAME"),
                       help="this node's name in logs, metrics and cluster queries (default: "
                            "$NODE_NAME, else host:pid)")
@@ -297,7 +302,8 @@ def run_node(args: argparse.Namespace) -> int:
     try:
         serve_node(socketio, socketio.app, args.host, args.port,
                    log_output=args.access_log, drain_seconds=args.drain_seconds,
-                   drain_spread_seconds=args.drain_spread_seconds)
+                   drain_spread_seconds=args.drain_spread_seconds,
+                   advertise_url=args.advertise_url)
     except OSError as exc:
         from cluster.runner.start_checks import listen_error
 

@@ -167,16 +167,29 @@ def server_options(transport: TransportConfig, log_output: bool = False) -> Serv
 
 def serve_node(socketio: SocketIO, wsgi_app: Callable[..., Any], host: str, port: int, *,
                log_output: bool = False, drain_seconds: float = 10.0,
-               drain_spread_seconds: float = 0.0) -> None:
+               drain_spread_seconds: float = 0.0, advertise_url: str | None = None,
+               forwarding: bool = True) -> None:
     """Serve ``wsgi_app`` on the runtime of the server's ``async_mode``
     (eventlet or gevent) until SIGTERM/SIGINT, then stop gracefully
-    (:func:`drain_node` with ``drain_seconds`` and ``drain_spread_seconds``)."""
+    (:func:`drain_node` with ``drain_seconds`` and ``drain_spread_seconds``).
+
+    With ``forwarding`` (and a signed cluster bus) a polling request or
+    WebSocket upgrade for a session of another node is forwarded to it
+    (:mod:`cluster.node.forwarding`), so the balancer needs no sticky
+    sessions; ``advertise_url`` is how the other nodes reach this one
+    (default ``http://<host>:<port>``, see
+    :func:`~cluster.node.forwarding_setup.default_advertise_url`)."""
     green = socketio.server.eio.runtime
     if green is None:
         raise RuntimeError(f"async_mode {socketio.server.async_mode!r} has no green "
                            "runtime to serve on: use eventlet or gevent.")
     transport = socketio.server.config.transport
     raise_open_file_limit()
+    if forwarding:  # before the bus starts: its first heartbeat carries the address
+        from cluster.node.forwarding_setup import default_advertise_url, install_forwarding
+
+        wsgi_app = install_forwarding(socketio, wsgi_app,
+                                      advertise_url or default_advertise_url(host, port))
     socketio.server.initialize_manager()
     if transport.http_body_timeout:
         eio = socketio.server.eio

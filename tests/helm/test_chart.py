@@ -213,8 +213,17 @@ def test_node_port_and_service(chart: helm.Chart) -> None:
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [{"name": "http", "port": 5000, "targetPort": "http",
                                          "protocol": "TCP"}]
-    # polling without an ingress stays on one node
-    assert service["spec"]["sessionAffinity"] == "ClientIP"
+    # no affinity by default: the nodes forward polling requests to the owner
+    assert service["spec"]["sessionAffinity"] == "None"
+    assert "sessionAffinityConfig" not in service["spec"]
+    env = {e["name"]: e for e in node(objects)["env"]}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["CLUSTER_ADVERTISE_URL"]["value"] == "http://$(POD_IP):5000"
+    # ClientIP affinity stays an option
+    sticky = find(render(chart, {**SECRET_KEY, "service": {"sessionAffinity": "ClientIP"}}),
+                  "Service", f"{RELEASE}-socketio-cluster")
+    assert sticky["spec"]["sessionAffinity"] == "ClientIP"
+    assert sticky["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] == 10800
 
 
 def test_node_probes_are_the_composes(chart: helm.Chart, compose: dict[str, Any]) -> None:
@@ -260,7 +269,7 @@ def test_limits_reach_the_runner_and_default_when_null(chart: helm.Chart,
     env = env_of(node(render(chart, SECRET_KEY)))
     compose_env = compose["services"]["node1"]["environment"]
     names = [name for name in compose_env if name.startswith("CLUSTER_") and name not in (
-        "CLUSTER_SIGNING_SECRET", "CLUSTER_DRAIN_SECONDS")]
+        "CLUSTER_SIGNING_SECRET", "CLUSTER_DRAIN_SECONDS", "CLUSTER_ADVERTISE_URL")]
     assert len(names) == 8
     for name in names:  # empty: the runner's default, in both
         assert env[name]["value"] == "", name
@@ -414,10 +423,15 @@ def test_autoscaling_owns_the_replica_count(chart: helm.Chart) -> None:
     assert not [o for o in render(chart, SECRET_KEY) if o["kind"] == "HorizontalPodAutoscaler"]
 
 
-def test_ingress_is_off_by_default_and_sticky_when_on(chart: helm.Chart) -> None:
+def test_ingress_is_off_by_default_and_sticky_only_as_an_option(chart: helm.Chart) -> None:
     assert not [o for o in render(chart, SECRET_KEY) if o["kind"] == "Ingress"]
-    objects = render(chart, {**SECRET_KEY, "ingress": {"enabled": True, "host": "chat.example.com",
-                                                       "annotations": {"x/y": "z"}}})
+    plain = find(render(chart, {**SECRET_KEY, "ingress": {"enabled": True}}), "Ingress",
+                 f"{RELEASE}-socketio-cluster")["metadata"]["annotations"]
+    assert not [k for k in plain if "affinity" in k or "session-cookie" in k]
+    assert int(plain["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    objects = render(chart, {**SECRET_KEY, "ingress": {
+        "enabled": True, "host": "chat.example.com", "nginxStickySessions": True,
+        "annotations": {"x/y": "z"}}})
     ingress = find(objects, "Ingress", f"{RELEASE}-socketio-cluster")
     annotations = ingress["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie"

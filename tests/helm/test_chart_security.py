@@ -138,11 +138,14 @@ def test_the_ingress_routes_no_probe_or_metrics_path(chart: Any) -> None:
                       ("/metrics", "Exact"): f"{NODES}-unrouted", ("/", "Prefix"): NODES}
     unrouted = find(objects, "Service", f"{NODES}-unrouted")
     assert "selector" not in unrouted["spec"]  # no endpoints: nothing answers behind it
-    annotations = ingress["metadata"]["annotations"]
+    # the affinity cookie, an option, is safe when switched on
+    sticky = render(chart, {**SECRET_KEY, "ingress": {
+        "enabled": True, "host": "chat.example.com", "nginxStickySessions": True}})
+    annotations = find(sticky, "Ingress", NODES)["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/session-cookie-samesite"] == "Lax"
     assert annotations["nginx.ingress.kubernetes.io/session-cookie-secure"] == "false"
-    tls = render(chart, {**SECRET_KEY, "ingress": {"enabled": True, "tls": {
-        "enabled": True, "secretName": "t"}}})
+    tls = render(chart, {**SECRET_KEY, "ingress": {"enabled": True, "nginxStickySessions": True,
+                                                   "tls": {"enabled": True, "secretName": "t"}}})
     assert find(tls, "Ingress", NODES)["metadata"]["annotations"][
         "nginx.ingress.kubernetes.io/session-cookie-secure"] == "true"
 

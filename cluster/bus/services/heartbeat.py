@@ -47,6 +47,10 @@ class Heartbeat:
         self.interval = interval
         self.chores = chores
         self.clock = clock
+        #: this node's HTTP address, sent in every heartbeat once set (other
+        #: nodes forward a session's requests there, see
+        #: :mod:`cluster.node.forwarding`); None: heartbeats carry none
+        self.url: str | None = None
         self._joined: list[Callable[[], None]] = []
         self._gone: list[NodeEvent] = []
 
@@ -63,7 +67,12 @@ class Heartbeat:
         """A heartbeat of another node."""
         host = message["host_id"]
         name = str(message.get("name", host))
-        if self.nodes.seen(host, name):
+        url = message.get("url")
+        # a sealed bus message, but still only an address is taken from it
+        if not (isinstance(url, str) and len(url) <= 256
+                and url.startswith(("http://", "https://"))):
+            url = None
+        if self.nodes.seen(host, name, url):
             self.logger.info("Cluster node %s joined", name)
             for callback in self._joined:
                 callback()
@@ -94,8 +103,11 @@ class Heartbeat:
                     check_backend(self.transport, self.logger)
                     if self.clock is not None:
                         self.clock.measure(self.transport.server_time)
-                    self.publisher.publish({"method": "heartbeat", "host_id": self.host_id,
-                                            "name": self.node_name}, volatile=True)
+                    beat = {"method": "heartbeat", "host_id": self.host_id,
+                            "name": self.node_name}
+                    if self.url is not None:
+                        beat["url"] = self.url
+                    self.publisher.publish(beat, volatile=True)
                 self.chores()
                 if self.subscription.subscribed:
                     for host_id in self.nodes.expire():

@@ -25,13 +25,29 @@ class NodeRegistry:
         self._names: dict[str, str] = {host_id: name}
         self._frozen = False
 
-    def seen(self, host_id: str, name: str) -> bool:
-        """Record a heartbeat; True when the node is new."""
+    def seen(self, host_id: str, name: str, url: str | None = None) -> bool:
+        """Record a heartbeat (``url``: the node's HTTP address, when its
+        heartbeat carries one); True when the node is new."""
         with self._lock:
             new = host_id not in self._nodes
-            self._nodes[host_id] = {"name": name, "seen": time.monotonic()}
+            self._nodes[host_id] = {"name": name, "seen": time.monotonic(), "url": url}
             self._names[host_id] = name
         return new
+
+    def set_own_url(self, url: str | None) -> None:
+        """This node's own HTTP address (what its heartbeats advertise)."""
+        with self._lock:
+            self._nodes[self.host_id]["url"] = url
+
+    def url_for_tag(self, tag: str) -> tuple[str, str | None] | None:
+        """The live node whose id starts with ``tag`` (a session id's owner,
+        see :mod:`cluster.node.sid_owner`): ``(host_id, url)``, or None when
+        no live node has that tag. A scan of the live nodes, no Redis."""
+        with self._lock:
+            for host_id, info in self._nodes.items():
+                if host_id.startswith(tag):
+                    return host_id, info.get("url")
+        return None
 
     def remove(self, host_id: str) -> bool:
         with self._lock:
@@ -73,7 +89,7 @@ class NodeRegistry:
             return [{"id": h, "name": info["name"],
                      "age": 0.0 if h == self.host_id
                      else round(now - info["seen"], 3),
-                     "self": h == self.host_id}
+                     "self": h == self.host_id, "url": info.get("url")}
                     for h, info in sorted(self._nodes.items())]
 
     def __len__(self) -> int:
