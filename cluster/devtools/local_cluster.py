@@ -194,9 +194,11 @@ class LocalCluster:
                 node.wait_ready()
             if self.worker:
                 self.worker.wait_ready()
+            # round robin, no cookie: the nodes forward a session's requests
+            # to its owner (cluster.node.forwarding), as in compose and the chart
             self.haproxy = HAProxyProcess(
                 self.nodes, port=self.port, host=self.host,
-                workdir=self.workdir / "haproxy", executable=haproxy_exe,
+                workdir=self.workdir / "haproxy", executable=haproxy_exe, sticky=False,
             )  # fmt: skip
             self.haproxy.start()
             self.haproxy.wait_all_up(timeout=self.start_timeout)
@@ -228,7 +230,7 @@ class LocalCluster:
 
     def describe(self) -> str:
         """A few lines naming every process, its URL, PID and log."""
-        lines = [f"cluster   {self.url}   (HAProxy, cookie-sticky; logs in {self.workdir})"]
+        lines = [f"cluster   {self.url}   (HAProxy, round robin, no affinity; logs in {self.workdir})"]
         if self.haproxy and self.haproxy.stats_port:
             lines.append(f"stats     http://{self.host}:{self.haproxy.stats_port}/")
         if self.haproxy:
