@@ -282,11 +282,17 @@ def test_compose_up_runs_the_demo_cluster(compose_cluster: str) -> None:
     assert _next(alice_events, "chat")["text"] == "across containers"
 
     # alice's container dies; she comes back through HAProxy on the other one
-    old_sid = alice.get_sid()
+    old_sid, bob_sid = alice.get_sid(), bob.get_sid()
     _docker_compose("kill", "-s", "SIGKILL", alice_node, env=env, timeout=60)
     deadline = time.monotonic() + 30
     while not (alice.connected and alice.get_sid() == old_sid and alice.recovered):
         assert time.monotonic() < deadline, "alice did not recover on the other node"
+        time.sleep(0.1)
+    # bob's session lives on the surviving node, but with no affinity his
+    # requests (or his websocket, spliced) may have passed through the dead
+    # one: then he too comes back, and recovers, with his sid
+    while not (bob.connected and "/" in bob.namespaces and bob.get_sid() == bob_sid):
+        assert time.monotonic() < deadline, "bob did not come back with his session"
         time.sleep(0.1)
     bob.call("say", {"text": "after the crash", "room": "compose"}, timeout=WAIT)
     assert _next(alice_events, "chat")["text"] == "after the crash"
