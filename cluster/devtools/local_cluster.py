@@ -230,7 +230,8 @@ class LocalCluster:
 
     def describe(self) -> str:
         """A few lines naming every process, its URL, PID and log."""
-        lines = [f"cluster   {self.url}   (HAProxy, round robin, no affinity; logs in {self.workdir})"]
+        lines = [f"cluster   {self.url}   (HAProxy, round robin, no affinity; "
+                 f"logs in {self.workdir})"]
         if self.haproxy and self.haproxy.stats_port:
             lines.append(f"stats     http://{self.host}:{self.haproxy.stats_port}/")
         if self.haproxy:
