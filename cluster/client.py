@@ -22,7 +22,14 @@ __all__ = ["Client", "has_offset_marker"]
 class Client(compat.ClientSeam):
     """``socketio.Client`` plus session resume (``pid``/``offset``).
 
-    All constructor and ``connect()`` arguments are python-socketio's.
+    All constructor and ``connect()`` arguments are python-socketio's, plus
+    ``ordered_events`` (default ``False``, python-socketio's behaviour: each
+    event's handler runs in a thread of its own, so two events arriving
+    together may be handled in either order). With ``True`` handlers run one
+    at a time, in arrival order, in the client's receive thread, as the
+    JavaScript client runs them: use it when the order of what a room
+    receives matters to you. Such a handler must return quickly and must not
+    wait for the server (``call()``): the answer would queue behind it.
     ``auth`` may be a dict or a callable returning one, as there; the resume
     fields are added to it on every (re)connect.
 
@@ -34,8 +41,8 @@ class Client(compat.ClientSeam):
       previous connection (same sid) for the default namespace.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, ordered_events: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, ordered_events=ordered_events, **kwargs)
         self.resume_state = ResumeState()
 
     @property

@@ -253,8 +253,23 @@ def binary_event_data(first: Any, attachments: list[bytes]) -> Any:
 # -- python-socketio's client ------------------------------------------------
 
 
+class _InOrderEngineClient(engineio.Client):  # type: ignore[misc]  # untyped
+    """python-engineio's client handing each message to python-socketio in
+    its receive thread, in arrival order (``_trigger_event`` starts a thread
+    per ``message`` otherwise, and two threads may run in either order)."""
+
+    def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "message":
+            kwargs["run_async"] = False
+        return super()._trigger_event(event, *args, **kwargs)
+
+
 class ClientSeam(socketio.Client):  # type: ignore[misc]  # python-socketio is untyped
     """python-socketio's client with the hooks a resuming client needs.
+
+    - ``ordered_events``: python-socketio picks its Engine.IO client class
+      through ``_engineio_client_class()``, called from its constructor;
+      with the flag set it is one that runs handlers in arrival order;
 
     - :meth:`connect_payload`: the CONNECT payload per namespace. The
       library sends one ``auth`` to every namespace from
@@ -266,6 +281,15 @@ class ClientSeam(socketio.Client):  # type: ignore[misc]  # python-socketio is u
     - :meth:`event_arguments`: an event's arguments, before its handler
       gets them (``_handle_event``).
     """
+
+    def __init__(self, *args: Any, ordered_events: bool = False, **kwargs: Any) -> None:
+        self.ordered_events = ordered_events  # read by the constructor below
+        super().__init__(*args, **kwargs)
+
+    def _engineio_client_class(self) -> type:
+        if self.ordered_events:
+            return _InOrderEngineClient
+        return super()._engineio_client_class()  # type: ignore[no-any-return]
 
     def _handle_eio_connect(self) -> None:
         self.logger.info("Engine.IO connection established")

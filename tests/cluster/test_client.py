@@ -5,6 +5,7 @@ issued and sends it back when it reconnects."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +42,12 @@ def node() -> Iterator[dict[str, Any]]:
     @socketio.on("recall")
     def recall() -> Any:
         return flask.session.get("value")
+
+    @socketio.on("burst")
+    def burst(count: int) -> str:
+        for n in range(count):
+            socketio.emit("n", n, to=flask.request.sid)
+        return "sent"
 
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -109,5 +116,25 @@ def test_a_callable_auth_is_resolved_and_merged(node: dict[str, Any]) -> None:
         assert node["auth"][0] == {"pid": "the application's own", "n": 1}
         assert node["auth"][1] == {"pid": "the application's own", "offset": None, "n": 2}
         assert node["resumed"][1] is False  # a pid nobody issued: a fresh session
+    finally:
+        client.disconnect()
+
+
+def test_ordered_events_run_handlers_one_at_a_time_in_arrival_order(
+        node: dict[str, Any]) -> None:
+    client = cluster.Client(reconnection=False, ordered_events=True)
+    got: list[int] = []
+
+    @client.on("n")
+    def on_n(n: int) -> None:
+        if n == 0:
+            time.sleep(0.3)  # a slow first handler: the others wait for it
+        got.append(n)
+
+    client.connect(node["url"], transports=["polling"], wait_timeout=10)
+    try:
+        assert client.call("burst", 5, timeout=10) == "sent"
+        wait_for(lambda: len(got) == 5)
+        assert got == [0, 1, 2, 3, 4]
     finally:
         client.disconnect()

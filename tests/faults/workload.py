@@ -54,7 +54,10 @@ class FaultClient:
         self.nodes: list[str] = []  # node of each (re)connect, from whoami
         self.away_since: float | None = None
         self.connects = 0
-        self.client: Any = workload.factory(cls=Client, reconnection_delay=0.2,
+        # ordered_events: the checker reads arrival order (python-socketio
+        # would run each msg handler in a thread of its own)
+        self.client: Any = workload.factory(cls=Client, ordered_events=True,
+                                            reconnection_delay=0.2,
                                             reconnection_delay_max=1.0,
                                             randomization_factor=0.5)
         self.client.on("msg", self._on_msg)
