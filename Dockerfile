@@ -21,6 +21,8 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# greenlet, eventlet and gevent at the versions ./dev test runs the suite with
+COPY constraints/runtime.txt ./constraints/runtime.txt
 COPY cluster ./cluster
 COPY session_store ./session_store
 COPY workers ./workers
@@ -28,7 +30,8 @@ COPY demo ./demo
 COPY deploy/require-secrets /usr/local/bin/require-secrets
 COPY --from=browser-client /client/node_modules/socket.io-client/dist/socket.io.min.js \
      ./demo/js/node_modules/socket.io-client/dist/socket.io.min.js
-RUN pip install ".[demo]" \
+# both runtimes (CLUSTER_ASYNC_MODE=eventlet, the default, or gevent), pinned
+RUN pip install -c constraints/runtime.txt ".[demo,gevent]" \
     && chmod 755 /usr/local/bin/require-secrets \
     && useradd --system --uid 999 --home-dir /app --shell /usr/sbin/nologin socketio
 # numeric, so Kubernetes can check runAsNonRoot (the Helm chart runs as 999)

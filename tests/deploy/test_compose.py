@@ -136,6 +136,24 @@ def test_no_compose_command_needs_the_secrets() -> None:
         assert env["CLUSTER_ADVERTISE_URL"] == f"http://{service}:5000", service
 
 
+def test_the_nodes_runtime_is_a_setting_and_the_image_has_both() -> None:
+    """``CLUSTER_ASYNC_MODE`` picks the nodes' runtime (eventlet unless set),
+    and the image installs both at the pins the suite runs."""
+    from cluster import runtime
+
+    compose = _compose_file()
+    for service in ("node1", "node2"):
+        env = compose["services"][service]["environment"]
+        assert env["CLUSTER_ASYNC_MODE"] == "${CLUSTER_ASYNC_MODE:-eventlet}", service
+    assert runtime.DEFAULT_MODE == "eventlet" and runtime.ENV_VAR == "CLUSTER_ASYNC_MODE"
+    dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
+    assert "COPY constraints/runtime.txt ./constraints/runtime.txt" in dockerfile
+    (install,) = [line for line in dockerfile if line.startswith("RUN pip install ")]
+    assert install.startswith('RUN pip install -c constraints/runtime.txt ".[demo,gevent]"')
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert not [line for line in ignored if "constraints" in line or line.endswith(".txt")]
+
+
 def _entrypoint(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], bool]:
     """Run the image's entrypoint as the container would, with ``env`` as its
     secrets; return the result and whether the command behind it ran."""

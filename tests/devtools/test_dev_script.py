@@ -9,12 +9,17 @@ no apt-get, pip or npm runs and the answer does not depend on this machine.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-DEV = Path(__file__).resolve().parents[2] / "dev"
+ROOT = Path(__file__).resolve().parents[2]
+DEV = ROOT / "dev"
+RUNTIME_PINS = ROOT / "constraints" / "runtime.txt"
 
 #: records every installer call as one JSON line: [function, arguments...]
 STUBS = r"""
@@ -93,3 +98,67 @@ def test_usage_lists_every_command() -> None:
         assert f"\n  {command} " in done.stdout, command
     assert "set -euo" not in done.stdout
     assert done.stdout.rstrip().endswith("run their own redis-server on free ports.")
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """name -> version of every ``name==version`` line of a constraints file."""
+    pins: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            name, version = requirement.split("==")
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def test_runtime_pins_are_exact_and_cover_the_green_thread_stack() -> None:
+    assert set(_pins(RUNTIME_PINS)) == {"greenlet", "eventlet", "gevent"}
+
+
+def test_the_project_venv_runs_the_runtime_pins() -> None:
+    """What ``./dev test`` runs is what the image ships: the installed
+    greenlet, eventlet and gevent are constraints/runtime.txt's."""
+    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        # .venv-minimum runs the floors of constraints/minimum.txt instead
+        pytest.skip(f"not ./dev's .venv ({sys.prefix}): the pins hold there only")
+    installed = {name: metadata.version(name) for name in _pins(RUNTIME_PINS)}
+    assert installed == _pins(RUNTIME_PINS), "run ./dev setup to install the pins"
+
+
+#: a stand-in for .venv's python: records its arguments as one JSON line
+FAKE_PYTHON = """#!/bin/sh
+python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >>"$RECORD"
+"""
+
+
+def test_the_venv_installs_with_the_runtime_pins_and_the_minimum_with_its_floors(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    (root / "constraints").mkdir(parents=True)
+    for name in ("pyproject.toml", "constraints/runtime.txt", "constraints/minimum.txt"):
+        shutil.copy(ROOT / name, root / name)
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    record = tmp_path / "record"
+    script = f"""source "$1"
+ROOT={root}; PY={fake}; STAMP={tmp_path}/stamp; DEMO_STAMP={tmp_path}/demo-stamp
+MIN_PY={fake}; MIN_STAMP={tmp_path}/min-stamp
+install_project dev
+install_project dev
+echo 'greenlet==0.0.1' >>"$ROOT/constraints/runtime.txt"
+install_project dev
+setup_minimum
+"""
+    done = subprocess.run(["bash", "-c", script, "bash", str(DEV)],
+                          env={"PATH": "/usr/bin:/bin", "RECORD": str(record)},
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    pip = ["-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    # once for the pins as they were, once more after they changed; the
+    # minimum venv with its own floors and never the runtime pins
+    assert calls == [[*pip, "-c", "constraints/runtime.txt", "-e", ".[dev]"],
+                     [*pip, "-c", "constraints/runtime.txt", "-e", ".[dev]"],
+                     [*pip, "-c", "constraints/minimum.txt", "-e", ".[test]"]]

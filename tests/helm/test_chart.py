@@ -34,6 +34,8 @@ import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
 import yaml  # type: ignore[import-untyped]
 
+from cluster import runtime
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "socketio-cluster"
 TEMPLATES = CHART / "templates"
@@ -264,12 +266,29 @@ def test_node_environment_is_the_composes(chart: helm.Chart, compose: dict[str, 
     assert env["CONNECTION_STATE_RECOVERY"]["value"] == "120"  # compose: ${...-120}
 
 
+def test_async_mode_reaches_the_nodes_only(chart: helm.Chart, compose: dict[str, Any]) -> None:
+    # the default is the runner's and the compose file's
+    compose_env = compose["services"]["node1"]["environment"]
+    assert compose_env["CLUSTER_ASYNC_MODE"] == f"${{CLUSTER_ASYNC_MODE:-{runtime.DEFAULT_MODE}}}"
+    assert env_of(node(render(chart, SECRET_KEY)))["CLUSTER_ASYNC_MODE"] == {
+        "name": "CLUSTER_ASYNC_MODE", "value": runtime.DEFAULT_MODE}
+    objects = render(chart, {**SECRET_KEY, "asyncMode": "gevent"})
+    assert env_of(node(objects))["CLUSTER_ASYNC_MODE"]["value"] == "gevent"
+    # Celery workers never run a node: no runtime to choose
+    worker = container(find(objects, "Deployment", f"{RELEASE}-socketio-cluster-worker"), "worker")
+    assert "CLUSTER_ASYNC_MODE" not in env_of(worker)
+    # the schema offers exactly the runtimes the runner knows
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["asyncMode"]["enum"] == list(runtime.MODES)
+
+
 def test_limits_reach_the_runner_and_default_when_null(chart: helm.Chart,
                                                        compose: dict[str, Any]) -> None:
     env = env_of(node(render(chart, SECRET_KEY)))
     compose_env = compose["services"]["node1"]["environment"]
     names = [name for name in compose_env if name.startswith("CLUSTER_") and name not in (
-        "CLUSTER_SIGNING_SECRET", "CLUSTER_DRAIN_SECONDS", "CLUSTER_ADVERTISE_URL")]
+        "CLUSTER_SIGNING_SECRET", "CLUSTER_DRAIN_SECONDS", "CLUSTER_ADVERTISE_URL",
+        "CLUSTER_ASYNC_MODE")]
     assert len(names) == 8
     for name in names:  # empty: the runner's default, in both
         assert env[name]["value"] == "", name
@@ -342,11 +361,11 @@ def test_worker_runs_what_compose_runs(chart: helm.Chart, compose: dict[str, Any
     c = container(find(objects, "Deployment", f"{RELEASE}-socketio-cluster-worker"), "worker")
     assert c["command"] == ["python", "-m", "workers", "worker"]
     assert c["command"] + c["args"] == compose["services"]["worker"]["command"]
-    # compose shares one environment anchor; only the nodes drain and serve
-    # connections (their limits)
+    # compose shares one environment anchor; only the nodes drain, serve
+    # connections (their limits) and run on a green-thread runtime
     wanted = {name for name in compose["services"]["worker"]["environment"]
-              if name != "CLUSTER_DRAIN_SECONDS" and not name.startswith(
-                  ("CLUSTER_MAX_", "CLUSTER_CONNECT_", "CLUSTER_HTTP_"))}
+              if name not in ("CLUSTER_DRAIN_SECONDS", "CLUSTER_ASYNC_MODE")
+              and not name.startswith(("CLUSTER_MAX_", "CLUSTER_CONNECT_", "CLUSTER_HTTP_"))}
     assert wanted <= set(env_of(c))
     assert "workers.celery_app" in " ".join(c["livenessProbe"]["exec"]["command"])
 
@@ -468,6 +487,7 @@ def test_ingress_is_off_by_default_and_sticky_only_as_an_option(chart: helm.Char
     ({**SECRET_KEY, "service": {"type": "ExternalName"}}, "/service/type"),
     ({**SECRET_KEY, "image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ({**SECRET_KEY, "app": "no-attribute"}, "/app"),
+    ({**SECRET_KEY, "asyncMode": "threading"}, "/asyncMode"),
     ({**SECRET_KEY, "worker": {"pool": "gevent"}}, "/worker/pool"),
     ({**SECRET_KEY, "replicaCuont": 3}, "replicaCuont"),
     ({**SECRET_KEY, "limits": {"maxBacklog": 10}}, "/limits/maxBacklog"),
