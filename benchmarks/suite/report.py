@@ -20,6 +20,7 @@ from typing import Any
 from .targets import TARGETS, haproxy_executable, node_executable, node_package_version
 
 SELF, FSIO, NODE, RECOVERY = "cluster", "flask-socketio", "node", "cluster-recovery"
+GEVENT = "cluster-gevent"
 
 
 # -- where and with what ---------------------------------------------------------------
@@ -234,6 +235,27 @@ def ratio_rows(results: dict[str, Any], scenarios: list[str], deflate: str) -> l
         if on["rounds"] and off["rounds"]:
             lines.append(f"\nConnection state recovery on ÷ off, max delivered/s {s}: "
                          f"{ratio(on['max_median'], off['max_median'])}")
+    lines += runtime_lines(results, scenarios)
+    return lines
+
+
+def runtime_lines(results: dict[str, Any], scenarios: list[str]) -> list[str]:
+    """gevent ÷ eventlet (the same node on the other runtime), where both ran."""
+    lines = []
+    for s in scenarios:
+        ge, ev = summary(results, GEVENT, s), summary(results, SELF, s)
+        if ge["rounds"] and ev["rounds"]:
+            lines.append(f"\ngevent ÷ eventlet, {s}: max delivered/s "
+                         f"{ratio(ge['max_median'], ev['max_median'])}, node CPU per delivery "
+                         f"{ratio(ge['cpu_us_median'], ev['cpu_us_median'])}, p99 at half load "
+                         f"{ratio(ge['half_p99'], ev['half_p99'])}")
+    mem = results["memory"]
+    if GEVENT in mem and SELF in mem:
+        for count in results["settings"]["memory_counts"]:
+            ge_kib = mem[GEVENT]["kib_per_connection"].get(str(count))
+            ev_kib = mem[SELF]["kib_per_connection"].get(str(count))
+            lines.append(f"\ngevent ÷ eventlet, idle memory per websocket at {count:,}: "
+                         f"{ratio(ge_kib, ev_kib)}")
     return lines
 
 

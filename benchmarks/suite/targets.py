@@ -64,6 +64,9 @@ TARGETS: dict[str, Target] = {t.key: t for t in (
     # the same node with connection state recovery on: the cost of the offsets
     Target("cluster-recovery", "this project, recovery on", _cluster(["--recovery-window", "120"]),
            deflate=False, memory=False),
+    # the same node on the other runtime (python -m cluster node --async-mode gevent)
+    Target("cluster-gevent", "this project on gevent", _cluster(["--async-mode", "gevent"]),
+           deflate=False),
     Target("flask-socketio", "Flask-SocketIO 5.7 + RedisManager, eventlet", _flask_socketio),
     Target("node", "Node socket.io 4.8 + redis-adapter", _node),
 )}
