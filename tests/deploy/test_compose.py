@@ -221,15 +221,18 @@ def test_an_empty_signing_secret_stops_the_node_and_the_worker(command: list[str
     assert "CLUSTER_SIGNING_SECRET" in line
 
 
-@pytest.fixture()
-def compose_cluster() -> Iterator[str]:
+@pytest.fixture(params=["eventlet", "gevent"])
+def compose_cluster(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The compose file's cluster, its nodes on each runtime in turn (the
+    image has both; ``CLUSTER_ASYNC_MODE`` picks one)."""
     reason = _compose_available()
     if reason:
         _skip_or_fail(reason)
     project = f"sio-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = dict(os.environ, CLUSTER_PORT=str(port), COMPOSE_PROJECT_NAME=project,
-               CONNECTION_STATE_RECOVERY="60", **DEPLOYMENT_ENV)
+               CONNECTION_STATE_RECOVERY="60", CLUSTER_ASYNC_MODE=request.param,
+               **DEPLOYMENT_ENV)
     try:
         up = _docker_compose("up", "-d", "--build", "--wait", "--wait-timeout", "240",
                              env=env, timeout=600, check=False)
@@ -237,10 +240,12 @@ def compose_cluster() -> Iterator[str]:
             logs = _docker_compose("logs", "--tail", "40", env=env, check=False).stdout
             pytest.fail(f"docker compose up failed:\n{up.stderr[-3000:]}\n{logs[-4000:]}")
         os.environ["_SIO_COMPOSE_PROJECT"] = project
+        os.environ["_SIO_COMPOSE_RUNTIME"] = request.param
         yield f"http://127.0.0.1:{port}"
     finally:
         _docker_compose("down", "-v", "--timeout", "5", env=env, timeout=180, check=False)
         os.environ.pop("_SIO_COMPOSE_PROJECT", None)
+        os.environ.pop("_SIO_COMPOSE_RUNTIME", None)
 
 
 def _login(url: str, name: str) -> requests.Session:
@@ -275,6 +280,11 @@ def test_compose_up_runs_the_demo_cluster(compose_cluster: str) -> None:
     states = _docker_compose("ps", "--format", "{{.Service}} {{.Health}}", env=env).stdout
     assert sorted(states.split("\n")[:-1] if states.endswith("\n") else states.split("\n")) == [
         "lb healthy", "node1 healthy", "node2 healthy", "redis healthy", "worker healthy"]
+    # each node runs on the runtime the setting named
+    runtime = os.environ["_SIO_COMPOSE_RUNTIME"]
+    for node in ("node1", "node2"):
+        logs = _docker_compose("logs", node, env=env).stdout
+        assert f"Node listening on http://0.0.0.0:5000 ({runtime})" in logs, logs[-2000:]
     # the probes and metrics are the balancer's and Prometheus's, not the public's
     for path in ("/readyz", "/healthz", "/metrics"):
         assert requests.get(url + path, timeout=WAIT).status_code == 404, path
