@@ -61,7 +61,7 @@ from typing import Any
 #: seconds a join waits for Redis to confirm the room's subscription
 FOLLOW_WAIT = 2.0
 #: seconds after a process asked other nodes to join rooms during which its
-#: room emits take the common channel (see ``ClusterManager.room_channel``)
+#: room emits take the common channel (see ``RoomRoutes.room_channel``)
 MEMBERSHIP_GRACE = 5.0
 #: the cluster commands that make nodes join rooms
 MEMBERSHIP_COMMANDS = frozenset({"sockets_join"})

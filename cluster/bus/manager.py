@@ -15,8 +15,10 @@ each only what it needs:
   :class:`~.services.view.ClusterView` (cluster-wide queries) and
   :class:`~.services.presence.Presence` see the bus through a
   :class:`~.services.link.BusLink`;
-- :class:`~.ordered_delivery.OrderedDelivery` hands a node's own logged
-  emits to its clients in stream order.
+- :class:`~.ordered_delivery.LocalDelivery` hands emits to the node's
+  clients, its own logged ones in stream order;
+- :class:`~.room_routes.RoomRoutes` picks each message's channel and follows
+  the channels of the rooms with members here.
 
 An emit from a handler goes manager → publisher → outbox → sender →
 transport, and on every other node transport → receiver → manager →
@@ -26,30 +28,21 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 from socketio.packet import Packet
 
 from cluster import compat
-from cluster.bus.channels import (
-    FOLLOW_WAIT,
-    MEMBERSHIP_COMMANDS,
-    MEMBERSHIP_GRACE,
-    ChannelFollower,
-    node_channel,
-    room_channel,
-    single_room,
-)
+from cluster.bus.channels import ChannelFollower, node_channel
 from cluster.bus.clock import ClockWatch
 from cluster.bus.codec import Codec
 from cluster.bus.defaults import DEFAULT_CHANNEL
-from cluster.bus.ordered_delivery import MAX_TRACKED, OrderedDelivery, PendingDelivery
+from cluster.bus.ordered_delivery import LocalDelivery, OrderedDelivery
 from cluster.bus.publisher import Publisher
 from cluster.bus.receiver import Receiver
+from cluster.bus.room_routes import RoomRoutes
 from cluster.bus.runtime import Runtime
 from cluster.bus.services.acks import AckTable
 from cluster.bus.services.answering import Answering
@@ -130,6 +123,14 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
                                          log, node_timeout=s.silence_limit,
                                          max_backoff=s.max_backoff,
                                          publishing=lambda: self.publisher.healthy)
+        self.local_delivery = LocalDelivery(
+            self.ordered, self.publisher, self.runtime, self.bus_stats,
+            # looked up at each delivery: an instance may replace it
+            apply_emit=lambda message: self.apply_emit(message),
+            logs_recovery=lambda: self.logs_recovery,
+            participants=self.get_participants, recovering=lambda: self.recovering,
+            subscribed=lambda: self.subscription.subscribed,
+            in_listener=lambda: self.receiver.in_listener(), offset_wait=s.offset_wait)
         link = BusLink(host_id=self.host_id, publish=self._publish_for_services,
                        dumps=self.publisher.dumps, spawn=self._spawn_safely, nodes=self.nodes,
                        logger=log, stats=self.bus_stats,
@@ -149,33 +150,31 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         self.heartbeat.on_gone(self.cluster.node_gone)
         self.heartbeat.on_gone(self.presence.node_gone)
         self.subscription.on_subscribed(self.presence.resync)
-        self.subscription.on_lost(self._emitters_stop_waiting)
+        self.subscription.on_lost(self.local_delivery.stop_waiting)
         #: the room channels this node follows (None: everything travels on
         #: the common channel; see :mod:`.channels`)
         self.follower: ChannelFollower | None = None
         self.routes = bool(transport.routes and s.route_by_room)
         #: what this bus's room and node channels are named after
         self.route_base = transport.route_base(self.channel)
-        # per task (green-thread local once patched): joins that do not wait
-        # for their confirmation (see follow_waits_deferred)
-        self._deferring = threading.local()
-        # until then this process's room emits take the common channel
-        # (see _memberships_changed_elsewhere)
-        self._common_until = 0.0
         if self.routes and not write_only:
             self.follower = transport.follower = ChannelFollower(self.runtime.spawn,
                                                                  self.runtime.event)
+        self.room_routes = RoomRoutes(
+            routes=self.routes, base=self.route_base, follower=self.follower,
+            subscribed=lambda: self.subscription.subscribed,
+            in_listener=lambda: self.receiver.in_listener(), stats=self.bus_stats)
         #: clients' answers to asks of any process: gather, workers' calls
         #: (see :mod:`.services.answering`)
         self.answering = Answering(
             link, self, self.acks, in_listener=lambda: self.receiver.in_listener(),
-            channel_of=lambda host: node_channel(self.route_base, host) if self.routes else None)
+            channel_of=self.room_routes.node_channel)
         self.heartbeat.on_gone(self.answering.node_gone)
         self.receiver = Receiver(transport, self.subscription, self.codec, self.bus_stats,
                                  log, host_id=self.host_id,
-                                 own_emit=self._deliver_own_logged,
+                                 own_emit=self.local_delivery.came_back,
                                  reset_clients=self._reset_local_clients, handlers={
-                                     "emit": self._deliver,
+                                     "emit": self.local_delivery.deliver,
                                      "callback": self.apply_callback,
                                      "disconnect": self.apply_disconnect,
                                      "enter_room": self.apply_enter_room,
@@ -288,7 +287,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         values["live_nodes"] = 0 if self.write_only else len(self.nodes)
         values["pending_acks"] = self.acks.pending()
         values["clock_offset_seconds"] = round(self.clock.offset, 3)
-        values["followed_channels"] = len(self.follower) if self.follower is not None else 0
+        values["followed_channels"] = self.room_routes.followed()
         return values
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -308,7 +307,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         room = to if to is not None else room
         if kwargs.get("ignore_queue"):
             if callback is None and self.logs_recovery:
-                # never logged: it ends with the "no offset" marker (see _deliver)
+                # never logged: it ends with the "no offset" marker (see LocalDelivery.deliver)
                 data = (*(data if isinstance(data, tuple) else (data,)), None)
             self.emit_here(event, data, namespace or "/", room=room,
                            skip_sid=skip_sid, callback=callback)
@@ -352,95 +351,30 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         if self.write_only:
             self.publisher.publish(body=body, logged=logged, channel=channel)
         elif pending is not None:
-            self._deliver_logged(message, body, pending, channel)
+            self.local_delivery.deliver_logged(message, body, pending, channel)
         else:
             if here:
-                self._deliver(message)  # this node's clients: no round trip
+                self.local_delivery.deliver(message)  # this node's clients: no round trip
             self.publisher.publish(body=body, logged=logged and not here, channel=channel)
 
     def room_channel(self, namespace: str, room: Any) -> str | None:
         """The channel an emit to ``room`` travels on (None: the common one)."""
-        if self.routes and single_room(room) and time.monotonic() >= self._common_until:
-            return room_channel(self.route_base, namespace, room)
-        return None
-
-    def _memberships_changed_elsewhere(self) -> None:
-        """This process asked other nodes to change memberships (a remote
-        sid's ``join_room``, ``sockets_join``): the node that joins follows
-        the room's channel only once it has read the request, and an emit
-        this process makes right after could reach Redis before that
-        subscription. For :data:`~.channels.MEMBERSHIP_GRACE` seconds its
-        room emits therefore take the common channel, which every node reads
-        in order after the request, as before routing."""
-        self._common_until = time.monotonic() + MEMBERSHIP_GRACE
+        return self.room_routes.room_channel(namespace, room)
 
     def _publish_for_services(self, message: dict[str, Any] | None = None,
                               **kwargs: Any) -> bool:
         """The cluster services' way out (see :class:`~.services.link.BusLink`)."""
-        if message is not None and message.get("op") in MEMBERSHIP_COMMANDS:
-            self._memberships_changed_elsewhere()
+        self.room_routes.service_message(message)
         return self.publisher.publish(message, **kwargs)
 
     def publish_message(self, data: dict[str, Any]) -> Any:
         """python-socketio's own bus messages (room changes, disconnects,
         returned acks) leave through the publisher too, each on the channel
         of the node, sid or room it is for (see :mod:`.channels`)."""
-        channel = None
-        if self.routes:
-            method = data.get("method")
-            if method == "callback" and isinstance(data.get("host_id"), str):
-                channel = node_channel(self.route_base, data["host_id"])
-            elif method in ("disconnect", "enter_room", "leave_room"):
-                if method == "enter_room":
-                    self._memberships_changed_elsewhere()
-                channel = self.room_channel(data.get("namespace") or "/", data.get("sid"))
-            elif method == "close_room":
-                channel = self.room_channel(data.get("namespace") or "/", data.get("room"))
-        return self.publisher.publish(data, channel=channel)
+        return self.publisher.publish(data, channel=self.room_routes.message_channel(data))
 
     def new_ack_id(self, sid: Any, callback: Any) -> int:
         return self.acks.add(sid, callback)
-
-    def _deliver_logged(self, message: dict[str, Any], body: str,
-                        pending: PendingDelivery, channel: str | None = None) -> None:
-        """Publish a logged emit and wait until the listener delivered it to
-        this node's clients, in stream order (see :mod:`.ordered_delivery`);
-        without the bus it is delivered here at once, without an offset, and
-        logged when the bus returns."""
-        self.publisher.start()
-        queued_at = time.monotonic()
-        coming_back = self.publisher.healthy and self.subscription.subscribed
-        in_listener = self.receiver.in_listener()
-        if in_listener and coming_back:
-            pending.message = message  # delivered when it comes back
-        queued = self.publisher.publish(body=body, logged=True, waiter=pending, channel=channel)
-        if queued and coming_back:
-            if in_listener:
-                return  # the listener cannot wait for itself
-            pending.wait(self.offset_wait)
-        # did not come back in time: who gets it now, so that those who
-        # enter the room before it comes back still get it then
-        recipients, recovering = (None, ()) if pending.claimed \
-            else self._local_recipients(message)
-        if self.ordered.settle(pending, recipients):
-            if self.runtime.paused_since(queued_at):
-                # frozen while it waited: the outbox drops it, and its
-                # clients, here too, have moved on (cluster.node.pause_fence)
-                return
-            if queued:
-                self.bus_stats.incr("delivered_unlogged")
-            if recovering:
-                # not to connections being recovered: without an offset their
-                # replay could not tell it from its own copy (sent twice);
-                # they get it from the replay, or when it comes back
-                message = dict(message, skip_sid=_with_skipped(message, recovering))
-            self._deliver(message)
-
-    def _emitters_stop_waiting(self) -> None:
-        """The subscription is gone: no logged emit comes back for now."""
-        for message in self.ordered.wake_all():
-            self.bus_stats.incr("delivered_unlogged")
-            self._deliver(message)
 
     #: closes every local client connection so that they reconnect and
     #: recover by themselves, returning how many (set by the node's server,
@@ -455,59 +389,6 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         themselves (see :mod:`.catch_up`)."""
         closer = self.client_closer
         return closer() if closer is not None else 0
-
-    def _deliver_own_logged(self, message: dict[str, Any]) -> None:
-        """The listener's part: this node's logged emit came back."""
-        lid = message.get("lid")
-        if not isinstance(lid, int):
-            return
-        verdict = self.ordered.arrived(lid)
-        if verdict is True:
-            try:
-                self._deliver(message)
-            finally:
-                self.ordered.done(lid)
-        elif isinstance(verdict, frozenset):
-            # abandoned, back late: to the clients the emitter did not reach
-            self._deliver(dict(message, skip_sid=_with_skipped(message, verdict)))
-
-    def _local_recipients(self, message: dict[str, Any]
-                          ) -> tuple[frozenset[Any] | None, list[Any]]:
-        """The sids of this node an abandoned emit goes to now (None: more
-        than :data:`~.ordered_delivery.MAX_TRACKED`), and those of its
-        targets that are being recovered, which it skips."""
-        namespace = message.get("namespace") or "/"
-        room = message.get("room")
-        rooms = room if isinstance(room, list) else [room]
-        recovering = self.recovering
-        sids: set[Any] = set()
-        held: list[Any] = []
-        for target in rooms:
-            for sid, eio_sid in self.get_participants(namespace, target):
-                if recovering is not None and recovering(eio_sid):
-                    held.append(sid)
-                    continue
-                sids.add(sid)
-        return (frozenset(sids) if len(sids) <= MAX_TRACKED else None), held
-
-    def _deliver(self, message: dict[str, Any]) -> None:
-        """Hand an emit to python-socketio for this node's clients."""
-        if self.logs_recovery and message.get("callback") is None:
-            # with recovery every event that asks for no ack ends with its
-            # offset, where socket.io's client reads it, or with None when
-            # it has none (delivered during an outage, or published by an
-            # emitter that does not log): cluster.Client then strips that
-            # last argument always, never guessing, and the official client
-            # ignores a trailing non-string
-            offset = message.get("offset")
-            marker = offset if isinstance(offset, str) else None
-            data = list(message["data"])
-            if message.get("binary"):
-                data[0] = [*data[0], marker]
-            else:
-                data.append(marker)
-            message = dict(message, data=data)
-        self.apply_emit(message)
 
     def disconnect(self, sid: Any, namespace: str | None = None, **kwargs: Any) -> Any:
         """Disconnect ``sid`` wherever it lives; a write-only emitter (no
@@ -532,12 +413,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
                          eio_sid: Any = None) -> None:
         first = room is not None and room not in self.rooms.get(namespace, {})
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        if room is not None and self.follower is not None and (
-                first or not self.follower.is_confirmed(
-                    room_channel(self.route_base, namespace, room))):
-            # the first member here asks for the channel; a later one whose
-            # room's subscription is not confirmed yet waits for it too
-            self._follow(namespace, room)
+        self.room_routes.entered(namespace, room, first)
         if first and self.presence.enabled and room != sid:
             self.presence.local_added(namespace, room)
 
@@ -546,53 +422,19 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
         super().basic_leave_room(sid, namespace, room)
         if not had or room in self.rooms.get(namespace, {}):
             return  # not the last member here
-        if self.follower is not None:
-            self.follower.unfollow(room_channel(self.route_base, namespace, room))
+        self.room_routes.emptied(namespace, room)
         if self.presence.enabled and room != sid:
             self.presence.local_removed(namespace, room)
 
-    def _follow(self, namespace: str, room: Any) -> None:
-        """The room's first member here: follow its channel. A handler's
-        join waits (up to :data:`~.channels.FOLLOW_WAIT` s) until Redis
-        confirmed, so an emit right after it reaches the new member; the
-        listener cannot wait for its own confirmation, nor anyone while the
-        bus is down (the next subscription takes the channel)."""
-        assert self.follower is not None
-        wait = FOLLOW_WAIT if (self.subscription.subscribed
-                               and not self.receiver.in_listener()
-                               and not getattr(self._deferring, "on", False)) else 0.0
-        channel = room_channel(self.route_base, namespace, room)
-        if not self.follower.follow(channel, wait) and wait:
-            self.bus_stats.incr("follow_timeouts")
-
-    @contextmanager
-    def follow_waits_deferred(self) -> Iterator[None]:
-        """Within the block, this task's joins follow their rooms' channels
-        without waiting for each confirmation: a CONNECT restoring (or
-        joining) several rooms waits once for all of them, with
-        :meth:`await_rooms`, after it gave back its admission slot."""
-        before = getattr(self._deferring, "on", False)
-        self._deferring.on = True
-        try:
-            yield
-        finally:
-            self._deferring.on = before
+    def follow_waits_deferred(self) -> AbstractContextManager[None]:
+        """Within the block, this task's joins do not wait for their rooms'
+        confirmations (see :meth:`.RoomRoutes.follow_waits_deferred`)."""
+        return self.room_routes.follow_waits_deferred()
 
     def await_rooms(self, namespace: str, rooms: Iterable[Any], timeout: float) -> bool:
-        """Whether every room in ``rooms`` has its live traffic reaching this
-        node: Redis confirmed the subscription of each room's channel,
-        waited for up to ``timeout`` seconds (True at once without routing).
-
-        A recovering connection reads what it missed from the recovery
-        stream only after this: what is published from then on arrives
-        live, so nothing falls between the two (under a reconnect storm a
-        confirmation can take longer than a join's ``FOLLOW_WAIT``)."""
-        if self.follower is None:
-            return True
-        channels = [room_channel(self.route_base, namespace, room) for room in rooms]
-        if self.receiver.in_listener():
-            return all(self.follower.is_confirmed(channel) for channel in channels)
-        return self.follower.wait_confirmed(channels, timeout)
+        """Whether the live traffic of every room in ``rooms`` reaches this
+        node, waited for up to ``timeout`` s (see :meth:`.RoomRoutes.await_rooms`)."""
+        return self.room_routes.await_rooms(namespace, rooms, timeout)
 
     def _spawn_safely(self, func: Any, *args: Any) -> Any:
         """Run ``func(*args)`` in a task of its own, logging its errors."""
@@ -603,9 +445,3 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
                 self.bus_logger().exception("Error in bus callback %r", func)
         return self.runtime.spawn(run)
 
-
-def _with_skipped(message: dict[str, Any], sids: Iterable[Any]) -> list[Any]:
-    """The emit's ``skip_sid`` with ``sids`` added."""
-    skip = message.get("skip_sid")
-    skipped = set(skip) if isinstance(skip, list) else {skip} if skip else set()
-    return sorted(skipped.union(sids), key=str)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +35,7 @@ import eventlet.wsgi
 
 from cluster.runner.body_deadline import TIMEOUT_RESPONSE, BodyDeadlineExceeded
 from cluster.runtime import UPGRADE_SOCKET, ServerOptions
+from cluster.runtime.body_reader import BodyBudget
 
 __all__ = ["EventletServer", "deadline_input", "http_protocol", "listen", "serve"]
 
@@ -161,52 +161,31 @@ def deadline_input(original: Any, budget: float, on_expired: Callable[[], None])
     raised, so that the protocol marks the connection for closing (eventlet
     would otherwise try to discard the rest of the body, slowly).
     """
-
-    class DeadlineInput(eventlet.wsgi.Input):  # type: ignore[misc]  # eventlet is untyped
-        spent = 0.0
-        _reading = False
-
-        def _charged(self, read: Callable[..., Any], *args: Any) -> Any:
-            if self._reading:  # a read made by another of this input's reads
-                return read(*args)
-            remaining = budget - self.spent
-            if remaining <= 0:
-                self._expire()
-            self._reading = True
-            started = time.monotonic()
-            timer = eventlet.Timeout(remaining)
-            try:
-                return read(*args)
-            except eventlet.Timeout as exc:
-                if exc is not timer:
-                    raise
-                self._expire()
-            finally:
-                timer.cancel()
-                self.spent += time.monotonic() - started
-                self._reading = False
-
-        def _expire(self) -> None:
-            self.spent = budget
-            on_expired()
-            raise BodyDeadlineExceeded(f"request body not received within {budget:g} s")
-
-        def read(self, length: int | None = None) -> bytes:
-            data: bytes = self._charged(super().read, length)
-            return data
-
-        def readline(self, size: int | None = None) -> bytes:
-            data: bytes = self._charged(super().readline, size)
-            return data
-
-        def readlines(self, hint: int | None = None) -> list[bytes]:
-            lines: list[bytes] = self._charged(super().readlines, hint)
-            return lines
-
-    wrapped = DeadlineInput(
+    return DeadlineInput(
         original.rfile, original.content_length, original.get_socket(), wfile=original.wfile,
-        wfile_line=original.wfile_line, chunked_input=original.chunked_input)
-    return wrapped
+        wfile_line=original.wfile_line, chunked_input=original.chunked_input,
+        body_budget=BodyBudget(budget, on_expired, start_timer=eventlet.Timeout,
+                               stop_timer=eventlet.Timeout.cancel))
+
+
+class DeadlineInput(eventlet.wsgi.Input):  # type: ignore[misc]  # eventlet is untyped
+    """eventlet's request input with its reads charged to ``body_budget``."""
+
+    def __init__(self, *args: Any, body_budget: BodyBudget, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.body_budget = body_budget
+
+    def read(self, length: int | None = None) -> bytes:
+        data: bytes = self.body_budget.charged(super().read, length)
+        return data
+
+    def readline(self, size: int | None = None) -> bytes:
+        data: bytes = self.body_budget.charged(super().readline, size)
+        return data
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        lines: list[bytes] = self.body_budget.charged(super().readlines, hint)
+        return lines
 
 
 class EventletServer:

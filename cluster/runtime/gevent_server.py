@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ import gevent.socket
 
 from cluster.runner.body_deadline import TIMEOUT_RESPONSE, BodyDeadlineExceeded
 from cluster.runtime import UPGRADE_SOCKET, ServerOptions
+from cluster.runtime.body_reader import BodyBudget
 
 __all__ = ["GeventServer", "handler_class", "listen", "serve"]
 
@@ -177,54 +177,31 @@ class DeadlineInput(gevent.pywsgi.Input):  # type: ignore[misc]  # gevent is unt
     it slowly.
     """
 
-    __slots__ = ("budget", "on_expired", "spent", "_reading")
+    __slots__ = ("body_budget", "on_expired")
 
     def __init__(self, rfile: Any, content_length: Any, *, socket: Any, chunked_input: bool,
                  budget: float, on_expired: Callable[[], None]) -> None:
         super().__init__(rfile, content_length, socket=socket, chunked_input=chunked_input)
-        self.budget = budget
         self.on_expired = on_expired
-        self.spent = 0.0
-        self._reading = False
+        self.body_budget = BodyBudget(budget, self._expired, start_timer=gevent.Timeout.start_new,
+                                      stop_timer=gevent.Timeout.close)
 
-    def _charged(self, read: Callable[..., Any], *args: Any) -> Any:
-        if self._reading:  # a read made by another of this input's reads
-            return read(*args)
-        remaining = self.budget - self.spent
-        if remaining <= 0:
-            self._expire()
-        self._reading = True
-        started = time.monotonic()
-        timer = gevent.Timeout.start_new(remaining)
-        try:
-            return read(*args)
-        except gevent.Timeout as exc:
-            if exc is not timer:
-                raise
-            self._expire()
-        finally:
-            timer.close()
-            self.spent += time.monotonic() - started
-            self._reading = False
-
-    def _expire(self) -> None:
-        self.spent = self.budget
+    def _expired(self) -> None:
         # pywsgi's flag for "the stream is in an unknown state": its discard
         # of the unread body then returns at once
         self._chunked_input_error = True  # type: ignore[misc]  # a slot of pywsgi's Input
         self.on_expired()
-        raise BodyDeadlineExceeded(f"request body not received within {self.budget:g} s")
 
     def read(self, length: int | None = None) -> bytes:
-        data: bytes = self._charged(super().read, length)
+        data: bytes = self.body_budget.charged(super().read, length)
         return data
 
     def readline(self, size: int | None = None) -> bytes:
-        data: bytes = self._charged(super().readline, size)
+        data: bytes = self.body_budget.charged(super().readline, size)
         return data
 
     def readlines(self, hint: int | None = None) -> list[bytes]:
-        lines: list[bytes] = self._charged(super().readlines, hint)
+        lines: list[bytes] = self.body_budget.charged(super().readlines, hint)
         return lines
 
 

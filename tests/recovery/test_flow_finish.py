@@ -9,19 +9,11 @@ from typing import Any
 
 import flask
 import pytest
-import redis
 
 from cluster import SocketIO
-from cluster.bus.codec import Codec, Dropped
 from cluster.recovery.flow import RecoveryFlow
 from cluster.recovery.replay import Replay
-from cluster.recovery.stream import RecoveryLog
-from tests.recovery.test_flow_plan import StreamReader
-
-
-def _emit(room: str, n: int) -> str:
-    return json.dumps({"method": "emit", "event": "e", "data": [n], "namespace": "/",
-                       "room": room, "skip_sid": None, "callback": None, "host_id": "h"})
+from tests.recovery.conftest import FlowStream, StreamReader, emit
 
 
 class RoomsGoLive:
@@ -39,21 +31,11 @@ class RoomsGoLive:
 
 
 @pytest.fixture()
-def setup(redis_url: str) -> Any:
-    codec = Codec()
-
-    def open_entry(payload: bytes) -> Any:
-        try:
-            return codec.open_archived(payload)[0]
-        except Dropped:
-            return None
-
-    client = redis.Redis.from_url(redis_url)
-    log = RecoveryLog("finish", open_entry, window=60)
+def setup(flow_stream: FlowStream) -> Any:
+    log, client, codec = flow_stream
     app = flask.Flask(__name__)
     socketio = SocketIO(app, session_store="memory", connection_state_recovery=True)
-    yield app, socketio, log, client, codec
-    client.close()
+    return app, socketio, log, client, codec
 
 
 def _connected(app: Any, socketio: Any) -> tuple[Any, str]:
@@ -72,12 +54,12 @@ def _events(test_client: Any) -> list[Any]:
 def test_what_is_published_until_the_rooms_are_live_is_replayed(setup: Any) -> None:
     app, socketio, log, client, codec = setup
     test_client, sid = _connected(app, socketio)
-    offset = log.append(client, codec.seal(_emit("feed", 0), "h"))
-    replayed = log.append(client, codec.seal(_emit("feed", 1), "h"))
-    replay = Replay(packets=[(replayed, json.loads(_emit("feed", 1)))], covered=replayed)
+    offset = log.append(client, codec.seal(emit("feed", 0), "h"))
+    replayed = log.append(client, codec.seal(emit("feed", 1), "h"))
+    replay = Replay(packets=[(replayed, json.loads(emit("feed", 1)))], covered=replayed)
     # published after the replay was read, before this node's subscription
     # to the room was confirmed: live delivery never sees it
-    rooms = RoomsGoLive(lambda: log.append(client, codec.seal(_emit("feed", 2), "h")),
+    rooms = RoomsGoLive(lambda: log.append(client, codec.seal(emit("feed", 2), "h")),
                         live=True)
     flow = RecoveryFlow(socketio.server, lambda: StreamReader(log, client), rooms)
     socketio.server.packet_hold.start(test_client.eio_sid)
@@ -91,9 +73,9 @@ def test_a_connection_whose_rooms_do_not_go_live_is_closed_unserved(
         setup: Any, caplog: pytest.LogCaptureFixture) -> None:
     app, socketio, log, client, codec = setup
     test_client, sid = _connected(app, socketio)
-    offset = log.append(client, codec.seal(_emit("feed", 0), "h"))
-    replayed = log.append(client, codec.seal(_emit("feed", 1), "h"))
-    replay = Replay(packets=[(replayed, json.loads(_emit("feed", 1)))], covered=replayed)
+    offset = log.append(client, codec.seal(emit("feed", 0), "h"))
+    replayed = log.append(client, codec.seal(emit("feed", 1), "h"))
+    replay = Replay(packets=[(replayed, json.loads(emit("feed", 1)))], covered=replayed)
     rooms = RoomsGoLive(lambda: None, live=False)
     closed: list[str] = []
     server = socketio.server

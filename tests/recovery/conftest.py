@@ -1,0 +1,64 @@
+"""What the RecoveryFlow tests (``test_flow_plan``, ``test_flow_finish``)
+share: a real recovery stream in Redis, read the way RecoveryFlow reads it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import pytest
+import redis
+
+from cluster.bus.codec import Codec, Dropped
+from cluster.recovery.stream import RecoveryLog
+
+
+class StreamReader:
+    """The reads RecoveryFlow needs, straight from a RecoveryLog."""
+
+    def __init__(self, log: RecoveryLog, client: Any) -> None:
+        self.log, self.client = log, client
+
+    def readable(self, offset: str) -> bool:
+        return self.log.readable(self.client, offset)
+
+    def contains(self, offset: str) -> bool:
+        return self.log.contains(self.client, offset)
+
+    def page(self, offset: str, count: int) -> Any:
+        return self.log.page(self.client, offset, count)
+
+    def scan(self, offset: str, namespace: str, sid: str, rooms: Any) -> Any:
+        return self.log.scan(self.client, offset, namespace, sid, rooms)
+
+
+class FlowStream(NamedTuple):
+    """A recovery log, the Redis client it is read with, and the codec that
+    seals its entries."""
+
+    log: RecoveryLog
+    client: redis.Redis
+    codec: Codec
+
+
+def emit(room: str | None, n: int) -> str:
+    """A bus emit of event ``e`` with ``[n]`` to ``room`` (``None``: everyone)."""
+    return json.dumps({"method": "emit", "event": "e", "data": [n], "namespace": "/",
+                       "room": room, "skip_sid": None, "callback": None, "host_id": "h"})
+
+
+@pytest.fixture()
+def flow_stream(redis_url: str) -> Iterator[FlowStream]:
+    """An empty recovery log (60 s window) on the test's Redis."""
+    codec = Codec()
+
+    def open_entry(payload: bytes) -> Any:
+        try:
+            return codec.open_archived(payload)[0]
+        except Dropped:
+            return None
+
+    client = redis.Redis.from_url(redis_url)
+    yield FlowStream(RecoveryLog("flow", open_entry, window=60), client, codec)
+    client.close()
