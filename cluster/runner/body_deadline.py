@@ -6,8 +6,10 @@ sending a body one byte every two seconds is never cut, and holds a green
 thread and a connection for as long as it likes. The node's header deadline
 (:mod:`cluster.runtime.eventlet_server`, :mod:`cluster.runtime.gevent_server`)
 ends when the head is complete, so the body needs its own. Each server
-gives its request input the deadline its own way; this module holds what
-they share.
+gives its request input the deadline its own way; the budget's accounting
+is :class:`cluster.runtime.body_reader.BodyBudget`, and this module holds
+what the servers and the runner share (the exception, the 408 response,
+the polling middleware).
 
 The deadline is a *budget of waiting*: the total time one request may spend
 blocked reading its body, counted only while the application (or the

@@ -117,6 +117,8 @@ def test_catch_up_past_a_trimmed_stream_sends_clients_to_recover(
     say(sender, range(4, 9))
     admin = redis.Redis.from_url(redis_url)
     try:
+        # an ack means queued on node A: wait until all 8 are in the stream
+        wait_for(lambda: admin.xlen(STREAM) >= 8, what="node A's emits in the stream")
         # what node B missed is gone from the stream: no exact catch-up
         assert admin.xtrim(STREAM, maxlen=0, approximate=False) >= 5
     finally:
