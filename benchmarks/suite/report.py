@@ -278,7 +278,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     if not scenarios:
         return
     fig, axes = plt.subplots(len(scenarios), 2, figsize=(12, 3.6 * len(scenarios)), squeeze=False)
-    colors = dict(zip(TARGETS, ("tab:blue", "tab:cyan", "tab:orange", "tab:green"), strict=True))
+    palette = ("tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:green")
+    colors = dict(zip(TARGETS, palette, strict=True))  # one per target: add one with a target
     styles = ("-", "--", ":", "-.")
     for row, scenario in zip(axes, scenarios, strict=True):
         for run in results["ladders"]:

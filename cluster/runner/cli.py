@@ -195,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
                       default=float(os.environ.get("CLUSTER_DRAIN_SECONDS", "10")),
                       help="on SIGTERM, how long in-flight handlers may take to finish before "
                            "the node exits (default: 10)")
+    node.add_argument("--gc-threshold", type=int, metavar="N",
+                      # 50,000: cluster.runner.gc_tuning.DEFAULT_YOUNG_THRESHOLD, not
+                      # imported here (the module list of the parser stays small)
+                      default=int(os.environ.get("CLUSTER_GC_THRESHOLD") or "50000"),
+                      help="allocations between two young garbage collections, set once "
+                           "the app is imported (which is then frozen out of collections); "
+                           "700 is CPython's default (default: $CLUSTER_GC_THRESHOLD, else "
+                           "50000)")
     node.add_argument("--drain-spread-seconds", type=float, metavar="SECONDS",
                       # 5: cluster.node.client_closing.DEFAULT_DRAIN_SPREAD_SECONDS, not
                       # imported here (it would import socketio before the monkey patch)
@@ -298,6 +306,13 @@ def run_node(args: argparse.Namespace) -> int:
         print(f"error: the application's SocketIO has async_mode={app_mode!r}, but the node "
               f"runs on {args.async_mode}: remove async_mode= from SocketIO(...), {fix}.",
               file=sys.stderr)
+        return 2
+    from cluster.runner.gc_tuning import tune
+
+    try:
+        tune(args.gc_threshold)
+    except ValueError as exc:
+        print(f"error: {exc} (--gc-threshold / CLUSTER_GC_THRESHOLD)", file=sys.stderr)
         return 2
     try:
         serve_node(socketio, socketio.app, args.host, args.port,

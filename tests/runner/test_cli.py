@@ -178,3 +178,11 @@ def test_a_module_without_an_app_stops_the_node(tmp_path: Path) -> None:
     done = _node("--app", "emitter_only:socketio", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "has no Flask app; call init_app(app)" in done.stderr
+
+
+def test_a_gc_threshold_below_one_stops_the_node_with_the_fix() -> None:
+    done = _node("--app", "tests.apps.chat_app:socketio", "--gc-threshold", "0")
+    assert done.returncode == 2, done.stderr
+    assert "error: the young generation's GC threshold must be at least 1, not 0" in done.stderr
+    assert "--gc-threshold / CLUSTER_GC_THRESHOLD" in done.stderr
+    assert "Traceback" not in done.stderr
