@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cluster import runtime
+from cluster.runner import gc_tuning
 from cluster.runner.log_format import LOG_FORMATS
 
 if TYPE_CHECKING:
@@ -196,13 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="on SIGTERM, how long in-flight handlers may take to finish before "
                            "the node exits (default: 10)")
     node.add_argument("--gc-threshold", type=int, metavar="N",
-                      # 50,000: cluster.runner.gc_tuning.DEFAULT_YOUNG_THRESHOLD, not
-                      # imported here (the module list of the parser stays small)
-                      default=int(os.environ.get("CLUSTER_GC_THRESHOLD") or "50000"),
+                      # a string default goes through type=int: a bad value in the
+                      # environment is argparse's one-line error, not a traceback
+                      default=os.environ.get(gc_tuning.ENV_VAR)
+                      or str(gc_tuning.DEFAULT_YOUNG_THRESHOLD),
                       help="allocations between two young garbage collections, set once "
                            "the app is imported (which is then frozen out of collections); "
-                           "700 is CPython's default (default: $CLUSTER_GC_THRESHOLD, else "
-                           "50000)")
+                           f"700 is CPython's default (default: ${gc_tuning.ENV_VAR}, else "
+                           f"{gc_tuning.DEFAULT_YOUNG_THRESHOLD})")
     node.add_argument("--drain-spread-seconds", type=float, metavar="SECONDS",
                       # 5: cluster.node.client_closing.DEFAULT_DRAIN_SPREAD_SECONDS, not
                       # imported here (it would import socketio before the monkey patch)
@@ -307,12 +309,10 @@ def run_node(args: argparse.Namespace) -> int:
               f"runs on {args.async_mode}: remove async_mode= from SocketIO(...), {fix}.",
               file=sys.stderr)
         return 2
-    from cluster.runner.gc_tuning import tune
-
     try:
-        tune(args.gc_threshold)
+        gc_tuning.tune(args.gc_threshold)
     except ValueError as exc:
-        print(f"error: {exc} (--gc-threshold / CLUSTER_GC_THRESHOLD)", file=sys.stderr)
+        print(f"error: {exc} (--gc-threshold / {gc_tuning.ENV_VAR})", file=sys.stderr)
         return 2
     try:
         serve_node(socketio, socketio.app, args.host, args.port,
