@@ -44,6 +44,21 @@ class Client(compat.ClientSeam):
     def __init__(self, *args: Any, ordered_events: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, ordered_events=ordered_events, **kwargs)
         self.resume_state = ResumeState()
+        #: how long a reconnect waits for the server's CONNECT reply: the
+        #: ``wait_timeout`` last given to :meth:`connect` (python-socketio
+        #: reconnects with its default of 1 s, and a resume that takes longer
+        #: on a busy node was given up, closed and claimed again)
+        self.reconnect_wait_timeout: float = 1.0
+
+    def connect(self, url: str, *args: Any, wait_timeout: float | None = None,
+                **kwargs: Any) -> None:
+        """python-socketio's ``connect``; a reconnect (which passes no
+        ``wait_timeout``) waits as long as the last explicit one."""
+        if wait_timeout is None:
+            wait_timeout = self.reconnect_wait_timeout
+        else:
+            self.reconnect_wait_timeout = wait_timeout
+        super().connect(url, *args, wait_timeout=wait_timeout, **kwargs)
 
     @property
     def recovered(self) -> bool:

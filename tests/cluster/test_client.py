@@ -138,3 +138,25 @@ def test_ordered_events_run_handlers_one_at_a_time_in_arrival_order(
         assert got == [0, 1, 2, 3, 4]
     finally:
         client.disconnect()
+
+
+def test_a_connect_without_wait_timeout_waits_as_long_as_the_last_one(
+        node: dict[str, Any]) -> None:
+    # python-socketio's reconnect calls connect() without a wait_timeout (so
+    # it waited its default 1 s): cluster.Client then waits as long as the
+    # caller's own connect did
+    client = cluster.Client(reconnection=False)
+    waits: list[Any] = []
+    connect = cluster.compat.ClientSeam.connect
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        waits.append(kwargs.get("wait_timeout"))
+        connect(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cluster.compat.ClientSeam, "connect", recording)
+        client.connect(node["url"], transports=["polling"], wait_timeout=7)
+        client.disconnect()
+        client.connect(node["url"], transports=["polling"])
+        client.disconnect()
+    assert waits == [7, 7] and client.reconnect_wait_timeout == 7
