@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from cluster.runner.body_deadline import BodyDeadlineExceeded
 
-__all__ = ["BodyBudget"]
+__all__ = ["BodyBudget", "ChargedReads"]
 
 
 class BodyBudget:
@@ -72,3 +72,23 @@ class BodyBudget:
         self.spent = self.budget
         self.on_expired()
         raise BodyDeadlineExceeded(f"request body not received within {self.budget:g} s")
+
+
+class ChargedReads:
+    """The three reads of a WSGI request input, each charged to the
+    input's ``body_budget``; put before the server's own input class in
+    the bases (``class DeadlineInput(ChargedReads, <server's Input>)``)."""
+
+    body_budget: BodyBudget
+
+    def read(self, length: int | None = None) -> bytes:
+        data: bytes = self.body_budget.charged(super().read, length)  # type: ignore[misc]
+        return data
+
+    def readline(self, size: int | None = None) -> bytes:
+        data: bytes = self.body_budget.charged(super().readline, size)  # type: ignore[misc]
+        return data
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        lines: list[bytes] = self.body_budget.charged(super().readlines, hint)  # type: ignore[misc]
+        return lines

@@ -35,7 +35,7 @@ import eventlet.wsgi
 
 from cluster.runner.body_deadline import TIMEOUT_RESPONSE, BodyDeadlineExceeded
 from cluster.runtime import UPGRADE_SOCKET, ServerOptions
-from cluster.runtime.body_reader import BodyBudget
+from cluster.runtime.body_reader import BodyBudget, ChargedReads
 
 __all__ = ["EventletServer", "deadline_input", "http_protocol", "listen", "serve"]
 
@@ -168,24 +168,12 @@ def deadline_input(original: Any, budget: float, on_expired: Callable[[], None])
                                stop_timer=eventlet.Timeout.cancel))
 
 
-class DeadlineInput(eventlet.wsgi.Input):  # type: ignore[misc]  # eventlet is untyped
+class DeadlineInput(ChargedReads, eventlet.wsgi.Input):  # type: ignore[misc]  # eventlet is untyped
     """eventlet's request input with its reads charged to ``body_budget``."""
 
     def __init__(self, *args: Any, body_budget: BodyBudget, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.body_budget = body_budget
-
-    def read(self, length: int | None = None) -> bytes:
-        data: bytes = self.body_budget.charged(super().read, length)
-        return data
-
-    def readline(self, size: int | None = None) -> bytes:
-        data: bytes = self.body_budget.charged(super().readline, size)
-        return data
-
-    def readlines(self, hint: int | None = None) -> list[bytes]:
-        lines: list[bytes] = self.body_budget.charged(super().readlines, hint)
-        return lines
 
 
 class EventletServer:

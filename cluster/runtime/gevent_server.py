@@ -34,7 +34,7 @@ import gevent.socket
 
 from cluster.runner.body_deadline import TIMEOUT_RESPONSE, BodyDeadlineExceeded
 from cluster.runtime import UPGRADE_SOCKET, ServerOptions
-from cluster.runtime.body_reader import BodyBudget
+from cluster.runtime.body_reader import BodyBudget, ChargedReads
 
 __all__ = ["GeventServer", "handler_class", "listen", "serve"]
 
@@ -167,7 +167,7 @@ def handler_class(options: ServerOptions) -> type:
     return NodeWSGIHandler
 
 
-class DeadlineInput(gevent.pywsgi.Input):  # type: ignore[misc]  # gevent is untyped
+class DeadlineInput(ChargedReads, gevent.pywsgi.Input):  # type: ignore[misc]  # gevent is untyped
     """pywsgi's request input whose reads share ``budget`` seconds (see
     :mod:`cluster.runner.body_deadline`).
 
@@ -189,20 +189,8 @@ class DeadlineInput(gevent.pywsgi.Input):  # type: ignore[misc]  # gevent is unt
     def _expired(self) -> None:
         # pywsgi's flag for "the stream is in an unknown state": its discard
         # of the unread body then returns at once
-        self._chunked_input_error = True  # type: ignore[misc]  # a slot of pywsgi's Input
+        self._chunked_input_error = True  # a slot of pywsgi's Input
         self.on_expired()
-
-    def read(self, length: int | None = None) -> bytes:
-        data: bytes = self.body_budget.charged(super().read, length)
-        return data
-
-    def readline(self, size: int | None = None) -> bytes:
-        data: bytes = self.body_budget.charged(super().readline, size)
-        return data
-
-    def readlines(self, hint: int | None = None) -> list[bytes]:
-        lines: list[bytes] = self.body_budget.charged(super().readlines, hint)
-        return lines
 
 
 class GeventServer:
