@@ -33,6 +33,7 @@ from cluster.exceptions import ConfigurationError
 from cluster.node.engine_socket import StrictSocket
 from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG, Flusher
 from cluster.node.pause_fence import PauseFence
+from cluster.node.websocket_reads import ReadScheduler
 from cluster.node.websocket_transport import ClusterSocket
 from session_store.quiet_log import QuietLog
 
@@ -56,9 +57,12 @@ class ClusterEngineServer(compat.EngineServerSeam):
         #: and the flusher of its websockets' writes
         self.runtime: runtime.Runtime | None = None
         self.flusher: Flusher | None = None
+        #: the read turns of its detached websockets (.websocket_reads)
+        self.read_scheduler: ReadScheduler | None = None
         if self.async_mode in runtime.MODES:
             self.runtime = runtime.load(self.async_mode)
             self.flusher = Flusher(self.runtime)
+            self.read_scheduler = ReadScheduler(self.runtime)
         self.max_backlog = DEFAULT_MAX_BACKLOG
         if max_backlog is not None:
             self.set_max_backlog(max_backlog)
@@ -149,6 +153,15 @@ class ClusterEngineServer(compat.EngineServerSeam):
         """Bytes client ``sid`` has not taken yet (0 when unknown or gone)."""
         socket = compat.engine_socket(self, sid)
         return int(getattr(socket, "unread_bytes", 0)) if socket is not None else 0
+
+    def read_stats(self) -> dict[str, int]:
+        """Websockets read in turns (detached from their HTTP request) and
+        the turns running and waiting (:mod:`.websocket_reads`)."""
+        scheduler = self.read_scheduler
+        if scheduler is None:
+            return {"detached": 0, "turns_running": 0, "turns_waiting": 0}
+        return {"detached": scheduler.detached, "turns_running": scheduler.running,
+                "turns_waiting": scheduler.waiting}
 
     def transport_stats(self) -> dict[str, int]:
         """Websocket writes and the frames they carried (coalescing ratio)."""

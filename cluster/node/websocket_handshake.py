@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cluster.node.frames import OPCODE_BINARY, OPCODE_TEXT, frame
-from cluster.runtime import UPGRADE_SOCKET
+from cluster.runtime import UPGRADE_DETACH, UPGRADE_SOCKET
 
 __all__ = ["HandshakeRefused", "NodeWebSocket", "accept_key", "handshake",
            "negotiate_deflate", "upgrade"]
@@ -159,13 +159,17 @@ class NodeWebSocket:
 
     :param socket: the connection's green socket.
     :param deflate: the permessage-deflate parameters agreed on, or ``None``.
+    :param detach: the server's offer to let the connection outlive the
+        request (:data:`cluster.runtime.UPGRADE_DETACH`), or ``None``.
     """
 
-    __slots__ = ("socket", "deflate", "_compressor")
+    __slots__ = ("socket", "deflate", "detach", "_compressor")
 
-    def __init__(self, socket: Any, deflate: dict[str, Any] | None = None) -> None:
+    def __init__(self, socket: Any, deflate: dict[str, Any] | None = None,
+                 detach: Callable[[], Callable[[], None]] | None = None) -> None:
         self.socket = socket
         self.deflate = deflate
+        self.detach = detach
         # zlib._Compress: typeshed's name for what zlib.compressobj() returns
         self._compressor: zlib._Compress | None = None
 
@@ -209,7 +213,7 @@ def upgrade(environ: dict[str, Any], start_response: Callable[..., Any],
     sock = take_socket()
     try:
         sock.sendall(response)
-        handler(NodeWebSocket(sock, deflate))
+        handler(NodeWebSocket(sock, deflate, environ.get(UPGRADE_DETACH)))
     except OSError:
         pass  # the client went away: there is no one to answer
     except Exception:

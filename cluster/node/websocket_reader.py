@@ -55,13 +55,23 @@ def unmask(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
 class WebSocketReader:
     """Messages from one client socket.
 
+    Bytes go in with :meth:`feed` (or are read by :meth:`read_message`,
+    which blocks), messages come out of :meth:`next_message` as soon as they
+    are complete: a frame's payload is taken only once all of it is
+    buffered, so a connection that waits for more holds only its unparsed
+    bytes, and no green thread (see :mod:`.websocket_reads`).
+
     :param sock: the connection's (green) socket, already past the HTTP
-        upgrade; its timeout bounds how long a read may wait.
+        upgrade; used by :meth:`read_message` only, whose waits its timeout
+        bounds.
     :param write: queues a frame to the client (pongs, the close reply).
     :param max_message: largest message in bytes, after inflation.
     :param deflate: the negotiated permessage-deflate parameters (see
         :func:`.websocket_handshake.negotiate_deflate`), or ``None``.
     """
+
+    __slots__ = ("_sock", "_write", "max_message", "_buffer", "_deflate", "_inflater",
+                 "closed", "_parts", "_size", "_opcode", "_compressed")
 
     def __init__(self, sock: Any, write: Callable[[bytes], None], *, max_message: int,
                  deflate: dict[str, Any] | None = None) -> None:
@@ -73,53 +83,92 @@ class WebSocketReader:
         # zlib._Decompress: typeshed's name for what zlib.decompressobj() returns
         self._inflater: zlib._Decompress | None = None
         self.closed = False
+        # the message being assembled from its frames
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._opcode: int | None = None
+        self._compressed = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not parsed yet."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes read from the client (``b""``: the client closed)."""
+        if not data:
+            self.closed = True
+        else:
+            self._buffer += data
 
     def read_message(self) -> str | bytes | None:
-        """The next text (``str``) or binary (``bytes``) message; ``None``
-        once the client closed (or broke the protocol, which is answered
-        with the matching close frame)."""
+        """The next text (``str``) or binary (``bytes``) message, waiting
+        for it; ``None`` once the client closed (or broke the protocol,
+        which is answered with the matching close frame)."""
+        while True:
+            message = self.next_message()
+            if message is not None or self.closed:
+                return message
+            try:
+                chunk = self._sock.recv(_RECV_SIZE)
+            except (ConnectionError, OSError, EOFError):
+                self.closed = True
+                return None
+            self.feed(chunk)
+
+    def next_message(self) -> str | bytes | None:
+        """The next message if all of it is buffered, else ``None`` (and
+        :attr:`closed` tells whether more may come)."""
         try:
-            return self._read_message()
+            return self._next_message()
         except ProtocolViolation as violation:
             self._close(violation.status)
             return None
-        except (ConnectionError, OSError, EOFError):
-            self.closed = True
-            return None
 
-    def _read_message(self) -> str | bytes | None:
-        parts: list[bytes] = []
-        size = 0
-        opcode = None
-        compressed = False
+    def _next_message(self) -> str | bytes | None:
         while not self.closed:
-            fin, rsv1, frame_opcode, payload = self._read_frame(self.max_message - size)
+            parsed = self._next_frame(self.max_message - self._size)
+            if parsed is None:
+                return None
+            fin, rsv1, frame_opcode, payload = parsed
             if frame_opcode >= 0x8:
                 self._control(frame_opcode, payload)
                 continue
-            if opcode is None:
+            if self._opcode is None:
                 if frame_opcode == OPCODE_CONTINUATION:
                     raise ProtocolViolation(1002, "continuation without a message")
-                opcode, compressed = frame_opcode, rsv1
+                self._opcode, self._compressed = frame_opcode, rsv1
             elif frame_opcode != OPCODE_CONTINUATION:
                 raise ProtocolViolation(1002, "new message inside a fragmented one")
-            parts.append(payload)
-            size += len(payload)
+            self._parts.append(payload)
+            self._size += len(payload)
             if fin:
-                data = b"".join(parts)
-                if compressed:
-                    data = self._inflate(data)
-                if opcode == OPCODE_TEXT:
-                    try:
-                        return data.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise ProtocolViolation(1007, "text is not UTF-8") from None
-                return data
+                return self._assemble()
         return None
 
-    def _read_frame(self, room: int) -> tuple[bool, bool, int, bytes]:
-        head = self._take(2)
-        first, second = head[0], head[1]
+    def _assemble(self) -> str | bytes:
+        parts, opcode, compressed = self._parts, self._opcode, self._compressed
+        self._parts, self._size, self._opcode, self._compressed = [], 0, None, False
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if compressed:
+            data = self._inflate(data)
+        if opcode == OPCODE_TEXT:
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProtocolViolation(1007, "text is not UTF-8") from None
+        return data
+
+    def _next_frame(self, room: int) -> tuple[bool, bool, int, bytes] | None:
+        """The next whole frame, taken from the buffer; ``None`` (nothing
+        taken) while part of it is still to come. The head is checked as
+        soon as it is in, so an oversized frame is refused before its
+        payload is waited for."""
+        buffer = self._buffer
+        available = len(buffer)
+        if available < 2:
+            return None
+        first, second = buffer[0], buffer[1]
         fin, rsv1, opcode = bool(first & 0x80), bool(first & 0x40), first & 0x0F
         if first & 0x30 or (rsv1 and self._deflate is None):
             raise ProtocolViolation(1002, "reserved bits set")
@@ -129,28 +178,33 @@ class WebSocketReader:
         if not second & 0x80:
             raise ProtocolViolation(1002, "client frames must be masked")
         length = second & 0x7F
+        head = 2
         if opcode >= 0x8:
             if not fin or length > 125:
                 raise ProtocolViolation(1002, "bad control frame")
         elif length == 126:
-            length = struct.unpack("!H", self._take(2))[0]
+            if available < 4:
+                return None
+            length = struct.unpack_from("!H", buffer, 2)[0]
+            head = 4
         elif length == 127:
-            length = struct.unpack("!Q", self._take(8))[0]
+            if available < 10:
+                return None
+            length = struct.unpack_from("!Q", buffer, 2)[0]
+            head = 10
         if opcode < 0x8 and length > room:
             raise ProtocolViolation(1009, "message too large")
-        mask = self._take(4)
-        return fin, rsv1, opcode, unmask(self._take(length), mask)
-
-    def _take(self, count: int) -> bytes:
-        buffer = self._buffer
-        while len(buffer) < count:
-            chunk = self._sock.recv(max(_RECV_SIZE, count - len(buffer)))
-            if not chunk:
-                raise EOFError("closed by the client")
-            buffer += chunk
-        data = bytes(buffer[:count])
-        del buffer[:count]
-        return data
+        end = head + 4 + length
+        if available < end:
+            return None
+        payload = unmask(buffer[head + 4:end], bytes(buffer[head:head + 4]))
+        if end < available:
+            del buffer[:end]
+        else:
+            # a fresh buffer once everything is parsed: an idle connection
+            # keeps none of the room its last burst needed
+            self._buffer = bytearray()
+        return fin, rsv1, opcode, payload
 
     def _inflate(self, data: bytes) -> bytes:
         options = self._deflate or {}

@@ -8,7 +8,11 @@ websocket transport under eventlet and gevent (polling is untouched):
   :mod:`.frames`) and appends it to the connection's
   :class:`~.frame_writer.FrameWriter`: no queue, no writer green thread, no
   per-packet timer, and one ``send`` per socket per turn of the event loop;
-- pings are hub timers instead of one sleeping green thread per connection;
+- pings are hub timers instead of one sleeping green thread per connection,
+  and so is the pong deadline that finds a dead peer;
+- once upgraded, a websocket detaches from the WSGI server and is read in
+  turns when it has bytes (:mod:`.websocket_reads`): an idle connection
+  holds no green thread;
 - the handshake is the node's own (:mod:`.websocket_handshake`), and the
   runtime's hub is reached through the server's
   :class:`~cluster.runtime.Runtime` only, so the same code runs on both;
@@ -36,10 +40,14 @@ from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG, FrameWriter
 from cluster.node.frames import frame, frame_of
 from cluster.node.websocket_handshake import NodeWebSocket, upgrade
 from cluster.node.websocket_reader import WebSocketReader
+from cluster.node.websocket_reads import DetachedReads
 
 logger = logging.getLogger("cluster.transport")
 
 PING_FRAME = frame(b"2")
+#: seconds past ``ping_timeout`` the pong deadline allows (timers and the
+#: client's own turn of its event loop)
+PONG_GRACE = 0.5
 
 
 class _SpentQueue:
@@ -83,6 +91,7 @@ class ClusterSocket(StrictSocket):
     compressed = False
     polling_backlog = 0
     ping_timer: Any = None
+    pong_timer: Any = None
     #: the pause fence's generation when it opened (set by the engine)
     fence_generation = 0
 
@@ -159,19 +168,36 @@ class ClusterSocket(StrictSocket):
         # environ for up to ping_interval after the connection is gone:
         # ~12 KB per closed connection under churn
         timer, self.ping_timer = self.ping_timer, None
+        pong_timer, self.pong_timer = self.pong_timer, None
+        cancel = self.server.runtime.cancel_call
         if timer is not None:
-            self.server.runtime.cancel_call(timer)
+            cancel(timer)
+        if pong_timer is not None:
+            cancel(pong_timer)
 
     def _ping_due(self) -> None:
         # runs in the hub: only non-blocking work here
         if self.closing or self.closed:
             return
-        self.last_ping = time.time()
+        sent_at = self.last_ping = time.time()
         writer = self.frame_writer
         if writer is not None:
             writer.write(PING_FRAME)
+            # nothing reads a detached websocket that has nothing to say, so
+            # a dead peer is found by its missing pong, not by a read timeout
+            self.pong_timer = self.server.runtime.call_later(
+                self.server.ping_timeout + PONG_GRACE, self._pong_due, sent_at)
         else:
             self.server.runtime.spawn(self.send, eio_packet.Packet(eio_packet.PING))
+
+    def _pong_due(self, sent_at: float) -> None:
+        # runs in the hub; a pong in time cleared last_ping (schedule_ping)
+        self.pong_timer = None
+        if self.last_ping == sent_at and not (self.closing or self.closed):
+            self.server.logger.info("%s: Client is gone, closing socket", self.sid)
+            # close() runs the disconnect handlers, which may block
+            self.server.runtime.spawn(self.close, False, False,
+                                      self.server.reason.PING_TIMEOUT)
 
     # -- closing -----------------------------------------------------------
 
@@ -206,11 +232,12 @@ class ClusterSocket(StrictSocket):
     def _serve_websocket(self, ws: NodeWebSocket) -> None:
         server = self.server
         sock = ws.socket
-        # a read that sees nothing for a whole ping cycle means a dead peer
+        # bounds each read of the upgrade handshake (and, when the server
+        # cannot detach the connection, every read: a dead peer)
         sock.settimeout(server.ping_interval + server.ping_timeout)
-        writer = FrameWriter(sock, server.flusher,
-                             max_backlog=getattr(server, "max_backlog", DEFAULT_MAX_BACKLOG),
-                             on_overflow=self._writer_overflowed)
+        writer = FrameWriter(
+            sock, server.flusher, max_backlog=getattr(server, "max_backlog", DEFAULT_MAX_BACKLOG),
+            on_overflow=self._writer_overflowed)
         deflate = ws.deflate
         self.compressed = deflate is not None
         if self.compressed:
@@ -218,6 +245,7 @@ class ClusterSocket(StrictSocket):
         reader = WebSocketReader(sock, writer.write, max_message=server.max_http_buffer_size,
                                  deflate=deflate)
         receive_frame = reader.read_message
+        detached = False
 
         try:
             if self.connected:
@@ -233,11 +261,17 @@ class ClusterSocket(StrictSocket):
             self.frame_writer = writer
             # nothing reads the queue from now on: free it
             self.queue = _SpentQueue(server.get_queue_empty_exception())
+            if ws.detach is not None:
+                reads = DetachedReads(self, reader, sock, server.read_scheduler, ws.detach())
+                detached = True  # the writer is the connection's from now on
+                reads.start()
+                return
             self._read_loop(receive_frame)
         finally:
-            if self.frame_writer is writer:
-                self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
-            writer.close()
+            if not detached:
+                if self.frame_writer is writer:
+                    self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+                writer.close()
 
     def _frame(self, pkt: Any) -> bytes:
         websocket = self.websocket
@@ -281,7 +315,6 @@ class ClusterSocket(StrictSocket):
             return None  # the session is closed already
 
     def _read_loop(self, receive_frame: Any) -> None:
-        sleep = self.server.runtime.sleep
         while True:
             try:
                 data = receive_frame()
@@ -292,19 +325,43 @@ class ClusterSocket(StrictSocket):
                 return
             if data is None:  # closed by the client, or a protocol violation
                 return
-            try:
-                pkt = self.decode_client_packet(data, "websocket")
-                self.check_packet_type(pkt, "websocket")
-                self.receive_client_packet(pkt, "websocket")
-                # a client that sends without pause would otherwise keep
-                # this green thread running (its reads never wait): let the
-                # other connections have the hub after each message
-                sleep(0)
-            except MalformedPayload:
-                return  # counted and logged by the server; the caller closes
-            except eio_exceptions.SocketIsClosedError:
+            if not self.handle_message(data):
                 return
-            except Exception:
-                self.server.logger.exception("Unknown receive error")
-                return
+
+    # -- what a detached websocket's reads hand over (.websocket_reads) -----
+
+    def handle_message(self, data: str | bytes) -> bool:
+        """Handle one message from the client; ``False`` once the
+        connection is to end."""
+        try:
+            pkt = self.decode_client_packet(data, "websocket")
+            self.check_packet_type(pkt, "websocket")
+            self.receive_client_packet(pkt, "websocket")
+            # a client that sends without pause would otherwise keep this
+            # green thread running (its reads never wait): let the other
+            # connections have the hub after each message
+            self.server.runtime.sleep(0)
+        except MalformedPayload:
+            return False  # counted and logged by the server; the caller closes
+        except eio_exceptions.SocketIsClosedError:
+            return False
+        except Exception:
+            self.server.logger.exception("Unknown receive error")
+            return False
+        return not self.closed
+
+    def connection_lost(self) -> None:
+        """The detached websocket's reading ended: the session ends with it."""
+        writer = self.frame_writer
+        if writer is None:
+            return
+        try:
+            if not (self.closed or self.closing):
+                self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            writer.close()
+        finally:
+            # python-engineio drops a closed socket from its server at the end
+            # of the request that served it, and this one's ended long ago
+            if compat.engine_socket(self.server, self.sid) is self:
+                compat.forget_engine_socket(self.server, self.sid)
 

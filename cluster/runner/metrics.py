@@ -67,6 +67,13 @@ class NodeCollector:
             transport.add_metric([name], value)
         yield transport
 
+        reads = GaugeMetricFamily(
+            "socketio_websocket_reads", "Websockets read in turns, holding no green thread "
+            "while idle (detached), and their read turns running and waiting", labels=["kind"])
+        for name, value in sorted(server.eio.read_stats().items()):
+            reads.add_metric([name], value)
+        yield reads
+
         stats = bus_features(server.manager).stats()
         if stats:
             bus = GaugeMetricFamily("socketio_bus", "Cluster bus figures", labels=["kind"])

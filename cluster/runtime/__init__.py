@@ -44,7 +44,9 @@ __all__ = [
     "DEFAULT_MODE",
     "ENV_VAR",
     "MODES",
+    "UPGRADE_DETACH",
     "UPGRADE_SOCKET",
+    "ReadWatch",
     "Runtime",
     "RuntimeUnavailableError",
     "ServerHandle",
@@ -65,6 +67,14 @@ ENV_VAR = "CLUSTER_ASYNC_MODE"
 #: application (the server writes nothing more to it and closes it once
 #: the application returns). See :mod:`cluster.node.websocket_handshake`.
 UPGRADE_SOCKET = "cluster.upgrade_socket"
+#: the WSGI environ key under which the node's servers offer to let an
+#: upgraded connection outlive its request: a callable that, once the
+#: socket was taken, makes the server neither close the socket nor free the
+#: connection's slot (``max_connections``) when the application returns,
+#: and gives back a callable that does both, later, once (idempotent). An
+#: idle websocket then holds no green thread (see
+#: :mod:`cluster.node.websocket_reads`).
+UPGRADE_DETACH = "cluster.upgrade_detach"
 
 _IMPLEMENTATIONS = {
     "eventlet": "cluster.runtime.eventlet_runtime",
@@ -122,6 +132,19 @@ class ServerHandle(Protocol):
         """Stop accepting and end every connection still open."""
 
 
+class ReadWatch(Protocol):
+    """A one-shot wait, in the hub, for a file descriptor to be readable
+    (:meth:`Runtime.watch_readable`): no green thread waits meanwhile."""
+
+    def arm(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback()`` in the hub once the descriptor is readable (or
+        closed, or in error: the read then says which), one time. Arming an
+        armed watch replaces its callback."""
+
+    def cancel(self) -> None:
+        """Stop waiting and let the watch go (a no-op when it is not armed)."""
+
+
 class Runtime(Protocol):
     """What the node asks of a green-thread library.
 
@@ -164,6 +187,9 @@ class Runtime(Protocol):
 
     def wait_writable(self, fileno: int) -> None:
         """Block this green thread until ``fileno`` is writable."""
+
+    def watch_readable(self, fileno: int) -> ReadWatch:
+        """A :class:`ReadWatch` on ``fileno``, not armed yet."""
 
     def raw_socket(self, sock: Any) -> Any:
         """The non-blocking OS socket beneath green socket ``sock`` (itself

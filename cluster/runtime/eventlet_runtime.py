@@ -23,7 +23,47 @@ with warnings.catch_warnings():
 
 from cluster.runtime import ServerHandle, ServerOptions
 
-__all__ = ["RUNTIME", "EventletRuntime"]
+__all__ = ["RUNTIME", "EventletReadWatch", "EventletRuntime"]
+
+
+class EventletReadWatch:
+    """A one-shot read listener in eventlet's hub (see
+    :class:`cluster.runtime.ReadWatch`): the listener a green thread's
+    blocking read would add, with a callback in its place."""
+
+    __slots__ = ("fileno", "_listener", "_callback")
+
+    def __init__(self, fileno: int) -> None:
+        self.fileno = fileno
+        self._listener: Any = None
+        self._callback: Callable[[], Any] | None = None
+
+    def arm(self, callback: Callable[[], Any]) -> None:
+        self._callback = callback
+        if self._listener is None:
+            hub = get_hub()
+            self._listener = hub.add(hub.READ, self.fileno, self._fire, self._closed, None)
+
+    def cancel(self) -> None:
+        self._callback = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            get_hub().remove(listener)
+
+    def _fire(self, _fileno: int) -> None:
+        callback = self._callback
+        # one-shot: the hub's poll is level-triggered, so a listener left in
+        # place would fire again every turn until someone reads
+        self.cancel()
+        if callback is not None:
+            callback()
+
+    def _closed(self, *_exc: Any) -> None:
+        # the hub dropped the listener (the descriptor was closed under it)
+        self._listener = None
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
 
 
 class EventletRuntime:
@@ -62,6 +102,9 @@ class EventletRuntime:
 
     def wait_writable(self, fileno: int) -> None:
         trampoline(fileno, write=True)
+
+    def watch_readable(self, fileno: int) -> EventletReadWatch:
+        return EventletReadWatch(fileno)
 
     def raw_socket(self, sock: Any) -> Any:
         # eventlet's GreenSocket keeps the real, non-blocking socket in .fd

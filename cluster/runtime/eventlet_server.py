@@ -20,7 +20,14 @@ is how eventlet enforces them:
   one budget (:func:`deadline_input`);
 - the websocket upgrade: the connection's socket is handed to the node's
   own handshake (:data:`cluster.runtime.UPGRADE_SOCKET`), and eventlet is
-  told the response was written (as its own websocket module does).
+  told the response was written (as its own websocket module does);
+- detached websockets (:data:`cluster.runtime.UPGRADE_DETACH`): the
+  connection's green thread ends while its socket stays open. eventlet
+  shuts a connection down in two places once its green thread ends (the
+  protocol's ``finish`` and the server's link on the green thread), so the
+  protocol skips the first and hands the second a stand-in; and the
+  connection keeps its slot of ``max_connections`` (:class:`ConnectionSlots`,
+  the server's pool) until the websocket closes.
 """
 
 from __future__ import annotations
@@ -31,13 +38,17 @@ from collections.abc import Callable
 from typing import Any
 
 import eventlet
+import eventlet.semaphore
 import eventlet.wsgi
+import greenlet
+from eventlet import greenio
 
 from cluster.runner.body_deadline import TIMEOUT_RESPONSE, BodyDeadlineExceeded
-from cluster.runtime import UPGRADE_SOCKET, ServerOptions
+from cluster.runtime import UPGRADE_DETACH, UPGRADE_SOCKET, ServerOptions
 from cluster.runtime.body_reader import BodyBudget, ChargedReads
 
-__all__ = ["EventletServer", "deadline_input", "http_protocol", "listen", "serve"]
+__all__ = ["ConnectionSlots", "EventletServer", "deadline_input", "http_protocol", "listen",
+           "serve"]
 
 logger = logging.getLogger("cluster.node")
 
@@ -52,16 +63,89 @@ def listen(host: str, port: int, *, tcp_nodelay: bool = True, backlog: int = 204
     return sock
 
 
+class ConnectionSlots:
+    """The server's pool: at most ``size`` connections, detached websockets
+    included (eventlet's ``GreenPool`` counts green threads, and a detached
+    websocket has none).
+
+    The accept loop waits in :meth:`spawn` while every slot is taken, so
+    new connections wait in the listener's accept queue, as with
+    eventlet's own pool. A connection's green thread gives its slot back
+    when it ends, unless it detached (:meth:`detach`): then whoever holds
+    the detached connection gives it back, once, through the callable
+    :meth:`detach` returned.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = eventlet.semaphore.Semaphore(size)
+        self._running: set[Any] = set()
+        self._detaching: set[Any] = set()
+        self.detached = 0
+
+    def spawn(self, function: Callable[..., Any], *args: Any) -> Any:
+        self._free.acquire()
+        green_thread = eventlet.spawn(self._run, function, args)
+        self._running.add(green_thread)
+        return green_thread
+
+    def _run(self, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        current = greenlet.getcurrent()
+        try:
+            return function(*args)
+        finally:
+            self._running.discard(current)
+            if current in self._detaching:
+                self._detaching.discard(current)
+            else:
+                self._free.release()
+
+    def detach(self) -> Callable[[], None]:
+        """Keep the calling connection's slot past its green thread; the
+        callable returned gives it back (once)."""
+        self._detaching.add(greenlet.getcurrent())
+        self.detached += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.detached -= 1
+                self._free.release()
+
+        return release
+
+    def waitall(self) -> None:
+        for green_thread in list(self._running):
+            green_thread.wait()
+
+
+class _DetachedSocket:
+    """What eventlet's server is left to shut down when a detached
+    connection's green thread ends: nothing (the websocket owns the socket)."""
+
+    def shutdown(self, *_args: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def http_protocol(header_timeout: float | None = None, idle_timeout: float | None = None,
-                  body_timeout: float | None = None) -> Any:
+                  body_timeout: float | None = None,
+                  slots: ConnectionSlots | None = None) -> Any:
     """eventlet's ``HttpProtocol`` with small buffers, the node's request
-    timeouts (``None`` switches one off) and the upgrade hand-off."""
+    timeouts (``None`` switches one off) and the upgrade hand-off
+    (``slots``: the server's pool, which a detached websocket keeps a slot
+    of; without it a detached websocket holds none)."""
 
     class NodeHttpProtocol(eventlet.wsgi.HttpProtocol):  # type: ignore[misc]  # eventlet is untyped
         rbufsize = 2048
         wbufsize = 2048
         _head_timer: Any = None
         _requests = 0
+        _detached = False
 
         def handle_one_request(self) -> None:
             if self._requests and not self._next_request_arrives():
@@ -95,6 +179,7 @@ def http_protocol(header_timeout: float | None = None, idle_timeout: float | Non
             environ: dict[str, Any] = super().get_environ()
             if environ.get("HTTP_UPGRADE"):
                 environ[UPGRADE_SOCKET] = self._upgrade_socket(environ)
+                environ[UPGRADE_DETACH] = self._detach
             elif body_timeout:
                 # eventlet reads eventlet.input itself (discarding an unread
                 # body), so both names get the input with the deadline
@@ -113,6 +198,37 @@ def http_protocol(header_timeout: float | None = None, idle_timeout: float | Non
                 return environ["eventlet.input"].get_socket()
 
             return take
+
+        def _detach(self) -> Callable[[], None]:
+            sock = self.connection
+            self._detached = True
+            self.close_connection = 1
+            # the server's link shuts down what conn_state holds
+            self.conn_state[1] = _DetachedSocket()
+            release_slot = slots.detach() if slots is not None else (lambda: None)
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if released:
+                    return
+                released = True
+                greenio.shutdown_safe(sock)
+                sock.close()
+                release_slot()
+
+            return release
+
+        def finish(self) -> None:
+            if not self._detached:
+                super().finish()
+                return
+            # the buffers go, the socket stays: the websocket owns it now
+            for stream in (self.wfile, self.rfile):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
 
         def _body_expired(self) -> None:
             # no discard of the rest of the body: the connection closes
@@ -192,14 +308,14 @@ def serve(wsgi_app: Callable[..., Any], host: str, port: int,
           options: ServerOptions) -> EventletServer:
     """Listen on ``host:port`` now and serve ``wsgi_app`` from a green thread."""
     sock = listen(host, port, tcp_nodelay=options.tcp_nodelay, backlog=options.backlog)
+    pool = ConnectionSlots(options.max_connections)
     green_thread = eventlet.spawn(
-        eventlet.wsgi.server, sock, wsgi_app,
-        max_size=options.max_connections,
+        eventlet.wsgi.server, sock, wsgi_app, custom_pool=pool,
         log_output=options.log_output, log=logging.getLogger("cluster.access"),
         # per socket operation, restarted by every byte: bounds a stalled
         # body or response; websockets replace it with their ping timeout
         socket_timeout=options.idle_timeout or None, debug=False,
         protocol=http_protocol(options.header_timeout, options.idle_timeout,
-                               options.body_timeout),
+                               options.body_timeout, pool),
     )
     return EventletServer(green_thread, sock)

@@ -21,7 +21,45 @@ import greenlet
 
 from cluster.runtime import ServerHandle, ServerOptions
 
-__all__ = ["RUNTIME", "GeventRuntime"]
+__all__ = ["RUNTIME", "GeventReadWatch", "GeventRuntime"]
+
+
+class GeventReadWatch:
+    """A one-shot read watcher in gevent's loop (see
+    :class:`cluster.runtime.ReadWatch`): the watcher a green thread's
+    blocking read would start, with a callback in its place. The watcher
+    object is made at the first arm and kept for the next ones."""
+
+    __slots__ = ("fileno", "_watcher", "_callback")
+
+    def __init__(self, fileno: int) -> None:
+        self.fileno = fileno
+        self._watcher: Any = None
+        self._callback: Callable[[], Any] | None = None
+
+    def arm(self, callback: Callable[[], Any]) -> None:
+        self._callback = callback
+        watcher = self._watcher
+        if watcher is None:
+            watcher = self._watcher = gevent.get_hub().loop.io(self.fileno, 1)
+        if not watcher.active:
+            watcher.start(self._fire)
+
+    def cancel(self) -> None:
+        self._callback = None
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()  # stops it and frees the libev/libuv handle
+
+    def _fire(self) -> None:
+        # one-shot: a watcher left started would fire again every turn
+        # until someone reads
+        callback, self._callback = self._callback, None
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.stop()
+        if callback is not None:
+            callback()
 
 
 class GeventRuntime:
@@ -64,6 +102,9 @@ class GeventRuntime:
 
     def wait_writable(self, fileno: int) -> None:
         gevent.socket.wait_write(fileno)
+
+    def watch_readable(self, fileno: int) -> GeventReadWatch:
+        return GeventReadWatch(fileno)
 
     def raw_socket(self, sock: Any) -> Any:
         # gevent's socket keeps the real, non-blocking socket in _sock (its

@@ -17,7 +17,13 @@ is told in :mod:`cluster.runner.serve`), the gevent way:
   traceback) and closes without reading the rest of the body;
 - the websocket upgrade: pywsgi has none of its own; the connection's
   socket is handed to the node's handshake
-  (:data:`cluster.runtime.UPGRADE_SOCKET`) and pywsgi writes nothing more.
+  (:data:`cluster.runtime.UPGRADE_SOCKET`) and pywsgi writes nothing more;
+- detached websockets (:data:`cluster.runtime.UPGRADE_DETACH`): the
+  connection's green thread ends while its socket stays open (pywsgi and
+  the server close a connection's socket once its handler ends: the
+  handler drops its reference first and the server skips it), and the
+  connection keeps its slot of ``max_connections`` (:class:`ConnectionSlots`)
+  until the websocket closes.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ import gevent
 import gevent.pool
 import gevent.pywsgi
 import gevent.socket
+import greenlet
 
 from cluster.runner.body_deadline import TIMEOUT_RESPONSE, BodyDeadlineExceeded
-from cluster.runtime import UPGRADE_SOCKET, ServerOptions
+from cluster.runtime import UPGRADE_DETACH, UPGRADE_SOCKET, ServerOptions
 from cluster.runtime.body_reader import BodyBudget, ChargedReads
 
-__all__ = ["GeventServer", "handler_class", "listen", "serve"]
+__all__ = ["ConnectionSlots", "GeventServer", "NodeWSGIServer", "handler_class", "listen",
+           "serve"]
 
 logger = logging.getLogger("cluster.node")
 
@@ -61,6 +69,67 @@ def listen(host: str, port: int, *, tcp_nodelay: bool = True, backlog: int = 204
     return sock
 
 
+class ConnectionSlots(gevent.pool.Pool):  # type: ignore[misc]  # gevent is untyped
+    """The server's pool: at most ``size`` connections, detached websockets
+    included (gevent's ``Pool`` counts green threads, and a detached
+    websocket has none).
+
+    The server stops accepting while the pool is full (new connections wait
+    in the listener's accept queue) and starts again when a slot is given
+    back. A connection's green thread gives its slot back when it ends,
+    unless it detached (:meth:`detach`): then whoever holds the detached
+    connection gives it back, once, through the callable :meth:`detach`
+    returned. (The slots are the pool's semaphore, which gevent's server
+    itself waits on to start accepting again.)
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self._detaching: set[Any] = set()
+        self.detached = 0
+
+    def free_count(self) -> int:
+        # the semaphore, not the green threads: detached websockets hold slots
+        return int(self._semaphore.counter)
+
+    def _discard(self, green_thread: Any) -> None:
+        if green_thread in self._detaching:
+            self._detaching.discard(green_thread)
+            gevent.pool.Group._discard(self, green_thread)  # the slot stays taken
+        else:
+            super()._discard(green_thread)
+
+    def detach(self) -> Callable[[], None]:
+        """Keep the calling connection's slot past its green thread; the
+        callable returned gives it back (once)."""
+        self._detaching.add(greenlet.getcurrent())
+        self.detached += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.detached -= 1
+                self._semaphore.release()
+
+        return release
+
+
+class NodeWSGIServer(gevent.pywsgi.WSGIServer):  # type: ignore[misc]  # gevent is untyped
+    """pywsgi's server, which leaves the sockets of detached websockets open."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.detached_sockets: set[Any] = set()
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        if sock in self.detached_sockets:
+            self.detached_sockets.discard(sock)
+            return
+        super().do_close(sock, *args)
+
+
 def handler_class(options: ServerOptions) -> type:
     """pywsgi's ``WSGIHandler`` with the node's timeouts, small buffers and
     the upgrade hand-off."""
@@ -73,7 +142,9 @@ def handler_class(options: ServerOptions) -> type:
         _head_timer: Any = None
         _requests = 0
         _socket_taken = False
+        _detached = False
         wsgi_input: Any  # pywsgi's, set per request
+        socket: Any  # pywsgi's; None once the handler gave the connection up
 
         def __init__(self, sock: Any, address: Any, server: Any) -> None:
             if idle_timeout:
@@ -112,6 +183,7 @@ def handler_class(options: ServerOptions) -> type:
             environ: dict[str, Any] = super().get_environ()
             if environ.get("HTTP_UPGRADE"):
                 environ[UPGRADE_SOCKET] = self._take_socket
+                environ[UPGRADE_DETACH] = self._detach
             elif body_timeout:
                 original = self.wsgi_input
                 self.wsgi_input = environ["wsgi.input"] = DeadlineInput(
@@ -124,12 +196,43 @@ def handler_class(options: ServerOptions) -> type:
             self._socket_taken = True
             return self.socket
 
+        def _detach(self) -> Callable[[], None]:
+            sock = self.socket
+            self._detached = True
+            server = self.server
+            detached_sockets = getattr(server, "detached_sockets", None)
+            if detached_sockets is not None:
+                detached_sockets.add(sock)
+            pool = server.pool
+            release_slot = pool.detach() if isinstance(pool, ConnectionSlots) else (lambda: None)
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if released:
+                    return
+                released = True
+                if detached_sockets is not None:
+                    detached_sockets.discard(sock)
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already down
+                sock.close()
+                release_slot()
+
+            return release
+
         def handle_one_response(self) -> None:
             super().handle_one_response()
             if self._socket_taken:
                 # the application spoke its own protocol on the socket and
                 # is done with it: nothing more is read or written there
                 self.close_connection = True
+            if self._detached:
+                # pywsgi closes (after reading from) the socket it still
+                # holds once the handler ends: the websocket owns it now
+                self.socket = None
 
         def _body_expired(self) -> None:
             self.close_connection = True
@@ -210,8 +313,8 @@ def serve(wsgi_app: Callable[..., Any], host: str, port: int,
     sock = listen(host, port, tcp_nodelay=options.tcp_nodelay, backlog=options.backlog)
     access_log: Any = (gevent.pywsgi.LoggingLogAdapter(logging.getLogger("cluster.access"))
                        if options.log_output else None)
-    server = gevent.pywsgi.WSGIServer(
-        sock, wsgi_app, spawn=gevent.pool.Pool(options.max_connections),
+    server = NodeWSGIServer(
+        sock, wsgi_app, spawn=ConnectionSlots(options.max_connections),
         handler_class=handler_class(options), log=access_log,
         # pywsgi's own lines are about what clients sent (a bad request line):
         # debug only, so that strangers cannot flood the log

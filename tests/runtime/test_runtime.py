@@ -85,6 +85,35 @@ def test_waits_on_file_descriptors(green: Any) -> None:
         right.close()
 
 
+def test_a_read_watch_fires_once_in_the_hub_until_armed_again(green: Any) -> None:
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.setblocking(False)
+    watch = green.watch_readable(right.fileno())
+    fired: list[bool] = []
+    try:
+        watch.arm(lambda: fired.append(green.in_hub()))
+        green.sleep(0.02)
+        assert fired == []  # nothing to read yet
+        left.send(b"one")
+        assert _wait_for(green, lambda: fired)
+        assert fired == [True]  # once, from the hub
+        green.sleep(0.05)
+        assert fired == [True]  # unread bytes, but not armed again: silent
+        watch.arm(lambda: fired.append(green.in_hub()))
+        assert _wait_for(green, lambda: len(fired) == 2)  # level: still readable
+        assert right.recv(16) == b"one"
+        watch.arm(lambda: fired.append(green.in_hub()))
+        watch.cancel()
+        left.send(b"two")
+        green.sleep(0.05)
+        assert len(fired) == 2  # cancelled before the bytes came
+    finally:
+        watch.cancel()
+        left.close()
+        right.close()
+
+
 def test_event_queue_and_semaphore_are_green(green: Any) -> None:
     event, queue, semaphore = green.event(), green.queue(), green.semaphore(1)
     got: list[Any] = []

@@ -1,0 +1,91 @@
+"""Websockets read in turns, without a green thread each (cluster.node.websocket_reads),
+on real node processes: a peer found dead by its missing pong, messages in
+order across read turns, and the node's gauges of detached websockets."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import requests
+
+from cluster.node.websocket_reads import RECVS_PER_TURN
+from tests.harness.raw_websocket import RawWebSocket, masked_text_frame
+from tests.harness.waiting import wait_for
+
+FAULT_APP = "tests.faults.fault_app:socketio"
+
+
+def _gauge(node: Any, name: str, kind: str | None = None) -> float:
+    text = requests.get(f"{node.url}/metrics", timeout=5).text
+    prefix = f'{name}{{kind="{kind}"}} ' if kind else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):])
+    raise AssertionError(f"{prefix!r} not in /metrics")
+
+
+def _connected(node: Any, name: str) -> RawWebSocket:
+    client = RawWebSocket(node)
+    client.send("40" + json.dumps({"name": name}))
+    client.read_until("40")
+    return client
+
+
+def test_a_peer_that_stops_answering_pings_is_closed_by_its_pong_deadline(
+        node_factory: Any) -> None:
+    # nothing reads an idle detached websocket, so no read times out: the
+    # missing pong is what finds a dead peer (ping 1 s, pong within 1 s)
+    (node,) = node_factory(app=FAULT_APP, env={"FAULT_PING_INTERVAL": "1",
+                                               "FAULT_PING_TIMEOUT": "1"})
+    silent = _connected(node, "silent")  # never reads again: no pongs
+    answering = _connected(node, "answering")
+    wait_for(lambda: _gauge(node, "socketio_websocket_reads", "detached") == 2,
+             what="both websockets read in turns")
+    started = time.monotonic()
+    wait_for(lambda: _gauge(node, "socketio_connections") == 1, timeout=10,
+             what="the silent peer closed")
+    # one ping interval, the pong timeout and its grace, then the close
+    assert time.monotonic() - started < 6
+    assert silent.closed_within(5)
+    # the client that answers its pings (read() does) is still served
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        answering.sock.settimeout(0.2)
+        try:
+            answering.read()
+        except TimeoutError:
+            pass
+    answering.sock.settimeout(10)
+    answering.send('421["whoami"]')
+    assert json.loads(answering.read_until("431")[3:])[0]["name"] == "answering"
+    assert _gauge(node, "socketio_websocket_reads", "detached") == 1
+    answering.close()
+    wait_for(lambda: _gauge(node, "socketio_websocket_reads", "detached") == 0,
+             what="the closed websocket's reading ended")
+    assert _gauge(node, "socketio_connections") == 0
+
+
+def test_messages_keep_their_order_across_read_turns(node_factory: Any) -> None:
+    # more than one read turn's worth of frames in one write: the turn
+    # yields to the next connection in line and resumes where it stopped
+    (node,) = node_factory(app=FAULT_APP, extra_args=["--max-events-per-second", "0"])
+    sender = _connected(node, "sender")
+    sender.send('421["join","r"]')
+    sender.read_until("431")
+    # what comes back (~560 KiB) stays within the default max_backlog even
+    # if the kernel buffers none of it while this client is still writing
+    padding = "x" * 500
+    count = RECVS_PER_TURN * 128  # past one turn of 64 KiB reads
+    burst = b"".join(
+        masked_text_frame(f'42["say",{{"room":"r","sender":"{padding}","seq":{seq}}}]')
+        for seq in range(count))
+    assert len(burst) > RECVS_PER_TURN * 65536
+    sender.sock.sendall(burst)
+    seen = []
+    while len(seen) < count:
+        text = sender.read_until('42["msg"')
+        seen.append(json.loads(text[2:])[1]["seq"])
+    assert seen == list(range(count))
+    sender.close()
