@@ -17,10 +17,22 @@ The baseline runs the same count against a node started with
 stalls (connection 1,025 is accepted by the kernel and then never answered),
 bounded by ``--stall-seconds`` without progress.
 
+Past one loopback address's ephemeral ports (about 28,000 here), the
+connections come from several source addresses, 127.0.0.2, 127.0.0.3 and so
+on (``--source-addresses``; all of 127.0.0.0/8 is this host's loopback), each
+with its own port range. The open-file limit of this process (and so of the
+node it starts) is raised here, the hard limit too when running as root.
+
+While the connections are held, ``--probe-seconds`` apart, a fresh client
+connects and asks for an ack (its time to the ack is the latency a new user
+sees at that load) and ``/readyz`` is asked (its status and time).
+
 Every load is bounded (count, per-phase time limits); everything binds to
-127.0.0.1; the nodes are stopped by PID. Run from the repository root::
+127.0.0.0/8; the nodes are stopped by PID. Run from the repository root::
 
     .venv/bin/python -m benchmarks.many_websockets [--connections 10000] [--hold 30]
+    .venv/bin/python -m benchmarks.many_websockets --connections 100000 \
+        --skip-baseline --async-mode gevent --open-seconds 600
 """
 
 from __future__ import annotations
@@ -35,6 +47,8 @@ import struct
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 
 from cluster.devtools.processes import NodeProcess
@@ -59,7 +73,7 @@ from ._common import (
 
 APP = "tests.apps.chat_app:socketio"
 HOST = "127.0.0.1"
-FD_MARGIN = 64  # descriptors this process needs besides the connections
+FD_MARGIN = 1024  # descriptors this process (and its node) need besides the connections
 
 
 # -- one connection -------------------------------------------------------------
@@ -95,8 +109,15 @@ class Connection:
     dropped: str | None = None
 
 
-async def open_connection(port: int) -> Connection:
-    reader, writer = await asyncio.open_connection(HOST, port)
+def source_address(index: int, count: int) -> str | None:
+    """The loopback address connection ``index`` comes from (``None``: the
+    kernel's choice, 127.0.0.1, when ``count`` is 0)."""
+    return f"127.0.0.{2 + index % count}" if count else None
+
+
+async def open_connection(port: int, source: str | None = None) -> Connection:
+    reader, writer = await asyncio.open_connection(
+        HOST, port, local_addr=(source, 0) if source else None)
     try:
         writer.write(handshake_request(HOST, port))
         check_handshake_response(await reader.readuntil(b"\r\n\r\n"))
@@ -151,6 +172,7 @@ class RunResult:
     held_seconds: float = 0.0
     drops: collections.Counter[str] = field(default_factory=collections.Counter)
     fresh_client: str = ""
+    probes: list[str] = field(default_factory=list)
     gauge: float | None = None
     rss_idle_kib: int | None = None
     rss_kib: int | None = None
@@ -168,6 +190,24 @@ def node_fd_limit(pid: int) -> str:
     except OSError:
         pass
     return "?"
+
+
+def readiness_check(port: int, timeout: float) -> str:
+    """``/readyz``'s status and how long it took."""
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=timeout) as answer:
+            status = answer.status
+    except urllib.error.HTTPError as refused:
+        status = refused.code
+    except OSError as exc:
+        return f"/readyz failed: {type(exc).__name__}"
+    return f"/readyz {status} in {(time.perf_counter() - start) * 1000:.0f} ms"
+
+
+def held_probe(port: int, timeout: float) -> str:
+    """A fresh client's ack and ``/readyz``, while the connections are held."""
+    return f"{fresh_client_check(port, timeout)}; {readiness_check(port, timeout)}"
 
 
 def fresh_client_check(port: int, timeout: float) -> str:
@@ -192,15 +232,17 @@ async def open_many(port: int, result: RunResult, conns: list[Connection],
     """Open ``result.target`` connections, ``args.concurrency`` at a time, bounded in time."""
     semaphore = asyncio.Semaphore(args.concurrency)
     attempted = 0
+    sources = args.source_addresses
     last_progress = time.monotonic()
     start = time.monotonic()
 
-    async def attempt() -> None:
+    async def attempt(index: int) -> None:
         nonlocal attempted, last_progress
         async with semaphore:
             attempted += 1
             try:
-                conn = await asyncio.wait_for(open_connection(port), args.connect_timeout)
+                conn = await asyncio.wait_for(
+                    open_connection(port, source_address(index, sources)), args.connect_timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - counted and reported
@@ -215,7 +257,7 @@ async def open_many(port: int, result: RunResult, conns: list[Connection],
                 result.time_to_1024 = time.monotonic() - start
             last_progress = time.monotonic()
 
-    tasks = [asyncio.create_task(attempt()) for _ in range(result.target)]
+    tasks = [asyncio.create_task(attempt(index)) for index in range(result.target)]
     deadline = start + args.open_seconds
     next_report = start + 5
     while True:
@@ -271,7 +313,14 @@ async def run_one(label: str, extra_args: list[str], args: argparse.Namespace, l
         if hold > 0 and conns:
             print(f"  holding {len(conns)} connections for {hold:g} s ...", flush=True)
             started = time.monotonic()
-            await asyncio.sleep(hold)
+            while time.monotonic() - started < hold:
+                await asyncio.sleep(min(args.probe_seconds, max(0.0, hold - (
+                    time.monotonic() - started))))
+                if time.monotonic() - started >= hold:
+                    break
+                probe = await asyncio.to_thread(held_probe, node.port, probe_timeout)
+                result.probes.append(probe)
+                print(f"    {time.monotonic() - started:5.1f} s: {probe}", flush=True)
             result.held_seconds = time.monotonic() - started
         result.alive_after_hold = sum(1 for c in conns if c.dropped is None)
         result.drops.update(c.dropped for c in conns if c.dropped is not None)
@@ -289,7 +338,16 @@ async def run_one(label: str, extra_args: list[str], args: argparse.Namespace, l
 
 
 def raise_own_fd_limit(wanted: int) -> tuple[int, int]:
+    """Raise this process's open-file limit to ``wanted`` (the node started
+    from here inherits it): the soft limit up to the hard one, and the hard
+    one too where allowed (root)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+        except (ValueError, OSError):
+            pass  # not root: the hard limit stays
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard == resource.RLIM_INFINITY or hard < wanted else max(soft, wanted)
     if target != soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -321,6 +379,8 @@ def report(r: RunResult) -> None:
     print(f"  node open files:         {r.node_fds} (limit soft/hard {r.node_fd_limit})")
     print(f"  /metrics socketio_connections: "
           f"{'no answer' if r.gauge is None else f'{r.gauge:.0f}'}")
+    for probe in r.probes:
+        print(f"  while held:              {probe}")
     print(f"  fresh client:            {r.fresh_client}")
 
 
@@ -329,13 +389,16 @@ async def amain(args: argparse.Namespace) -> int:
     print(f"app: {args.app}")
     results = []
     started = time.monotonic()
+    runtime_args = ["--async-mode", args.async_mode] if args.async_mode else []
     if not args.skip_main:
         results.append(await run_one(
-            "default", [], args, logdir, hold=args.hold, stall_seconds=args.stall_seconds,
+            "default", [*runtime_args, "--max-connections", str(args.connections + 1024)],
+            args, logdir, hold=args.hold, stall_seconds=args.stall_seconds,
             probe_timeout=10.0))
     if not args.skip_baseline:
         results.append(await run_one(
-            "max-connections-1024", ["--max-connections", "1024"], args, logdir, hold=0,
+            "max-connections-1024", [*runtime_args, "--max-connections", "1024"], args, logdir,
+            hold=0,
             stall_seconds=args.baseline_stall_seconds, probe_timeout=3.0))
     for r in results:
         report(r)
@@ -368,9 +431,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop opening after this long without progress (default: 15 s)")
     parser.add_argument("--baseline-stall-seconds", type=float, default=5.0,
                         help="the same for the 1,024 baseline (default: 5 s)")
+    parser.add_argument("--source-addresses", type=int, default=None, metavar="N",
+                        help="loopback source addresses (127.0.0.2 ...) to spread the "
+                             "connections over (default: one per 25,000 connections past "
+                             "the first 25,000, else 0: 127.0.0.1 only)")
+    parser.add_argument("--async-mode", choices=("eventlet", "gevent"), default=None,
+                        help="the node's runtime (default: the node's own default)")
+    parser.add_argument("--probe-seconds", type=float, default=10.0,
+                        help="while holding, a fresh client's ack and /readyz this often "
+                             "(default: 10 s)")
     parser.add_argument("--skip-baseline", action="store_true", help="run only the default node")
     parser.add_argument("--skip-main", action="store_true", help="run only the 1,024 baseline")
     args = parser.parse_args(argv)
+    if args.source_addresses is None:
+        args.source_addresses = 0 if args.connections <= 25_000 else -(-args.connections // 25_000)
 
     soft, hard = raise_own_fd_limit(args.connections + FD_MARGIN)
     print(f"open-file limit of this process: soft {soft}, hard {hard}")
@@ -383,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         args.connections = usable
     with open("/proc/sys/net/ipv4/ip_local_port_range") as port_range:
         low, high = (int(x) for x in port_range.read().split())
-    if args.connections > high - low + 1:
+    if args.connections > (high - low + 1) * max(1, args.source_addresses):
         print(f"note: only {high - low + 1} ephemeral ports ({low}-{high}) for connections to "
               "one 127.0.0.1 port; opening more will fail with EADDRNOTAVAIL")
     return asyncio.run(amain(args))

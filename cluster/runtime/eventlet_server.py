@@ -44,7 +44,7 @@ import greenlet
 from eventlet import greenio
 
 from cluster.runner.body_deadline import TIMEOUT_RESPONSE, BodyDeadlineExceeded
-from cluster.runtime import UPGRADE_DETACH, UPGRADE_SOCKET, ServerOptions
+from cluster.runtime import UPGRADE_DETACH, UPGRADE_SOCKET, ServerOptions, detached_environ
 from cluster.runtime.body_reader import BodyBudget, ChargedReads
 
 __all__ = ["ConnectionSlots", "EventletServer", "deadline_input", "http_protocol", "listen",
@@ -224,6 +224,10 @@ def http_protocol(header_timeout: float | None = None, idle_timeout: float | Non
                 super().finish()
                 return
             # the buffers go, the socket stays: the websocket owns it now
+            environ = getattr(self, "environ", None)
+            if environ is not None:  # what python-socketio keeps of the request
+                detached_environ(environ, ("eventlet.input", "eventlet.set_idle",
+                                           "eventlet.posthooks"))
             for stream in (self.wfile, self.rfile):
                 try:
                     stream.close()

@@ -40,7 +40,7 @@ import gevent.socket
 import greenlet
 
 from cluster.runner.body_deadline import TIMEOUT_RESPONSE, BodyDeadlineExceeded
-from cluster.runtime import UPGRADE_DETACH, UPGRADE_SOCKET, ServerOptions
+from cluster.runtime import UPGRADE_DETACH, UPGRADE_SOCKET, ServerOptions, detached_environ
 from cluster.runtime.body_reader import BodyBudget, ChargedReads
 
 __all__ = ["ConnectionSlots", "GeventServer", "NodeWSGIServer", "handler_class", "listen",
@@ -233,6 +233,7 @@ def handler_class(options: ServerOptions) -> type:
                 # pywsgi closes (after reading from) the socket it still
                 # holds once the handler ends: the websocket owns it now
                 self.socket = None
+                detached_environ(self.environ)  # what python-socketio keeps of it
 
         def _body_expired(self) -> None:
             self.close_connection = True

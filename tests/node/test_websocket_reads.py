@@ -89,3 +89,18 @@ def test_messages_keep_their_order_across_read_turns(node_factory: Any) -> None:
         seen.append(json.loads(text[2:])[1]["seq"])
     assert seen == list(range(count))
     sender.close()
+
+
+def test_handlers_of_a_detached_websocket_still_see_its_request(
+        node_factory: Any, sio_client_factory: Any) -> None:
+    # the environ lets go of the server's request objects when the
+    # websocket detaches; what Flask's request shows of it stays
+    (node,) = node_factory(message_queue=None)
+    client = sio_client_factory()
+    client.connect(node.url, transports=["websocket"], headers={"User-Agent": "reads-test/1"},
+                   wait_timeout=10)
+    assert _gauge(node, "socketio_websocket_reads", "detached") == 1
+    context = client.call("context", timeout=10)["result"]
+    assert context["user_agent"] == "reads-test/1"
+    assert context["path"] == "/socket.io/"
+    assert context["sid"] == client.get_sid()
