@@ -10,7 +10,8 @@ Stored layout of one session (a Redis hash, or a dict in memory)::
     m:created    unix time of create()
     m:updated    unix time of the last save()
     m:version    number of saves since create()
-    m:resume     the session's current resume id, if one was issued
+    m:resume     the session's current resume id (stored form), if one was issued
+    m:resume_record  its resume record (see below)
 
 The ``d:``/``m:`` prefixes keep session keys from ever colliding with metadata.
 
@@ -36,6 +37,7 @@ __all__ = [
     "META_CREATED",
     "META_IDENTITY",
     "META_RESUME",
+    "META_RESUME_RECORD",
     "META_UPDATED",
     "META_VERSION",
     "parse_resume_record",
@@ -50,6 +52,7 @@ META_CREATED = "m:created"
 META_UPDATED = "m:updated"
 META_VERSION = "m:version"
 META_RESUME = "m:resume"
+META_RESUME_RECORD = "m:resume_record"
 
 
 def ttl_ms(seconds: float, name: str) -> int:

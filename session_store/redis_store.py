@@ -81,7 +81,7 @@ from redis.exceptions import RedisClusterException
 from . import redis_scripts as scripts
 from .base import SessionStore
 from .exceptions import SessionStoreAccessDenied, SessionStoreUnavailable
-from .layout import DEFAULT_KEY_PREFIX, DEFAULT_TTL
+from .layout import DEFAULT_KEY_PREFIX, DEFAULT_TTL, META_RESUME, META_RESUME_RECORD
 from .quiet_log import QuietLog
 from .redis_client import LazyClient, connect, is_cluster
 from .redis_errors import access_problem
@@ -228,6 +228,22 @@ class RedisSessionStore(SessionStore):
             args += (name, value)
         with self._guard("create a session"):
             scripts.CREATE([self.session_key(session_id)], args, self.redis)
+
+    def _backend_create_issued(self, session_id: str, fields: dict[str, str], ttl_ms: int,
+                               resume_id: str, record: str) -> bool:
+        # one pipeline: the session with its binding (the fields ISSUE would
+        # set), then its pointer with the session's TTL, set after it so the
+        # pointer never expires first (on Redis Cluster the two keys are in
+        # different slots: redis-py sends one pipeline to each node)
+        args: list[str | int] = [ttl_ms]
+        for name, value in {**fields, META_RESUME: resume_id, META_RESUME_RECORD: record}.items():
+            args += (name, value)
+        with self._guard("create a session"):
+            pipe = self.redis.pipeline(transaction=False)
+            scripts.CREATE([self.session_key(session_id)], args, pipe)
+            pipe.set(self._pointer(resume_id), session_id, px=ttl_ms)
+            pipe.execute()
+        return True
 
     def _backend_read(self, session_id: str) -> Mapping[str | bytes, str | bytes] | None:
         key = self.session_key(session_id)

@@ -269,6 +269,27 @@ def test_delete_also_removes_the_resume_id(store: SessionStore) -> None:
     assert store.claim_resume(rid, None).status is ResumeStatus.UNKNOWN
 
 
+def test_a_session_created_resumable_is_claimed_as_an_issued_one(store: SessionStore) -> None:
+    handle, rid = store.create_resumable({"a": [1]}, "alice")
+    assert handle.session == {"a": [1]} and handle.session.new
+    assert store.load(handle.session_id) == {"a": [1]}
+    assert store.claim_resume(rid, "mallory").status is ResumeStatus.IDENTITY_MISMATCH
+    store.expire(handle.session_id)  # the countdown moves the resume id along
+    result = store.claim_resume(rid, "alice")
+    assert result.granted and result.session_id == handle.session_id
+    assert store.claim_resume(rid, "alice").status is ResumeStatus.REPLAYED
+
+
+def test_a_resume_id_issued_after_create_resumable_replaces_it(store: SessionStore) -> None:
+    handle, first = store.create_resumable({}, None)
+    second = store.issue_resume(handle.session_id, None)
+    assert store.claim_resume(first, None).status is ResumeStatus.UNKNOWN
+    assert store.claim_resume(second, None).granted
+    handle, rid = store.create_resumable({}, None)
+    store.delete(handle.session_id)
+    assert store.claim_resume(rid, None).status is ResumeStatus.UNKNOWN
+
+
 def test_issue_resume_for_missing_session(store: SessionStore) -> None:
     with pytest.raises(SessionNotFound):
         store.issue_resume("Q" * 32, None)

@@ -138,6 +138,30 @@ def test_resume_issued_after_disconnect_gets_the_countdown(
     assert 0 < client.pttl(rstore.resume_key(rid)) <= 10_000
 
 
+def test_create_resumable_writes_what_create_and_issue_write_in_one_round_trip(
+    rstore: RedisSessionStore, client: redis.Redis
+) -> None:
+    client.config_resetstat()
+    handle, rid = rstore.create_resumable({"a": 1}, "alice")
+    stats = client.info("commandstats")
+    # one pipeline: the creation script and the pointer, no second script
+    # (create() then issue_resume() sends two scripts and two pointer writes)
+    assert stats["cmdstat_eval"]["calls"] == 1 and stats["cmdstat_set"]["calls"] == 1
+    assert "cmdstat_evalsha" not in stats
+    skey, pointer = rstore.session_key(handle.session_id), rstore.resume_key(rid)
+    # the same layout as create() then issue_resume(): the binding in the
+    # hash, the pointer with the session's TTL, never expiring first
+    twin = rstore.create({"a": 1}, "alice")
+    twin_rid = rstore.issue_resume(twin.session_id, "alice")
+    twin_fields = client.hgetall(rstore.session_key(twin.session_id))
+    fields = client.hgetall(skey)
+    assert set(fields) == set(twin_fields)
+    assert fields[b"m:resume"] == stored_form(rid).encode()
+    assert client.get(pointer) == handle.session_id.encode()
+    assert client.get(rstore.resume_key(twin_rid)) == twin.session_id.encode()
+    assert 3590_000 < client.pttl(skey) <= client.pttl(pointer) <= 3600_000
+
+
 def test_tombstone_ttl(rstore: RedisSessionStore, client: redis.Redis) -> None:
     handle = rstore.create({}, None)
     rid = rstore.issue_resume(handle.session_id, None)
