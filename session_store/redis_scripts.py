@@ -77,6 +77,20 @@ redis.call('HSET', KEYS[1], 'm:resume', ARGV[1], 'm:resume_record', ARGV[2])
 return {1, old, ttl}
 """)
 
+# KEYS[1] session; ARGV: resume digest, resume record, lease ms. The lease
+# and the binding at once (a connection resumed the session): PEXPIRE to the
+# lease, then as ISSUE. Returns {status, previous digest or ''}.
+LEASE_ISSUE = LuaScript("""
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then return {0, ''} end
+if kind ~= 'hash' then redis.call('DEL', KEYS[1]) return {-1, ''} end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local old = redis.call('HGET', KEYS[1], 'm:resume')
+if not old then old = '' end
+redis.call('HSET', KEYS[1], 'm:resume', ARGV[1], 'm:resume_record', ARGV[2])
+return {1, old}
+""")
+
 # KEYS[1] a resume pointer: {'none'}, {'wrongtype'} (deleted) or {'ok', session id}.
 POINTER = LuaScript("""
 local kind = redis.call('TYPE', KEYS[1]).ok

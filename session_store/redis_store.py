@@ -245,6 +245,27 @@ class RedisSessionStore(SessionStore):
             pipe.execute()
         return True
 
+    def _backend_lease_issued(self, session_id: str, lease_ms: int, resume_id: str,
+                              record: str) -> bool:
+        # one pipeline: the lease and the binding, then the pointer with the
+        # same TTL (the order of create_resumable's); a pointer written for a
+        # session that turned out gone, or a replaced binding's pointer, is
+        # deleted in a second round trip, which only those rare cases pay
+        key, pointer = self.session_key(session_id), self._pointer(resume_id)
+        with self._guard("renew a session and issue its resume id"):
+            pipe = self.redis.pipeline(transaction=False)
+            scripts.LEASE_ISSUE([key], [resume_id, record, lease_ms], pipe)
+            pipe.set(pointer, session_id, px=lease_ms)
+            (status, old), _ = pipe.execute()
+            stale = [] if int(status) > 0 else [pointer]
+            if old and _str(old) != resume_id:
+                stale.append(self._pointer(_str(old)))  # replaced: its id is dead
+            for dead in stale:
+                self.redis.delete(dead)
+        if int(status) < 0:
+            self._wrong_type(key)
+        return int(status) > 0
+
     def _backend_read(self, session_id: str) -> Mapping[str | bytes, str | bytes] | None:
         key = self.session_key(session_id)
         with self._guard("load a session"):

@@ -290,6 +290,22 @@ def test_a_resume_id_issued_after_create_resumable_replaces_it(store: SessionSto
     assert store.claim_resume(rid, None).status is ResumeStatus.UNKNOWN
 
 
+def test_reconnected_rearms_the_claimed_id_or_replaces_it(store: SessionStore) -> None:
+    handle, rid = store.create_resumable({"a": 1}, "alice")
+    store.expire(handle.session_id)
+    assert store.claim_resume(rid, "alice").granted
+    assert store.reconnected(handle.session_id, "alice", reuse=rid) == rid
+    store.expire(handle.session_id)
+    assert store.claim_resume(rid, "alice").granted  # re-armed: claimable once more
+    fresh = store.reconnected(handle.session_id, "alice")
+    assert fresh != rid
+    assert store.claim_resume(rid, "alice").status is not ResumeStatus.GRANTED
+    assert store.claim_resume(fresh, "mallory").status is ResumeStatus.IDENTITY_MISMATCH
+    assert store.claim_resume(fresh, "alice").granted
+    with pytest.raises(SessionNotFound):
+        store.reconnected("Q" * 32, "alice")
+
+
 def test_issue_resume_for_missing_session(store: SessionStore) -> None:
     with pytest.raises(SessionNotFound):
         store.issue_resume("Q" * 32, None)

@@ -13,6 +13,7 @@ from session_store import (
     RedisSessionStore,
     ResumeStatus,
     SessionDataError,
+    SessionNotFound,
     SessionStoreUnavailable,
 )
 from session_store.resume import stored_form
@@ -160,6 +161,28 @@ def test_create_resumable_writes_what_create_and_issue_write_in_one_round_trip(
     assert client.get(pointer) == handle.session_id.encode()
     assert client.get(rstore.resume_key(twin_rid)) == twin.session_id.encode()
     assert 3590_000 < client.pttl(skey) <= client.pttl(pointer) <= 3600_000
+
+
+def test_reconnected_leases_and_rearms_in_one_round_trip(
+    rstore: RedisSessionStore, client: redis.Redis
+) -> None:
+    handle, rid = rstore.create_resumable({}, "alice")
+    rstore.expire(handle.session_id, ttl=10)
+    assert rstore.claim_resume(rid, "alice").granted
+    client.config_resetstat()
+    assert rstore.reconnected(handle.session_id, "alice", reuse=rid) == rid
+    stats = client.info("commandstats")
+    assert stats["cmdstat_eval"]["calls"] == 1 and stats["cmdstat_set"]["calls"] == 1
+    assert "cmdstat_evalsha" not in stats and "cmdstat_del" not in stats
+    skey, pointer = rstore.session_key(handle.session_id), rstore.resume_key(rid)
+    assert client.hget(skey, "m:resume") == stored_form(rid).encode()
+    assert 3590_000 < client.pttl(skey) <= client.pttl(pointer) <= 3600_000
+    # a session gone meanwhile leaves no pointer behind
+    gone = "Q" * 32
+    with pytest.raises(SessionNotFound):
+        rstore.reconnected(gone, "alice")
+    assert all_keys(client) == sorted([skey, pointer,
+                                       rstore.tombstone_key(rid, handle.session_id)])
 
 
 def test_tombstone_ttl(rstore: RedisSessionStore, client: redis.Redis) -> None:
