@@ -242,14 +242,22 @@ class SessionStore(ABC):
             )
         session.mark_saved(through=mark)
 
-    def expire(self, session_id: str, ttl: float | None = None) -> bool:
+    def expire(self, session_id: str, ttl: float | None = None,
+               resume_id: str | None = None) -> bool:
         """Start the countdown: the session and its resume id live ``ttl`` more
         seconds (default: the store's ``ttl``). Call it when the connection ends.
+
+        ``resume_id``: the session's current resume id, when the caller knows
+        it (the one it issued): its countdown then starts in the same round
+        trip as the session's (on Redis, one instead of two; a resume id
+        replaced meanwhile is found and moved along all the same).
 
         Returns ``False`` if the session no longer exists.
         """
         self._check_id(session_id)
         ms = self._ttl_ms if ttl is None else ttl_ms(ttl, "ttl")
+        if resume_id is not None and is_well_formed_id(resume_id):
+            return self._backend_expire_bound(session_id, ms, stored_form(resume_id))
         return self._backend_set_ttl([session_id], ms) == 1
 
     def persist(self, session_id: str) -> bool:
@@ -453,6 +461,11 @@ class SessionStore(ABC):
         if not self._backend_set_ttl([session_id], lease_ms):
             return False
         return self._backend_issue(session_id, resume_id, record)
+
+    def _backend_expire_bound(self, session_id: str, ttl_ms: int, resume_id: str) -> bool:
+        """:meth:`_backend_set_ttl` of one session whose resume id (stored
+        form) is likely ``resume_id``; by default the caller's hint is unused."""
+        return self._backend_set_ttl([session_id], ttl_ms) == 1
 
     @abstractmethod
     def _backend_issue(self, session_id: str, resume_id: str, record: str) -> bool:

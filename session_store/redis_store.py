@@ -301,6 +301,21 @@ class RedisSessionStore(SessionStore):
         with self._guard("renew session leases"):
             return self._set_ttls(session_ids, ttl_ms)
 
+    def _backend_expire_bound(self, session_id: str, ttl_ms: int, resume_id: str) -> bool:
+        # the session's TTL and the likely pointer's in one pipeline; only a
+        # binding replaced meanwhile costs a second round trip, for its own
+        key = self.session_key(session_id)
+        with self._guard("set a session TTL"):
+            pipe = self.redis.pipeline(transaction=False)
+            scripts.SET_TTL([key], [ttl_ms], pipe)
+            pipe.pexpire(self._pointer(resume_id), ttl_ms)
+            (status, digest), _ = pipe.execute()
+            if digest and _str(digest) != resume_id:
+                self.redis.pexpire(self._pointer(_str(digest)), ttl_ms)
+        if int(status) < 0:
+            self._wrong_type(key)
+        return int(status) == 1
+
     def _set_ttls(self, session_ids: list[str], ttl_ms: int) -> list[bool]:
         """Set the TTL of each session (one pipelined round trip), then move
         their resume pointers along (a second one, only for those bound)."""

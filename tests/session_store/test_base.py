@@ -306,6 +306,15 @@ def test_reconnected_rearms_the_claimed_id_or_replaces_it(store: SessionStore) -
         store.reconnected("Q" * 32, "alice")
 
 
+def test_expire_with_a_resume_id_hint_starts_the_same_countdown(store: SessionStore) -> None:
+    handle, rid = store.create_resumable({}, "alice")
+    assert store.expire(handle.session_id, ttl=0.2, resume_id=rid)
+    time.sleep(0.35)
+    assert store.claim_resume(rid, "alice").status is ResumeStatus.UNKNOWN
+    assert store.load(handle.session_id) is None
+    assert not store.expire(handle.session_id, resume_id=rid)
+
+
 def test_issue_resume_for_missing_session(store: SessionStore) -> None:
     with pytest.raises(SessionNotFound):
         store.issue_resume("Q" * 32, None)

@@ -139,6 +139,14 @@ def test_resume_issued_after_disconnect_gets_the_countdown(
     assert 0 < client.pttl(rstore.resume_key(rid)) <= 10_000
 
 
+def _assert_pointer_outlives(client: redis.Redis, skey: str, pointer: str) -> None:
+    """Both have the lease (an hour), the pointer's ending no earlier (absolute
+    expiry times: two PTTL reads a millisecond apart could not tell)."""
+    assert 3590_000 < client.pttl(skey) <= 3600_000
+    assert (int(client.execute_command("PEXPIRETIME", skey))
+            <= int(client.execute_command("PEXPIRETIME", pointer)))
+
+
 def test_create_resumable_writes_what_create_and_issue_write_in_one_round_trip(
     rstore: RedisSessionStore, client: redis.Redis
 ) -> None:
@@ -160,7 +168,7 @@ def test_create_resumable_writes_what_create_and_issue_write_in_one_round_trip(
     assert fields[b"m:resume"] == stored_form(rid).encode()
     assert client.get(pointer) == handle.session_id.encode()
     assert client.get(rstore.resume_key(twin_rid)) == twin.session_id.encode()
-    assert 3590_000 < client.pttl(skey) <= client.pttl(pointer) <= 3600_000
+    _assert_pointer_outlives(client, skey, pointer)
 
 
 def test_reconnected_leases_and_rearms_in_one_round_trip(
@@ -176,13 +184,32 @@ def test_reconnected_leases_and_rearms_in_one_round_trip(
     assert "cmdstat_evalsha" not in stats and "cmdstat_del" not in stats
     skey, pointer = rstore.session_key(handle.session_id), rstore.resume_key(rid)
     assert client.hget(skey, "m:resume") == stored_form(rid).encode()
-    assert 3590_000 < client.pttl(skey) <= client.pttl(pointer) <= 3600_000
+    _assert_pointer_outlives(client, skey, pointer)
     # a session gone meanwhile leaves no pointer behind
     gone = "Q" * 32
     with pytest.raises(SessionNotFound):
         rstore.reconnected(gone, "alice")
     assert all_keys(client) == sorted([skey, pointer,
                                        rstore.tombstone_key(rid, handle.session_id)])
+
+
+def test_expire_with_the_known_resume_id_moves_both_in_one_round_trip(
+    rstore: RedisSessionStore, client: redis.Redis
+) -> None:
+    handle, rid = rstore.create_resumable({}, None)
+    skey, pointer = rstore.session_key(handle.session_id), rstore.resume_key(rid)
+    client.config_resetstat()
+    assert rstore.expire(handle.session_id, ttl=10, resume_id=rid)
+    stats = client.info("commandstats")
+    assert stats["cmdstat_eval"]["calls"] == 1 and stats["cmdstat_pexpire"]["calls"] == 2
+    assert 0 < client.pttl(skey) <= 10_000 and 0 < client.pttl(pointer) <= 10_000
+    # a hint that is out of date: the bound id's pointer still moves along
+    newer = rstore.issue_resume(handle.session_id, None)
+    rstore.persist(handle.session_id)
+    assert rstore.expire(handle.session_id, ttl=5, resume_id=rid)
+    assert 0 < client.pttl(rstore.resume_key(newer)) <= 5_000
+    assert rstore.claim_resume(newer, None).granted
+    assert not rstore.expire("Q" * 32, resume_id=rid)
 
 
 def test_tombstone_ttl(rstore: RedisSessionStore, client: redis.Redis) -> None:
