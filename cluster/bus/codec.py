@@ -2,11 +2,12 @@
 
 Unsigned (no secret configured) a message is the JSON object that
 python-socketio's ``PubSubManager`` publishes, plus ``"ts"`` (sender wall
-clock, ms) used for the lag gauge::
+clock, ms) used for the lag gauge, and first ``"src"`` (the sender's host
+id: its cleartext header, see below)::
 
-    {"method": "emit", "event": "chat", "data": ["hi"], "namespace": "/",
-     "room": "lobby", "skip_sid": null, "callback": null, "binary": false,
-     "host_id": "3f2a...", "ts": 1732520000123}
+    {"src": "3f2a...", "method": "emit", "event": "chat", "data": ["hi"],
+     "namespace": "/", "room": "lobby", "skip_sid": null, "callback": null,
+     "binary": false, "host_id": "3f2a...", "ts": 1732520000123}
 
 so stock write-only emitters (``socketio.RedisManager(url, write_only=True)``)
 interoperate; a node or worker runs unsigned only with an explicit opt-out
@@ -20,6 +21,27 @@ envelope::
 receiver drops (and counts) anything unsigned, wrongly signed, older than
 ``max_age`` seconds, or whose ``seq`` is not above the last one seen from
 ``src`` (a replay).
+
+The envelope's first fields are its cleartext header, always written in
+this order so that they can be read with a byte comparison, before any
+JSON parse or HMAC::
+
+    {"v":2,"src":"<sender host_id>","lid":7,"seq":...
+
+(unsigned: ``{"src":"<sender host_id>","lid":7,`` and the rest of the
+message; ``src`` is not python-socketio's ``host_id``, which names the
+receiver in a ``callback`` message).
+
+``lid`` (only on a message that has one: a node's own logged emit, see
+:mod:`.ordered_delivery`) copies the ``"lid"`` that :meth:`Codec.dumps`
+writes first in the body (so the sender reads it off the body, and the
+signature covers it there; a verified envelope whose header ``lid``
+differs from its body's is dropped as malformed). Older receivers ignore
+the extra field, so the wire stays version 2. A node reads the header of
+every message with :class:`OwnHeader`: its own messages coming back are
+handled by it without being decoded (see :mod:`.receiver`), and only ever
+acted on when their bytes are the very bytes this node sealed. Messages
+without a header (stock emitters') are decoded as before.
 
 Replays after a restart: a receiver has no memory of the sequence numbers
 it saw before it started, so it also drops every message sealed before it
@@ -95,6 +117,59 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+#: how :meth:`Codec.dumps` starts the body of a message that has a ``lid``
+_LID_HEAD = '{"lid":'
+#: a header's ``lid`` field, right after ``src``
+_LID_FIELD = b'"lid":'
+#: :meth:`OwnHeader.read` of an own message whose header names no ``lid``
+#: (ids start at 1, see :class:`~.ordered_delivery.OrderedDelivery`)
+NO_LID = 0
+
+
+def _digits(text: str | bytes) -> int | None:
+    """``text`` as a non-negative int of at most 18 ASCII digits, else None."""
+    if 0 < len(text) <= 18 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def body_lid(body: str) -> int | None:
+    """The ``lid`` a serialized message starts with (see :meth:`Codec.dumps`),
+    or None when it has none."""
+    if not body.startswith(_LID_HEAD):
+        return None
+    start = len(_LID_HEAD)
+    return _digits(body[start:body.find(",", start)])
+
+
+class OwnHeader:
+    """Tells, from a payload's first bytes (the envelope's header, or an
+    unsigned message's when ``signed`` is False), whether ``src`` sealed it
+    and which ``lid`` its header names, without decoding anything.
+
+    The answer is only a claim (anyone with access to Redis can write those
+    bytes): callers act on it only to drop a message, or when the payload is
+    byte for byte one they sealed themselves.
+    """
+
+    def __init__(self, src: str, signed: bool = True) -> None:
+        # the exact bytes Codec.seal writes (standard json, compact)
+        start = '{"v":2,"src":' if signed else '{"src":'
+        self._prefix = (start + std_json.dumps(src) + ",").encode("ascii")
+        self._lid_at = len(self._prefix) + len(_LID_FIELD)
+
+    def read(self, payload: Any) -> int | None:
+        """None: not sealed by ``src`` (as far as the header says); else the
+        ``lid`` of its header, :data:`NO_LID` when it names none."""
+        if not isinstance(payload, (bytes, bytearray)) or not payload.startswith(self._prefix):
+            return None
+        if not payload.startswith(_LID_FIELD, len(self._prefix)):
+            return NO_LID
+        end = payload.find(b",", self._lid_at, self._lid_at + 20)
+        lid = _digits(bytes(payload[self._lid_at:end])) if end > 0 else None
+        return lid if lid is not None else NO_LID
+
+
 class Codec:
     """Encodes outgoing and checks incoming bus messages.
 
@@ -133,6 +208,7 @@ class Codec:
         self._seq = 0
         self._seq_lock = threading.Lock()
         self._last_seq: dict[str, tuple[int, int]] = {}  # src -> (seq, ts)
+        self._src_heads: dict[str, str] = {}
 
     @property
     def signed(self) -> bool:
@@ -141,9 +217,22 @@ class Codec:
     def dumps(self, message: dict[str, Any]) -> str:
         """Serialize at the caller, so a bad or oversized payload raises
         right there (:class:`BusSerializationError`,
-        :class:`BusMessageTooLarge`)."""
+        :class:`BusMessageTooLarge`).
+
+        A message with an int ``"lid"`` is written with it first
+        (``{"lid":7,...``), whatever the JSON module's key order: the sender
+        copies it into the envelope's header from there (:func:`body_lid`).
+        """
+        lid = message.get("lid")
+        head = ""
+        if type(lid) is int and lid > 0:
+            head = f'{_LID_HEAD}{lid},'
         if not self.signed:
             message = dict(message, ts=_now_ms())
+        elif head:
+            message = dict(message)
+        if head:
+            del message["lid"]  # a copy: the caller's message keeps it
         try:
             if self.json is std_json:
                 body = std_json.dumps(message, separators=(",", ":"))
@@ -155,6 +244,13 @@ class Codec:
                 f"Cannot send {what!r} through the cluster bus: its payload "
                 f"is not JSON serializable ({exc}). Send only dict, list, "
                 f"str, int, float, bool, None or bytes values.") from exc
+        if head:
+            text = body.lstrip()
+            if not message or not text.startswith("{"):
+                raise BusSerializationError(
+                    f"The JSON module {self.json!r} did not serialize a bus message "
+                    f"as a JSON object.")
+            body = head + text[1:]
         # bytes are at least as many as characters: most bodies are decided
         # without measuring
         if len(body) > self.max_message_bytes // 4:
@@ -182,9 +278,15 @@ class Codec:
         Called by the single publisher right before sending, so ``seq``
         grows in send order and ``ts`` is the publish time. ``logged``: the
         message goes through the recovery stream, which prefixes its offset;
-        the signature says so, so no offset can be added or stripped.
+        the signature says so, so no offset can be added or stripped. The
+        header (``v``, ``src``, then ``lid`` when the body starts with one)
+        comes first, see the module doc.
         """
         if not self.signed:
+            text = body.lstrip()
+            if text.startswith("{") and not text.startswith("{}"):
+                # the header: src first (see the module doc)
+                body = self._src_head(src) + text[1:]
             return body.encode("utf-8")
         with self._seq_lock:
             self._seq += 1
@@ -192,9 +294,21 @@ class Codec:
         ts = _now_ms()
         log = 1 if logged else 0
         sig = self._sign(src, seq, ts, log, body)
-        return std_json.dumps({"v": 2, "src": src, "seq": seq, "ts": ts,
-                               "log": log, "sig": sig, "body": body},
-                              separators=(",", ":")).encode("utf-8")
+        lid = body_lid(body)
+        envelope = ({"v": 2, "src": src, "seq": seq, "ts": ts, "log": log, "sig": sig,
+                     "body": body} if lid is None else
+                    {"v": 2, "src": src, "lid": lid, "seq": seq, "ts": ts, "log": log,
+                     "sig": sig, "body": body})
+        return std_json.dumps(envelope, separators=(",", ":")).encode("utf-8")
+
+    def _src_head(self, src: str) -> str:
+        """``{"src":"<src>",``, the unsigned header (one per process, cached)."""
+        head = self._src_heads.get(src)
+        if head is None:
+            if len(self._src_heads) > 64:
+                self._src_heads.clear()
+            head = self._src_heads[src] = '{"src":' + std_json.dumps(src) + ","
+        return head
 
     def _sign(self, src: str, seq: int, ts: int, log: int, body: str) -> str:
         msg = f"v2\n{src}\n{seq}\n{ts}\n{log}\n{body}".encode()
@@ -224,6 +338,8 @@ class Codec:
                 # a signed peer while we have no secret: cannot verify it
                 raise Dropped("dropped_bad_signature",
                               "signed message but no secret configured")
+            # the header is for the receiver's first look only
+            outer.pop("src", None)
             message, sent = outer, outer.get("ts")
             ts = sent if isinstance(sent, int) and not isinstance(
                 sent, bool) else None
@@ -252,7 +368,7 @@ class Codec:
         if not hmac.compare_digest(self._sign(src, seq, ts, log, body), sig):
             raise Dropped("dropped_bad_signature", "signature mismatch")
         if archived:
-            return self._body(body), ts
+            return self._body(body, outer), ts
         now = _now_ms()
         if abs(now - ts) > self.max_age_ms:
             raise Dropped("dropped_replayed", f"message {now - ts} ms old")
@@ -260,16 +376,19 @@ class Codec:
             raise Dropped("dropped_replayed",
                           f"sealed {self.not_before_ms + self.skew_ms - ts} ms "
                           f"before this node started")
-        self._check_offset(offset, log, ts)
+        self.check_offset(offset, bool(log), ts)
         last = self._last_seq.get(src)
         if last is not None and seq <= last[0]:
             raise Dropped("dropped_replayed", f"seq {seq} already seen")
         self._last_seq[src] = (seq, now)
         if len(self._last_seq) > 4096:
             self._forget_old_sources(now)
-        return self._body(body), ts
+        return self._body(body, outer), ts
 
-    def _check_offset(self, offset: str | None, log: int, ts: int) -> None:
+    def check_offset(self, offset: str | None, log: bool, ts: int) -> None:
+        """Raise :class:`Dropped` (``dropped_bad_offset``) unless ``offset``
+        fits a message sealed at ``ts`` as logged (``log``) or not (see the
+        module doc)."""
         if offset is None:
             if log:
                 raise Dropped("dropped_bad_offset", "logged message without its offset")
@@ -285,13 +404,18 @@ class Codec:
                           f"offset {offset} is {stamped - ts} ms from its message")
 
     @staticmethod
-    def _body(body: str) -> dict[str, Any]:
+    def _body(body: str, outer: dict[str, Any]) -> dict[str, Any]:
         try:
             message = std_json.loads(body)
         except (ValueError, RecursionError):
             raise Dropped("dropped_malformed", "signed body is not JSON") from None
         if not isinstance(message, dict):
             raise Dropped("dropped_malformed", "signed body not an object")
+        if "lid" in outer and (type(outer["lid"]) is not int
+                               or outer["lid"] != message.get("lid")):
+            # the header is read before any check (OwnHeader): it must say
+            # what the signed body says
+            raise Dropped("dropped_malformed", "header lid is not the body's")
         return message
 
     def _forget_old_sources(self, now: int) -> None:

@@ -19,7 +19,7 @@ from cluster.bus.codec import Codec
 from cluster.bus.errors import BusConfigurationError, BusPublishError
 from cluster.bus.outbox import Outbox, Waiter
 from cluster.bus.runtime import Runtime
-from cluster.bus.sender import SealedSender
+from cluster.bus.sender import SealedSender, SealWatcher
 from cluster.bus.settings import BusSettings
 from cluster.bus.stats import BusStats
 from cluster.bus.transport import Transport
@@ -97,6 +97,11 @@ class Publisher:
                 return False
             self.runtime.sleep(0.01)
         return True
+
+    def watch_seals(self, watcher: SealWatcher) -> None:
+        """Have ``watcher`` told of every seal of a message with a ``lid``
+        (see :class:`~.sender.SealedSender`)."""
+        self.sender.on_sealed = watcher
 
     # -- publishing -----------------------------------------------------------
     def dumps(self, message: dict[str, Any]) -> str:

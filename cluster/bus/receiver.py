@@ -7,9 +7,20 @@ of forged messages must not flood the log too), and a message that fails
 while being applied is counted in ``handler_errors``. The listener therefore
 survives any single bad message and any backend failure.
 
+This node's own messages come back on every channel it subscribes to.
+They are recognized by the envelope's cleartext header
+(:class:`~.codec.OwnHeader`) before anything is decoded: those that name no
+``lid`` (heartbeats, room changes, emits without recovery...) are dropped
+at once, and a logged emit is handed on by its lid and offset alone
+(:class:`~.ordered_delivery.Returned`: delivered from what this node holds,
+only if the bytes are one of its own seals), both counted (``own_dropped``,
+``own_returned``). Only a copy whose bytes this node did not seal is
+decoded and verified like any message (without a secret: decoded).
+
 After a subscription outage the receiver first catches up on what the
 recovery stream holds since the last offset it got from the channel, then
-handles the live messages (see :mod:`.catch_up`).
+handles the live messages (see :mod:`.catch_up`); own entries read back
+there take the same header path.
 """
 from __future__ import annotations
 
@@ -20,8 +31,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from cluster.bus.catch_up import CatchUp, CatchUpReader
-from cluster.bus.codec import Codec
+from cluster.bus.codec import NO_LID, Codec, OwnHeader
 from cluster.bus.errors import Dropped
+from cluster.bus.ordered_delivery import Outcome, Returned
 from cluster.bus.runtime import Backoff
 from cluster.bus.stats import BusStats
 from cluster.bus.transport import Subscription, Transport
@@ -29,6 +41,10 @@ from cluster.recovery.stream import split_published
 from session_store.quiet_log import QuietLog
 
 Handler = Callable[[dict[str, Any]], Any]
+#: this node's own logged emit back from the channel: decoded, or known by
+#: its header only (then it returns an :class:`Outcome`; anything else,
+#: None included, has the message decoded and handed on again)
+OwnEmit = Callable[[dict[str, Any] | Returned], Any]
 
 
 class Receiver:
@@ -39,14 +55,15 @@ class Receiver:
         ``"callback"`` is the one method taken only when addressed to this
         host. Methods without a handler are ignored.
     :param own_emit: this host's own logged emit coming back through the
-        channel, to be delivered to this node's clients in stream order.
+        channel, to be delivered to this node's clients in stream order
+        (see :data:`OwnEmit`).
     :param reset_clients: closes every local client connection, when a
         catch-up cannot be exact; returns how many (see :mod:`.catch_up`).
     """
 
     def __init__(self, transport: Transport, subscription: Subscription, codec: Codec,
                  stats: BusStats, logger: logging.Logger, *, host_id: str,
-                 handlers: Mapping[str, Handler], own_emit: Handler,
+                 handlers: Mapping[str, Handler], own_emit: OwnEmit,
                  reset_clients: Callable[[], int] = lambda: 0) -> None:
         self.transport = transport
         self.subscription = subscription
@@ -56,6 +73,7 @@ class Receiver:
         self.host_id = host_id
         self.handlers = handlers
         self.own_emit = own_emit
+        self._own = OwnHeader(host_id, codec.signed)
         self._local = threading.local()  # green-thread local under eventlet/gevent
         self._quiet = QuietLog(logger, 10.0)
         self.catch_up = CatchUp(self._stream_reader, self.apply, stats, logger,
@@ -118,7 +136,12 @@ class Receiver:
 
     def apply(self, offset: str | None, raw: Any) -> bool:
         """Check and apply one message published with ``offset``; False
-        when the codec dropped it. Never raises."""
+        when it was dropped (its offset then says nothing). Never raises."""
+        lid = self._own.read(raw)
+        if lid is not None:
+            handled = self._own_message(lid, offset, raw)
+            if handled is not None:
+                return handled
         try:
             message, sent_ms = self.codec.open(raw, offset=offset)
         except Dropped as drop:
@@ -148,6 +171,28 @@ class Receiver:
             self.stats.incr("handler_errors")
             self.logger.exception("Error applying bus message %r", method)
         return True
+
+    def _own_message(self, lid: int, offset: str | None, raw: Any) -> bool | None:
+        """This node's own message by its header (see the module doc): what
+        :meth:`apply` returns, or None to decode and verify it."""
+        if lid != NO_LID:
+            try:
+                outcome = self.own_emit(Returned(lid, offset, bytes(raw)))
+            except Exception:
+                self.stats.incr("handler_errors")
+                self.logger.exception("Error delivering an own bus message")
+                return True
+            if outcome is Outcome.HANDLED:
+                self.stats.incr("own_returned")
+                return True
+            if outcome is Outcome.DROPPED:
+                return False
+            if outcome is not Outcome.UNKNOWN:
+                return None  # bytes it did not seal: decoded and verified
+        # sent by this node, wanted by nobody here: not even decoded; its
+        # offset (if any) is unchecked, so the catch-up does not start there
+        self.stats.incr("own_dropped")
+        return offset is None
 
     def _log_drop(self, drop: Dropped) -> None:
         # the likely cause, by reason: ages and offsets are about clocks

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from cluster.bus.batch import Item, Result
-from cluster.bus.codec import Codec
+from cluster.bus.codec import Codec, body_lid
 from cluster.bus.transport import Transport
+
+#: ``(lid, payload, logged, sealed_ms)``: told of every seal of a message
+#: that has a ``lid`` (see :mod:`.ordered_delivery`); ``sealed_ms`` is the
+#: wall clock (ms) taken before sealing, at most the envelope's ``ts``
+SealWatcher = Callable[[int, bytes, bool, int], None]
 
 
 class SealedSender:
@@ -18,6 +24,11 @@ class SealedSender:
     codec's ``max_age``: an older one could be dropped as too old before it
     arrives, so it is sealed again (after an outage that long, a copy of an
     attempt whose outcome was unknown may then arrive twice).
+
+    Every seal of a message with a ``lid`` (this node's logged emits) is
+    reported to :attr:`on_sealed`, before it is sent: the node recognizes
+    the copies that come back by these very bytes, whichever seal of the
+    message arrives.
     """
 
     def __init__(self, transport: Transport, codec: Codec, host_id: str) -> None:
@@ -31,6 +42,8 @@ class SealedSender:
         # and sending happen under it, so messages leave in the order of
         # their sequence numbers whichever thread sends them
         self.lock = threading.RLock()
+        #: told of each seal of a message with a ``lid`` (None: nobody)
+        self.on_sealed: SealWatcher | None = None
 
     def send(self, items: list[Item]) -> list[Result]:
         """Publish ``items``; per item its offset (``None`` when unlogged,
@@ -43,9 +56,16 @@ class SealedSender:
             start = next((i for i, item in enumerate(items)
                           if item.payload is None or now - item.sealed_at > self.reseal_after),
                          len(items))
+            watcher = self.on_sealed
             for item in items[start:]:
-                item.payload = self.codec.seal(item.body, self.host_id, logged=item.logged)
+                sealed_ms = int(time.time() * 1000)
+                item.payload = payload = self.codec.seal(item.body, self.host_id,
+                                                         logged=item.logged)
                 item.sealed_at = now
+                if watcher is not None:
+                    lid = body_lid(item.body)
+                    if lid is not None:
+                        watcher(lid, payload, item.logged, sealed_ms)
             payloads = [item.payload for item in items if item.payload is not None]
             logged = [item.logged for item in items]
             channels = [item.channel for item in items]

@@ -29,6 +29,13 @@ Counters
     delivered_unlogged    recovery-logged emits delivered on this node
                           without their offset (the bus was slow or down;
                           they are logged once it is back)
+    own_dropped           this node's own messages back from the bus, dropped
+                          by their cleartext header before any decode (not
+                          a logged emit waiting here: heartbeats, room
+                          changes, emits without recovery, second copies)
+    own_returned          this node's own logged emits back from the bus,
+                          known by their header and bytes and delivered
+                          from the copy held here, without decoding them
     handler_errors        valid messages whose local handling raised
     follow_timeouts       joins that went on before Redis confirmed the
                           room channel's subscription (``FOLLOW_WAIT`` s)
@@ -78,7 +85,7 @@ COUNTERS = (
     "published", "publish_errors", "received", "dropped_malformed",
     "dropped_unsigned", "dropped_bad_signature", "dropped_replayed",
     "dropped_bad_offset", "dropped_buffer_full", "dropped_unpublished", "published_unlogged",
-    "delivered_unlogged", "dropped_after_pause",
+    "delivered_unlogged", "dropped_after_pause", "own_dropped", "own_returned",
     "handler_errors", "follow_timeouts", "recovery_stream_resets",
     "reconnects", "catch_ups", "caught_up", "catch_up_skipped", "catch_up_after_restart",
     "catch_up_impossible",

@@ -26,7 +26,11 @@ def test_unsigned_round_trip_is_the_stock_format() -> None:
     codec = Codec()
     wire = codec.seal(codec.dumps(EMIT), "h1")
     outer = json.loads(wire)
-    assert {k: v for k, v in outer.items() if k != "ts"} == EMIT
+    # python-socketio's fields, plus ts and the sender first (its header)
+    assert wire.startswith(b'{"src":"h1",') and outer["src"] == "h1"
+    assert {k: v for k, v in outer.items() if k not in ("ts", "src")} == EMIT
+    message, _ = Codec().open(wire)
+    assert {k: v for k, v in message.items() if k != "ts"} == EMIT  # as python-socketio's
     message, ts = codec.open(wire)
     assert message["event"] == "chat" and abs(ts - time.time() * 1000) < 5000
 

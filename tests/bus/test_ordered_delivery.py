@@ -66,8 +66,10 @@ def test_abandoned_ids_that_can_no_longer_return_are_pruned() -> None:
 def test_losing_the_subscription_hands_back_the_listeners_own_emits() -> None:
     ordered = OrderedDelivery(Runtime())
     waiting = ordered.expect()
+    waiting.message = {"method": "emit", "event": "waited for"}  # its emitter delivers it
     detached = ordered.expect()
     detached.message = {"method": "emit", "event": "e"}
+    detached.detached = True  # made by the listener, which cannot wait
     assert ordered.wake_all() == [detached.message]
     assert ordered.arrived(detached.lid) is False  # delivered already
     assert ordered.settle(waiting) is True
