@@ -269,10 +269,12 @@ class ConnectionSessions:
             return bound.resume_id
         bound.accepted = True
         store = self.store
+        issued: str | None = None
         if bound.session_id is None:
             try:
                 mark = bound.session.change_mark
-                handle = store.create(dict(bound.session), bound.identity)
+                # the session and its first resume id in one round trip
+                handle, issued = store.create_resumable(dict(bound.session), bound.identity)
             except SessionStoreError as exc:
                 self.counters["store_errors"] += 1
                 self.counters["forked"] += 1
@@ -286,12 +288,17 @@ class ConnectionSessions:
         if self.leases is not None:
             self.leases.start()
         try:
-            if bound.resumed:
-                store.persist(bound.session_id)  # the connected lease
+            reuse = bound.claimed_pid if self.stable_resume_ids else None
+            if issued is not None:
+                bound.resume_id = issued
+            elif bound.resumed:
+                # the connected lease and the resume id in one round trip
+                bound.resume_id = store.reconnected(bound.session_id, bound.identity, reuse=reuse)
                 if bound.session.modified:
                     store.save(bound.session_id, bound.session)
-            reuse = bound.claimed_pid if self.stable_resume_ids else None
-            bound.resume_id = store.issue_resume(bound.session_id, bound.identity, reuse=reuse)
+            else:
+                bound.resume_id = store.issue_resume(bound.session_id, bound.identity,
+                                                     reuse=reuse)
             bound.claimed_pid = None
             record_writes.write_record(self, bound)
         except SessionStoreError as exc:
@@ -361,7 +368,8 @@ class ConnectionSessions:
         # the last namespace of the connection is gone: the resume window opens
         try:
             record_writes.flush_rooms(self, bound)
-            self.store.expire(bound.session_id)
+            # the resume id this node issued moves along in the same round trip
+            self.store.expire(bound.session_id, resume_id=bound.resume_id)
             self.state.expire(bound.session_id, self.store.ttl)
         except SessionStoreError as exc:
             self.counters["store_errors"] += 1
