@@ -15,7 +15,7 @@ each only what it needs:
   :class:`~.services.view.ClusterView` (cluster-wide queries) and
   :class:`~.services.presence.Presence` see the bus through a
   :class:`~.services.link.BusLink`;
-- :class:`~.ordered_delivery.LocalDelivery` hands emits to the node's
+- :class:`~.local_delivery.LocalDelivery` hands emits to the node's
   clients, its own logged ones in stream order;
 - :class:`~.room_routes.RoomRoutes` picks each message's channel and follows
   the channels of the rooms with members here.
@@ -39,7 +39,8 @@ from cluster.bus.channels import ChannelFollower, node_channel
 from cluster.bus.clock import ClockWatch
 from cluster.bus.codec import Codec
 from cluster.bus.defaults import DEFAULT_CHANNEL
-from cluster.bus.ordered_delivery import LocalDelivery, OrderedDelivery
+from cluster.bus.local_delivery import LocalDelivery
+from cluster.bus.ordered_delivery import OrderedDelivery
 from cluster.bus.publisher import Publisher
 from cluster.bus.receiver import Receiver
 from cluster.bus.room_routes import RoomRoutes

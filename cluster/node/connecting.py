@@ -217,7 +217,7 @@ class Connects:
             data["pid"] = resume_id
             if server.recovering.marks_offsets():
                 # tells cluster.Client that events asking for no ack end
-                # with their offset, or None (see ordered_delivery.LocalDelivery.deliver)
+                # with their offset, or None (see local_delivery.LocalDelivery.deliver)
                 data["offsets"] = True
 
     def settle(self, eio_sid: str, namespace: str, environ: Any) -> None:

@@ -14,7 +14,8 @@ from cluster.bus import codec as codec_module
 from cluster.bus.batch import Item
 from cluster.bus.codec import NO_LID, Codec, OwnHeader, body_lid
 from cluster.bus.errors import Dropped
-from cluster.bus.ordered_delivery import LocalDelivery, OrderedDelivery, PendingDelivery
+from cluster.bus.local_delivery import LocalDelivery
+from cluster.bus.ordered_delivery import OrderedDelivery, PendingDelivery
 from cluster.bus.receiver import Receiver
 from cluster.bus.runtime import Runtime
 from cluster.bus.sender import SealedSender
