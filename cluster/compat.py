@@ -447,6 +447,13 @@ def open_engine_sockets(eio: Any) -> list[tuple[str, Any]]:
     return list(eio.sockets.items())
 
 
+def socketio_environ(server: Any, eio_sid: str) -> dict[str, Any] | None:
+    """The WSGI environ python-socketio keeps for Engine.IO connection
+    ``eio_sid`` (``Server.environ``), or None."""
+    environ: dict[str, Any] | None = server.environ.get(eio_sid)
+    return environ
+
+
 def local_room_counts(manager: Any) -> dict[str, int]:
     """Rooms with members on this node, by namespace (python-socketio's
     ``BaseManager.rooms[namespace][room]`` layout)."""

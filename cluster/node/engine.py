@@ -72,6 +72,10 @@ class ClusterEngineServer(compat.EngineServerSeam):
         #: started with the first connection (see :mod:`.pause_fence`)
         self.pause_fence = PauseFence(self.ping_timeout, spawn=self.start_background_task,
                                       sleep=self.sleep, counters=self.counters)
+        self.pause_fence.on_pause = self.close_fenced
+        #: called with each fenced connection's sid before it is closed (the
+        #: Socket.IO server marks its session as no longer held there)
+        self.on_fenced: Any = None
 
     #: mints new sids (:class:`~.sid_owner.SidMinter`) when session
     #: forwarding is on (see :mod:`.forwarding`); None: python-engineio's ids
@@ -103,6 +107,29 @@ class ClusterEngineServer(compat.EngineServerSeam):
                             ClusterSocket if self.runtime is not None else StrictSocket)
         self.pause_fence.start()
         eio_socket.fence_generation = self.pause_fence.check()
+
+    def close_fenced(self, generation: int) -> None:
+        """A pause was found: every connection opened before it is marked
+        now (no waiting: the caller may be answering whether a session is
+        held here) and closed in the background, as if its client's close
+        had been read (see :mod:`.pause_fence`)."""
+        fenced = [(sid, eio_socket) for sid, eio_socket in compat.open_engine_sockets(self)
+                  if getattr(eio_socket, "fence_generation", generation) < generation]
+        if not fenced:
+            return
+        self.counters["connections_fenced"] = \
+            self.counters.get("connections_fenced", 0) + len(fenced)
+        if self.on_fenced is not None:
+            for sid, _ in fenced:
+                self.on_fenced(sid)
+        self.start_background_task(self._close_all, [s for _, s in fenced])
+
+    def _close_all(self, sockets: list[Any]) -> None:
+        for eio_socket in sockets:
+            try:
+                eio_socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_CLOSE)
+            except Exception:  # noqa: BLE001 - one failure must not keep the others open
+                logger.exception("closing a fenced connection failed")
 
     def disconnect(self, sid: str | None = None) -> None:
         """Close a client's session (every session when ``sid`` is None).

@@ -20,6 +20,15 @@ received and the connection is closed unread, as if the client's close had
 been read first. The client has reconnected, or will, and resumes its
 session. Connections opened after the gap are not affected.
 
+Waiting for a fenced connection's next packet is not enough: a client
+that gave up may never send on it again, nor even close it (python-engineio's
+client leaves its socket to the garbage collector), and until it is closed
+its session counts as held by a live connection here, so the client's
+resume on another node is refused. So the moment a pause is found,
+``on_pause`` (set by the engine) is told, which marks every connection
+opened before it at once and closes them (see
+:meth:`~.engine.ClusterEngineServer.close_fenced`).
+
 A node so overloaded that its event loop stalls for ``ping_timeout`` is
 fenced the same way: its clients' pings were overdue by then too.
 """
@@ -65,6 +74,9 @@ class PauseFence:
         #: generation than the current one is fenced
         self.generation = 0
         self.counters = counters
+        #: called with the new generation when a pause is found (in the
+        #: green thread that found it: it must not block)
+        self.on_pause: Callable[[int], Any] | None = None
         for name in ("pauses_detected", "connections_fenced"):
             counters.setdefault(name, 0)
 
@@ -94,8 +106,10 @@ class PauseFence:
                 "this node did not run for %.1f s (ping_timeout is %.1f s): it was paused "
                 "(SIGSTOP, a frozen VM) or starved of CPU. Its clients have given up on "
                 "it, so what they sent before the pause is discarded and their "
-                "connections from before it are closed as they send; they resume their "
-                "sessions on reconnecting.", gap, self.threshold)
+                "connections from before it are closed; they resume their sessions on "
+                "reconnecting.", gap, self.threshold)
+            if self.on_pause is not None:
+                self.on_pause(self.generation)
         return self.generation
 
     def paused_since(self, moment: float) -> bool:

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cluster import runtime
+from cluster import compat, runtime
 from cluster.bus.features import bus_features
 from cluster.bus.settings import driver_only
 from cluster.config import BusConfig, NodeConfig
@@ -177,13 +177,44 @@ def create_connection_sessions(socketio: SocketIO, config: NodeConfig,
                                   stable_resume_ids=config.recovery is not None)
     features = bus_features(server.manager)
     if features.cluster is not None:
-        features.cluster.on(HOLDER_QUERY, sessions.holds)
+        features.cluster.on(HOLDER_QUERY, _holds_unless_paused(server, sessions))
+    fence_sessions(server, sessions)
     sessions.leases = SessionLeases(
         sessions, default_interval(store.ttl),
         restart_point=lambda: _recovery_restart_point(features),
         reconnects=lambda: int(features.stats().get("reconnects", 0)),
         spawn=server.start_background_task, sleep=server.sleep)
     return sessions
+
+
+def fence_sessions(server: Any, sessions: ConnectionSessions) -> None:
+    """A connection fenced by a pause (see :mod:`.pause_fence`) no longer
+    holds its session from the moment the pause is found, before it is
+    closed: its client has moved on and resumes elsewhere."""
+    eio = server.eio
+    if not hasattr(eio, "pause_fence"):
+        return
+
+    def fenced(eio_sid: str) -> None:
+        environ = compat.socketio_environ(server, eio_sid)
+        if environ is not None:
+            sessions.release(environ)
+
+    eio.on_fenced = fenced
+
+
+def _holds_unless_paused(server: Any, sessions: ConnectionSessions) -> Any:
+    """The holder query's answer: whether a live connection here holds the
+    session, after noting whether this node was just paused (which fences
+    the connections from before the pause first)."""
+    fence = getattr(server.eio, "pause_fence", None)
+
+    def holds(session_id: str) -> bool:
+        if fence is not None:
+            fence.check()
+        return sessions.holds(session_id)
+
+    return holds
 
 
 def _recovery_restart_point(features: Any) -> str | None:

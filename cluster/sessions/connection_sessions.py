@@ -102,6 +102,14 @@ class ConnectionSessions:
         bound = environ.get(ENVIRON_KEY) if environ is not None else None
         return bool(bound is not None and bound.sids)
 
+    def release(self, environ: Mapping[str, Any]) -> None:
+        """The connection of ``environ`` no longer holds its session (a pause
+        fenced it; it is being closed): the holder query says so at once."""
+        bound = environ.get(ENVIRON_KEY)
+        if bound is not None and bound.session_id is not None \
+                and self.local.get(bound.session_id) is environ:
+            del self.local[bound.session_id]
+
     # -- used by the handler runner and the server ----------------------------
 
     def session_for(self, environ: Mapping[str, Any]) -> ForkedSession | None:
@@ -362,6 +370,11 @@ class ConnectionSessions:
             # dropped from the stored record with the next namespace written
             # (not now: a transport close leaves every namespace in turn)
             bound.left.add(namespace)
+            return
+        if self.local.get(bound.session_id) is not environ:
+            # released when a pause fenced it, or held by a newer connection
+            # of this node: not this connection's session to count down
+            bound.expiring = True
             return
         self.local.pop(bound.session_id, None)
         bound.expiring = True

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
 import time
 from typing import Any
 
 import pytest
+import requests
 
 from cluster.node.pause_fence import PauseFence
-from tests.harness.raw_websocket import metric
+from tests.harness.raw_websocket import RawWebSocket, metric
 from tests.harness.waiting import wait_for
 
 FAULT_APP = "tests.faults.fault_app:socketio"
@@ -90,6 +92,50 @@ def test_what_a_client_sent_to_a_frozen_node_is_not_acted_on_when_it_wakes(
     assert first == {"room": "r", "sender": "late", "seq": 1}, \
         f"the frozen node acted on what it read after waking: {first}"
     listener.disconnect()
+
+
+def test_a_woken_node_lets_go_of_connections_whose_clients_left_silently(
+        node_factory: Any) -> None:
+    # python-engineio's client gives up on a frozen node without closing its
+    # socket: nothing ever arrives on that connection again. The woken node
+    # used to hold it (and its session) until the pong deadline, so the
+    # client's resume on another node was refused as "held by a live
+    # connection"; a pause now fences and releases such connections at once
+    env = {"FAULT_PING_INTERVAL": "2", "FAULT_PING_TIMEOUT": "3"}
+    frozen, other = node_factory(app=FAULT_APP, count=2, env=env)
+    silent = RawWebSocket(frozen)
+    silent.send('40{"name":"quiet"}')
+    pid = json.loads(silent.read_until("40")[2:])["pid"]
+    peers = metric(other, "socketio_bus", kind="live_nodes")
+    frozen.kill(signal.SIGSTOP)
+    try:
+        # the fault: frozen past ping_timeout, and long enough for the other
+        # node to count it gone (so the resume below waits until it is back)
+        wait_for(lambda: metric(other, "socketio_bus", kind="live_nodes") < peers,
+                 timeout=15, what="the frozen node counted gone")
+    finally:
+        frozen.kill(signal.SIGCONT)
+    wait_for(lambda: frozen.http_status("/readyz") == 200, timeout=10,
+             what="the woken node ready")
+    # back in the other node's view: the resume asks it whether it holds the session
+    wait_for(lambda: metric(other, "socketio_bus", kind="live_nodes") == peers,
+             timeout=10, what="the woken node heard again")
+    returning = RawWebSocket(other)
+    returning.send("40" + json.dumps({"name": "quiet", "pid": pid}))
+    reply = json.loads(returning.read_until("40")[2:])
+    assert reply.get("pid") == pid, "the resume was refused: the woken node held the session"
+    assert metric(frozen, "socketio_server_events_total", kind="connections_fenced") >= 1
+    wait_for(lambda: metric_gauge(frozen, "socketio_connections") == 0,
+             what="the fenced connection closed")
+    silent.close()
+    returning.close()
+
+
+def metric_gauge(node: Any, name: str) -> float:
+    for line in requests.get(f"{node.url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
 
 
 if __name__ == "__main__":
