@@ -262,9 +262,18 @@ class ClusterSocket(StrictSocket):
             # nothing reads the queue from now on: free it
             self.queue = _SpentQueue(server.get_queue_empty_exception())
             if ws.detach is not None:
-                reads = DetachedReads(self, reader, sock, server.read_scheduler, ws.detach())
+                release = ws.detach()
+                try:
+                    reads = DetachedReads(self, reader, sock, server.read_scheduler, release)
+                except BaseException:
+                    release()  # the socket and its slot, which nothing else holds now
+                    raise
                 detached = True  # the writer is the connection's from now on
-                reads.start()
+                try:
+                    reads.start()
+                except BaseException:
+                    reads.finish()  # closes the session, the socket and its slot
+                    raise
                 return
             self._read_loop(receive_frame)
         finally:
