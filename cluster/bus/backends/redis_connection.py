@@ -194,5 +194,11 @@ class RedisConnector:
             node = seed_client.get_node_from_key(self.channel)  # type: ignore[no-untyped-call]
         finally:
             seed_client.close()
-        node_kwargs = dict(self.options, **_credentials(parsed))
-        return redis.Redis(host=node.host, port=node.port, **node_kwargs)
+        return self.client_at(node.host, node.port)
+
+    def client_at(self, host: str, port: int) -> redis.Redis:
+        """A client for the Redis Cluster primary at ``host:port``: the one
+        a ``MOVED`` reply names after a failover, so the publisher follows
+        it without asking the seeds (whose view may lag by a moment)."""
+        node_kwargs = dict(self.options, **_credentials(urlparse(self.url)))
+        return redis.Redis(host=host, port=int(port), **node_kwargs)

@@ -24,6 +24,14 @@ from cluster.recovery.stream import RecoveryLog
 MAX_CONCURRENT_READS = 16
 #: seconds a read waits for its turn before it returns its default
 READ_TURN_WAIT = 10.0
+#: failures after which a read is tried once more on a new client: the
+#: stream may have moved (a Sentinel or Redis Cluster failover: our server
+#: is a replica now, MOVED or READONLY, or gone) and the first read after
+#: the move would otherwise fail, telling a recovering client
+#: ``recovered=False`` for nothing. Not a timeout: that is no move, and a
+#: second one would double the wait
+_MOVED = (redis.exceptions.ConnectionError, redis.exceptions.ReadOnlyError,
+          redis.exceptions.AskError)
 
 
 class RedisRecoveryReader:
@@ -82,18 +90,28 @@ class RedisRecoveryReader:
         try:
             client = self._reader()
             try:
-                return read(client, *args)
-            except redis.exceptions.ResponseError as exc:
-                # a key of another type at the stream's name: move it aside
-                # (logged and counted there), then read the new stream
-                if "WRONGTYPE" not in str(exc) or not self.log.heal(client):
-                    raise
-                return read(client, *args)
+                return self._read_on(client, read, *args)
+            except _MOVED:
+                # once more, on a client made now (see _MOVED); a read that
+                # began before the move ends on the new server too
+                self._forget(client)
+                client = self._reader()
+                return self._read_on(client, read, *args)
         except Exception as exc:
             self.logger.warning("recovery log unreadable (%s: %s)", type(exc).__name__, exc)
             if client is not None:
                 self._forget(client)  # reconnect (and rediscover) next time
             return default
+
+    def _read_on(self, client: redis.Redis, read: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return read(client, *args)
+        except redis.exceptions.ResponseError as exc:
+            # a key of another type at the stream's name: move it aside
+            # (logged and counted there), then read the new stream
+            if "WRONGTYPE" not in str(exc) or not self.log.heal(client):
+                raise
+            return read(client, *args)
 
     def last_offset(self) -> str | None:
         """The newest offset in the stream (None if unavailable)."""

@@ -8,6 +8,7 @@ on a client of their own.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,8 +21,14 @@ from cluster.bus.runtime import Backoff
 from cluster.bus.transport import Subscription, Transport
 from cluster.recovery.stream import RecoveryLog
 
-#: refusals after which the publisher reconnects (and rediscovers the master)
-_RECONNECT_ON = (redis.exceptions.ReadOnlyError, redis.exceptions.ConnectionError)
+#: refusals after which the publisher reconnects (and rediscovers the master):
+#: a Sentinel failover made our server a replica (READONLY); on Redis
+#: Cluster the channel's slot moved to another primary (MOVED: a failover,
+#: whose old primary, still up, refuses the recovery script's keys), or the
+#: cluster is between primaries (CLUSTERDOWN, TRYAGAIN)
+_RECONNECT_ON = (redis.exceptions.ReadOnlyError, redis.exceptions.ConnectionError,
+                 redis.exceptions.AskError, redis.exceptions.ClusterDownError,
+                 redis.exceptions.TryAgainError)
 
 #: bus messages handled back to back before the listener yields
 LISTEN_BURST = 64
@@ -92,6 +99,14 @@ class RedisTransport(Transport):
         # there, and one shard connection keeps every channel in publish order
         self.routes = True
         self._pub: redis.Redis | None = None
+        # set by the listener when the server took our subscription away
+        # (on Redis Cluster: the channel's slot left that primary, e.g. a
+        # failover made it a replica); the publisher then moves too, at its
+        # next send: the demoted node still takes plain SPUBLISHes (and
+        # forwards them to its shard), so without this a node sending only
+        # unlogged messages would stay on a replica until that one goes
+        self._moved = False
+        self._pub_lock = threading.Lock()
 
     def route_base(self, channel: str) -> str:
         """On Redis Cluster, ``{channel}``: a hash tag, so every room and
@@ -101,22 +116,48 @@ class RedisTransport(Transport):
 
     # -- publishing -------------------------------------------------------------
     def connect(self) -> None:
-        self._close_publisher()
+        """A new publisher client (dropping the current one)."""
+        with self._pub_lock:
+            self._drop_publisher()
+            self._pub = self._new_publisher()
+
+    def _new_publisher(self) -> redis.Redis:
         client = self.connector.client()
         client.ping()
         if self.log is not None:
             self.log.load_script(client)
-        self._pub = client
+        return client
 
-    def _close_publisher(self) -> None:
-        client, self._pub = self._pub, None
-        close_quietly(client)
+    def _drop_publisher(self) -> None:
+        """Let the publisher client go (the next send makes a new one).
+        Not closed here: another green thread may be reading on it, and
+        redis-py closes it when the last user lets go of it."""
+        self._pub = None
 
     def _publisher(self) -> redis.Redis:
-        if self._pub is None or self.connector.stale(self._pub):
-            self.connect()
-        assert self._pub is not None  # set by connect()
-        return self._pub
+        """The publisher client, made now if there is none (or it is stale).
+
+        The outbox and the heartbeat (``server_time``, ``subscriber_count``)
+        both ask, from green threads of their own. After an outage both
+        found none and each made one, and the second replaced the first
+        while the outbox's pipeline was reading on it: redis-py closes a
+        client's pool when it is garbage collected (as closing it here
+        did), the read ended in ``EOFError``, and the outbox sent again a
+        batch Redis had already logged (seen in a SIGKILL failover test: a
+        stream entry twice, replayed twice to a recovering client). So a
+        client is made under a lock, once; a replaced one is dropped, not
+        closed; and every user keeps its own reference while it uses it."""
+        client = self._pub
+        if client is not None and not self._moved and not self.connector.stale(client):
+            return client
+        with self._pub_lock:
+            if self._moved:
+                self._moved = False
+                self._drop_publisher()
+            if self._pub is None or self.connector.stale(self._pub):
+                self._drop_publisher()
+                self._pub = self._new_publisher()
+            return self._pub
 
     def send(self, payloads: list[bytes]) -> None:
         raise_refused(self.send_each(payloads, [False] * len(payloads)))
@@ -131,27 +172,67 @@ class RedisTransport(Transport):
         reply is looked at on its own (see :mod:`cluster.bus.batch`): Redis at
         ``maxmemory`` refuses the script's XADD but not a PUBLISH."""
         log = self.log if any(logged) else None
-        pipe = self._publisher().pipeline(transaction=False)
+        routes: list[str | None] = (channels if channels is not None and self.routes
+                                    else [None] * len(payloads))
+        try:
+            # errors come back in place; a broken connection still raises
+            replies = self._pipeline(log, payloads, logged, routes)
+            self._follow_moved(log, payloads, logged, routes, replies)
+            if log is not None:
+                self._append_unscripted(log, payloads, replies)
+        except Exception:
+            self._drop_publisher()  # reconnect (and rediscover) next time
+            raise
+        if any(isinstance(reply, _RECONNECT_ON) for reply in replies):
+            self._drop_publisher()  # e.g. a failover made it a replica
+        return [reply if isinstance(reply, Exception)
+                else log.offset_from(reply) if append and log is not None else None
+                for reply, append in zip(replies, logged, strict=True)]
+
+    def _pipeline(self, log: RecoveryLog | None, payloads: list[bytes], logged: list[bool],
+                  routes: list[str | None]) -> list[Any]:
+        """Send ``payloads`` in one pipeline; the replies, errors in place."""
+        client = self._publisher()  # referenced until the replies are in
+        pipe = client.pipeline(transaction=False)
         command = pipe.spublish if self.connector.sharded else pipe.publish
-        routes = channels if channels is not None and self.routes else [None] * len(payloads)
         for payload, append, channel in zip(payloads, logged, routes, strict=True):
             if append and log is not None:
                 log.append(pipe, payload, channel)
             else:
                 command(channel or self.channel, payload)
+        return pipe.execute(raise_on_error=False)
+
+    def _follow_moved(self, log: RecoveryLog | None, payloads: list[bytes],
+                      logged: list[bool], routes: list[str | None], replies: list[Any]) -> None:
+        """A Redis Cluster failover moved the channel's slot: the old primary
+        answers ``MOVED`` to the recovery script (a write) and ran nothing of
+        it. Send everything from the first ``MOVED`` reply on, in order, once
+        more to the primary it names, now: waiting for the bus's retry (up to
+        a second) would let the emits' local delivery give up on their
+        offsets (see :mod:`cluster.bus.ordered_delivery`). A batch never puts
+        a plain message behind a logged one (:mod:`cluster.bus.batch`), so
+        the plain ones, which the demoted node still takes and forwards to
+        its shard, are all before that reply and are not sent twice."""
+        first = next((i for i, reply in enumerate(replies)
+                      if isinstance(reply, redis.exceptions.MovedError)), None)
+        if first is None or not self.connector.sharded:
+            return
+        moved = replies[first]
+        tail = range(first, len(payloads))
         try:
-            # errors come back in place; a broken connection still raises
-            replies = pipe.execute(raise_on_error=False)
-            if log is not None:
-                self._append_unscripted(log, payloads, replies)
-        except Exception:
-            self._close_publisher()  # reconnect (and rediscover) next time
-            raise
-        if any(isinstance(reply, _RECONNECT_ON) for reply in replies):
-            self._close_publisher()  # e.g. a failover made it a replica
-        return [reply if isinstance(reply, Exception)
-                else log.offset_from(reply) if append and log is not None else None
-                for reply, append in zip(replies, logged, strict=True)]
+            with self._pub_lock:
+                self._drop_publisher()
+                client = self.connector.client_at(moved.host, moved.port)
+                if log is not None:
+                    log.load_script(client)
+                self._pub = client
+            again = self._pipeline(log, [payloads[i] for i in tail], [logged[i] for i in tail],
+                                   [routes[i] for i in tail])
+        except Exception:  # the new primary is not reachable yet: the bus retries
+            self._drop_publisher()  # the refusals stay in place
+            return
+        for i, reply in zip(tail, again, strict=True):
+            replies[i] = reply
 
     def _append_unscripted(self, log: RecoveryLog, payloads: list[bytes],
                            replies: list[Any]) -> None:
@@ -163,8 +244,9 @@ class RedisTransport(Transport):
                    if isinstance(reply, redis.exceptions.NoScriptError)]
         if not missing:
             return
-        log.load_script(self._publisher())
-        again = self._publisher().pipeline(transaction=False)
+        client = self._publisher()
+        log.load_script(client)
+        again = client.pipeline(transaction=False)
         for i in missing:
             log.append(again, payloads[i])
         for i, reply in zip(missing, again.execute(raise_on_error=False), strict=True):
@@ -192,7 +274,8 @@ class RedisTransport(Transport):
         return self.connector.client()
 
     def close(self) -> None:
-        self._close_publisher()
+        client, self._pub = self._pub, None
+        close_quietly(client)
         if isinstance(self.recovery, RedisRecoveryReader):
             self.recovery.close()
 
@@ -295,6 +378,8 @@ class RedisTransport(Transport):
                         subscription.resubscribed(RESUBSCRIBED)
                     elif kind in _UNSUBSCRIBED:
                         # e.g. the channel's slot moved to another shard
+                        # (a Redis Cluster failover): the publisher follows
+                        self._moved = True
                         raise ConnectionError("unsubscribed by the server")
             except Exception as exc:  # any failure: resubscribe with backoff
                 if not subscription.retry_after(exc, backoff):
