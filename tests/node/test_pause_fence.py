@@ -108,11 +108,14 @@ def test_a_woken_node_lets_go_of_connections_whose_clients_left_silently(
     pid = json.loads(silent.read_until("40")[2:])["pid"]
     peers = metric(other, "socketio_bus", kind="live_nodes")
     frozen.kill(signal.SIGSTOP)
+    stopped = time.monotonic()
     try:
-        # the fault: frozen past ping_timeout, and long enough for the other
-        # node to count it gone (so the resume below waits until it is back)
+        # the fault: frozen past ping_timeout (3 s), and long enough for the
+        # other node to count it gone (so the resume below waits until it is
+        # back); its last heartbeat may predate the stop, hence both
         wait_for(lambda: metric(other, "socketio_bus", kind="live_nodes") < peers,
                  timeout=15, what="the frozen node counted gone")
+        time.sleep(max(0.0, 4.0 - (time.monotonic() - stopped)))
     finally:
         frozen.kill(signal.SIGCONT)
     wait_for(lambda: frozen.http_status("/readyz") == 200, timeout=10,

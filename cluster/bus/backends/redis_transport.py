@@ -30,6 +30,33 @@ _RECONNECT_ON = (redis.exceptions.ReadOnlyError, redis.exceptions.ConnectionErro
                  redis.exceptions.AskError, redis.exceptions.ClusterDownError,
                  redis.exceptions.TryAgainError)
 
+#: the same refusals as error replies of a plain client's pipeline, which
+#: older redis-py (5.0) leaves as a ResponseError naming them
+_RECONNECT_REPLIES = ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "READONLY")
+
+
+def _moves_us(reply: Any) -> bool:
+    """Whether a pipeline reply says the publisher must reconnect."""
+    if isinstance(reply, _RECONNECT_ON):
+        return True
+    return isinstance(reply, redis.exceptions.ResponseError) \
+        and str(reply).startswith(_RECONNECT_REPLIES)
+
+
+def _moved_to(reply: Any) -> tuple[str, int] | None:
+    """The primary a ``MOVED`` reply names (``MOVED <slot> <host>:<port>``;
+    redis-py's MovedError, or a plain ResponseError from older redis-py)."""
+    if isinstance(reply, redis.exceptions.MovedError):
+        return str(reply.host), int(reply.port)
+    if not isinstance(reply, redis.exceptions.ResponseError):
+        return None
+    parts = str(reply).split()
+    if len(parts) != 3 or parts[0] != "MOVED":
+        return None
+    host, _, port = parts[2].rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
 #: bus messages handled back to back before the listener yields
 LISTEN_BURST = 64
 
@@ -183,7 +210,7 @@ class RedisTransport(Transport):
         except Exception:
             self._drop_publisher()  # reconnect (and rediscover) next time
             raise
-        if any(isinstance(reply, _RECONNECT_ON) for reply in replies):
+        if any(_moves_us(reply) for reply in replies):
             self._drop_publisher()  # e.g. a failover made it a replica
         return [reply if isinstance(reply, Exception)
                 else log.offset_from(reply) if append and log is not None else None
@@ -213,16 +240,16 @@ class RedisTransport(Transport):
         a plain message behind a logged one (:mod:`cluster.bus.batch`), so
         the plain ones, which the demoted node still takes and forwards to
         its shard, are all before that reply and are not sent twice."""
-        first = next((i for i, reply in enumerate(replies)
-                      if isinstance(reply, redis.exceptions.MovedError)), None)
+        first = next((i for i, reply in enumerate(replies) if _moved_to(reply) is not None),
+                     None)
         if first is None or not self.connector.sharded:
             return
-        moved = replies[first]
+        host, port = _moved_to(replies[first])  # type: ignore[misc]  # not None: found above
         tail = range(first, len(payloads))
         try:
             with self._pub_lock:
                 self._drop_publisher()
-                client = self.connector.client_at(moved.host, moved.port)
+                client = self.connector.client_at(host, port)
                 if log is not None:
                     log.load_script(client)
                 self._pub = client
