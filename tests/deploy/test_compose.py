@@ -243,6 +243,10 @@ def compose_cluster(request: pytest.FixtureRequest) -> Iterator[str]:
         os.environ["_SIO_COMPOSE_RUNTIME"] = request.param
         yield f"http://127.0.0.1:{port}"
     finally:
+        # the containers' last lines, which pytest shows when the test failed
+        # (a first connect once got no CONNECT reply in CI: see its logs next time)
+        print(_docker_compose("logs", "--tail", "80", "--timestamps", env=env,
+                              check=False).stdout[-20000:])
         _docker_compose("down", "-v", "--timeout", "5", env=env, timeout=180, check=False)
         os.environ.pop("_SIO_COMPOSE_PROJECT", None)
         os.environ.pop("_SIO_COMPOSE_RUNTIME", None)
