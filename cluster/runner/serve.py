@@ -40,6 +40,7 @@ the hard way:
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import signal
 import time
@@ -156,13 +157,19 @@ def watch_stop_signals(socketio: SocketIO, green: Runtime) -> Callable[[], int]:
     return wait
 
 
+#: ``1`` lets upgraded websockets detach from their green thread (experimental)
+DETACH_ENV = "CLUSTER_DETACHED_WEBSOCKETS"
+
+
 def server_options(transport: TransportConfig, log_output: bool = False) -> ServerOptions:
     """The WSGI server's settings from the node's transport configuration."""
     return ServerOptions(
         max_connections=transport.max_connections, tcp_nodelay=transport.tcp_nodelay,
         backlog=DEFAULT_BACKLOG, header_timeout=transport.http_header_timeout,
         idle_timeout=transport.http_idle_timeout, body_timeout=transport.http_body_timeout,
-        log_output=log_output)
+        log_output=log_output,
+        # experimental (see ServerOptions.detach_websockets)
+        detach_websockets=os.environ.get(DETACH_ENV, "") == "1")
 
 
 def serve_node(socketio: SocketIO, wsgi_app: Callable[..., Any], host: str, port: int, *,

@@ -138,7 +138,7 @@ class _DetachedSocket:
 
 def http_protocol(header_timeout: float | None = None, idle_timeout: float | None = None,
                   body_timeout: float | None = None,
-                  slots: ConnectionSlots | None = None) -> Any:
+                  slots: ConnectionSlots | None = None, detach: bool = False) -> Any:
     """eventlet's ``HttpProtocol`` with small buffers, the node's request
     timeouts (``None`` switches one off) and the upgrade hand-off
     (``slots``: the server's pool, which a detached websocket keeps a slot
@@ -183,7 +183,8 @@ def http_protocol(header_timeout: float | None = None, idle_timeout: float | Non
             environ: dict[str, Any] = super().get_environ()
             if environ.get("HTTP_UPGRADE"):
                 environ[UPGRADE_SOCKET] = self._upgrade_socket(environ)
-                environ[UPGRADE_DETACH] = self._detach
+                if detach:
+                    environ[UPGRADE_DETACH] = self._detach
             elif body_timeout:
                 # eventlet reads eventlet.input itself (discarding an unread
                 # body), so both names get the input with the deadline
@@ -324,6 +325,6 @@ def serve(wsgi_app: Callable[..., Any], host: str, port: int,
         # body or response; websockets replace it with their ping timeout
         socket_timeout=options.idle_timeout or None, debug=False,
         protocol=http_protocol(options.header_timeout, options.idle_timeout,
-                               options.body_timeout, pool),
+                               options.body_timeout, pool, options.detach_websockets),
     )
     return EventletServer(green_thread, sock)

@@ -183,7 +183,8 @@ def handler_class(options: ServerOptions) -> type:
             environ: dict[str, Any] = super().get_environ()
             if environ.get("HTTP_UPGRADE"):
                 environ[UPGRADE_SOCKET] = self._take_socket
-                environ[UPGRADE_DETACH] = self._detach
+                if options.detach_websockets:
+                    environ[UPGRADE_DETACH] = self._detach
             elif body_timeout:
                 original = self.wsgi_input
                 self.wsgi_input = environ["wsgi.input"] = DeadlineInput(

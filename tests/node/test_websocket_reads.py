@@ -15,6 +15,8 @@ from tests.harness.raw_websocket import RawWebSocket, masked_text_frame
 from tests.harness.waiting import wait_for
 
 FAULT_APP = "tests.faults.fault_app:socketio"
+#: detached websockets are opt-in (experimental, see cluster.runtime.ServerOptions)
+DETACHED = {"CLUSTER_DETACHED_WEBSOCKETS": "1"}
 
 
 def _gauge(node: Any, name: str, kind: str | None = None) -> float:
@@ -38,7 +40,7 @@ def test_a_peer_that_stops_answering_pings_is_closed_by_its_pong_deadline(
     # nothing reads an idle detached websocket, so no read times out: the
     # missing pong is what finds a dead peer (ping 1 s, pong within 1 s)
     (node,) = node_factory(app=FAULT_APP, env={"FAULT_PING_INTERVAL": "1",
-                                               "FAULT_PING_TIMEOUT": "1"})
+                                               "FAULT_PING_TIMEOUT": "1", **DETACHED})
     silent = _connected(node, "silent")  # never reads again: no pongs
     answering = _connected(node, "answering")
     wait_for(lambda: _gauge(node, "socketio_websocket_reads", "detached") == 2,
@@ -69,7 +71,8 @@ def test_a_peer_that_stops_answering_pings_is_closed_by_its_pong_deadline(
 def test_messages_keep_their_order_across_read_turns(node_factory: Any) -> None:
     # more than one read turn's worth of frames in one write: the turn
     # yields to the next connection in line and resumes where it stopped
-    (node,) = node_factory(app=FAULT_APP, extra_args=["--max-events-per-second", "0"])
+    (node,) = node_factory(app=FAULT_APP, extra_args=["--max-events-per-second", "0"],
+                           env=DETACHED)
     sender = _connected(node, "sender")
     sender.send('421["join","r"]')
     sender.read_until("431")
@@ -94,7 +97,7 @@ def test_handlers_of_a_detached_websocket_still_see_its_request(
         node_factory: Any, sio_client_factory: Any) -> None:
     # the environ lets go of the server's request objects when the
     # websocket detaches; what Flask's request shows of it stays
-    (node,) = node_factory(message_queue=None)
+    (node,) = node_factory(message_queue=None, env=DETACHED)
     client = sio_client_factory()
     client.connect(node.url, transports=["websocket"], headers={"User-Agent": "reads-test/1"},
                    wait_timeout=10)

@@ -70,7 +70,7 @@ SERVER = textwrap.dedent("""
         return ()
 
     green.serve(app, "127.0.0.1", int(sys.argv[2]),
-                ServerOptions(max_connections=int(sys.argv[3])))
+                ServerOptions(max_connections=int(sys.argv[3]), detach_websockets=True))
     print("ready", flush=True)
     green.sleep(120)
 """)
