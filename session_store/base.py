@@ -280,11 +280,7 @@ class SessionStore(ABC):
         :raises SessionNotFound: the session expired or was deleted.
         :raises InvalidSessionId: ``reuse`` is not an id this store issues.
         """
-        self._check_id(session_id)
-        if reuse is not None:
-            self._check_id(reuse)
-        resume_id = reuse if reuse is not None else new_id()
-        record = self._resume_record(session_id, resume_id, identity)
+        resume_id, record = self._next_resume(session_id, identity, reuse)
         if not self._backend_lease_issued(session_id, self._lease_ms, stored_form(resume_id),
                                           record):
             raise SessionNotFound(
@@ -342,17 +338,23 @@ class SessionStore(ABC):
         :raises SessionNotFound: the session expired or was deleted.
         :raises InvalidSessionId: ``reuse`` is not an id this store issues.
         """
-        self._check_id(session_id)
-        if reuse is not None:
-            self._check_id(reuse)
-        resume_id = reuse if reuse is not None else new_id()
-        record = self._resume_record(session_id, resume_id, identity)
+        resume_id, record = self._next_resume(session_id, identity, reuse)
         if not self._backend_issue(session_id, stored_form(resume_id), record):
             raise SessionNotFound(
                 f"Session {redact(session_id)} no longer exists; cannot issue a resume id. "
                 "Start a new session with create()."
             )
         return resume_id
+
+    def _next_resume(self, session_id: str, identity: str | None,
+                     reuse: str | None) -> tuple[str, str]:
+        """The resume id to bind (``reuse``, else a new one) and its record;
+        both ids checked first."""
+        self._check_id(session_id)
+        if reuse is not None:
+            self._check_id(reuse)
+        resume_id = reuse if reuse is not None else new_id()
+        return resume_id, self._resume_record(session_id, resume_id, identity)
 
     def _resume_record(self, session_id: str, resume_id: str, identity: str | None) -> str:
         digest = identity_digest(identity)

@@ -49,6 +49,7 @@ __all__ = [
     "UPGRADE_SOCKET",
     "ReadWatch",
     "detached_environ",
+    "once",
     "Runtime",
     "RuntimeUnavailableError",
     "ServerHandle",
@@ -83,6 +84,20 @@ UPGRADE_DETACH = "cluster.upgrade_detach"
 # a request input with nothing in it, for every detached environ (nothing
 # writes to it; reads get b"")
 _EMPTY_INPUT = io.BytesIO(b"")
+
+
+def once(action: Callable[[], Any]) -> Callable[[], None]:
+    """``action`` made safe to call many times: it runs at the first call
+    only (what giving back a detached connection's socket and slot needs)."""
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+
+    return run
 
 
 def detached_environ(environ: dict[str, Any], server_keys: tuple[str, ...] = ()) -> None:

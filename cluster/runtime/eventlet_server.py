@@ -44,7 +44,13 @@ import greenlet
 from eventlet import greenio
 
 from cluster.runner.body_deadline import TIMEOUT_RESPONSE, BodyDeadlineExceeded
-from cluster.runtime import UPGRADE_DETACH, UPGRADE_SOCKET, ServerOptions, detached_environ
+from cluster.runtime import (
+    UPGRADE_DETACH,
+    UPGRADE_SOCKET,
+    ServerOptions,
+    detached_environ,
+    once,
+)
 from cluster.runtime.body_reader import BodyBudget, ChargedReads
 
 __all__ = ["ConnectionSlots", "EventletServer", "deadline_input", "http_protocol", "listen",
@@ -105,16 +111,11 @@ class ConnectionSlots:
         callable returned gives it back (once)."""
         self._detaching.add(greenlet.getcurrent())
         self.detached += 1
-        released = False
+        return once(self._give_back)
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.detached -= 1
-                self._free.release()
-
-        return release
+    def _give_back(self) -> None:
+        self.detached -= 1
+        self._free.release()
 
     def waitall(self) -> None:
         """Wait for the connections' green threads (at the server's stop)."""
@@ -211,18 +212,13 @@ def http_protocol(header_timeout: float | None = None, idle_timeout: float | Non
             # the server's link shuts down what conn_state holds
             self.conn_state[1] = _DetachedSocket()
             release_slot = slots.detach() if slots is not None else (lambda: None)
-            released = False
 
             def release() -> None:
-                nonlocal released
-                if released:
-                    return
-                released = True
                 greenio.shutdown_safe(sock)
                 sock.close()
                 release_slot()
 
-            return release
+            return once(release)
 
         def finish(self) -> None:
             if not self._detached:

@@ -40,7 +40,13 @@ import gevent.socket
 import greenlet
 
 from cluster.runner.body_deadline import TIMEOUT_RESPONSE, BodyDeadlineExceeded
-from cluster.runtime import UPGRADE_DETACH, UPGRADE_SOCKET, ServerOptions, detached_environ
+from cluster.runtime import (
+    UPGRADE_DETACH,
+    UPGRADE_SOCKET,
+    ServerOptions,
+    detached_environ,
+    once,
+)
 from cluster.runtime.body_reader import BodyBudget, ChargedReads
 
 __all__ = ["ConnectionSlots", "GeventServer", "NodeWSGIServer", "handler_class", "listen",
@@ -104,16 +110,11 @@ class ConnectionSlots(gevent.pool.Pool):  # type: ignore[misc]  # gevent is unty
         callable returned gives it back (once)."""
         self._detaching.add(greenlet.getcurrent())
         self.detached += 1
-        released = False
+        return once(self._give_back)
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.detached -= 1
-                self._semaphore.release()
-
-        return release
+    def _give_back(self) -> None:
+        self.detached -= 1
+        self._semaphore.release()
 
 
 class NodeWSGIServer(gevent.pywsgi.WSGIServer):  # type: ignore[misc]  # gevent is untyped
@@ -206,13 +207,8 @@ def handler_class(options: ServerOptions) -> type:
                 detached_sockets.add(sock)
             pool = server.pool
             release_slot = pool.detach() if isinstance(pool, ConnectionSlots) else (lambda: None)
-            released = False
 
             def release() -> None:
-                nonlocal released
-                if released:
-                    return
-                released = True
                 if detached_sockets is not None:
                     detached_sockets.discard(sock)
                 try:
@@ -222,7 +218,7 @@ def handler_class(options: ServerOptions) -> type:
                 sock.close()
                 release_slot()
 
-            return release
+            return once(release)
 
         def handle_one_response(self) -> None:
             super().handle_one_response()
