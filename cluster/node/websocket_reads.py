@@ -148,6 +148,12 @@ class DetachedReads:
         if self.done:
             return
         reader = self._reader
+        # what the upgrade's reads took in past its last frame (a client
+        # sends its first messages right behind the UPGRADE packet, often in
+        # the same segment) is handled before anything is read: the kernel
+        # may have nothing more, and this connection no turn until it does
+        if reader.buffered and not self._handle_messages():
+            return
         recv = self._raw.recv
         for _ in range(RECVS_PER_TURN):
             try:

@@ -44,7 +44,11 @@ class RawWebSocket:
     """A websocket client speaking Engine.IO by hand: it sends a Socket.IO
     CONNECT only when told to, as a stranger probing the node would."""
 
-    def __init__(self, node: Any, receive_buffer: int | None = None) -> None:
+    def __init__(self, node: Any, receive_buffer: int | None = None,
+                 sid: str | None = None) -> None:
+        """Open a websocket to ``node``: a new Engine.IO session, or with
+        ``sid`` the upgrade of that polling session (whose probe and
+        UPGRADE packet are then the caller's to send)."""
         self.sock = socket.socket()
         if receive_buffer is not None:
             # before connect: a small window makes the node's writes back up
@@ -52,7 +56,8 @@ class RawWebSocket:
         self.sock.settimeout(10)
         self.sock.connect((node.host, node.port))
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+        session = f"&sid={sid}" if sid else ""
+        self.sock.sendall((f"GET /socket.io/?EIO=4&transport=websocket{session} HTTP/1.1\r\n"
                            f"Host: {node.host}:{node.port}\r\nUpgrade: websocket\r\n"
                            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                            f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
@@ -62,6 +67,8 @@ class RawWebSocket:
             assert chunk, "closed during the handshake"
             head += chunk
         assert b" 101 " in head.split(b"\r\n", 1)[0]
+        if sid:
+            return
         opened = self.read()
         assert opened is not None and opened.startswith("0{")
 

@@ -106,3 +106,24 @@ def test_handlers_of_a_detached_websocket_still_see_its_request(
     assert context["user_agent"] == "reads-test/1"
     assert context["path"] == "/socket.io/"
     assert context["sid"] == client.get_sid()
+
+
+def test_messages_right_behind_the_upgrade_packet_are_handled(node_factory: Any) -> None:
+    # a client sends its first messages right behind the UPGRADE packet, in
+    # the same segment when a forwarding node splices the websocket: the
+    # upgrade's reads take them in with it, and the first read turn must
+    # handle them although the kernel then has nothing more to read (else
+    # they wait for the client's next bytes: its pong, pings 30 s apart here)
+    (node,) = node_factory(app=FAULT_APP, env={"FAULT_PING_INTERVAL": "30", **DETACHED})
+    opened = requests.get(f"{node.url}/socket.io/?EIO=4&transport=polling", timeout=5).text
+    sid = json.loads(opened[opened.index("{"):])["sid"]
+    client = RawWebSocket(node, sid=sid)
+    client.sock.settimeout(5)
+    client.send("2probe")
+    client.read_until("3probe")
+    client.sock.sendall(masked_text_frame("5") + masked_text_frame(
+        "40" + json.dumps({"name": "eager"})))
+    assert client.read_until("40").startswith("40{")
+    client.send('421["whoami"]')
+    assert json.loads(client.read_until("431")[3:])[0]["name"] == "eager"
+    client.close()
