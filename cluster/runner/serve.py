@@ -157,7 +157,9 @@ def watch_stop_signals(socketio: SocketIO, green: Runtime) -> Callable[[], int]:
     return wait
 
 
-#: ``1`` lets upgraded websockets detach from their green thread (experimental)
+#: ``0`` keeps every upgraded websocket on the green thread that served its
+#: upgrade (see ServerOptions.detach_websockets); anything else, or unset,
+#: lets them detach
 DETACH_ENV = "CLUSTER_DETACHED_WEBSOCKETS"
 
 
@@ -168,8 +170,7 @@ def server_options(transport: TransportConfig, log_output: bool = False) -> Serv
         backlog=DEFAULT_BACKLOG, header_timeout=transport.http_header_timeout,
         idle_timeout=transport.http_idle_timeout, body_timeout=transport.http_body_timeout,
         log_output=log_output,
-        # experimental (see ServerOptions.detach_websockets)
-        detach_websockets=os.environ.get(DETACH_ENV, "") == "1")
+        detach_websockets=os.environ.get(DETACH_ENV, "1").strip() != "0")
 
 
 def serve_node(socketio: SocketIO, wsgi_app: Callable[..., Any], host: str, port: int, *,

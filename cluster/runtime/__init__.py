@@ -161,10 +161,10 @@ class ServerOptions:
     body_timeout: float | None = None
     #: log every request to the ``cluster.access`` logger
     log_output: bool = False
-    #: offer upgraded websockets to detach (:data:`UPGRADE_DETACH`); off by
-    #: default: with session forwarding (no sticky sessions) an upgrade was
-    #: seen to lose the official client's first CONNECT now and then
-    detach_websockets: bool = False
+    #: offer upgraded websockets to detach (:data:`UPGRADE_DETACH`), so that
+    #: an idle one holds no green thread; on by default (the node's runner
+    #: turns it off with ``CLUSTER_DETACHED_WEBSOCKETS=0``)
+    detach_websockets: bool = True
 
 
 class ServerHandle(Protocol):

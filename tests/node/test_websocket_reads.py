@@ -15,8 +15,6 @@ from tests.harness.raw_websocket import RawWebSocket, masked_text_frame
 from tests.harness.waiting import wait_for
 
 FAULT_APP = "tests.faults.fault_app:socketio"
-#: detached websockets are opt-in (experimental, see cluster.runtime.ServerOptions)
-DETACHED = {"CLUSTER_DETACHED_WEBSOCKETS": "1"}
 
 
 def _gauge(node: Any, name: str, kind: str | None = None) -> float:
@@ -40,7 +38,7 @@ def test_a_peer_that_stops_answering_pings_is_closed_by_its_pong_deadline(
     # nothing reads an idle detached websocket, so no read times out: the
     # missing pong is what finds a dead peer (ping 1 s, pong within 1 s)
     (node,) = node_factory(app=FAULT_APP, env={"FAULT_PING_INTERVAL": "1",
-                                               "FAULT_PING_TIMEOUT": "1", **DETACHED})
+                                               "FAULT_PING_TIMEOUT": "1"})
     silent = _connected(node, "silent")  # never reads again: no pongs
     answering = _connected(node, "answering")
     wait_for(lambda: _gauge(node, "socketio_websocket_reads", "detached") == 2,
@@ -71,8 +69,7 @@ def test_a_peer_that_stops_answering_pings_is_closed_by_its_pong_deadline(
 def test_messages_keep_their_order_across_read_turns(node_factory: Any) -> None:
     # more than one read turn's worth of frames in one write: the turn
     # yields to the next connection in line and resumes where it stopped
-    (node,) = node_factory(app=FAULT_APP, extra_args=["--max-events-per-second", "0"],
-                           env=DETACHED)
+    (node,) = node_factory(app=FAULT_APP, extra_args=["--max-events-per-second", "0"])
     sender = _connected(node, "sender")
     sender.send('421["join","r"]')
     sender.read_until("431")
@@ -97,7 +94,7 @@ def test_handlers_of_a_detached_websocket_still_see_its_request(
         node_factory: Any, sio_client_factory: Any) -> None:
     # the environ lets go of the server's request objects when the
     # websocket detaches; what Flask's request shows of it stays
-    (node,) = node_factory(message_queue=None, env=DETACHED)
+    (node,) = node_factory(message_queue=None)
     client = sio_client_factory()
     client.connect(node.url, transports=["websocket"], headers={"User-Agent": "reads-test/1"},
                    wait_timeout=10)
@@ -114,7 +111,7 @@ def test_messages_right_behind_the_upgrade_packet_are_handled(node_factory: Any)
     # upgrade's reads take them in with it, and the first read turn must
     # handle them although the kernel then has nothing more to read (else
     # they wait for the client's next bytes: its pong, pings 30 s apart here)
-    (node,) = node_factory(app=FAULT_APP, env={"FAULT_PING_INTERVAL": "30", **DETACHED})
+    (node,) = node_factory(app=FAULT_APP, env={"FAULT_PING_INTERVAL": "30"})
     opened = requests.get(f"{node.url}/socket.io/?EIO=4&transport=polling", timeout=5).text
     sid = json.loads(opened[opened.index("{"):])["sid"]
     client = RawWebSocket(node, sid=sid)
@@ -127,3 +124,15 @@ def test_messages_right_behind_the_upgrade_packet_are_handled(node_factory: Any)
     client.send('421["whoami"]')
     assert json.loads(client.read_until("431")[3:])[0]["name"] == "eager"
     client.close()
+
+
+def test_websockets_stay_on_their_green_thread_when_detaching_is_off(
+        node_factory: Any, sio_client_factory: Any) -> None:
+    # CLUSTER_DETACHED_WEBSOCKETS=0: the read loop of the upgrade's green
+    # thread serves the connection, as before detaching existed
+    (node,) = node_factory(message_queue=None, env={"CLUSTER_DETACHED_WEBSOCKETS": "0"})
+    client = sio_client_factory()
+    client.connect(node.url, transports=["websocket"], wait_timeout=10)
+    assert client.call("context", timeout=10)["result"]["sid"] == client.get_sid()
+    assert _gauge(node, "socketio_websocket_reads", "detached") == 0
+    assert _gauge(node, "socketio_connections") == 1
