@@ -24,6 +24,7 @@ from cluster.runner.log_redaction import install as install_log_redaction
 from cluster.sessions.connection_sessions import HOLDER_QUERY, ConnectionSessions
 from cluster.sessions.connection_state import MemoryConnectionState, RedisConnectionState
 from cluster.sessions.leases import SessionLeases, default_interval
+from cluster.sessions.write_batches import WriteBatches
 from session_store import MemorySessionStore, RedisSessionStore
 from session_store.redis_client import CLUSTER_SCHEMES
 
@@ -168,8 +169,10 @@ def create_connection_sessions(socketio: SocketIO, config: NodeConfig,
     if store is None:
         return ConnectionSessions(socketio, identity_loader=settings.resume_identity)
     if isinstance(store, RedisSessionStore):
-        state: Any = RedisConnectionState(store.redis, store.key_prefix,
-                                          secret=record_secret(socketio, config))
+        state: Any = RedisConnectionState(
+            store.redis, store.key_prefix, secret=record_secret(socketio, config),
+            batches=WriteBatches(store.redis, spawn=server.start_background_task,
+                                 event=server.eio.create_event))
     else:
         state = MemoryConnectionState()
     sessions = ConnectionSessions(socketio, store=store, state=state,

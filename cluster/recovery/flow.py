@@ -65,8 +65,8 @@ class RecoveryReader(Protocol):
     """The reads of the recovery stream a replay needs (what the bus's
     ``bus_features(manager).recovery`` offers; defaults when unreadable)."""
 
-    def readable(self, offset: str) -> bool: ...
-    def contains(self, offset: str) -> bool: ...
+    def readable(self, offset: str) -> bool | None: ...
+    def contains(self, offset: str) -> bool | None: ...
     def scan(self, offset: str, namespace: str, sid: str, rooms: Iterable[Any]
              ) -> ScanPage | None: ...
 
@@ -164,8 +164,8 @@ class RecoveryFlow:
                              sessions.recovery_rebased(environ, namespace))
         reason = trustworthy_offset(
             offset, start,
-            lambda o: reader is not None and bool(reader.contains(o)),
-            lambda o: reader is not None and bool(reader.readable(o)))
+            lambda o: reader.contains(o) if reader is not None else None,
+            lambda o: reader.readable(o) if reader is not None else None)
         replay = None
         if reason is None:
             rooms = sessions.saved_rooms(environ, namespace)

@@ -364,14 +364,16 @@ def replay_from(offset: Any, start: str | None, rebased: str | None) -> Any:
     return offset
 
 
-def trustworthy_offset(offset: Any, start: str | None, exists: Callable[[str], bool],
-                       readable: Callable[[str], bool]) -> str | None:
+def trustworthy_offset(offset: Any, start: str | None, exists: Callable[[str], bool | None],
+                       readable: Callable[[str], bool | None]) -> str | None:
     """Why a replay from ``offset`` cannot be trusted, or ``None`` if it can.
 
     The offset must be one the server could have sent this session: no
     older than the session's recorded ``start`` and present in the stream
     (``start`` itself, where a client that received nothing resumes, need
-    not be), and nothing after it may have been trimmed.
+    not be), and nothing after it may have been trimmed. ``exists`` and
+    ``readable`` answer ``None`` when the stream could not be read, which
+    is said as such (not as a missing offset).
     """
     if start is None:
         return "the session has no recorded start"
@@ -380,8 +382,15 @@ def trustworthy_offset(offset: Any, start: str | None, exists: Callable[[str], b
         return "malformed offset"
     if first > client:
         return "offset older than the session's start"
-    if offset != start and not exists(offset):
-        return "offset not in the recovery log"
-    if not readable(offset):
+    if offset != start:
+        found = exists(offset)
+        if found is None:
+            return "the recovery log is unreadable"
+        if not found:
+            return "offset not in the recovery log"
+    trusted = readable(offset)
+    if trusted is None:
+        return "the recovery log is unreadable"
+    if not trusted:
         return "packets after the offset were trimmed"
     return None

@@ -98,6 +98,12 @@ class NodeCollector:
             wrong_types = sum(int(getattr(getattr(sessions, part, None), "wrong_type_keys", 0))
                               for part in ("store", "state"))
             family.add_metric(["wrong_type_keys"], wrong_types)
+            # the group commit of connection records (cluster.sessions.write_batches):
+            # record_writes / record_round_trips is the batch size
+            batches = getattr(getattr(sessions, "state", None), "batches", None)
+            if batches is not None:
+                family.add_metric(["record_writes"], batches.writes)
+                family.add_metric(["record_round_trips"], batches.round_trips)
             yield family
 
         ready = GaugeMetricFamily("socketio_node_ready", "1 when the node reports ready")

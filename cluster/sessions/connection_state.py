@@ -75,6 +75,7 @@ from cluster.sessions.record_codec import (
     overlay,
     stored,
 )
+from cluster.sessions.write_batches import Command, WriteBatches
 from session_store import SessionStoreError
 from session_store.quiet_log import QuietLog
 from session_store.record_mac import RecordMac
@@ -149,9 +150,13 @@ class RedisConnectionState:
         returning it; ``None``: no MACs (see the module doc).
     """
 
-    def __init__(self, redis_client: Any, key_prefix: str, secret: Any = None) -> None:
+    def __init__(self, redis_client: Any, key_prefix: str, secret: Any = None,
+                 batches: WriteBatches | None = None) -> None:
         self.redis = redis_client
         self.key_prefix = key_prefix
+        #: group commit of concurrent connections' writes and reads (the
+        #: node's; None: a pipeline per call)
+        self.batches = batches
         self._tags = _Tags(secret)
         #: keys of the wrong type found and deleted (see the module doc)
         self.wrong_type_keys = 0
@@ -177,10 +182,17 @@ class RedisConnectionState:
         return self.key(session_id), self.namespaces_key(session_id), \
             self.rooms_key(session_id)
 
-    def _execute(self, pipe: Any, session_id: str) -> list[Any]:
-        """Run ``pipe``; a WRONGTYPE reply clears the wrong-typed keys and
+    def _execute(self, commands: list[Command], session_id: str) -> list[Any]:
+        """Run ``commands`` in one round trip (with the other connections'
+        when batched); a WRONGTYPE reply clears the wrong-typed keys and
         raises :class:`KeyTypeCleared` (other errors are raised as they are)."""
-        replies = pipe.execute(raise_on_error=False)
+        if self.batches is not None:
+            replies = self.batches.execute(commands)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for name, args, kwargs in commands:
+                getattr(pipe, name)(*args, **kwargs)
+            replies = pipe.execute(raise_on_error=False)
         errors = [reply for reply in replies if isinstance(reply, Exception)]
         if any(str(error).startswith("WRONGTYPE") for error in errors):
             self.clear_wrong_types(session_id)
@@ -203,14 +215,13 @@ class RedisConnectionState:
     def save(self, session_id: str, record: ConnectionRecord, ttl: float) -> None:
         """Write the whole record (not the rooms) and renew the TTLs: when a
         connection is accepted, and when it is written back after a loss."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.key(session_id),
-                 self._tags.seal(session_id, "record", json.dumps(stored(record),
-                                                                  sort_keys=True)),
-                 px=_ms(ttl))
-        pipe.delete(self.namespaces_key(session_id))  # now in the record itself
-        pipe.pexpire(self.rooms_key(session_id), _ms(ttl))
-        self._execute(pipe, session_id)
+        sealed = self._tags.seal(session_id, "record",
+                                 json.dumps(stored(record), sort_keys=True))
+        self._execute([
+            ("set", (self.key(session_id), sealed), {"px": _ms(ttl)}),
+            ("delete", (self.namespaces_key(session_id),), {}),  # now in the record itself
+            ("pexpire", (self.rooms_key(session_id), _ms(ttl)), {}),
+        ], session_id)
 
     def save_namespace(self, session_id: str, record: ConnectionRecord, namespace: str,
                        ttl: float, forget: Iterable[str] = ()) -> None:
@@ -218,24 +229,25 @@ class RedisConnectionState:
         size independent of the connection's other namespaces; ``forget``:
         namespaces the connection left since, whose fields go (``HDEL``)."""
         key = self.namespaces_key(session_id)
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[Command] = []
         left = [name for name in forget if name != namespace]
         if left:
-            pipe.hdel(key, *left)
+            commands.append(("hdel", (key, *left), {}))
         entry = namespace_entry(record, namespace)
-        pipe.hset(key, namespace, self._tags.seal(session_id, "ns:" + namespace, entry))
-        pipe.pexpire(key, _ms(ttl))
-        self._execute(pipe, session_id)
+        commands.append(("hset", (key, namespace,
+                                  self._tags.seal(session_id, "ns:" + namespace, entry)), {}))
+        commands.append(("pexpire", (key, _ms(ttl)), {}))
+        self._execute(commands, session_id)
 
     def replace_rooms(self, session_id: str, rooms: list[RoomKey], ttl: float) -> None:
         """Make the rooms set exactly ``rooms`` (a write-back after a loss)."""
         key = self.rooms_key(session_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.delete(key)
+        commands: list[Command] = [("delete", (key,), {})]
         if rooms:
-            pipe.sadd(key, *(self._member(session_id, ns, room) for ns, room in rooms))
-            pipe.pexpire(key, _ms(ttl))
-        self._execute(pipe, session_id)
+            members = tuple(self._member(session_id, ns, room) for ns, room in rooms)
+            commands.append(("sadd", (key, *members), {}))
+            commands.append(("pexpire", (key, _ms(ttl)), {}))
+        self._execute(commands, session_id)
 
     def change_rooms(self, session_id: str, added: list[RoomKey], removed: list[RoomKey],
                      ttl: float) -> None:
@@ -243,22 +255,25 @@ class RedisConnectionState:
         if not added and not removed:
             return
         key = self.rooms_key(session_id)
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[Command] = []
         if added:
-            pipe.sadd(key, *(self._member(session_id, ns, room) for ns, room in added))
+            members = tuple(self._member(session_id, ns, room) for ns, room in added)
+            commands.append(("sadd", (key, *members), {}))
         if removed:
-            pipe.srem(key, *(self._member(session_id, ns, room) for ns, room in removed))
-        pipe.pexpire(key, _ms(ttl))  # a set created by SADD has no TTL yet
-        self._execute(pipe, session_id)
+            members = tuple(self._member(session_id, ns, room) for ns, room in removed)
+            commands.append(("srem", (key, *members), {}))
+        # a set created by SADD has no TTL yet
+        commands.append(("pexpire", (key, _ms(ttl)), {}))
+        self._execute(commands, session_id)
 
     def load(self, session_id: str, _retry: bool = True) -> ConnectionRecord:
         """The stored record; a key of the wrong type is cleared and read as empty."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(self.key(session_id))
-        pipe.hgetall(self.namespaces_key(session_id))
-        pipe.smembers(self.rooms_key(session_id))
         try:
-            raw, fields, members = self._execute(pipe, session_id)
+            raw, fields, members = self._execute([
+                ("get", (self.key(session_id),), {}),
+                ("hgetall", (self.namespaces_key(session_id),), {}),
+                ("smembers", (self.rooms_key(session_id),), {}),
+            ], session_id)
         except KeyTypeCleared:
             if not _retry:
                 raise

@@ -63,6 +63,32 @@ def test_an_offset_it_cannot_trust_is_a_plain_resume(setup: Any, offset: str, re
     assert reason in caplog.text
 
 
+class _UnreadableReader:
+    """What the node's reader answers while the recovery stream cannot be read."""
+
+    def readable(self, offset: str) -> None:
+        return None
+
+    def contains(self, offset: str) -> None:
+        return None
+
+
+@pytest.mark.parametrize("at_start", [False, True])
+def test_an_unreadable_log_is_said_to_be_unreadable(setup: Any, at_start: bool,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # not "offset not in the recovery log": the operator looks at Redis,
+    # not at the client
+    server, _, log, client, codec, sessions = setup
+    start = log.last_offset(client)
+    offset = start if at_start else log.append(client, codec.seal(emit(None, 0), "h"))
+    flow = RecoveryFlow(server, lambda: _UnreadableReader(), lambda *_: True)
+    with caplog.at_level("INFO", logger="cluster.node.server"):
+        assert flow.plan(_environ(start, offset, set()), "/", "sid1", sessions) is None
+    assert "the recovery log is unreadable" in caplog.text
+    assert "not in the recovery log" not in caplog.text
+    assert server.counters["recovery_failed"] == 1
+
+
 def test_no_recorded_start_no_recovery(setup: Any) -> None:
     server, flow, log, client, codec, sessions = setup
     offset = log.append(client, codec.seal(emit(None, 0), "h"))

@@ -130,13 +130,17 @@ class RedisRecoveryReader:
         return self._read(self.log.restart_point, self.mark(),  # type: ignore[no-any-return]
                           default=None)
 
-    def readable(self, offset: str) -> bool:
-        """Whether a replay from ``offset`` can be trusted (nothing trimmed)."""
-        return bool(self._read(self.log.readable, offset, default=False))
+    def readable(self, offset: str) -> bool | None:
+        """Whether a replay from ``offset`` can be trusted (nothing trimmed);
+        ``None`` when the stream could not be read."""
+        found = self._read(self.log.readable, offset, default=None)
+        return None if found is None else bool(found)
 
-    def contains(self, offset: str) -> bool:
-        """Whether ``offset`` is an entry of the stream."""
-        return bool(self._read(self.log.contains, offset, default=False))
+    def contains(self, offset: str) -> bool | None:
+        """Whether ``offset`` is an entry of the stream; ``None`` when the
+        stream could not be read."""
+        found = self._read(self.log.contains, offset, default=None)
+        return None if found is None else bool(found)
 
     def page(self, offset: str, count: int
              ) -> list[tuple[str, dict[str, Any] | None, int]] | None:
