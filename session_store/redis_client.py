@@ -178,6 +178,12 @@ class LuaScript:
         self.text = text
         self.sha = hashlib.sha1(text.encode("utf-8")).hexdigest()  # noqa: S324 - Redis's script id
 
+    def command(self, keys: Sequence[str], args: Sequence[Any]
+                ) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        """The script as one pipelined command (an ``EVAL``), in the form
+        :class:`~session_store.write_batches.WriteBatches` takes."""
+        return ("execute_command", ("EVAL", self.text, len(keys), *keys, *args), {})
+
     def __call__(self, keys: Sequence[str], args: Sequence[Any], client: Any) -> Any:
         if isinstance(client, (redis.client.Pipeline, ClusterPipeline)):
             # queued: the reply comes with execute(); redis-py's

@@ -86,6 +86,7 @@ from .quiet_log import QuietLog
 from .redis_client import LazyClient, connect, is_cluster
 from .redis_errors import access_problem
 from .resume import ResumeStatus, is_well_formed_id, redact, stored_form
+from .write_batches import Command, WriteBatches
 
 __all__ = ["WRONG_TYPE_FIX", "RedisSessionStore"]
 
@@ -163,6 +164,10 @@ class RedisSessionStore(SessionStore):
             self.redis = connect(redis_client_or_url, options)
         else:
             self.redis = redis_client_or_url
+        #: the group commit the node shares its connections' writes through
+        #: (:class:`~session_store.write_batches.WriteBatches`); ``None``, the
+        #: default: each call makes its own round trip
+        self.batches: WriteBatches | None = None
         if is_cluster(self.redis) and ("{" in key_prefix or "}" in key_prefix):
             # a brace in the prefix would become every key's hash tag: one slot
             raise ValueError(f"key_prefix {key_prefix!r} holds a brace, which on a Redis "
@@ -213,6 +218,25 @@ class RedisSessionStore(SessionStore):
                 "reachable at the configured URL; retry once it is back."
             ) from exc
 
+    def _pipelined(self, commands: list[Command]) -> list[Any]:
+        """The replies of ``commands``, sent in one round trip (with other
+        connections' writes when :attr:`batches` is set).
+
+        :raises redis.RedisError: the first error reply, or what the round
+            trip raised.
+        """
+        if self.batches is not None:
+            replies = self.batches.execute(commands)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for name, args, kwargs in commands:
+                getattr(pipe, name)(*args, **kwargs)
+            replies = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return list(replies)
+
     def _wrong_type(self, key: str) -> None:
         self.wrong_type_keys += 1
         # the key holds a session id or a resume id's digest: redacted
@@ -239,10 +263,8 @@ class RedisSessionStore(SessionStore):
         for name, value in {**fields, META_RESUME: resume_id, META_RESUME_RECORD: record}.items():
             args += (name, value)
         with self._guard("create a session"):
-            pipe = self.redis.pipeline(transaction=False)
-            scripts.CREATE([self.session_key(session_id)], args, pipe)
-            pipe.set(self._pointer(resume_id), session_id, px=ttl_ms)
-            pipe.execute()
+            self._pipelined([scripts.CREATE.command([self.session_key(session_id)], args),
+                             ("set", (self._pointer(resume_id), session_id), {"px": ttl_ms})])
         return True
 
     def _backend_lease_issued(self, session_id: str, lease_ms: int, resume_id: str,
@@ -253,10 +275,9 @@ class RedisSessionStore(SessionStore):
         # deleted in a second round trip, which only those rare cases pay
         key, pointer = self.session_key(session_id), self._pointer(resume_id)
         with self._guard("renew a session and issue its resume id"):
-            pipe = self.redis.pipeline(transaction=False)
-            scripts.LEASE_ISSUE([key], [resume_id, record, lease_ms], pipe)
-            pipe.set(pointer, session_id, px=lease_ms)
-            (status, old), _ = pipe.execute()
+            (status, old), _ = self._pipelined([
+                scripts.LEASE_ISSUE.command([key], [resume_id, record, lease_ms]),
+                ("set", (pointer, session_id), {"px": lease_ms})])
             stale = [] if int(status) > 0 else [pointer]
             if old and _str(old) != resume_id:
                 stale.append(self._pointer(_str(old)))  # replaced: its id is dead

@@ -24,9 +24,9 @@ from cluster.runner.log_redaction import install as install_log_redaction
 from cluster.sessions.connection_sessions import HOLDER_QUERY, ConnectionSessions
 from cluster.sessions.connection_state import MemoryConnectionState, RedisConnectionState
 from cluster.sessions.leases import SessionLeases, default_interval
-from cluster.sessions.write_batches import WriteBatches
 from session_store import MemorySessionStore, RedisSessionStore
 from session_store.redis_client import CLUSTER_SCHEMES
+from session_store.write_batches import WriteBatches
 
 if TYPE_CHECKING:
 
@@ -169,10 +169,14 @@ def create_connection_sessions(socketio: SocketIO, config: NodeConfig,
     if store is None:
         return ConnectionSessions(socketio, identity_loader=settings.resume_identity)
     if isinstance(store, RedisSessionStore):
+        # one group commit for the session store's and the records' writes
+        batches = WriteBatches(store.redis, spawn=server.start_background_task,
+                               event=server.eio.create_event)
+        if store.batches is None:
+            store.batches = batches
         state: Any = RedisConnectionState(
             store.redis, store.key_prefix, secret=record_secret(socketio, config),
-            batches=WriteBatches(store.redis, spawn=server.start_background_task,
-                                 event=server.eio.create_event))
+            batches=batches)
     else:
         state = MemoryConnectionState()
     sessions = ConnectionSessions(socketio, store=store, state=state,

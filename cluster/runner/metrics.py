@@ -98,8 +98,8 @@ class NodeCollector:
             wrong_types = sum(int(getattr(getattr(sessions, part, None), "wrong_type_keys", 0))
                               for part in ("store", "state"))
             family.add_metric(["wrong_type_keys"], wrong_types)
-            # the group commit of connection records (cluster.sessions.write_batches):
-            # record_writes / record_round_trips is the batch size
+            # the group commit of the sessions' and records' writes
+            # (session_store.write_batches): writes / round trips is the batch size
             batches = getattr(getattr(sessions, "state", None), "batches", None)
             if batches is not None:
                 family.add_metric(["record_writes"], batches.writes)

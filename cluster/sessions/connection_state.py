@@ -75,12 +75,12 @@ from cluster.sessions.record_codec import (
     overlay,
     stored,
 )
-from cluster.sessions.write_batches import Command, WriteBatches
 from session_store import SessionStoreError
 from session_store.quiet_log import QuietLog
 from session_store.record_mac import RecordMac
 from session_store.redis_client import LuaScript
 from session_store.redis_store import WRONG_TYPE_FIX
+from session_store.write_batches import Command, WriteBatches
 
 logger = logging.getLogger("cluster.sessions")
 

@@ -1,4 +1,4 @@
-"""Group commit of connection-record writes (cluster.sessions.write_batches):
+"""Group commit of the sessions' and records' writes (session_store.write_batches):
 each caller gets its own replies, concurrent writes share a round trip, a
 batch that fails whole fails only the writes that fail alone."""
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis
 
-from cluster.sessions.write_batches import WriteBatches
 from session_store import SessionStoreError
+from session_store.write_batches import WriteBatches
 
 
 class HeldSender:
@@ -162,3 +162,35 @@ def test_a_lone_write_is_sent_at_once_and_big_bursts_are_split(redis_url: str) -
         thread.join(10)
     assert errors == [None] * 6 and replies == [[True, b"x"]] * 6
     assert batches.round_trips == 3  # two writes (four commands) per round trip
+
+
+def test_the_store_creates_and_renews_sessions_through_the_batches(redis_url: str) -> None:
+    from session_store import RedisSessionStore
+
+    client = redis.Redis.from_url(redis_url)
+    store = RedisSessionStore(client, key_prefix="wb:sess:", ttl=60)
+    sender = HeldSender()
+    store.batches = WriteBatches(client, spawn=sender, event=threading.Event)
+    created: list[Any] = [None] * 5
+
+    def create(index: int) -> None:
+        created[index] = store.create_resumable({"n": index}, f"user{index}")
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(5)]
+    for thread in threads:
+        thread.start()
+    _wait_queued(store.batches, 5)
+    sender.release()
+    for thread in threads:
+        thread.join(10)
+    assert store.batches.round_trips == 1 and store.batches.writes == 5
+    for index, (handle, resume_id) in enumerate(created):
+        assert store.load(handle.session_id)["n"] == index
+        claimed = store.claim_resume(resume_id, f"user{index}")
+        assert claimed.granted and claimed.session_id == handle.session_id
+    store.batches = WriteBatches(client, spawn=lambda target, *args: threading.Thread(
+        target=target, args=args, daemon=True).start(), event=threading.Event)
+    handle, _ = created[0]
+    again = store.reconnected(handle.session_id, "user0")
+    assert store.claim_resume(again, "user0").granted
+    assert store.batches.writes == 1

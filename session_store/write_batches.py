@@ -1,13 +1,16 @@
-"""Group commit: the record writes of concurrent connections in one round trip.
+"""Group commit: the Redis writes of concurrent connections in one round trip.
 
-Every accepted connection writes its record (:meth:`.connection_state.RedisConnectionState.save`)
-and every join or leave its rooms set (``change_rooms``): one pipeline of two
-or three commands each. Under a burst of connects (a deploy, a reconnect
-storm after a node crash) each of those pipelines was a round trip of its
-own, and a round trip costs the node far more than its commands: redis-py's
+Every accepted connection creates its session with its first resume id
+(:meth:`.redis_store.RedisSessionStore.create_resumable`), or renews a
+resumed one's lease with its re-armed id, and the node writes its
+connection record; every join or leave writes its rooms set
+(``cluster.sessions.connection_state``). Each is a pipeline of two or three
+commands. Under a burst of connects (a deploy, a reconnect storm after a
+node crash) each of those pipelines was a round trip of its own, and a
+round trip costs the node far more than its commands: redis-py's
 connection checkout and reply parsing, and the green thread's wait in the
 hub, 150-200 µs of CPU on eventlet (py-spy, ``benchmarks/connect_rate.py``:
-the record and rooms writes were 16% of the node's CPU per connect and join).
+these writes were a quarter of the node's CPU per connect and join).
 
 :class:`WriteBatches` runs them as a group commit instead: a write is queued,
 and one green thread at a time sends everything queued as one pipeline and
@@ -20,7 +23,8 @@ pipeline executed with ``raise_on_error=False`` gives them) or the exception
 its own round trip raised: when a batch fails as a whole, each of its writes
 is sent again alone, so one unreachable shard of a Redis Cluster fails only
 the writes bound for it. The writes are idempotent operations on one
-session's keys each, and a session's writes are never in flight together,
+session's keys each (scripts included: each re-checks and re-sets what it
+finds), and a session's writes are never in flight together,
 so nothing changes in what Redis holds, only in how many round trips carry
 it. On Redis Cluster the client's cluster pipeline splits a batch per shard.
 """
@@ -32,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from session_store import SessionStoreError
+from session_store.exceptions import SessionStoreError
 
 __all__ = ["Command", "WriteBatches"]
 
