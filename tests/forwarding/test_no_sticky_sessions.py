@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from cluster.node.forwarding import FORWARDED_HEADER, ForwardSigner
 from cluster.node.sid_owner import SidMinter
 from tests.harness.fixtures import BUS_SIGNING_SECRET
 from tests.harness.peers import Peer
+from tests.harness.waiting import wait_for
 
 PATH = "/socket.io/"
 
@@ -44,13 +46,31 @@ def open_session(url: str) -> str:
     return str(re.search(r'"sid":"([^"]+)"', reply.text).group(1))  # type: ignore[union-attr]
 
 
+def peers_on_every_node(proxy: Any, make: Callable[[], Peer], count: int = 6,
+                        nodes: int = 3) -> list[Peer]:
+    """At least ``count`` clients made by ``make``, with sessions on all
+    ``nodes`` nodes (at most 12 clients).
+
+    A polling client makes 3 requests before the next one's handshake when
+    its polls do not interleave with another's, and round robin over 3
+    nodes then puts every session on one node: one request between clients
+    moves the round robin on by a node.
+    """
+    peers: list[Peer] = []
+    while len(peers) < count or len({peer.welcome["node"] for peer in peers}) < nodes:
+        assert len(peers) < 12, "round robin never spread the sessions over the nodes"
+        if peers:
+            open_session(proxy.url)
+        peers.append(make())
+    return peers
+
+
 def test_polling_clients_chat_across_nodes_without_a_cookie(
         cluster: tuple[list[Any], Any], sio_client_factory: Any) -> None:
     nodes, proxy = cluster
-    peers = [Peer(sio_client_factory, proxy.url, cls=socketio.Client, transports=["polling"])
-             for _ in range(6)]
-    # round robin spread the sessions, and their polls, over the nodes
-    assert len({peer.welcome["node"] for peer in peers}) == 3
+    peers = peers_on_every_node(
+        proxy, lambda: Peer(sio_client_factory, proxy.url, cls=socketio.Client,
+                            transports=["polling"]))
     for peer in peers:
         peer.call("join", "lobby")
     for round_ in range(3):
@@ -58,7 +78,7 @@ def test_polling_clients_chat_across_nodes_without_a_cookie(
             peer.call("to_room", {"room": "lobby", "text": f"{round_}-{index}"})
     for peer in peers:
         texts: set[str] = set()
-        while len(texts) < 18:
+        while len(texts) < 3 * len(peers):
             texts.add(peer.next("room_message")["text"])
     assert sum(counter(node, "forwarded_polls") for node in nodes) > 0
     assert not any(peer.disconnected.is_set() for peer in peers)
@@ -67,8 +87,8 @@ def test_polling_clients_chat_across_nodes_without_a_cookie(
 def test_polling_clients_resume_after_a_node_is_killed(
         cluster: tuple[list[Any], Any], sio_client_factory: Any) -> None:
     nodes, proxy = cluster
-    peers = [Peer(sio_client_factory, proxy.url, cls=Client, transports=["polling"])
-             for _ in range(6)]
+    peers = peers_on_every_node(
+        proxy, lambda: Peer(sio_client_factory, proxy.url, cls=Client, transports=["polling"]))
     for peer in peers:
         peer.call("join", "lobby")
     victim = nodes[0]
@@ -97,8 +117,18 @@ def test_polling_clients_resume_after_a_node_is_killed(
 def test_upgrade_lands_on_any_node(
         cluster: tuple[list[Any], Any], sio_client_factory: Any) -> None:
     nodes, proxy = cluster
-    peers = [Peer(sio_client_factory, proxy.url, cls=socketio.Client,
-                  transports=["polling", "websocket"]) for _ in range(6)]
+    peers: list[Peer] = []
+    # some upgrade must cross nodes; round robin can send every one home (see
+    # peers_on_every_node): then one more client, one request later
+    while len(peers) < 6 or sum(counter(node, "forwarded_upgrades") for node in nodes) == 0:
+        assert len(peers) < 12, "no upgrade crossed nodes"
+        if peers:
+            open_session(proxy.url)
+        peers.append(Peer(sio_client_factory, proxy.url, cls=socketio.Client,
+                          transports=["polling", "websocket"]))
+        if len(peers) >= 6:
+            wait_for(lambda: all(p.client.transport() == "websocket" for p in peers),
+                     what="every client upgraded")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not all(
             p.client.transport() == "websocket" for p in peers):
