@@ -86,7 +86,7 @@ from .quiet_log import QuietLog
 from .redis_client import LazyClient, connect, is_cluster
 from .redis_errors import access_problem
 from .resume import ResumeStatus, is_well_formed_id, redact, stored_form
-from .write_batches import Command, WriteBatches
+from .write_batches import Command, WriteBatches, run_pipeline
 
 __all__ = ["WRONG_TYPE_FIX", "RedisSessionStore"]
 
@@ -228,10 +228,7 @@ class RedisSessionStore(SessionStore):
         if self.batches is not None:
             replies = self.batches.execute(commands)
         else:
-            pipe = self.redis.pipeline(transaction=False)
-            for name, args, kwargs in commands:
-                getattr(pipe, name)(*args, **kwargs)
-            replies = pipe.execute(raise_on_error=False)
+            replies = run_pipeline(self.redis, commands)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

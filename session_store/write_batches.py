@@ -38,7 +38,7 @@ from typing import Any
 
 from session_store.exceptions import SessionStoreError
 
-__all__ = ["Command", "WriteBatches"]
+__all__ = ["Command", "WriteBatches", "run_pipeline"]
 
 
 #: one pipelined command: the client method's name, its arguments, its keywords
@@ -50,6 +50,15 @@ DEFAULT_MAX_COMMANDS = 1024
 #: seconds a caller waits for its batch beyond the client's own timeouts
 #: before giving up on it (the batch's green thread died)
 WAIT_MARGIN = 5.0
+
+
+def run_pipeline(redis_client: Any, commands: Sequence[Command]) -> list[Any]:
+    """``commands`` as one non-transactional pipeline of ``redis_client``:
+    their replies, errors as values (the round trip without a batch)."""
+    pipe = redis_client.pipeline(transaction=False)
+    for name, args, kwargs in commands:
+        getattr(pipe, name)(*args, **kwargs)
+    return list(pipe.execute(raise_on_error=False))
 
 
 class _Write:
@@ -119,11 +128,8 @@ class WriteBatches:
         return write.replies
 
     def _pipeline(self, batch: list[_Write]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for write in batch:
-            for name, args, kwargs in write.commands:
-                getattr(pipe, name)(*args, **kwargs)
-        return list(pipe.execute(raise_on_error=False))
+        return run_pipeline(self.redis, [command for write in batch
+                                         for command in write.commands])
 
     def _take(self) -> list[_Write]:
         with self._lock:

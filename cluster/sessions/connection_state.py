@@ -80,7 +80,7 @@ from session_store.quiet_log import QuietLog
 from session_store.record_mac import RecordMac
 from session_store.redis_client import LuaScript
 from session_store.redis_store import WRONG_TYPE_FIX
-from session_store.write_batches import Command, WriteBatches
+from session_store.write_batches import Command, WriteBatches, run_pipeline
 
 logger = logging.getLogger("cluster.sessions")
 
@@ -189,10 +189,7 @@ class RedisConnectionState:
         if self.batches is not None:
             replies = self.batches.execute(commands)
         else:
-            pipe = self.redis.pipeline(transaction=False)
-            for name, args, kwargs in commands:
-                getattr(pipe, name)(*args, **kwargs)
-            replies = pipe.execute(raise_on_error=False)
+            replies = run_pipeline(self.redis, commands)
         errors = [reply for reply in replies if isinstance(reply, Exception)]
         if any(str(error).startswith("WRONGTYPE") for error in errors):
             self.clear_wrong_types(session_id)
