@@ -21,6 +21,15 @@ a burst of readable connections cannot spawn without bound. An idle
 connection then holds its socket, its frame writer, its parser and its
 Engine.IO/Socket.IO state, and nothing that waits.
 
+A message that may wait long is handled *apart*, in a green thread of its
+own, with the connection's reading paused until it is done (its order
+kept): a Socket.IO CONNECT waits for an admission slot
+(:mod:`.connect_admission`) and for its rooms' subscriptions. Handled in a
+turn, a reconnect storm's CONNECTs held every turn while they waited, and
+the node's connected clients queued behind them: their messages took
+seconds (issue 29's storm, others' p99 12.9 s). Apart, a waiting CONNECT
+costs one green thread, only until it is served.
+
 A dead peer is no longer found by a read that times out (nothing reads):
 the Engine.IO socket's pong deadline closes it (see
 :mod:`.websocket_transport`).
@@ -55,6 +64,10 @@ class MessageSink(Protocol):
 
     def handle_message(self, data: str | bytes) -> bool:
         """Handle one message from the client; ``False``: stop reading."""
+
+    def handled_apart(self, data: str | bytes) -> bool:
+        """Whether handling this message may wait long (see the module doc),
+        so it runs in a green thread of its own, not in a read turn."""
 
     def connection_lost(self) -> None:
         """The client closed, broke the protocol, or the socket failed."""
@@ -175,6 +188,8 @@ class DetachedReads:
         self._watch.arm(self._readable)
 
     def _handle_messages(self) -> bool:
+        """Hand over the complete messages buffered; ``False`` when reading
+        stops here: the connection ended, or a message is handled apart."""
         reader, sink = self._reader, self._sink
         while True:
             message = reader.next_message()
@@ -183,9 +198,26 @@ class DetachedReads:
                     self.finish()
                     return False
                 return True
+            if sink.handled_apart(message):
+                # no watch is armed and no turn is queued until it is done,
+                # so nothing of this connection is read or handled meanwhile
+                self._scheduler.runtime.spawn(self._handle_apart, message)
+                return False
             if not sink.handle_message(message) or self.done:
                 self.finish()
                 return False
+
+    def _handle_apart(self, message: str | bytes) -> None:
+        try:
+            keep_reading = self._sink.handle_message(message)
+        except Exception:  # noqa: BLE001 - end this connection, not the node
+            logger.exception("websocket message handling failed")
+            keep_reading = False
+        if not keep_reading or self.done:
+            self.finish()
+        else:
+            # the rest of what was read, then the socket: in a turn again
+            self._scheduler.ready(self)
 
     def fail(self) -> None:
         """A turn failed unexpectedly: end the connection."""

@@ -48,6 +48,8 @@ PING_FRAME = frame(b"2")
 #: seconds past ``ping_timeout`` the pong deadline allows (timers and the
 #: client's own turn of its event loop)
 PONG_GRACE = 0.5
+#: how a Socket.IO CONNECT starts, as an Engine.IO message over a websocket
+_CONNECT_MESSAGE = "40"
 
 
 class _SpentQueue:
@@ -358,6 +360,12 @@ class ClusterSocket(StrictSocket):
             self.server.logger.exception("Unknown receive error")
             return False
         return not self.closed
+
+    def handled_apart(self, data: str | bytes) -> bool:
+        """A Socket.IO CONNECT (an Engine.IO message, ``4``, whose packet is a
+        CONNECT, ``0``, to any namespace) waits for admission and for its
+        rooms: see :mod:`.websocket_reads`."""
+        return isinstance(data, str) and data.startswith(_CONNECT_MESSAGE)
 
     def connection_lost(self) -> None:
         """The detached websocket's reading ended: the session ends with it."""

@@ -89,6 +89,38 @@ def scan_members(sid: str, rooms: Any) -> list[str]:
     return sorted(room for room in rooms if isinstance(room, str) and room != sid)
 
 
+class Route(NamedTuple):
+    """An entry's routing fields, read back (see the module doc)."""
+
+    #: its namespace
+    namespace: str
+    #: the names it went to (rooms, sids); None: everyone in the namespace
+    targets: frozenset[str] | None
+    #: the sids it skips
+    skipped: frozenset[str]
+
+
+#: an entry whose ``to`` field no client matches (neither ``*`` nor a list)
+UNREACHABLE = Route("", frozenset(), frozenset())
+
+
+def route_of(fields: dict[bytes, bytes]) -> Route | None:
+    """The routing fields of a stream entry as :data:`.scripts.SCAN`
+    reads them; None when it has none (it may reach anyone)."""
+    namespace, target = fields.get(NAMESPACE.encode()), fields.get(TARGET.encode())
+    if namespace is None or target is None:
+        return None
+    ns, to = namespace.decode("utf-8", "replace"), target.decode("utf-8", "replace")
+    skip = fields.get(SKIP.encode())
+    skipped = frozenset(skip.decode("utf-8", "replace")[1:].split(SEPARATOR)) \
+        if skip is not None else frozenset()
+    if to == EVERYONE:
+        return Route(ns, None, skipped)
+    if not to.startswith(LISTED):
+        return UNREACHABLE
+    return Route(ns, frozenset(to[1:].split(SEPARATOR)), skipped)
+
+
 class ScanPage(NamedTuple):
     """One call of the scan script, read back."""
 

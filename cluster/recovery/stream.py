@@ -32,10 +32,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from cluster.recovery.offsets import ZERO, Offset
-from cluster.recovery.routing import ScanPage, route_fields, scan_members
+from cluster.recovery.routing import Route, ScanPage, route_fields, route_of, scan_members
 from cluster.recovery.scripts import APPEND, HEAL, QUARANTINE_SECONDS, SCAN
 from session_store.quiet_log import QuietLog
 
@@ -64,6 +64,18 @@ def split_published(raw: Any) -> tuple[str | None, Any]:
             if Offset.parse(offset) is not None:
                 return offset, bytes(raw[end + 1:])
     return None, raw
+
+
+class WindowEntry(NamedTuple):
+    """A stream entry as :meth:`RecoveryLog.window_read` returns it."""
+
+    offset: str
+    #: the message, None when it has no payload or fails its signature check
+    message: dict[str, Any] | None
+    #: bytes of its payload
+    size: int
+    #: its routing fields, None when it has none (it may reach anyone)
+    route: Route | None
 
 
 #: turns an archived bus payload back into its message, or None when it
@@ -255,6 +267,26 @@ class RecoveryLog:
             payload = fields.get(b"p") if isinstance(fields, dict) else None
             out.append((_text(entry_id), payload if isinstance(payload, bytes) else None))
         return out
+
+    def window_read(self, client: Any, after: str, until: str | None, count: int
+                    ) -> tuple[list[WindowEntry], int]:
+        """Up to ``count`` entries after ``after`` (up to ``until``, included,
+        when given), oldest first, each opened like :meth:`page`'s and with
+        its routing fields (see :mod:`.routing`); and the stream's length.
+        For :mod:`.shared_window`."""
+        Offset.of(after)  # raises InvalidOffset (a ValueError) for anything else
+        pipe = client.pipeline(transaction=False)
+        pipe.xrange(self.key, min="(" + after, max=until or "+", count=int(count))
+        pipe.xlen(self.key)
+        entries, length = pipe.execute()
+        out: list[WindowEntry] = []
+        for entry_id, fields in entries:
+            fields = fields if isinstance(fields, dict) else {}
+            payload = fields.get(b"p")
+            message = self.open_entry(payload) if isinstance(payload, bytes) else None
+            size = len(payload) if isinstance(payload, bytes) else 0
+            out.append(WindowEntry(_text(entry_id), message, size, route_of(fields)))
+        return out, int(length)
 
     def scan(self, client: Any, offset: str, namespace: str, sid: str,
              rooms: Iterable[Any], count: int = SCAN_COUNT,

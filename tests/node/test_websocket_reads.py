@@ -10,7 +10,7 @@ from typing import Any
 
 import requests
 
-from cluster.node.websocket_reads import RECVS_PER_TURN
+from cluster.node.websocket_reads import DEFAULT_READ_TURNS, RECVS_PER_TURN
 from tests.harness.raw_websocket import RawWebSocket, masked_text_frame
 from tests.harness.waiting import wait_for
 
@@ -139,3 +139,35 @@ def test_websockets_stay_on_their_green_thread_when_detaching_is_off(
     assert client.call("context", timeout=10)["result"]["sid"] == client.get_sid()
     assert _gauge(node, "socketio_websocket_reads", "detached") == 0
     assert _gauge(node, "socketio_connections") == 1
+
+
+def test_connects_waiting_for_admission_leave_the_read_turns_to_connected_clients(
+        node_factory: Any) -> None:
+    # a reconnect storm in small: more CONNECTs wait for the one admission
+    # slot than there are read turns. Handled in turns, they held every one
+    # and the connected client's event waited behind them all
+    (node,) = node_factory(extra_args=["--max-concurrent-connects", "1",
+                                       "--connect-timeout", "60"])
+    connected = RawWebSocket(node)
+    connected.connect_and_join("before")
+    holder = RawWebSocket(node)  # takes the only slot while its handler lingers
+    holder.send("40" + json.dumps({"linger": 20}))
+    wait_for(lambda: requests.get(f"{node.url}/connects-running", timeout=5).json()["now"] == 1,
+             what="the lingering CONNECT holding the slot")
+    waiting = []
+    try:
+        for _ in range(DEFAULT_READ_TURNS + 8):
+            client = RawWebSocket(node)
+            client.send("40")
+            waiting.append(client)
+        wait_for(lambda: _gauge(node, "socketio_connects_waiting") == len(waiting),
+                 timeout=30, what="every CONNECT waiting for the slot")
+        connected.send('421["join","during"]')
+        assert "during" in json.loads(connected.read_until("431")[3:])[0]["rooms"]
+        # answered while the slot is still held: nothing waited for it
+        assert requests.get(f"{node.url}/connects-running", timeout=5).json()["now"] == 1
+    finally:
+        for client in waiting:
+            client.close()
+        holder.close()
+        connected.close()

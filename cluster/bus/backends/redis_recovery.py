@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from cluster.bus.backends.redis_connection import RedisConnector, close_quietly
 from cluster.recovery.routing import ScanPage
-from cluster.recovery.stream import RecoveryLog
+from cluster.recovery.shared_window import ScanSharing
+from cluster.recovery.stream import RecoveryLog, WindowEntry
+
+if TYPE_CHECKING:
+    from cluster.bus.runtime import Runtime
 
 #: reads in progress at once (so connections open at most): recoveries of a
 #: reconnect storm queue for a turn instead of opening a connection each
@@ -42,7 +46,8 @@ class RedisRecoveryReader:
     """
 
     def __init__(self, connector: RedisConnector, log: RecoveryLog,
-                 logger: logging.Logger, mark: Callable[[], bytes]) -> None:
+                 logger: logging.Logger, mark: Callable[[], bytes],
+                 runtime: Runtime | None = None) -> None:
         self.connector = connector
         self.log = log
         self.logger = logger
@@ -50,6 +55,13 @@ class RedisRecoveryReader:
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
         self._turns = threading.BoundedSemaphore(MAX_CONCURRENT_READS)
+        #: scans that overlap share one read of the stream (see
+        #: cluster.recovery.shared_window)
+        self.sharing = ScanSharing(
+            self._window_read, spawn=runtime.spawn if runtime is not None else None,
+            sleep=runtime.sleep if runtime is not None else None)
+        #: scans answered from a shared window
+        self.shared_scans = 0
 
     def _reader(self) -> redis.Redis:
         with self._lock:  # one client, whoever asks first builds it
@@ -159,8 +171,20 @@ class RedisRecoveryReader:
         """The entries after ``offset`` that may reach ``sid``, one scan
         call's worth (None: unreadable): see
         :meth:`cluster.recovery.stream.RecoveryLog.scan`."""
-        return self._read(self.log.scan, offset, namespace, sid,  # type: ignore[no-any-return]
-                          list(rooms), default=None)
+        members = list(rooms)
+        with self.sharing.scanning() as window:
+            if window is not None:
+                page = window.scan(offset, namespace, sid, members)
+                if page is not None:
+                    self.shared_scans += 1
+                    return page
+            return self._read(self.log.scan, offset, namespace, sid,  # type: ignore[no-any-return]
+                              members, default=None)
+
+    def _window_read(self, after: str, until: str | None, count: int
+                     ) -> tuple[list[WindowEntry], int] | None:
+        return self._read(self.log.window_read, after, until, count,  # type: ignore[no-any-return]
+                          default=None)
 
     def after(self, offset: str) -> list[tuple[str, dict[str, Any]]] | None:
         """Messages logged after ``offset`` (None: cannot recover from it)."""
