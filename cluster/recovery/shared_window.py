@@ -108,7 +108,7 @@ class SharedWindow:
             return None
         if not self._caught_up(start) or self._start is None or start < self._start:
             return None
-        entries, keys = self._entries, self._keys  # replaced, never changed in place
+        entries, keys = self._entries, self._keys
         first = bisect_right(keys, start)
         names = {sid, *scan_members(sid, rooms)}
         lists = [self._everyone.get(namespace, ()), self._unrouted,
@@ -171,14 +171,16 @@ class SharedWindow:
                     return False
                 new, more = got[1:], len(got) == READ_COUNT + 1
             self.reads += 1
-            if new:
+            if len(self._entries) + len(new) > self.max_entries:
+                # the oldest go, a quarter at once (each time re-indexes
+                # the lot): offsets before them are scanned in Redis
                 entries = self._entries + new
-                if len(entries) > self.max_entries:
-                    # the oldest go: offsets before them are scanned in Redis
-                    dropped = entries[-self.max_entries - 1]
-                    entries = entries[-self.max_entries:]
-                    self._start = self._unreachable = Offset.of(dropped.offset)
-                self._set(entries)
+                keep = self.max_entries * 3 // 4
+                dropped = entries[-keep - 1]
+                self._start = self._unreachable = Offset.of(dropped.offset)
+                self._set(entries[-keep:])
+            elif new:
+                self._extend(new)
             if not more:
                 return True
 
@@ -220,25 +222,29 @@ class SharedWindow:
         return not start < begin
 
     def _set(self, entries: list[WindowEntry]) -> None:
-        """Replace the entries and their index (new objects, never changed
-        in place)."""
-        index: dict[tuple[str, str], list[int]] = {}
-        everyone: dict[str, list[int]] = {}
-        unrouted: list[int] = []
-        for position, entry in enumerate(entries):
+        """Replace the entries and index them anew."""
+        self._entries, self._keys = [], []
+        self._index, self._everyone, self._unrouted = {}, {}, []
+        self._extend(entries)
+
+    def _extend(self, entries: list[WindowEntry]) -> None:
+        """Append entries newer than all held, and index them. (A scan
+        reads the lists without yielding, so appending in place is safe.)"""
+        index, everyone, unrouted = self._index, self._everyone, self._unrouted
+        position = len(self._entries)
+        for entry in entries:
             route = entry.route
             if route is None:
                 unrouted.append(position)
-            elif route is UNREACHABLE:
-                continue
-            elif route.targets is None:
-                everyone.setdefault(route.namespace, []).append(position)
-            else:
-                for name in route.targets:
-                    index.setdefault((route.namespace, name), []).append(position)
-        self._keys = [Offset.of(entry.offset) for entry in entries]
-        self._entries = entries
-        self._index, self._everyone, self._unrouted = index, everyone, unrouted
+            elif route is not UNREACHABLE:
+                if route.targets is None:
+                    everyone.setdefault(route.namespace, []).append(position)
+                else:
+                    for name in route.targets:
+                        index.setdefault((route.namespace, name), []).append(position)
+            position += 1
+        self._keys.extend(Offset.of(entry.offset) for entry in entries)
+        self._entries.extend(entries)
 
     def _drop(self) -> None:
         self._start = self._unreachable = None
