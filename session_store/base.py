@@ -44,6 +44,7 @@ from .resume import (
     ResumeStatus,
     identity_digest,
     is_well_formed_id,
+    new_claim_token,
     new_id,
     redact,
     stored_form,
@@ -362,7 +363,8 @@ class SessionStore(ABC):
         tag = None if mac is None else mac.resume_tag(resume_id, session_id, digest)
         return resume_record(session_id, digest, tag)
 
-    def claim_resume(self, resume_id: object, identity: str | None) -> ResumeResult:
+    def claim_resume(self, resume_id: object, identity: str | None,
+                     claim_token: str | None = None) -> ResumeResult:
         """Exchange a resume id for its session id, once.
 
         Granted only if the id exists (was issued and has not expired), was
@@ -372,12 +374,21 @@ class SessionStore(ABC):
         id. Refusals are logged (id redacted) and counted by reason; see
         :meth:`resume_counts`. The caller then loads the session, and should
         issue a new resume id for the resumed connection.
+
+        :param claim_token: makes the claim safe to retry: a claim that ran
+            but whose answer was lost (the connection to Redis broke, a
+            Redis Cluster failover) is granted again to a retry with the same
+            token, for as long as the tombstone lives, and to nobody else.
+            Default: a new random token (retries within this call only, as
+            the Redis client makes them). Keep it secret: it is a proof of
+            the first claim.
         """
         digest = identity_digest(identity)
         if not is_well_formed_id(resume_id):
             return self._claims.refuse(ResumeStatus.MALFORMED, resume_id)
+        token = claim_token if claim_token is not None else new_claim_token()
         status, session_id, tag = self._backend_claim(stored_form(resume_id), digest,
-                                                      self._tombstone_ms)
+                                                      self._tombstone_ms, token)
         if status is not ResumeStatus.GRANTED:
             return self._claims.refuse(status, resume_id)
         mac = self._mac()
@@ -478,7 +489,10 @@ class SessionStore(ABC):
 
     @abstractmethod
     def _backend_claim(
-        self, resume_id: str, digest: str, tombstone_ms: int
+        self, resume_id: str, digest: str, tombstone_ms: int, token: str
     ) -> tuple[ResumeStatus, str | None, str | None]:
-        """Atomically check and consume a resume id, leaving a tombstone;
-        returns the status, the session id and the record's MAC tag."""
+        """Atomically check and consume a resume id, leaving a tombstone
+        that remembers ``token`` (and what the grant returned); returns the
+        status, the session id and the record's MAC tag. A claim of a
+        consumed id whose tombstone holds the same ``token`` is granted
+        again, with what the first grant returned."""

@@ -31,6 +31,8 @@ class _Item:
     deadline: float
     fields: dict[str, str] = field(default_factory=dict)  # sessions
     record: str = ""  # resume ids
+    #: tombstones: the claim token, session id and MAC tag of the grant
+    claim: tuple[str, str | None, str | None] | None = None
 
 
 class MemorySessionStore(SessionStore):
@@ -158,17 +160,22 @@ class MemorySessionStore(SessionStore):
             return True
 
     def _backend_claim(
-        self, resume_id: str, digest: str, tombstone_ms: int
+        self, resume_id: str, digest: str, tombstone_ms: int, token: str
     ) -> tuple[ResumeStatus, str | None, str | None]:
         with self._lock:
             item = self._live(self._resumes, resume_id)
             if item is None:
-                if self._live(self._tombstones, resume_id) is not None:
+                stone = self._live(self._tombstones, resume_id)
+                if stone is not None:
+                    claimed = stone.claim
+                    if claimed is not None and claimed[0] == token:
+                        return ResumeStatus.GRANTED, claimed[1], claimed[2]
                     return ResumeStatus.REPLAYED, None, None
                 return ResumeStatus.UNKNOWN, None, None
             status, session_id, tag = parse_resume_record(item.record, digest)
             if status is ResumeStatus.GRANTED:
                 del self._resumes[resume_id]
-                self._tombstones[resume_id] = _Item(self._deadline(tombstone_ms))
+                self._tombstones[resume_id] = _Item(self._deadline(tombstone_ms),
+                                                    claim=(token, session_id, tag))
                 self._wrote()
             return status, session_id, tag

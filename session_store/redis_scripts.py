@@ -100,10 +100,13 @@ return {'ok', redis.call('GET', KEYS[1])}
 """)
 
 # KEYS[1] session, KEYS[2] the tombstone of this digest for this session;
-# ARGV: resume digest, identity digest, tombstone ms, session id. Grants
-# only if the session is bound to this digest now (the pointer that led
-# here is an index, not a proof); consumes the binding and leaves the
-# tombstone. A claim with the wrong identity leaves the binding in place.
+# ARGV: resume digest, identity digest, tombstone ms, session id, claim
+# token. Grants only if the session is bound to this digest now (the
+# pointer that led here is an index, not a proof); consumes the binding and
+# leaves the tombstone, "<token>|<MAC tag>", so that the same claim run
+# again (its answer lost to a broken connection or a failover) is granted
+# again, and any other is told "replayed". A claim with the wrong identity
+# leaves the binding in place.
 CLAIM = LuaScript("""
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'none' and kind ~= 'hash' then
@@ -113,8 +116,17 @@ end
 local current = false
 if kind == 'hash' then current = redis.call('HGET', KEYS[1], 'm:resume') end
 if current ~= ARGV[1] then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {'replayed'} end
-  return {'unknown'}
+  local stone = redis.call('TYPE', KEYS[2]).ok
+  if stone == 'none' then return {'unknown'} end
+  if stone == 'string' then
+    -- the same claim again (its answer was lost): granted as before
+    local seen = redis.call('GET', KEYS[2])
+    local prefix = ARGV[5] .. '|'
+    if string.sub(seen, 1, #prefix) == prefix then
+      return {'granted', ARGV[4], string.sub(seen, #prefix + 1)}
+    end
+  end
+  return {'replayed'}
 end
 local record = redis.call('HGET', KEYS[1], 'm:resume_record')
 local ok, parsed = pcall(cjson.decode, record or '')
@@ -124,9 +136,9 @@ end
 if parsed['s'] ~= ARGV[4] then return {'unknown'} end
 if parsed['i'] ~= ARGV[2] then return {'identity_mismatch'} end
 redis.call('HDEL', KEYS[1], 'm:resume', 'm:resume_record')
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
 local tag = parsed['m']
 if type(tag) ~= 'string' then tag = '' end
+redis.call('SET', KEYS[2], ARGV[5] .. '|' .. tag, 'PX', ARGV[3])
 return {'granted', parsed['s'], tag}
 """)
 

@@ -9,7 +9,9 @@ Redis Cluster hash tag, so every key of one session is in one slot)::
                                      id's digest) and m:resume_record (JSON
                                      {"s": session id, "i": identity digest,
                                      "m": MAC tag (with a secret)})
-    P used:{<session id>}:<digest>   string "1": tombstone of a claimed resume id
+    P used:{<session id>}:<digest>   string "<claim token>|<MAC tag>": tombstone
+                                     of a claimed resume id (the same claim,
+                                     retried, is granted again)
     P resume:{<digest>}              string: the session id, the pointer that
                                      finds a session from a presented resume id
 
@@ -388,7 +390,7 @@ class RedisSessionStore(SessionStore):
         return int(status) > 0
 
     def _backend_claim(
-        self, resume_id: str, digest: str, tombstone_ms: int
+        self, resume_id: str, digest: str, tombstone_ms: int, token: str
     ) -> tuple[ResumeStatus, str | None, str | None]:
         pointer = self._pointer(resume_id)
         with self._guard("claim a resume id"):
@@ -403,7 +405,8 @@ class RedisSessionStore(SessionStore):
                 return ResumeStatus.MALFORMED, None, None
             key = self.session_key(session_id)
             reply = scripts.CLAIM([key, self._tombstone(session_id, resume_id)],
-                                  [resume_id, digest, tombstone_ms, session_id], self.redis)
+                                  [resume_id, digest, tombstone_ms, session_id, token],
+                                  self.redis)
             status = _str(reply[0])
             if status == "granted":
                 # the pointer outlives the binding by the tombstone: replays

@@ -20,6 +20,7 @@ __all__ = [
     "ResumeStatus",
     "identity_digest",
     "is_well_formed_id",
+    "new_claim_token",
     "new_id",
     "redact",
 ]
@@ -33,6 +34,12 @@ _ID_RE = re.compile(r"[A-Za-z0-9_-]{22,128}")
 
 def new_id() -> str:
     """A fresh unguessable id (session id or resume id)."""
+    return secrets.token_urlsafe(ID_BYTES)
+
+
+def new_claim_token() -> str:
+    """A fresh token for :meth:`~.base.SessionStore.claim_resume` (made on
+    the node, never taken from a client)."""
     return secrets.token_urlsafe(ID_BYTES)
 
 

@@ -56,7 +56,8 @@ class RedisManager(ClusterManager):
             log.logger = self.publisher.logger
             log.on_reset = lambda: self.bus_stats.incr("recovery_stream_resets")
             transport.recovery = RedisRecoveryReader(connector, log, self.publisher.logger,
-                                                     self._restart_mark, self.runtime)
+                                                     self._restart_mark, self.runtime,
+                                                     count=self.bus_stats.incr)
         self.redis_url = url
         self.redis_options = connector.options
 

@@ -42,6 +42,10 @@ Counters
     recovery_stream_resets  keys of the wrong type found at the recovery
                           stream's name, moved aside so that delivery goes on
                           (logged with the fix; recovery across it is lost)
+    recovery_windows      windows of the recovery stream read for replays
+                          that overlapped (see ``cluster.recovery.shared_window``)
+    recovery_shared_scans  replay scans answered from such a window instead
+                          of a scan in Redis
     reconnects            successful re-connections after a bus failure:
                           publisher or subscriber, including a subscriber
                           that redis-py reconnected and re-subscribed by
@@ -87,8 +91,8 @@ COUNTERS = (
     "dropped_bad_offset", "dropped_buffer_full", "dropped_unpublished", "published_unlogged",
     "delivered_unlogged", "dropped_after_pause", "own_dropped", "own_returned",
     "handler_errors", "follow_timeouts", "recovery_stream_resets",
-    "reconnects", "catch_ups", "caught_up", "catch_up_skipped", "catch_up_after_restart",
-    "catch_up_impossible",
+    "recovery_windows", "recovery_shared_scans", "reconnects", "catch_ups", "caught_up",
+    "catch_up_skipped", "catch_up_after_restart", "catch_up_impossible",
     "catch_up_disconnects", "acks_expired", "requests_timed_out", "lag_samples",
 )
 GAUGES = ("buffered", "buffered_bytes", "ready", "live_nodes", "pending_acks", "lag_seconds",

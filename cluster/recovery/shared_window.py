@@ -273,8 +273,10 @@ class ScanSharing:
     def __init__(self, read: WindowRead, max_entries: int = DEFAULT_MAX_ENTRIES,
                  spawn: Callable[..., Any] | None = None,
                  sleep: Callable[[float], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic, idle: float = IDLE_SECONDS) -> None:
+                 clock: Callable[[], float] = time.monotonic, idle: float = IDLE_SECONDS,
+                 on_window: Callable[[], Any] = lambda: None) -> None:
         self._read = read
+        self._on_window = on_window
         self.max_entries = max_entries
         self._spawn, self._sleep, self._clock, self.idle = spawn, sleep, clock, idle
         self.running = 0
@@ -292,6 +294,7 @@ class ScanSharing:
         if self.window is None and self.running > 1:
             self.window = SharedWindow(self._read, self.max_entries)
             self.windows += 1
+            self._on_window()
             if self._spawn is not None and self._sleep is not None:
                 self._spawn(self._drop_when_idle, self.window)
         window = self.window

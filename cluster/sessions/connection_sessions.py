@@ -79,7 +79,7 @@ class ConnectionSessions:
         self.counters: dict[str, int] = {
             "forked": 0, "persisted": 0, "resumed": 0, "resume_refused": 0,
             "resume_in_use": 0, "store_errors": 0, "session_not_saved": 0,
-            "sessions_rewritten": 0,
+            "sessions_rewritten": 0, "resume_claim_retries": 0,
         }
         # session id -> environ of the connections bound on this node
         self.local: dict[str, dict[str, Any]] = {}

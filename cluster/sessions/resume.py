@@ -12,13 +12,22 @@ is accepted (see :meth:`.connection_sessions.ConnectionSessions.accept`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from cluster.flask_integration.bound_session import BoundSession
 from cluster.recovery import history
 from cluster.sessions.connection_state import empty_record
-from session_store import ForkedSession, SessionNotFound, SessionStoreError, redact
+from session_store import (
+    ForkedSession,
+    SessionNotFound,
+    SessionStoreAccessDenied,
+    SessionStoreError,
+    SessionStoreUnavailable,
+    redact,
+)
+from session_store.resume import new_claim_token
 
 if TYPE_CHECKING:
     from cluster.sessions.connection_sessions import ConnectionSessions
@@ -31,6 +40,12 @@ HOLDER_QUERY = "cluster:holds-session"
 #: a live node answers within one bus round trip (milliseconds); the whole
 #: wait is paid only when the holder died (SIGKILL), by every resume from it
 HOLDER_TIMEOUT = 0.25
+#: seconds a CONNECT keeps trying to claim its session while the session
+#: store is unavailable, before it gets a new session (see claim_retrying)
+CLAIM_RETRY_SECONDS = 5.0
+#: the first pause between two tries, doubled each time up to the cap
+CLAIM_RETRY_PAUSE = 0.25
+CLAIM_RETRY_PAUSE_MAX = 1.0
 
 
 def bind(sessions: ConnectionSessions, environ: dict[str, Any], auth: Any
@@ -47,7 +62,7 @@ def bind(sessions: ConnectionSessions, environ: dict[str, Any], auth: Any
     bound: BoundSession | None = None
     if pid is not None:
         try:
-            bound = claim(sessions, pid, identity)
+            bound = claim_retrying(sessions, pid, identity)
         except SessionStoreError as exc:
             sessions.counters["store_errors"] += 1
             logger.error("session store unavailable at connect (%s); the resume id is "
@@ -61,14 +76,45 @@ def bind(sessions: ConnectionSessions, environ: dict[str, Any], auth: Any
     return bound
 
 
-def claim(sessions: ConnectionSessions, pid: Any, identity: str | None
-          ) -> BoundSession | None:
+def claim_retrying(sessions: ConnectionSessions, pid: Any, identity: str | None
+                   ) -> BoundSession | None:
+    """:func:`claim`, tried again while the store is unavailable, for up to
+    :data:`CLAIM_RETRY_SECONDS`: a Redis failover or restart lasts seconds,
+    and a client given a new session meanwhile loses its session and rooms
+    for good. Every try is the same claim (one claim token), so one that ran
+    but whose answer was lost is granted to the next try, not refused as a
+    replay.
+
+    :raises SessionStoreError: the store still failed at the deadline, or
+        refused our credentials (no use trying again).
+    """
+    token = new_claim_token()
+    deadline = time.monotonic() + CLAIM_RETRY_SECONDS
+    pause = CLAIM_RETRY_PAUSE
+    while True:
+        try:
+            return claim(sessions, pid, identity, token)
+        except SessionStoreAccessDenied:
+            raise
+        except SessionStoreUnavailable as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            sessions.counters["resume_claim_retries"] += 1
+            logger.warning("session store unavailable while a resume was claimed (%s); "
+                           "trying again in %g s", exc, pause)
+            sessions.socketio.sleep(pause)
+            pause = min(pause * 2, CLAIM_RETRY_PAUSE_MAX)
+
+
+def claim(sessions: ConnectionSessions, pid: Any, identity: str | None,
+          claim_token: str | None = None) -> BoundSession | None:
     """The session resume id ``pid`` was issued for, claimed by ``identity``
-    (``None``: refused, counted)."""
+    (``None``: refused, counted); ``claim_token``: see
+    :meth:`session_store.SessionStore.claim_resume`."""
     store = sessions.store
     if store is None:
         return None
-    result = store.claim_resume(pid, identity)
+    result = store.claim_resume(pid, identity, claim_token)
     if not result.granted or result.session_id is None:
         sessions.counters["resume_refused"] += 1
         return None

@@ -28,9 +28,11 @@ What the product promises across a failover, and what each test asserts:
   that arrives, in order. A client that moves during the outage may find
   the session store down too: once the cluster has marked the master
   failed, every shard answers CLUSTERDOWN until the promotion (and its
-  resume pointer may sit on the failed shard). It then gets a new session
-  (``resumed`` False, in no room: the node logs "session store unavailable
-  at connect"); when the store answers it gets its session back, and is
+  resume pointer may sit on the failed shard). Its claim is tried again
+  for up to 5 s (the same claim each time: see
+  ``cluster.sessions.resume.claim_retrying``); past that it gets a new
+  session (``resumed`` False, in no room: the node logs "session store
+  unavailable at connect"); when the store answers it gets its session back, and is
   told ``recovered`` only when its replay is exact (the stream cannot be
   read until the promotion, so it is usually told False, and its node's
   catch-up then delivers what the room carried). One that moves after the

@@ -18,6 +18,7 @@ from session_store import (
     SessionStore,
     SessionValueError,
 )
+from session_store.resume import new_claim_token
 
 HTTP_SESSION = {
     "_user_id": "42",
@@ -197,6 +198,20 @@ def test_claim_grants_once_then_reports_replay(store: SessionStore) -> None:
     assert second.status is ResumeStatus.REPLAYED and second.session_id is None
     counts = store.resume_counts()
     assert counts["granted"] == 1 and counts["replayed"] == 1
+
+
+def test_the_same_claim_again_is_granted_again_and_no_other(store: SessionStore) -> None:
+    # a claim that ran but whose answer was lost (a broken connection, a
+    # failover): its retry, with the same token, gets the session; nobody else
+    handle = store.create({"a": 1}, "alice")
+    rid = store.issue_resume(handle.session_id, "alice")
+    token = new_claim_token()
+    assert store.claim_resume(rid, "alice", token).granted
+    again = store.claim_resume(rid, "alice", token)
+    assert again.granted and again.session_id == handle.session_id
+    assert store.claim_resume(rid, "alice").status is ResumeStatus.REPLAYED
+    assert store.claim_resume(rid, "alice", new_claim_token()).status is ResumeStatus.REPLAYED
+    assert store.load(again.session_id)["a"] == 1
 
 
 def test_other_identity_is_refused_and_does_not_consume(store: SessionStore) -> None:

@@ -10,12 +10,14 @@ from flask import Flask, request, session
 from cluster import SocketIO, join_room, rooms
 from cluster.sessions.connection_sessions import ENVIRON_KEY, HOLDER_QUERY, ConnectionSessions
 from cluster.sessions.resume import HOLDER_QUERY as RESUME_HOLDER_QUERY
+from session_store import MemorySessionStore, ResumeResult, SessionStoreUnavailable
 
 
 def _node(**options: Any) -> tuple[Flask, SocketIO, dict[str, Any]]:
     app = Flask(__name__)
     app.secret_key = "k" * 32
-    socketio = SocketIO(app, session_store="memory", **options)
+    options.setdefault("session_store", "memory")
+    socketio = SocketIO(app, **options)
     seen: dict[str, Any] = {"resumed": [], "rooms": []}
 
     @socketio.on("connect")
@@ -86,6 +88,37 @@ def test_a_resume_gets_the_session_and_its_rooms_back() -> None:
     assert sessions.counters["resumed"] == 1
     # single use (no connection state recovery): a new id was issued
     assert _pid(socketio, second) != pid
+
+
+class AnswerLostOnce(MemorySessionStore):
+    """Runs the first claim, then fails as if its answer had been lost on
+    the way back (a broken connection to Redis, a failover)."""
+
+    lost = 0
+
+    def claim_resume(self, resume_id: object, identity: str | None,
+                     claim_token: str | None = None) -> ResumeResult:
+        result = super().claim_resume(resume_id, identity, claim_token)
+        if not self.lost:
+            self.lost += 1
+            raise SessionStoreUnavailable("the claim's answer was lost")
+        return result
+
+
+def test_a_claim_whose_answer_was_lost_is_tried_again_and_granted() -> None:
+    app, socketio, seen = _node(session_store=AnswerLostOnce())
+    sessions: ConnectionSessions = socketio.sessions
+    first = socketio.test_client(app)
+    assert first.emit("set", "kept", callback=True) == "ok"
+    assert first.emit("join", "lobby", callback=True) == "ok"
+    pid = _pid(socketio, first)
+    first.disconnect()
+    second = socketio.test_client(app, auth={"pid": pid})
+    # the retry is the same claim: granted, not refused as a replay
+    assert seen["resumed"] == [False, True] and "lobby" in seen["rooms"][-1]
+    assert second.emit("get", callback=True) == "kept"
+    assert sessions.counters["resume_claim_retries"] == 1
+    assert sessions.counters["store_errors"] == 0
 
 
 def test_a_spent_or_forged_resume_id_gets_a_fresh_session() -> None:

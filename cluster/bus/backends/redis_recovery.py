@@ -47,7 +47,8 @@ class RedisRecoveryReader:
 
     def __init__(self, connector: RedisConnector, log: RecoveryLog,
                  logger: logging.Logger, mark: Callable[[], bytes],
-                 runtime: Runtime | None = None) -> None:
+                 runtime: Runtime | None = None,
+                 count: Callable[[str], Any] = lambda kind: None) -> None:
         self.connector = connector
         self.log = log
         self.logger = logger
@@ -56,12 +57,13 @@ class RedisRecoveryReader:
         self._lock = threading.Lock()
         self._turns = threading.BoundedSemaphore(MAX_CONCURRENT_READS)
         #: scans that overlap share one read of the stream (see
-        #: cluster.recovery.shared_window)
+        #: cluster.recovery.shared_window); ``count`` is told of each window
+        #: made and each scan answered from one (the bus's stats)
         self.sharing = ScanSharing(
             self._window_read, spawn=runtime.spawn if runtime is not None else None,
-            sleep=runtime.sleep if runtime is not None else None)
-        #: scans answered from a shared window
-        self.shared_scans = 0
+            sleep=runtime.sleep if runtime is not None else None,
+            on_window=lambda: count("recovery_windows"))
+        self._count = count
 
     def _reader(self) -> redis.Redis:
         with self._lock:  # one client, whoever asks first builds it
@@ -176,7 +178,7 @@ class RedisRecoveryReader:
             if window is not None:
                 page = window.scan(offset, namespace, sid, members)
                 if page is not None:
-                    self.shared_scans += 1
+                    self._count("recovery_shared_scans")
                     return page
             return self._read(self.log.scan, offset, namespace, sid,  # type: ignore[no-any-return]
                               members, default=None)
