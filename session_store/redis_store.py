@@ -290,7 +290,7 @@ class RedisSessionStore(SessionStore):
         key = self.session_key(session_id)
         with self._guard("load a session"):
             try:
-                fields: Mapping[str | bytes, str | bytes] = self.redis.hgetall(key)
+                (fields,) = self._pipelined([("hgetall", (key,), {})])
             except redis.ResponseError as exc:
                 if not str(exc).startswith("WRONGTYPE"):
                     raise
@@ -394,7 +394,9 @@ class RedisSessionStore(SessionStore):
     ) -> tuple[ResumeStatus, str | None, str | None]:
         pointer = self._pointer(resume_id)
         with self._guard("claim a resume id"):
-            found = scripts.POINTER([pointer], [], self.redis)
+            # each step batched with other connections' (a reconnect storm
+            # claims thousands at once), in the order the steps need
+            (found,) = self._pipelined([scripts.POINTER.command([pointer], [])])
             if _str(found[0]) == "wrongtype":
                 self._wrong_type(pointer)
                 return ResumeStatus.UNKNOWN, None, None
@@ -404,14 +406,14 @@ class RedisSessionStore(SessionStore):
             if not is_well_formed_id(session_id):
                 return ResumeStatus.MALFORMED, None, None
             key = self.session_key(session_id)
-            reply = scripts.CLAIM([key, self._tombstone(session_id, resume_id)],
-                                  [resume_id, digest, tombstone_ms, session_id, token],
-                                  self.redis)
+            (reply,) = self._pipelined([scripts.CLAIM.command(
+                [key, self._tombstone(session_id, resume_id)],
+                [resume_id, digest, tombstone_ms, session_id, token])])
             status = _str(reply[0])
             if status == "granted":
                 # the pointer outlives the binding by the tombstone: replays
                 # of the id are reported as such, then it goes
-                self.redis.pexpire(pointer, tombstone_ms)
+                self._pipelined([("pexpire", (pointer, tombstone_ms), {})])
         if status == "wrongtype":
             self._wrong_type(key)
             return ResumeStatus.UNKNOWN, None, None

@@ -5,7 +5,9 @@ Every accepted connection creates its session with its first resume id
 resumed one's lease with its re-armed id, and the node writes its
 connection record; every join or leave writes its rooms set
 (``cluster.sessions.connection_state``). Each is a pipeline of two or three
-commands. Under a burst of connects (a deploy, a reconnect storm after a
+commands. A resume also claims its id (a pointer read, the claim, the
+pointer's new TTL: three steps, each batched) and loads its session and
+record, batched the same way. Under a burst of connects (a deploy, a reconnect storm after a
 node crash) each of those pipelines was a round trip of its own, and a
 round trip costs the node far more than its commands: redis-py's
 connection checkout and reply parsing, and the green thread's wait in the
@@ -24,7 +26,8 @@ its own round trip raised: when a batch fails as a whole, each of its writes
 is sent again alone, so one unreachable shard of a Redis Cluster fails only
 the writes bound for it. The writes are idempotent operations on one
 session's keys each (scripts included: each re-checks and re-sets what it
-finds), and a session's writes are never in flight together,
+finds; a claim run again with its token is granted again), and a session's
+writes are never in flight together,
 so nothing changes in what Redis holds, only in how many round trips carry
 it. On Redis Cluster the client's cluster pipeline splits a batch per shard.
 """
