@@ -171,3 +171,27 @@ def test_connects_waiting_for_admission_leave_the_read_turns_to_connected_client
             client.close()
         holder.close()
         connected.close()
+
+
+def test_a_client_gone_while_its_connect_waited_leaves_nothing_behind(
+        node_factory: Any) -> None:
+    # its reading is paused while the CONNECT waits apart: the close is
+    # seen once the CONNECT is done, and the connection is released
+    (node,) = node_factory(extra_args=["--max-concurrent-connects", "1",
+                                       "--connect-timeout", "60"])
+    holder = RawWebSocket(node)
+    holder.send("40" + json.dumps({"linger": 2}))
+    wait_for(lambda: requests.get(f"{node.url}/connects-running", timeout=5).json()["now"] == 1,
+             what="the lingering CONNECT holding the slot")
+    gone = RawWebSocket(node)
+    gone.send("40")
+    wait_for(lambda: _gauge(node, "socketio_connects_waiting") == 1,
+             what="the second CONNECT waiting for the slot")
+    gone.close()
+    holder.read_until("40")  # the slot is given back: the waiting CONNECT runs
+    wait_for(lambda: _gauge(node, "socketio_connections") == 1,
+             what="the gone client's connection released")
+    assert _gauge(node, "socketio_websocket_reads", "detached") == 1
+    holder.send('421["join","still"]')
+    assert "still" in json.loads(holder.read_until("431")[3:])[0]["rooms"]
+    holder.close()
