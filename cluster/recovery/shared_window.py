@@ -134,19 +134,20 @@ class SharedWindow:
             if self._start is None:
                 # a new window: its first read goes to the stream's end
                 self._reads_started += 1
-                try:
-                    return self._grow_start(start)
-                finally:
+                covered = self._grow_start(start)
+                if self._start is not None:  # read to the end (maybe not back to start)
                     self._reads_done = self._reads_started
+                return covered
             if start < self._start and not self._grow_start(start):
                 return False
             if self._reads_done > arrived:
-                return True  # a read that began after this call is done
+                return True  # a read that began after this call succeeded
             self._reads_started += 1
-            try:
-                return self._grow_end()
-            finally:
-                self._reads_done = self._reads_started
+            if not self._grow_end():
+                # not done: the calls that waited for it read again themselves
+                return False
+            self._reads_done = self._reads_started
+            return True
 
     def _grow_end(self) -> bool:
         """Read the entries logged after the window's last one, up to the

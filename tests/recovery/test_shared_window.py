@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -203,3 +205,60 @@ def test_a_window_lives_while_scans_keep_coming_then_is_dropped_when_idle() -> N
     (reaper, args), = spawned
     reaper(*args)  # sleeps until no scan came for 2 s
     assert sharing.window is None and slept == [2.0]
+
+
+def test_a_scan_that_waited_for_a_failed_read_reads_again(stream: Any) -> None:
+    # a scan may answer from a read another scan made only when that read
+    # began after it arrived *and succeeded*: two scans arrive while a read
+    # is out; the next read, made for one of them, fails; the other must
+    # read again, not take the failed read for a fresh one
+    log, client, codec = stream
+    rng = random.Random(6)
+    first = _append(log, client, codec, [_body(rng, n) for n in range(10)])
+    calls = [0]
+    in_read, release = threading.Event(), threading.Event()
+
+    def read(after: str, until: str | None, count: int) -> Any:
+        calls[0] += 1
+        if calls[0] == 2:  # the read out while the two scans arrive
+            got = log.window_read(client, after, until, count)
+            in_read.set()
+            release.wait(10)
+            return got
+        if calls[0] == 3:
+            return None  # Redis failed this one
+        return log.window_read(client, after, until, count)
+
+    window = SharedWindow(read)
+    assert window.scan(first[0], "/", "sid1", ROOMS) is not None  # read 1
+    results: dict[str, Any] = {}
+    arrivals = {name: threading.Event() for name in ("a", "b")}
+
+    def scan(name: str) -> None:
+        if name in arrivals:
+            arrivals[name].set()  # then straight to the lock, unswitched
+        results[name] = window.scan(first[0], "/", "sid1", ROOMS)
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        out = threading.Thread(target=scan, args=("out",))
+        out.start()
+        assert in_read.wait(10)
+        # logged after the read out began: only a read after it has these
+        latest = _append(log, client, codec, [_body(rng, n) for n in range(10, 20)])
+        threads = [threading.Thread(target=scan, args=(name,)) for name in arrivals]
+        for thread in threads:
+            thread.start()
+        for event in arrivals.values():
+            assert event.wait(10)
+        release.set()
+        for thread in [out, *threads]:
+            thread.join(10)
+    finally:
+        sys.setswitchinterval(old_interval)
+    assert results["out"] is not None
+    answered = [page for name, page in results.items() if name != "out" and page is not None]
+    assert len(answered) == 1  # the other one's read failed
+    assert answered[0].last == latest[-1]
+    assert answered[0].entries == _in_redis(log, client, first[0], "/", "sid1", ROOMS)
