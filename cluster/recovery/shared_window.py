@@ -90,8 +90,6 @@ class SharedWindow:
         self._reads_done = 0
         #: the newest offset found too far back to hold: older ones are not tried
         self._unreachable: Offset | None = None
-        #: reads of Redis made, for the metrics and the tests
-        self.reads = 0
 
     def __len__(self) -> int:
         """Entries held."""
@@ -171,7 +169,6 @@ class SharedWindow:
                     self._drop()
                     return False
                 new, more = got[1:], len(got) == READ_COUNT + 1
-            self.reads += 1
             if len(self._entries) + len(new) > self.max_entries:
                 # the oldest go, a quarter at once (each time re-indexes
                 # the lot): offsets before them are scanned in Redis
@@ -198,7 +195,6 @@ class SharedWindow:
         cursor = str(begin)
         while True:
             read = self._read(cursor, until, READ_COUNT)
-            self.reads += 1
             if read is None:
                 return False
             got, self._length = read

@@ -246,10 +246,7 @@ class RecoveryLog:
         out: list[tuple[str, dict[str, Any] | None, int]] = []
         for entry_id, fields in entries:
             payload = fields.get(b"p") if isinstance(fields, dict) else None
-            if payload is None:
-                out.append((_text(entry_id), None, 0))
-                continue
-            out.append((_text(entry_id), self.open_entry(payload), len(payload)))
+            out.append((_text(entry_id), *self._opened(payload)))
         return out
 
     def raw_page(self, client: Any, offset: str, until: str, count: int
@@ -282,11 +279,16 @@ class RecoveryLog:
         out: list[WindowEntry] = []
         for entry_id, fields in entries:
             fields = fields if isinstance(fields, dict) else {}
-            payload = fields.get(b"p")
-            message = self.open_entry(payload) if isinstance(payload, bytes) else None
-            size = len(payload) if isinstance(payload, bytes) else 0
-            out.append(WindowEntry(_text(entry_id), message, size, route_of(fields)))
+            out.append(WindowEntry(_text(entry_id), *self._opened(fields.get(b"p")),
+                                   route_of(fields)))
         return out, int(length)
+
+    def _opened(self, payload: Any) -> tuple[dict[str, Any] | None, int]:
+        """An entry's message (None: it has no payload, or the payload fails
+        its signature check) and the payload's size in bytes."""
+        if payload is None:
+            return None, 0
+        return self.open_entry(payload), len(payload)
 
     def scan(self, client: Any, offset: str, namespace: str, sid: str,
              rooms: Iterable[Any], count: int = SCAN_COUNT,
@@ -302,11 +304,7 @@ class RecoveryLog:
                                    *scan_members(sid, rooms)])
         entries: list[tuple[str, dict[str, Any] | None, int]] = []
         for index in range(4, len(reply) - 1, 2):
-            payload = reply[index + 1]
-            if payload is None:
-                entries.append((_text(reply[index]), None, 0))
-            else:
-                entries.append((_text(reply[index]), self.open_entry(payload), len(payload)))
+            entries.append((_text(reply[index]), *self._opened(reply[index + 1])))
         return ScanPage(entries, _text(reply[0]), int(reply[1]), int(reply[2]),
                         bool(int(reply[3])))
 

@@ -4,7 +4,7 @@ share: a real recovery stream in Redis, read the way RecoveryFlow reads it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any, NamedTuple
 
 import pytest
@@ -48,10 +48,8 @@ def emit(room: str | None, n: int) -> str:
                        "room": room, "skip_sid": None, "callback": None, "host_id": "h"})
 
 
-@pytest.fixture()
-def flow_stream(redis_url: str) -> Iterator[FlowStream]:
-    """An empty recovery log (60 s window) on the test's Redis."""
-    codec = Codec()
+def recovery_log(channel: str, codec: Codec) -> RecoveryLog:
+    """An empty recovery log (60 s window) whose entries ``codec`` opens."""
 
     def open_entry(payload: bytes) -> Any:
         try:
@@ -59,6 +57,28 @@ def flow_stream(redis_url: str) -> Iterator[FlowStream]:
         except Dropped:
             return None
 
+    return RecoveryLog(channel, open_entry, window=60)
+
+
+def append_sealed(log: RecoveryLog, client: Any, codec: Codec, bodies: list[str],
+                  forged: Collection[int] = ()) -> list[str]:
+    """Log ``bodies`` sealed by ``codec``, in one pipeline; the ones at the
+    ``forged`` positions altered after sealing (their check fails). Their
+    offsets."""
+    log.load_script(client)
+    pipe = client.pipeline(transaction=False)
+    for n, body in enumerate(bodies):
+        payload = codec.seal(body, "h", logged=True)
+        if n in forged:
+            payload = payload.replace(b'"e"', b'"x"', 1)
+        log.append(pipe, payload)
+    return [log.offset_from(reply) for reply in pipe.execute()]
+
+
+@pytest.fixture()
+def flow_stream(redis_url: str) -> Iterator[FlowStream]:
+    """An empty recovery log (60 s window) on the test's Redis."""
+    codec = Codec()
     client = redis.Redis.from_url(redis_url)
-    yield FlowStream(RecoveryLog("flow", open_entry, window=60), client, codec)
+    yield FlowStream(recovery_log("flow", codec), client, codec)
     client.close()

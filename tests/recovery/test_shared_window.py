@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import redis
 
-from cluster.bus.codec import Codec, Dropped
+from cluster.bus.codec import Codec
 from cluster.recovery.shared_window import ScanSharing, SharedWindow
 from cluster.recovery.stream import RecoveryLog
+from tests.recovery.conftest import append_sealed, recovery_log
 
 ROOMS = ["a", "b", "c", "d", "with space", "ünï"]
 SIDS = ["sid1", "sid2", "sid3"]
@@ -24,16 +25,9 @@ SIDS = ["sid1", "sid2", "sid3"]
 
 @pytest.fixture()
 def stream(redis_url: str) -> Iterator[tuple[RecoveryLog, Any, Codec]]:
-    codec = Codec("k" * 32)
-
-    def open_entry(payload: bytes) -> Any:
-        try:
-            return codec.open_archived(payload)[0]
-        except Dropped:
-            return None
-
+    codec = Codec("k" * 32)  # signed: a forged entry fails its check
     client = redis.Redis.from_url(redis_url)
-    yield RecoveryLog("window", open_entry, window=60), client, codec
+    yield recovery_log("window", codec), client, codec
     client.close()
 
 
@@ -47,18 +41,6 @@ def _body(rng: random.Random, n: int) -> str:
         room = 7  # a room that is not a string: no routing fields, matched in full
     return json.dumps({"method": "emit", "event": "e", "data": [n], "namespace": namespace,
                        "room": room, "skip_sid": skip, "callback": None, "host_id": "h"})
-
-
-def _append(log: RecoveryLog, client: Any, codec: Codec, bodies: list[str],
-            forged: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
-    log.load_script(client)
-    pipe = client.pipeline(transaction=False)
-    for n, body in enumerate(bodies):
-        payload = codec.seal(body, "h", logged=True)
-        if n in forged:
-            payload = payload.replace(b'"e"', b'"x"', 1)  # its signature fails
-        log.append(pipe, payload)
-    return [log.offset_from(reply) for reply in pipe.execute()]
 
 
 def _read(log: RecoveryLog, client: Any, calls: list[Any] | None = None) -> Any:
@@ -84,7 +66,7 @@ def test_a_window_gives_each_client_what_the_scan_script_gives(stream: Any) -> N
     log, client, codec = stream
     rng = random.Random(29)
     start = log.last_offset(client)
-    offsets = _append(log, client, codec, [_body(rng, n) for n in range(3000)],
+    offsets = append_sealed(log, client, codec, [_body(rng, n) for n in range(3000)],
                       forged={5, 700, 2999})
     window = SharedWindow(_read(log, client))
     checked = 0
@@ -106,10 +88,10 @@ def test_a_window_gives_each_client_what_the_scan_script_gives(stream: Any) -> N
 def test_a_scan_sees_what_was_logged_before_it_began(stream: Any) -> None:
     log, client, codec = stream
     rng = random.Random(1)
-    first = _append(log, client, codec, [_body(rng, n) for n in range(50)])
+    first = append_sealed(log, client, codec, [_body(rng, n) for n in range(50)])
     window = SharedWindow(_read(log, client))
     assert window.scan(first[0], "/", "sid1", ROOMS) is not None
-    later = _append(log, client, codec, [json.dumps(
+    later = append_sealed(log, client, codec, [json.dumps(
         {"method": "emit", "event": "e", "data": [1000], "namespace": "/", "room": "a",
          "skip_sid": None, "callback": None, "host_id": "h"})])
     page = window.scan(first[0], "/", "sid1", ["a"])
@@ -120,7 +102,7 @@ def test_a_scan_sees_what_was_logged_before_it_began(stream: Any) -> None:
 def test_an_older_offset_grows_the_window_at_its_start(stream: Any) -> None:
     log, client, codec = stream
     rng = random.Random(2)
-    offsets = _append(log, client, codec, [_body(rng, n) for n in range(400)])
+    offsets = append_sealed(log, client, codec, [_body(rng, n) for n in range(400)])
     calls: list[Any] = []
     window = SharedWindow(_read(log, client, calls))
     # an offset from the margin's past: the window starts 5 s before it
@@ -135,14 +117,14 @@ def test_a_window_past_its_bound_keeps_the_newest_and_sends_older_offsets_to_red
         stream: Any) -> None:
     log, client, codec = stream
     rng = random.Random(3)
-    offsets = _append(log, client, codec, [_body(rng, n) for n in range(300)])
+    offsets = append_sealed(log, client, codec, [_body(rng, n) for n in range(300)])
     window = SharedWindow(_read(log, client), max_entries=100)
     assert window.scan(offsets[0], "/", "sid1", ROOMS) is None  # too far back
     assert len(window) == 100
     page = window.scan(offsets[250], "/", "sid1", ROOMS)  # recent: answered
     assert page is not None
     assert page.entries == _in_redis(log, client, offsets[250], "/", "sid1", ROOMS)
-    more = _append(log, client, codec, [_body(rng, n) for n in range(300, 350)])
+    more = append_sealed(log, client, codec, [_body(rng, n) for n in range(300, 350)])
     page = window.scan(offsets[280], "/", "sid3", ["c"])
     assert page is not None and page.last == more[-1]
     assert page.entries == _in_redis(log, client, offsets[280], "/", "sid3", ["c"])
@@ -153,11 +135,11 @@ def test_a_window_past_its_bound_keeps_the_newest_and_sends_older_offsets_to_red
 def test_a_stream_reset_under_the_window_drops_it(stream: Any) -> None:
     log, client, codec = stream
     rng = random.Random(4)
-    offsets = _append(log, client, codec, [_body(rng, n) for n in range(20)])
+    offsets = append_sealed(log, client, codec, [_body(rng, n) for n in range(20)])
     window = SharedWindow(_read(log, client))
     assert window.scan(offsets[0], "/", "sid1", ROOMS) is not None
     client.delete(log.key)  # Redis came back empty, say
-    fresh = _append(log, client, codec, [_body(rng, n) for n in range(20, 30)])
+    fresh = append_sealed(log, client, codec, [_body(rng, n) for n in range(20, 30)])
     # the old entries are gone: the window does not answer from them
     assert window.scan(offsets[5], "/", "sid1", ROOMS) is None
     page = window.scan(fresh[0], "/", "sid1", ROOMS)
@@ -167,7 +149,7 @@ def test_a_stream_reset_under_the_window_drops_it(stream: Any) -> None:
 
 def test_an_unreadable_stream_is_not_answered(stream: Any) -> None:
     log, client, codec = stream
-    offsets = _append(log, client, codec, [_body(random.Random(5), 0)])
+    offsets = append_sealed(log, client, codec, [_body(random.Random(5), 0)])
     window = SharedWindow(lambda after, until, count: None)
     assert window.scan(offsets[0], "/", "sid1", ROOMS) is None
     assert window.scan("not an offset", "/", "sid1", ROOMS) is None
@@ -214,7 +196,7 @@ def test_a_scan_that_waited_for_a_failed_read_reads_again(stream: Any) -> None:
     # read again, not take the failed read for a fresh one
     log, client, codec = stream
     rng = random.Random(6)
-    first = _append(log, client, codec, [_body(rng, n) for n in range(10)])
+    first = append_sealed(log, client, codec, [_body(rng, n) for n in range(10)])
     calls = [0]
     in_read, release = threading.Event(), threading.Event()
 
@@ -246,7 +228,7 @@ def test_a_scan_that_waited_for_a_failed_read_reads_again(stream: Any) -> None:
         out.start()
         assert in_read.wait(10)
         # logged after the read out began: only a read after it has these
-        latest = _append(log, client, codec, [_body(rng, n) for n in range(10, 20)])
+        latest = append_sealed(log, client, codec, [_body(rng, n) for n in range(10, 20)])
         threads = [threading.Thread(target=scan, args=(name,)) for name in arrivals]
         for thread in threads:
             thread.start()

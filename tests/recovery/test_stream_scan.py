@@ -10,10 +10,10 @@ import pytest
 import redis
 
 from cluster.bus.codec import Codec
-from cluster.bus.errors import Dropped
 from cluster.recovery.offsets import Offset
 from cluster.recovery.scripts import QUARANTINE_SECONDS
 from cluster.recovery.stream import RecoveryLog
+from tests.recovery.conftest import append_sealed, recovery_log
 
 SECRET = "s" * 32
 
@@ -21,29 +21,14 @@ SECRET = "s" * 32
 @pytest.fixture()
 def stream(redis_url: str) -> Any:
     codec = Codec(SECRET)
-
-    def open_entry(payload: bytes) -> Any:
-        try:
-            return codec.open_archived(payload)[0]
-        except Dropped:
-            return None
-
     client = redis.Redis.from_url(redis_url)
-    yield RecoveryLog("scan", open_entry, window=60), client, codec
+    yield recovery_log("scan", codec), client, codec
     client.close()
 
 
 def _emit(room: Any, n: int, skip: Any = None, namespace: str = "/") -> str:
     return json.dumps({"method": "emit", "event": "e", "data": [n], "namespace": namespace,
                        "room": room, "skip_sid": skip, "callback": None, "host_id": "h"})
-
-
-def _append_many(log: RecoveryLog, client: Any, codec: Codec, bodies: list[str]) -> list[str]:
-    log.load_script(client)
-    pipe = client.pipeline(transaction=False)
-    for body in bodies:
-        log.append(pipe, codec.seal(body, "h", logged=True))
-    return [log.offset_from(reply) for reply in pipe.execute()]
 
 
 def _scan_all(log: RecoveryLog, client: Any, offset: str, rooms: set[str],
@@ -69,7 +54,7 @@ def test_others_traffic_never_leaves_redis(stream: Any) -> None:
     bodies[3500] = _emit("mine", 4, namespace="/other")
     bodies[4000] = _emit("mine", 5, skip="sid1")      # skips it
     bodies[4500] = _emit("mine", 6, skip=["a", "b"])
-    offsets = _append_many(log, client, codec, bodies)
+    offsets = append_sealed(log, client, codec, bodies)
     found, scanned, calls = _scan_all(log, client, start, {"mine", "lobby"})
     assert found == [1, 2, 3, 6]
     assert scanned == 5000 and calls == 6  # SCAN_COUNT per call, then the end
@@ -94,7 +79,7 @@ def test_entries_without_fields_are_returned_for_the_full_check(stream: Any) -> 
 def test_a_page_returns_a_bounded_number_of_bytes_and_loses_nothing(stream: Any) -> None:
     log, client, codec = stream
     start = log.last_offset(client)
-    _append_many(log, client, codec, [_emit("mine", n) for n in range(30)])
+    append_sealed(log, client, codec, [_emit("mine", n) for n in range(30)])
     size = len(codec.seal(_emit("mine", 10), "h", logged=True))
     found, scanned, calls = _scan_all(log, client, start, {"mine"}, max_bytes=size * 4)
     assert found == list(range(30)) and scanned == 30 and calls >= 8

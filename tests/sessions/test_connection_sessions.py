@@ -52,6 +52,16 @@ def _pid(socketio: SocketIO, client: Any) -> str:
     return pid
 
 
+def _leave_kept_in_lobby(app: Flask, socketio: SocketIO) -> str:
+    """A client that stores "kept", joins "lobby" and disconnects: its pid."""
+    first = socketio.test_client(app)
+    assert first.emit("set", "kept", callback=True) == "ok"
+    assert first.emit("join", "lobby", callback=True) == "ok"
+    pid = _pid(socketio, first)
+    first.disconnect()
+    return pid
+
+
 def test_public_names_stay_importable() -> None:
     assert HOLDER_QUERY == RESUME_HOLDER_QUERY == "cluster:holds-session"
     assert ENVIRON_KEY == "cluster.connection_session"
@@ -74,11 +84,7 @@ def test_a_session_is_persisted_only_once_the_connection_is_accepted() -> None:
 def test_a_resume_gets_the_session_and_its_rooms_back() -> None:
     app, socketio, seen = _node()
     sessions: ConnectionSessions = socketio.sessions
-    first = socketio.test_client(app)
-    assert first.emit("set", "kept", callback=True) == "ok"
-    assert first.emit("join", "lobby", callback=True) == "ok"
-    pid = _pid(socketio, first)
-    first.disconnect()
+    pid = _leave_kept_in_lobby(app, socketio)
     assert sessions.local == {}  # released: its resume window has started
 
     second = socketio.test_client(app, auth={"pid": pid})
@@ -108,11 +114,7 @@ class AnswerLostOnce(MemorySessionStore):
 def test_a_claim_whose_answer_was_lost_is_tried_again_and_granted() -> None:
     app, socketio, seen = _node(session_store=AnswerLostOnce())
     sessions: ConnectionSessions = socketio.sessions
-    first = socketio.test_client(app)
-    assert first.emit("set", "kept", callback=True) == "ok"
-    assert first.emit("join", "lobby", callback=True) == "ok"
-    pid = _pid(socketio, first)
-    first.disconnect()
+    pid = _leave_kept_in_lobby(app, socketio)
     second = socketio.test_client(app, auth={"pid": pid})
     # the retry is the same claim: granted, not refused as a replay
     assert seen["resumed"] == [False, True] and "lobby" in seen["rooms"][-1]
