@@ -215,10 +215,12 @@ class Connects:
         resume_id = sessions.accept(environ)
         if resume_id is not None:
             data["pid"] = resume_id
-            if server.recovering.marks_offsets():
-                # tells cluster.Client that events asking for no ack end
-                # with their offset, or None (see local_delivery.LocalDelivery.deliver)
-                data["offsets"] = True
+        if server.recovering.marks_offsets():
+            # tells cluster.Client that events asking for no ack end with
+            # their offset, or None (see local_delivery.LocalDelivery.deliver);
+            # said with or without a pid, since every connection's events
+            # carry it (one whose session the store could not take has none)
+            data["offsets"] = True
 
     def settle(self, eio_sid: str, namespace: str, environ: Any) -> None:
         """After a CONNECT: release what a failed one bound, and its deadline."""

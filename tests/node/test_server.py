@@ -15,6 +15,7 @@ from cluster import SocketIO, join_room
 from cluster.exceptions import RoomLimitExceeded
 from cluster.node.connecting import INVALID_NAMESPACE, legacy_connect_signature
 from cluster.node.server import ClusterServer
+from session_store.exceptions import SessionStoreUnavailable
 
 
 def _app() -> Flask:
@@ -63,6 +64,29 @@ def test_the_connect_reply_carries_the_resume_id_and_no_offsets_without_a_log() 
     # events carry no offset: the bus logs nothing (no Redis)
     assert "offsets" not in reply.data
     assert socketio.server.recovering.marks_offsets() is False
+
+
+def test_the_connect_reply_says_offsets_even_when_the_store_takes_no_session(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a connection whose session the store could not take gets no pid, but
+    # its events still end with their offset: without ``offsets`` in the
+    # reply cluster.Client would hand that marker to the handlers
+    app = _app()
+    socketio = SocketIO(app, session_store="memory",
+                        connection_state_recovery={"max_disconnection_duration": 60})
+    monkeypatch.setattr(socketio.server.recovering, "marks_offsets", lambda: True)
+
+    def store_down(*args: Any, **kwargs: Any) -> Any:
+        raise SessionStoreUnavailable("redis is down")
+
+    monkeypatch.setattr(socketio.sessions.store, "create_resumable", store_down)
+    socketio.on("connect", namespace="/chat")(lambda auth: None)
+    client = socketio.test_client(app)
+    replies = _replies(client)
+    client.connect(namespace="/chat")
+    (reply,) = [p for p in replies if p.packet_type == sio_packet.CONNECT]
+    assert "pid" not in reply.data
+    assert reply.data["offsets"] is True
 
 
 def test_an_unknown_namespace_is_refused_before_anything_is_bound() -> None:
