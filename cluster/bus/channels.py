@@ -15,9 +15,11 @@ emit to one room (a named room or a sid)          that room's channel
 close_room; enter/leave_room and disconnect of a  the room's (or the sid's) channel
 remote sid
 an ack going back to the node that asked (python- the asking node's channel
-socketio's ``callback`` message)
+socketio's ``callback`` message); a node's answer
+to a cluster query; clients' answers to an ask
 broadcasts (no room), emits to several rooms,     the common channel
-heartbeats, presence, cluster queries
+heartbeats, presence, cluster queries and
+commands
 ===============================================  ==================================
 
 A room's channel is ``<channel>:room:<digest>`` (``{<channel>}:room:<digest>``

@@ -162,3 +162,24 @@ def test_burst_of_1000_concurrent_emits_is_delivered_in_full(pair) -> None:
     assert sorted(got) == list(range(1000))
     stats = a.call("stats")["stats"]
     assert stats["publish_errors"] == 0 and stats["dropped_buffer_full"] == 0
+
+
+def test_answers_to_a_query_reach_only_the_node_that_asked(bus_nodes, connect) -> None:
+    # the request goes to every node; each answer only to the asker's
+    # channel, so a third node reads one message per query, not one per node
+    n1, n2, n3 = bus_nodes(3)
+    a, third = connect(n1), connect(n3)
+    wait_nodes(a, 3)
+    wait_nodes(third, 3)
+
+    def received(recorder) -> int:
+        return int(recorder.call("stats")["stats"]["received"])
+
+    queries = 100
+    before_asker, before_third = received(a), received(third)
+    for _ in range(queries):
+        assert a.call("query", {"op": "room_members", "args": ["lobby"]}) == {"result": []}
+    asked, read_by_third = received(a) - before_asker, received(third) - before_third
+    assert asked >= 2 * queries  # both answers arrived at the asker
+    # requests plus heartbeats (about one per node per second)
+    assert queries <= read_by_third < queries + 40, read_by_third

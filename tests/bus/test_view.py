@@ -2,6 +2,7 @@
 that wait for every live node (or time out with the partial answers)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Any
@@ -23,7 +24,7 @@ def view(ready: bool = True, peers: tuple[str, ...] = (), write_only: bool = Fal
     nodes = NodeRegistry("a", "node-a", 3.0)
     for peer in peers:
         nodes.seen(peer, f"node-{peer}")
-    link = BusLink(host_id="a", publish=lambda m, volatile=False: sent.append(m) or True,
+    link = BusLink(host_id="a", publish=lambda m, **options: sent.append(m) or True,
                    dumps=str, spawn=lambda func, *args: threading.Thread(
                        target=func, args=args, daemon=True).start(),
                    nodes=nodes, logger=logging.getLogger("test"), stats=BusStats(),
@@ -106,3 +107,17 @@ def test_requests_from_peers_are_answered_and_commands_applied() -> None:
                             "args": {"sid": sid, "namespace": "/"}})
     assert sent == [{"method": "response", "host_id": "a", "to": "b", "req_id": "r2",
                      "result": ["x"]}]
+
+
+def test_an_answer_travels_on_the_asking_nodes_channel() -> None:
+    channels: list[str | None] = []
+    cluster, local, sent = view(peers=("b",))
+    link = cluster.link
+    routed = ClusterView(
+        dataclasses.replace(link, publish=lambda m, channel=None, **options: (
+            sent.append(m), channels.append(channel)) and True),
+        local, request_timeout=0.3, channel_of=lambda host_id: f"c:node:{host_id}")
+    routed.handle_request({"method": "request", "host_id": "b", "req_id": "r1",
+                           "op": "room_members", "reply": True,
+                           "args": {"room": "x", "namespace": "/"}})
+    assert [m["method"] for m in sent] == ["response"] and channels == ["c:node:b"]

@@ -51,13 +51,19 @@ class ClusterView:
     ``"/"`` everywhere.
     """
 
-    def __init__(self, link: BusLink, local: Any, request_timeout: float) -> None:
+    def __init__(self, link: BusLink, local: Any, request_timeout: float,
+                 channel_of: Callable[[str], str | None] = lambda host_id: None) -> None:
         """:param link: publishes the requests and answers.
         :param local: this node's python-socketio manager (its public API
             answers the local part of every query and applies commands).
         :param request_timeout: default seconds a query waits for answers.
+        :param channel_of: the channel only node ``host_id`` follows (None:
+            the common one, the default, for a backend that does not
+            route); an answer travels on the asking node's, so the other
+            nodes never read it.
         """
         self.link = link
+        self._channel_of = channel_of
         self.local = local
         self.request_timeout = request_timeout
         self._pending: dict[str, _Pending] = {}
@@ -264,10 +270,12 @@ class ClusterView:
             result = {"error": f"{type(exc).__name__}: {exc}"}
         if not message.get("reply", False):
             return
+        channel = self._channel_of(message["host_id"])
         try:
-            link.publish(dict(response, result=result), volatile=True)
+            link.publish(dict(response, result=result), volatile=True, channel=channel)
         except BusSerializationError as exc:
-            link.publish(dict(response, result={"error": str(exc)}), volatile=True)
+            link.publish(dict(response, result={"error": str(exc)}), volatile=True,
+                         channel=channel)
 
     def handle_response(self, message: dict[str, Any]) -> None:
         """An answer to one of our queries."""
