@@ -138,8 +138,10 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
                        ready=lambda: self.ready, event=self.runtime.event,
                        write_only=write_only)
         #: cluster-wide queries and commands (see :class:`ClusterView`)
-        self.cluster = ClusterView(link, self, s.request_timeout,
-                                   channel_of=lambda host_id: self.room_routes.node_channel(host_id))
+        # room_routes is made below: looked up when an answer goes out
+        self.cluster = ClusterView(
+            link, self, s.request_timeout,
+            channel_of=lambda host_id: self.room_routes.node_channel(host_id))
         #: first-join / last-leave room events (see :class:`Presence`)
         self.presence = Presence(link, lambda: named_rooms(self.rooms))
         #: this node's clock against the bus server's (see :mod:`.clock`)

@@ -44,6 +44,7 @@ from cluster.recovery.routing import ScanPage
 
 if TYPE_CHECKING:
     from cluster.node.server import ClusterServer
+    from cluster.recovery.stream import OffsetFacts
     from cluster.sessions.connection_sessions import ConnectionSessions
 
 logger = logging.getLogger("cluster.node.server")
@@ -65,8 +66,7 @@ class RecoveryReader(Protocol):
     """The reads of the recovery stream a replay needs (what the bus's
     ``bus_features(manager).recovery`` offers; defaults when unreadable)."""
 
-    def readable(self, offset: str) -> bool | None: ...
-    def contains(self, offset: str) -> bool | None: ...
+    def offset_facts(self, offset: str) -> OffsetFacts | None: ...
     def scan(self, offset: str, namespace: str, sid: str, rooms: Iterable[Any]
              ) -> ScanPage | None: ...
 
@@ -163,9 +163,7 @@ class RecoveryFlow:
         offset = replay_from(sessions.recovery_offset(environ, namespace), start,
                              sessions.recovery_rebased(environ, namespace))
         reason = trustworthy_offset(
-            offset, start,
-            lambda o: reader.contains(o) if reader is not None else None,
-            lambda o: reader.readable(o) if reader is not None else None)
+            offset, start, lambda o: reader.offset_facts(o) if reader is not None else None)
         replay = None
         if reason is None:
             rooms = sessions.saved_rooms(environ, namespace)

@@ -46,6 +46,7 @@ from cluster.recovery.routing import ScanPage
 
 if TYPE_CHECKING:
     from cluster.node.server import ClusterServer
+    from cluster.recovery.stream import OffsetFacts
 
 logger = logging.getLogger("cluster.recovery.replay")
 
@@ -364,16 +365,17 @@ def replay_from(offset: Any, start: str | None, rebased: str | None) -> Any:
     return offset
 
 
-def trustworthy_offset(offset: Any, start: str | None, exists: Callable[[str], bool | None],
-                       readable: Callable[[str], bool | None]) -> str | None:
+def trustworthy_offset(offset: Any, start: str | None,
+                       facts: Callable[[str], OffsetFacts | None]) -> str | None:
     """Why a replay from ``offset`` cannot be trusted, or ``None`` if it can.
 
     The offset must be one the server could have sent this session: no
     older than the session's recorded ``start`` and present in the stream
     (``start`` itself, where a client that received nothing resumes, need
-    not be), and nothing after it may have been trimmed. ``exists`` and
-    ``readable`` answer ``None`` when the stream could not be read, which
-    is said as such (not as a missing offset).
+    not be), and nothing after it may have been trimmed. ``facts`` reads
+    both from the stream (:meth:`.stream.RecoveryLog.offset_facts`), or
+    answers ``None`` when the stream could not be read, which is said as
+    such (not as a missing offset).
     """
     if start is None:
         return "the session has no recorded start"
@@ -382,15 +384,11 @@ def trustworthy_offset(offset: Any, start: str | None, exists: Callable[[str], b
         return "malformed offset"
     if first > client:
         return "offset older than the session's start"
-    if offset != start:
-        found = exists(offset)
-        if found is None:
-            return "the recovery log is unreadable"
-        if not found:
-            return "offset not in the recovery log"
-    trusted = readable(offset)
-    if trusted is None:
+    found = facts(offset)
+    if found is None:
         return "the recovery log is unreadable"
-    if not trusted:
+    if offset != start and not found.contains:
+        return "offset not in the recovery log"
+    if not found.readable:
         return "packets after the offset were trimmed"
     return None

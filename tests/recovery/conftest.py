@@ -23,8 +23,8 @@ class StreamReader:
     def readable(self, offset: str) -> bool:
         return self.log.readable(self.client, offset)
 
-    def contains(self, offset: str) -> bool:
-        return self.log.contains(self.client, offset)
+    def offset_facts(self, offset: str) -> Any:
+        return self.log.offset_facts(self.client, offset)
 
     def page(self, offset: str, count: int) -> Any:
         return self.log.page(self.client, offset, count)

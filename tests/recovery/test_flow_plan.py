@@ -66,10 +66,7 @@ def test_an_offset_it_cannot_trust_is_a_plain_resume(setup: Any, offset: str, re
 class _UnreadableReader:
     """What the node's reader answers while the recovery stream cannot be read."""
 
-    def readable(self, offset: str) -> None:
-        return None
-
-    def contains(self, offset: str) -> None:
+    def offset_facts(self, offset: str) -> None:
         return None
 
 

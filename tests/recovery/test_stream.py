@@ -94,13 +94,29 @@ def test_readable_checks_only_the_oldest_entry(redis_url: str) -> None:
     assert not log.readable(client, "nope")
 
 
+def test_offset_facts_say_in_one_read_what_contains_and_readable_say(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    codec = Codec()
+    log = RecoveryLog("chan7", opener(codec), window=60)
+    offsets = [log.append(client, codec.seal(_message(i), "h")) for i in range(4)]
+    client.xtrim(log.key, maxlen=2, approximate=False)  # the first two are trimmed
+    probes = [*offsets, "0-0", "1-0", "99999999999999-0", "x", None]
+    kept = set(offsets[2:])
+    for offset in probes:
+        assert log.offset_facts(client, offset) == (
+            offset in kept, log.readable(client, offset)), offset
+    assert log.offset_facts(client, offsets[3]) == (True, True)
+    assert log.offset_facts(client, offsets[0]) == (False, False)
+
+
 def test_reads_refuse_what_is_not_an_offset(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     codec = Codec()
     log = RecoveryLog("chan5", opener(codec), window=60)
     first = log.append(client, codec.seal(_message(1), "h"))
-    assert log.contains(client, first)
-    assert not log.contains(client, "1-0") and not log.contains(client, "x")
+    assert log.offset_facts(client, first).contains
+    assert not log.offset_facts(client, "1-0").contains
+    assert not log.offset_facts(client, "x").contains
     with pytest.raises(InvalidOffset):
         log.page(client, "-1-0", 10)
     assert [entry for entry, _, _ in log.page(client, "0-0", 10)] == [first]
@@ -112,7 +128,7 @@ def test_the_restart_point_is_the_head_or_a_mark_on_an_empty_stream(redis_url: s
     log = RecoveryLog("chan6", opener(codec), window=60)
     mark = log.restart_point(client, b"mark")
     assert Offset.parse(mark) is not None
-    assert log.last_offset(client) == mark and log.contains(client, mark)
+    assert log.last_offset(client) == mark and log.offset_facts(client, mark).contains
     head = log.append(client, codec.seal(_message(1), "h"))
     assert log.restart_point(client, b"mark") == head
     assert Offset.of(head) > Offset.of(mark)

@@ -17,7 +17,7 @@ import redis
 from cluster.bus.backends.redis_connection import RedisConnector, close_quietly
 from cluster.recovery.routing import ScanPage
 from cluster.recovery.shared_window import ScanSharing
-from cluster.recovery.stream import RecoveryLog, WindowEntry
+from cluster.recovery.stream import OffsetFacts, RecoveryLog, WindowEntry
 
 if TYPE_CHECKING:
     from cluster.bus.runtime import Runtime
@@ -150,11 +150,12 @@ class RedisRecoveryReader:
         found = self._read(self.log.readable, offset, default=None)
         return None if found is None else bool(found)
 
-    def contains(self, offset: str) -> bool | None:
-        """Whether ``offset`` is an entry of the stream; ``None`` when the
-        stream could not be read."""
-        found = self._read(self.log.contains, offset, default=None)
-        return None if found is None else bool(found)
+    def offset_facts(self, offset: str) -> OffsetFacts | None:
+        """Whether ``offset`` is an entry of the stream and whether a replay
+        from it can be trusted, in one read; ``None`` when the stream could
+        not be read."""
+        return self._read(self.log.offset_facts, offset,  # type: ignore[no-any-return]
+                          default=None)
 
     def page(self, offset: str, count: int
              ) -> list[tuple[str, dict[str, Any] | None, int]] | None:
