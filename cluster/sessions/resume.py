@@ -37,11 +37,8 @@ logger = logging.getLogger("cluster.sessions")
 #: asked of every node before a resume takes over a session: does a live
 #: connection of yours hold it? A silent node is taken as holding nothing.
 HOLDER_QUERY = "cluster:holds-session"
-#: a live node answers within one bus round trip (milliseconds); the wait
-#: is paid when a node died (SIGKILL) by the first resumes after it, until
-#: one of them found it silent: the next ones do not ask it (see
-#: ClusterView.server_side_call's skip_silent), rather than each holding an
-#: admission slot for this long until the heartbeats drop the node
+#: a live node answers within one bus round trip (milliseconds); the whole
+#: wait is paid only when the holder died (SIGKILL), by every resume from it
 HOLDER_TIMEOUT = 0.25
 #: seconds a CONNECT keeps trying to claim its session while the session
 #: store is unavailable, before it gets a new session (see claim_retrying)
@@ -176,8 +173,7 @@ def held_by_a_live_connection(sessions: ConnectionSessions, session_id: str) -> 
     from cluster.bus import ClusterRequestError, ClusterRequestTimeout
 
     try:
-        answers = cluster.server_side_call(HOLDER_QUERY, session_id, timeout=HOLDER_TIMEOUT,
-                                           skip_silent=True)
+        answers = cluster.server_side_call(HOLDER_QUERY, session_id, timeout=HOLDER_TIMEOUT)
     except ClusterRequestTimeout as exc:
         # a node that does not answer (killed, say) holds nothing any more
         answers = [a.get("result") for a in exc.partial.values() if isinstance(a, dict)]

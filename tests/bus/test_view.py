@@ -121,32 +121,3 @@ def test_an_answer_travels_on_the_asking_nodes_channel() -> None:
                            "op": "room_members", "reply": True,
                            "args": {"room": "x", "namespace": "/"}})
     assert [m["method"] for m in sent] == ["response"] and channels == ["c:node:b"]
-
-
-def test_a_node_silent_once_is_skipped_by_skip_silent_calls_until_its_next_heartbeat() -> None:
-    cluster, _, sent = view(peers=("b", "c"))
-
-    def answer_from(*peers: str) -> None:
-        def answer() -> None:
-            count = len(sent)
-            while len(sent) == count:
-                threading.Event().wait(0.005)
-            for peer in peers:
-                cluster.handle_response({"method": "response", "host_id": peer, "to": "a",
-                                         "req_id": sent[-1]["req_id"],
-                                         "result": {"result": False}})
-        threading.Thread(target=answer, daemon=True).start()
-
-    answer_from("b")  # c was killed: the first call waits for it, names it
-    with pytest.raises(ClusterRequestTimeout, match="node-c"):
-        cluster.server_side_call("holds", "s1", timeout=0.2, skip_silent=True)
-    answer_from("b")  # the next does not wait for c
-    assert cluster.server_side_call("holds", "s2", timeout=5, skip_silent=True) == [False]
-    # a call without skip_silent still asks every live node
-    answer_from("b")
-    with pytest.raises(ClusterRequestTimeout, match="node-c"):
-        cluster.server_side_call("holds", "s3", timeout=0.2)
-    cluster.link.nodes.seen("c", "node-c")  # c's heartbeat: it answers again
-    answer_from("b", "c")
-    assert cluster.server_side_call("holds", "s4", timeout=5, skip_silent=True) == [False, False]
-    assert cluster.link.nodes.ids(answering=True) == ["a", "b", "c"]

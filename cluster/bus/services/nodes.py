@@ -10,10 +10,7 @@ class NodeRegistry:
     """Last heartbeat of every listening node, this one included.
 
     A node is dropped after ``node_timeout`` seconds of silence, or at once
-    when it says goodbye. One that left a query unanswered is marked
-    *silent* until its next heartbeat (:meth:`mark_silent`): a node just
-    killed is, and a question whose "no answer" means "no" need not wait
-    for it again meanwhile. While this node's own subscription is down it hears
+    when it says goodbye. While this node's own subscription is down it hears
     nobody, so expiry is paused (``freeze``) and every peer gets a fresh grace
     period when the subscription comes back (``thaw``).
     """
@@ -36,15 +33,6 @@ class NodeRegistry:
             self._nodes[host_id] = {"name": name, "seen": time.monotonic(), "url": url}
             self._names[host_id] = name
         return new
-
-    def mark_silent(self, host_ids: list[str]) -> None:
-        """These nodes left a query unanswered (cleared by their next
-        heartbeat, which replaces their entry)."""
-        with self._lock:
-            for host_id in host_ids:
-                info = self._nodes.get(host_id)
-                if info is not None and host_id != self.host_id:
-                    info["silent"] = True
 
     def set_own_url(self, url: str | None) -> None:
         """This node's own HTTP address (what its heartbeats advertise)."""
@@ -88,11 +76,9 @@ class NodeRegistry:
                 del self._nodes[host_id]
         return gone
 
-    def ids(self, answering: bool = False) -> list[str]:
-        """The live nodes; with ``answering``, not those marked silent."""
+    def ids(self) -> list[str]:
         with self._lock:
-            return sorted(h for h, info in self._nodes.items()
-                          if not (answering and info.get("silent")))
+            return sorted(self._nodes)
 
     def name_of(self, host_id: str) -> str:
         return self._names.get(host_id, host_id)

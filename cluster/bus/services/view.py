@@ -178,23 +178,13 @@ class ClusterView:
         self.link.spawn(wait_and_call)
 
     def server_side_call(self, event: str, *args: Any, namespace: str = "/",
-                         timeout: float | None = None, skip_silent: bool = False
-                         ) -> list[Any]:
+                         timeout: float | None = None) -> list[Any]:
         """Like :meth:`server_side_emit` with an ack, but blocking: returns
-        the other nodes' return values.
-
-        :param skip_silent: do not ask (nor wait for) a node that left a
-            query unanswered since its last heartbeat, most likely a node
-            just killed that the heartbeats have not dropped yet (up to
-            ``node_timeout``, 3.5 s by default). For questions where no
-            answer counts as "no" (does any node hold this session?): the
-            first one after a crash waits ``timeout`` for the dead node,
-            the next ones do not. Default False: every live node is asked.
-        """
+        the other nodes' return values."""
         answers = self._ask("server_side_emit",
                             {"event": event, "args": list(args),
                              "namespace": namespace}, timeout,
-                            include_self=False, skip_silent=skip_silent)
+                            include_self=False)
         return self._values(answers)
 
     @staticmethod
@@ -213,7 +203,7 @@ class ClusterView:
         return None if to is None else self._rooms_list(to)
 
     def _ask(self, op: str, args: dict[str, Any], timeout: float | None,
-             include_self: bool = True, skip_silent: bool = False) -> dict[str, Any]:
+             include_self: bool = True) -> dict[str, Any]:
         link = self.link
         if link.write_only:
             raise ClusterRequestError(
@@ -222,7 +212,7 @@ class ClusterView:
         answers: dict[str, Any] = {}
         if include_self:
             answers[link.host_id] = self._apply(op, args)
-        peers = {h for h in link.nodes.ids(answering=skip_silent) if h != link.host_id}
+        peers = {h for h in link.nodes.ids() if h != link.host_id}
         if not peers:
             return answers
         if not link.ready():
@@ -244,7 +234,6 @@ class ClusterView:
         if pending.waiting:
             link.stats.incr("requests_timed_out")
             missing = sorted(pending.waiting)
-            link.nodes.mark_silent(missing)
             raise ClusterRequestTimeout(
                 f"Cluster query {op!r} timed out after {timeout} s waiting "
                 f"for node(s) {', '.join(link.nodes.name_of(h) for h in missing)}",
