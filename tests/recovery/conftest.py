@@ -20,9 +20,6 @@ class StreamReader:
     def __init__(self, log: RecoveryLog, client: Any) -> None:
         self.log, self.client = log, client
 
-    def readable(self, offset: str) -> bool:
-        return self.log.readable(self.client, offset)
-
     def offset_facts(self, offset: str) -> Any:
         return self.log.offset_facts(self.client, offset)
 
