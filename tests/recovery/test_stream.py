@@ -94,7 +94,8 @@ def test_readable_checks_only_the_oldest_entry(redis_url: str) -> None:
     assert not log.readable(client, "nope")
 
 
-def test_offset_facts_say_in_one_read_whether_an_offset_is_kept_and_readable(redis_url: str) -> None:
+def test_offset_facts_say_in_one_read_whether_an_offset_is_kept_and_readable(
+        redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     codec = Codec()
     log = RecoveryLog("chan7", opener(codec), window=60)
