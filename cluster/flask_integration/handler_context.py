@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import flask
 
 from cluster.exceptions import ConnectionRefusedError
+from cluster.flask_integration.event_context import EventRequestContext
 from session_store import SessionNotSaved
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class HandlerRunner:
                         handler: Callable[..., Any], message: str | None, namespace: str,
                         sid: str | None, call_args: tuple[Any, ...]) -> Any:
         socketio = self.socketio
-        request_context = app.request_context(environ)
+        request_context = EventRequestContext(app, environ)
         sessions = socketio.sessions if (live and socketio.manage_session) else None
         if sessions is not None:
             forked = sessions.session_for(environ)

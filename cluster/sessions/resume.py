@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from cluster.flask_integration.bound_session import BoundSession
+from cluster.flask_integration.event_context import EventRequestContext
 from cluster.recovery import history
 from cluster.sessions.connection_state import empty_record
 from session_store import (
@@ -55,7 +56,7 @@ def bind(sessions: ConnectionSessions, environ: dict[str, Any], auth: Any
     app = sessions.socketio.app
     if app is None or sessions.store is None:
         return None
-    with app.request_context(environ) as context:
+    with EventRequestContext(app, environ) as context:
         http_session = dict(context.session)
         identity = identity_of(sessions, auth, http_session)
     pid = auth.get("pid") if isinstance(auth, dict) else None

@@ -1,0 +1,77 @@
+"""The Flask request context of a Socket.IO event, with its URL matched once
+per connection.
+
+Every handler runs in a request context built from the environ of the
+request that opened the connection, as in Flask-SocketIO. Pushing one makes
+Flask match the request's URL against the application's routes
+(:meth:`flask.ctx.RequestContext.match_request`). For a Socket.IO connection
+the path is ``/socket.io/``, which no view serves, so the match raises
+``NotFound``, and Flask keeps the exception on the request
+(``request.routing_exception``) with its traceback. That traceback holds the
+frames of the push, and through them the request context that holds the
+exception: a reference cycle of about 55 objects per event (frames, the
+request, its context, the green thread's frame...), plus the cycle of
+werkzeug's recursive matching closure. Reference counting cannot free a
+cycle, so every event left its context for the garbage collector. Measured
+on one node at 600 emits/s (a room of ten, the fan-out benchmark's ``1x10``
+shape): a young collection every 1.6 s freed about 52,000 such objects and
+stopped the node for 40-70 ms each time, which was the p99 latency of that
+shape (68-90 ms, against a p50 of 1.3-2.5 ms).
+
+The URL of a connection does not change, and Flask allows no new route once
+the application has served a request, so the outcome of the match is the
+same for every event of a connection. :class:`EventRequestContext` matches
+once, keeps the outcome in the connection's environ (the rule and its
+arguments, or the routing exception without its traceback, so it holds no
+frame), and gives every later event of the connection the same
+``url_rule``, ``view_args`` and ``routing_exception`` a match would have
+given. Nothing else of the request context changes: the session is opened
+before the match as Flask does, and ``url_for`` uses the same URL adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flask
+from werkzeug.exceptions import HTTPException
+
+__all__ = ["MATCH_KEY", "EventRequestContext"]
+
+#: the environ key under which a connection keeps the outcome of its URL match
+MATCH_KEY = "cluster.url_match"
+
+
+class EventRequestContext(flask.ctx.RequestContext):
+    """A request context whose URL match is computed once per environ
+    (see the module doc); otherwise Flask's own."""
+
+    def match_request(self) -> None:
+        """Give the request the outcome of its URL match, taken from the
+        environ when this connection was matched before (against the same
+        URL map)."""
+        environ = self.request.environ
+        url_map = self.app.url_map
+        kept = environ.get(MATCH_KEY)
+        if kept is None or kept[0] is not url_map:
+            kept = (url_map, *self._match())
+            environ[MATCH_KEY] = kept
+        _, rule, view_args, error = kept
+        request = self.request
+        if error is not None:
+            request.routing_exception = error
+        else:
+            request.url_rule = rule
+            # a handler may change its request's view_args: each gets its own
+            request.view_args = dict(view_args) if view_args is not None else None
+
+    def _match(self) -> tuple[Any, Any, HTTPException | None]:
+        try:
+            rule, view_args = self.url_adapter.match(return_rule=True)  # type: ignore[union-attr]
+        except HTTPException as exc:
+            # without its traceback and the exception it was raised from
+            # (werkzeug's NoMatch, with a traceback of its own), the kept
+            # exception holds no frame, and through them no request context
+            exc.__context__ = exc.__cause__ = None
+            return None, None, exc.with_traceback(None)
+        return rule, view_args, None

@@ -1,0 +1,98 @@
+"""The request context of an event: its URL matched once per connection,
+and no reference cycle left behind."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask, request
+from werkzeug.exceptions import NotFound
+from werkzeug.test import EnvironBuilder
+
+from cluster import SocketIO
+from cluster.flask_integration.event_context import MATCH_KEY, EventRequestContext
+
+
+def _app_with_catch_all() -> Flask:
+    app = Flask(__name__)
+
+    @app.route("/<path:anything>")
+    def catch_all(anything: str) -> str:
+        return anything
+
+    return app
+
+
+def test_an_unrouted_path_gets_the_not_found_a_match_gives() -> None:
+    app = Flask(__name__)
+    environ = EnvironBuilder(path="/socket.io/").get_environ()
+    with app.request_context(environ):
+        expected = request.routing_exception
+    for _ in range(2):  # matched, then taken from the environ
+        with EventRequestContext(app, environ):
+            assert isinstance(request.routing_exception, NotFound)
+            assert type(request.routing_exception) is type(expected)
+            assert request.url_rule is None and request.view_args is None
+    assert environ[MATCH_KEY][0] is app.url_map
+
+
+def test_a_routed_path_gets_its_rule_and_own_view_args() -> None:
+    app = _app_with_catch_all()
+    environ = EnvironBuilder(path="/socket.io/").get_environ()
+    seen = []
+    for _ in range(2):
+        with EventRequestContext(app, environ):
+            assert request.routing_exception is None
+            assert request.url_rule is not None and request.url_rule.endpoint == "catch_all"
+            assert request.view_args == {"anything": "socket.io/"}
+            request.view_args["anything"] = "changed by a handler"
+            seen.append(request.view_args)
+    assert seen[0] is not seen[1]  # one handler's change does not reach the next
+
+
+def test_the_kept_exception_holds_no_frame() -> None:
+    app = Flask(__name__)
+    environ = EnvironBuilder(path="/socket.io/").get_environ()
+    with EventRequestContext(app, environ):
+        error = request.routing_exception
+    assert error.__traceback__ is None
+    assert error.__context__ is None and error.__cause__ is None
+
+
+@pytest.fixture()
+def collector_paused() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_events_leave_no_garbage_cycles(collector_paused: None) -> None:
+    # before: each event's request context stayed in a cycle through the
+    # traceback of its routing exception, about 55 objects per event that
+    # only the garbage collector could free (and stopped the node to)
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test"
+    socketio = SocketIO(app)
+
+    @socketio.on("ping_me")
+    def ping_me(data: Any) -> Any:
+        return {"path": request.path, "data": data}
+
+    client = socketio.test_client(app)
+    try:
+        client.emit("ping_me", 0, callback=True)  # the first event matches
+        gc.collect()
+        for number in range(200):
+            assert client.emit("ping_me", number, callback=True)["data"] == number
+        freed = gc.collect()
+    finally:
+        client.disconnect()
+    # 11,800 before (59 per event); none now, a few allowed for whatever
+    # else the test client keeps
+    assert freed < 50, f"{freed} objects in reference cycles after 200 events"
