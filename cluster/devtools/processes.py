@@ -29,7 +29,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -51,6 +53,11 @@ __all__ = [
 
 # The system Redis usually listens here; a local cluster must never touch it.
 _SYSTEM_REDIS_PORT = 6379
+#: ports free_port handed out, oldest first, and how many it remembers (a
+#: fraction of Linux's ~28,000 ephemeral ports, so a pick always exists)
+_HANDED_OUT: OrderedDict[int, None] = OrderedDict()
+_HANDED_OUT_KEPT = 4096
+_HANDED_OUT_LOCK = threading.Lock()
 # Where Debian puts haproxy; not on a non-root user's PATH.
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
@@ -122,14 +129,23 @@ def find_executable(name: str, package: str) -> str:
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on ``host`` that nothing listens on right now.
 
-    The kernel picks it; 6379 (the system Redis) is never returned.
+    The kernel picks it; 6379 (the system Redis) is never returned, and
+    neither is a port this process was given before: a port is free until
+    whoever asked for it binds it, so two processes started one after the
+    other (two nodes of one test, each still importing its application)
+    could otherwise both be given the same one.
     """
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port: int = sock.getsockname()[1]
-        if port != _SYSTEM_REDIS_PORT:
-            return port
+    with _HANDED_OUT_LOCK:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port: int = sock.getsockname()[1]
+            if port != _SYSTEM_REDIS_PORT and port not in _HANDED_OUT:
+                _HANDED_OUT[port] = None
+                if len(_HANDED_OUT) > _HANDED_OUT_KEPT:
+                    # long given out: bound by their owner by now, or let go
+                    _HANDED_OUT.popitem(last=False)
+                return port
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:

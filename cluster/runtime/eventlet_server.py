@@ -62,7 +62,15 @@ logger = logging.getLogger("cluster.node")
 def listen(host: str, port: int, *, tcp_nodelay: bool = True, backlog: int = 2048) -> Any:
     """An eventlet listening socket with the node's socket options."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = eventlet.listen((host, port), family=family, backlog=backlog, reuse_addr=True)
+    # not SO_REUSEPORT, which eventlet.listen sets by default on a given
+    # port: with it a second node started on a port already served binds
+    # too, and the kernel splits the connections between the two processes
+    # without a word (seen in the test suite: two nodes given one port, a
+    # client "of" one node connected to the other). Without it the second
+    # bind fails with EADDRINUSE, which the runner reports; gevent's
+    # listener never set it.
+    sock = eventlet.listen((host, port), family=family, backlog=backlog, reuse_addr=True,
+                           reuse_port=False)
     if tcp_nodelay:
         # accepted sockets inherit TCP_NODELAY from the listener on Linux
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

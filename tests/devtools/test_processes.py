@@ -141,3 +141,11 @@ def test_node_that_never_becomes_healthy_is_stopped(fake_node_path: str) -> None
     with pytest.raises(ProcessStartError, match="did not become ready within 1 s"):
         node.start()
     assert not node.is_running()
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    # a port is free until its owner binds it: two nodes of one test, asked
+    # for one after the other, were once given the same port (and, with
+    # SO_REUSEPORT, both listened on it)
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
