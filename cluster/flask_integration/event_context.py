@@ -27,6 +27,9 @@ frame), and gives every later event of the connection the same
 ``url_rule``, ``view_args`` and ``routing_exception`` a match would have
 given. Nothing else of the request context changes: the session is opened
 before the match as Flask does, and ``url_for`` uses the same URL adapter.
+(Handlers get this class, not ``app.request_context()``: an application
+that overrides that method to install its own context class is not
+followed, as Flask itself offers no setting for the class.)
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ class EventRequestContext(flask.ctx.RequestContext):
         _, rule, view_args, error = kept
         request = self.request
         if error is not None:
+            if error.__traceback__ is not None:
+                # a handler raised it: the frames it now holds would stay
+                # with the connection
+                error.with_traceback(None)
             request.routing_exception = error
         else:
             request.url_rule = rule

@@ -60,6 +60,12 @@ def test_the_kept_exception_holds_no_frame() -> None:
         error = request.routing_exception
     assert error.__traceback__ is None
     assert error.__context__ is None and error.__cause__ is None
+    try:  # a handler that raises it gives it a traceback...
+        raise error
+    except NotFound:
+        pass
+    with EventRequestContext(app, environ):  # ...which the next event drops
+        assert request.routing_exception is error and error.__traceback__ is None
 
 
 @pytest.fixture()
