@@ -65,7 +65,7 @@ class EventRequestContext(flask.ctx.RequestContext):
             if error.__traceback__ is not None:
                 # a handler raised it: the frames it now holds would stay
                 # with the connection
-                error.with_traceback(None)
+                _drop_frames(error)
             request.routing_exception = error
         else:
             request.url_rule = rule
@@ -76,9 +76,13 @@ class EventRequestContext(flask.ctx.RequestContext):
         try:
             rule, view_args = self.url_adapter.match(return_rule=True)  # type: ignore[union-attr]
         except HTTPException as exc:
-            # without its traceback and the exception it was raised from
-            # (werkzeug's NoMatch, with a traceback of its own), the kept
-            # exception holds no frame, and through them no request context
-            exc.__context__ = exc.__cause__ = None
-            return None, None, exc.with_traceback(None)
+            return None, None, _drop_frames(exc)
         return rule, view_args, None
+
+
+def _drop_frames(exc: HTTPException) -> HTTPException:
+    """``exc`` without its traceback and the exception it was raised from
+    or during (werkzeug's NoMatch at the match, with a traceback of its
+    own): kept, it then holds no frame, and through them no request context."""
+    exc.__context__ = exc.__cause__ = None
+    return exc.with_traceback(None)

@@ -60,12 +60,17 @@ def test_the_kept_exception_holds_no_frame() -> None:
         error = request.routing_exception
     assert error.__traceback__ is None
     assert error.__context__ is None and error.__cause__ is None
-    try:  # a handler that raises it gives it a traceback...
-        raise error
+    try:  # a handler that raises it, while handling another error, gives
+        try:  # it a traceback and a context...
+            raise KeyError("handled")
+        except KeyError:
+            raise error  # noqa: B904 - the context is what this checks
     except NotFound:
         pass
+    assert error.__traceback__ is not None and error.__context__ is not None
     with EventRequestContext(app, environ):  # ...which the next event drops
-        assert request.routing_exception is error and error.__traceback__ is None
+        assert request.routing_exception is error
+        assert error.__traceback__ is None and error.__context__ is None
 
 
 @pytest.fixture()
