@@ -194,18 +194,6 @@ class Subscription:
         for callback in self._on_subscribed:
             callback()
 
-    def resubscribed(self, reason: str) -> None:
-        """The driver re-subscribed by itself after losing the connection.
-
-        redis-py does this under its pubsub object: it reconnects and
-        re-subscribes without telling anyone. Messages published in between
-        are lost to this node, exactly as in an outage we noticed, so it is
-        reported the same way: logged as lost and restored, counted in
-        ``reconnects``, the node registry and presence resynchronised.
-        """
-        self.lost(ConnectionError(reason))
-        self.up()
-
     def lost(self, exc: BaseException | None = None) -> None:
         """The subscription is gone (the transport retries by itself)."""
         if self.subscribed:

@@ -24,9 +24,8 @@ Unless given, connect timeout is 2 s, socket timeout 5 s and redis-py
 retries once without delay: backoff is the manager's, capped at
 ``max_backoff``, never redis-py's (up to 10 s).
 
-redis-py reconnects a pub/sub connection by itself when a read fails and
-re-subscribes, silently; the listener notices by the second subscription
-confirmation and reports it like any lost subscription (logged, counted in
+The subscriber connection is read by :mod:`.redis_pushes`: when it breaks,
+the listener resubscribes and reports the outage (logged, counted in
 ``reconnects``). Redis cuts a subscriber that falls behind by more than
 ``client-output-buffer-limit pubsub`` (32 MB by default), which is why a
 message is capped at ``max_message_bytes`` (8 MiB) before it is sent.

@@ -16,6 +16,7 @@ import redis
 
 from cluster.bus.backends.redis_access import server_time
 from cluster.bus.backends.redis_connection import RedisConnector, close_quietly
+from cluster.bus.backends.redis_pushes import PushConnection, PushMessage
 from cluster.bus.backends.redis_recovery import RedisRecoveryReader
 from cluster.bus.runtime import Backoff
 from cluster.bus.transport import Subscription, Transport
@@ -60,16 +61,8 @@ def _moved_to(reply: Any) -> tuple[str, int] | None:
 #: bus messages handled back to back before the listener yields
 LISTEN_BURST = 64
 
-RESUBSCRIBED = (
-    "Redis closed the subscriber connection and redis-py re-subscribed; "
-    "messages published meanwhile were missed. If this repeats, this node "
-    "reads the bus too slowly or bursts of large messages pass Redis's "
-    "client-output-buffer-limit for pubsub (32 MB by default): lower "
-    "max_message_bytes or raise that limit")
-
-
-_SUBSCRIBED = ("subscribe", "ssubscribe")
-_UNSUBSCRIBED = ("unsubscribe", "sunsubscribe")
+_SUBSCRIBED = (b"subscribe", b"ssubscribe")
+_UNSUBSCRIBED = (b"unsubscribe", b"sunsubscribe")
 
 
 class _ShardChannels:
@@ -86,12 +79,9 @@ class _ShardChannels:
         self.pubsub.sunsubscribe(*channels)
 
 
-def _channel_name(message: dict[str, Any]) -> str | None:
+def _channel_name(message: PushMessage) -> str:
     """The channel a pub/sub message or confirmation is about."""
-    channel = message.get("channel")
-    if isinstance(channel, bytes):
-        return channel.decode("utf-8", "replace")
-    return channel if isinstance(channel, str) else None
+    return message[1].decode("utf-8", "replace")
 
 
 def raise_refused(results: list[str | None | Exception]) -> list[str | None]:
@@ -119,6 +109,7 @@ class RedisTransport(Transport):
     def __init__(self, connector: RedisConnector, log: RecoveryLog | None) -> None:
         self.connector = connector
         self.channel = connector.channel
+        self._channel_bytes = self.channel.encode()
         self.log = log
         self.logs_recovery = log is not None
         # on Redis Cluster, room and node channels are named into the common
@@ -311,7 +302,7 @@ class RedisTransport(Transport):
         """Subscribe to the common channel and every followed one; returns
         the client, its pub/sub and what the follower sends its changes to."""
         client = self.connector.client()
-        pubsub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
+        pubsub = PushConnection(client)
         follower = self.follower if self.routes else None
         commands = _ShardChannels(pubsub) if self.connector.sharded else pubsub
         try:
@@ -335,7 +326,7 @@ class RedisTransport(Transport):
             # to the room channels of the clients connected so far too
             for _ in range(50):
                 message = pubsub.get_message(timeout=0.1)
-                if message and message["type"] in _SUBSCRIBED:
+                if message and message[0] in _SUBSCRIBED:
                     if not self._is_common(message):
                         self._confirmed(message)
                     expected.discard(_channel_name(message))
@@ -348,18 +339,17 @@ class RedisTransport(Transport):
             pubsub.close()
             raise
 
-    def _is_common(self, message: dict[str, Any]) -> bool:
-        return _channel_name(message) == self.channel
+    def _is_common(self, message: PushMessage) -> bool:
+        return message[1] == self._channel_bytes
 
-    def _confirmed(self, message: dict[str, Any]) -> None:
+    def _confirmed(self, message: PushMessage) -> None:
         """A room or node channel's subscription is in place."""
-        channel = _channel_name(message)
-        if self.follower is not None and channel is not None:
-            self.follower.confirmed(channel)
+        if self.follower is not None:
+            self.follower.confirmed(_channel_name(message))
 
     def listen(self, subscription: Subscription) -> Iterator[bytes]:
         backoff = Backoff(cap=subscription.max_backoff)
-        data_type = "smessage" if self.connector.sharded else "message"
+        data_type = b"smessage" if self.connector.sharded else b"message"
         while not subscription.closed:
             pubsub = commands = None
             try:
@@ -387,22 +377,14 @@ class RedisTransport(Transport):
                             raise ConnectionError(
                                 "subscribed but not even our own heartbeats arrive")
                         continue
-                    kind = message["type"]
+                    kind = message[0]
                     if kind == data_type:
-                        yield message["data"]
+                        yield message[2]
                     elif not self._is_common(message):
                         if kind in _SUBSCRIBED:  # a room's, asked for by the follower
                             self._confirmed(message)
                         elif kind in _UNSUBSCRIBED and self.follower is not None:
-                            channel = _channel_name(message)
-                            if channel is not None:
-                                self.follower.unsubscribed(channel)
-                    elif kind in _SUBSCRIBED:
-                        # _subscribe took the first confirmation: another one
-                        # means redis-py lost the connection and re-subscribed
-                        # on its own (e.g. Redis cut us at its pub/sub output
-                        # buffer limit); what was published meanwhile is lost
-                        subscription.resubscribed(RESUBSCRIBED)
+                            self.follower.unsubscribed(_channel_name(message))
                     elif kind in _UNSUBSCRIBED:
                         # e.g. the channel's slot moved to another shard
                         # (a Redis Cluster failover): the publisher follows
