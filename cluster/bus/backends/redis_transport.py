@@ -18,6 +18,7 @@ from cluster.bus.backends.redis_access import server_time
 from cluster.bus.backends.redis_connection import RedisConnector, close_quietly
 from cluster.bus.backends.redis_pushes import PushConnection, PushMessage
 from cluster.bus.backends.redis_recovery import RedisRecoveryReader
+from cluster.bus.backends.redis_wire import WireConnection, WirePipeline
 from cluster.bus.runtime import Backoff
 from cluster.bus.transport import Subscription, Transport
 from cluster.recovery.stream import RecoveryLog
@@ -117,6 +118,8 @@ class RedisTransport(Transport):
         # there, and one shard connection keeps every channel in publish order
         self.routes = True
         self._pub: redis.Redis | None = None
+        # the publisher client and the connection its pipelines are written on
+        self._wire: tuple[redis.Redis, WireConnection] | None = None
         # set by the listener when the server took our subscription away
         # (on Redis Cluster: the channel's slot left that primary, e.g. a
         # failover made it a replica); the publisher then moves too, at its
@@ -207,11 +210,22 @@ class RedisTransport(Transport):
                 else log.offset_from(reply) if append and log is not None else None
                 for reply, append in zip(replies, logged, strict=True)]
 
+    def _wire_of(self, client: redis.Redis) -> WireConnection:
+        """The connection the publisher's pipelines use (see
+        :mod:`.redis_wire`), one per publisher client: a new client (a
+        failover, a broken connection) gets a new one."""
+        made = self._wire
+        if made is not None and made[0] is client and not made[1].broken:
+            return made[1]
+        wire = WireConnection(client)
+        self._wire = (client, wire)
+        return wire
+
     def _pipeline(self, log: RecoveryLog | None, payloads: list[bytes], logged: list[bool],
                   routes: list[str | None]) -> list[Any]:
         """Send ``payloads`` in one pipeline; the replies, errors in place."""
         client = self._publisher()  # referenced until the replies are in
-        pipe = client.pipeline(transaction=False)
+        pipe = WirePipeline(self._wire_of(client))
         command = pipe.spublish if self.connector.sharded else pipe.publish
         for payload, append, channel in zip(payloads, logged, routes, strict=True):
             if append and log is not None:
@@ -294,6 +308,9 @@ class RedisTransport(Transport):
     def close(self) -> None:
         client, self._pub = self._pub, None
         close_quietly(client)
+        made, self._wire = self._wire, None
+        if made is not None:
+            made[1].close()
         if isinstance(self.recovery, RedisRecoveryReader):
             self.recovery.close()
 
