@@ -2,9 +2,14 @@
 against a real Redis."""
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import redis
 
+from cluster.bus.backends.redis_connection import RedisConnector
+from cluster.bus.backends.redis_transport import RedisTransport
 from cluster.bus.backends.redis_wire import (
     INCOMPLETE,
     ProtocolError,
@@ -112,3 +117,38 @@ def test_a_partial_reply_waits_for_the_rest(partial: bytes) -> None:
 def test_what_redis_never_sends_drops_the_connection(garbage: bytes) -> None:
     with pytest.raises(ProtocolError):
         parse_reply(bytearray(garbage), 0)
+
+
+def test_a_forked_child_publishes_on_a_connection_of_its_own(redis_server) -> None:
+    # a Celery prefork worker inherits an emitter that published in its parent
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    transport = RedisTransport(RedisConnector(url, None, False, "wire-fork"), None)
+    watcher = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    listener = watcher.pubsub()
+    listener.subscribe("wire-fork")
+    try:
+        transport.send([b"parent 1"])
+        inherited = transport._wire_of(transport._publisher())
+        pid = os.fork()
+        if pid == 0:  # the child: publish, then leave without running pytest's exit
+            code = 1
+            try:
+                transport.send([b"child"])
+                # not on the socket it shares with its parent
+                code = 0 if transport._wire_of(transport._publisher()) is not inherited else 2
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        transport.send([b"parent 2"])  # the parent's connection was left alone
+        assert transport._wire_of(transport._publisher()) is inherited
+        got = []
+        deadline = time.monotonic() + 5
+        while len(got) < 3 and time.monotonic() < deadline:
+            message = listener.get_message(timeout=0.5)
+            if message and message["type"] == "message":
+                got.append(message["data"])
+        assert got == [b"parent 1", b"child", b"parent 2"]
+    finally:
+        listener.close()
+        watcher.close()
+        transport.close()

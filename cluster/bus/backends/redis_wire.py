@@ -26,7 +26,9 @@ pipelines are :class:`WirePipeline`.
 """
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from typing import Any
 
 import redis
@@ -161,8 +163,10 @@ class WireConnection:
         #: held by a pipeline from its write to its last reply, so two
         #: callers' replies never interleave
         self.exchange_lock = threading.Lock()
-        #: a read or write failed: the connection is of no further use
+        #: a read or write failed, or the process forked: the connection is
+        #: of no further use (here)
         self.broken = False
+        _OPEN.add(self)
 
     def send(self, data: bytes) -> None:
         """Write ``data`` (whole commands) on the connection."""
@@ -274,6 +278,26 @@ class WirePipeline:
                 if isinstance(reply, Exception):
                     raise reply
         return replies
+
+
+#: every connection of this process, so that a forked child stops using them
+_OPEN: weakref.WeakSet[WireConnection] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a forked child (a Celery prefork worker given an emitter that
+    had published in its parent), a connection inherited from the parent
+    shares the parent's socket: replies would go to whichever process
+    reads first. Each is marked broken, so its user makes a new one; the
+    inherited one is let go, and redis-py closes only this process's copy
+    of its socket (it shuts a socket down only in the process that
+    connected it). redis-py checks its pools' pid on every command for the
+    same reason; a fork hook costs nothing per command."""
+    for wire in list(_OPEN):
+        wire.broken = True
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def connected_socket(connection: Any) -> Any:
