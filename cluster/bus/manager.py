@@ -35,6 +35,7 @@ from typing import Any, cast
 from socketio.packet import Packet
 
 from cluster import compat
+from cluster.bus.binary_data import has_binary
 from cluster.bus.channels import ChannelFollower, node_channel
 from cluster.bus.clock import ClockWatch
 from cluster.bus.codec import Codec
@@ -324,7 +325,7 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
             if room is None:
                 raise ValueError("Cannot use callback without a room set.")
         args = list(data) if isinstance(data, tuple) else [data]
-        binary = Packet.data_is_binary(args)
+        binary = has_binary(args)
         if binary:
             args, attachments = Packet.deconstruct_binary(args)
             args = [args, *(base64.b64encode(a).decode() for a in attachments)]
