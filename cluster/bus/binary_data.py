@@ -9,7 +9,8 @@ its samples there. :func:`has_binary` gives the same answer (bytes anywhere insi
 and dicts, the containers python-socketio descends; tuples and other types
 are not looked into, as there) with plain loops that stop at the first
 bytes found, about 1.8 times as fast on a typical event (an event name and
-a dict of six fields). The bus manager calls it, and the node's packet class (:class:`cluster.node.packets.ClusterPacket`) answers
+a dict of six fields). The bus manager calls it, and the node's packet
+class (:class:`cluster.node.packets.ClusterPacket`) answers
 ``data_is_binary`` with it.
 """
 from __future__ import annotations
