@@ -119,6 +119,17 @@ def test_what_redis_never_sends_drops_the_connection(garbage: bytes) -> None:
         parse_reply(bytearray(garbage), 0)
 
 
+def test_a_connection_that_read_garbage_is_broken(client) -> None:
+    wire = WireConnection(client)
+    try:
+        wire._buffer += b"?what\r\n"  # as if Redis had sent it
+        with pytest.raises(ProtocolError):
+            wire.next_reply(0)
+        assert wire.broken
+    finally:
+        wire.close()
+
+
 def test_a_forked_child_publishes_on_a_connection_of_its_own(redis_server) -> None:
     # a Celery prefork worker inherits an emitter that published in its parent
     url = f"redis://127.0.0.1:{redis_server.port}/0"

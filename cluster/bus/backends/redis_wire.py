@@ -189,7 +189,11 @@ class WireConnection:
         """
         while True:
             if self._pos < len(self._buffer):
-                value, pos = parse_reply(self._buffer, self._pos)
+                try:
+                    value, pos = parse_reply(self._buffer, self._pos)
+                except ProtocolError:
+                    self.broken = True
+                    raise
                 if value is not INCOMPLETE:
                     self._pos = pos
                     if pos == len(self._buffer):
