@@ -268,8 +268,11 @@ class Outbox:
         backoff = Backoff(cap=self.max_backoff)
         refused_since: float | None = None
         while True:
-            if self._drop_stale(batch) and not batch:
+            if self._drop_stale(batch) and not batch and self.healthy:
                 return True
+            # (all of a failed batch dropped as stale: the probe below must
+            # still make the outbox healthy, or it would wait for a message
+            # that never comes, as heartbeats are refused while unhealthy)
             try:
                 if not self.healthy and self.failed_since is not None \
                         and self.before_resume is not None:

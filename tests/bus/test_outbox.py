@@ -186,3 +186,32 @@ def test_what_was_queued_before_the_node_was_paused_is_dropped_not_published_lat
     finally:
         box.close(timeout=1)
         thread.join(5)
+
+
+def test_a_failed_batch_dropped_whole_as_stale_leaves_the_outbox_healthy_again() -> None:
+    # seen in CI: a node frozen mid-publish woke to a timed-out pipeline; the
+    # retry dropped the batch as queued before the pause and returned, and
+    # with heartbeats refused while unhealthy, /readyz stayed 503
+    import time
+
+    bus = FlakyBus()
+    runtime = _PausedRuntime()
+    stats = BusStats()
+    box = Outbox(runtime, bus.send, stats, log, connect=bus.connect, max_backoff=0.05)
+    thread = threading.Thread(target=box.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: box.healthy)
+        bus.down = True
+        assert box.put("before")
+        wait_for(lambda: not box.healthy)
+        runtime.found = time.monotonic()  # the pause is found: "before" is stale
+        assert not box.put("heartbeat", volatile=True)  # refused while unhealthy
+        bus.down = False
+        wait_for(lambda: box.healthy)
+        assert bus.sent == [] and stats.get("dropped_after_pause") == 1
+        assert box.put("heartbeat", volatile=True)
+        wait_for(lambda: bus.sent == ["heartbeat"])
+    finally:
+        box.close(timeout=1)
+        thread.join(5)
