@@ -40,32 +40,30 @@ class PushConnection:
     """A subscriber connection.
 
     :param client: the redis-py client whose connection options to use.
+    :param sharded: Redis Cluster's sharded pub/sub (``SSUBSCRIBE``).
 
     :meth:`get_message` is called by one task (the listener);
     :meth:`subscribe` and the other commands may come from any task.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, sharded: bool = False) -> None:
         self._wire = WireConnection(client, CLOSED_BY_REDIS)
+        # Redis Cluster's shard channels take SSUBSCRIBE/SUNSUBSCRIBE
+        self._subscribe, self._unsubscribe = ((b"SSUBSCRIBE", b"SUNSUBSCRIBE") if sharded
+                                              else (b"SUBSCRIBE", b"UNSUBSCRIBE"))
 
     def _send(self, *parts: bytes | str) -> None:
         self._wire.send(encode_command(parts))
 
     def subscribe(self, *channels: str) -> None:
+        """Subscribe to ``channels`` (shard channels when ``sharded``)."""
         if channels:
-            self._send(b"SUBSCRIBE", *channels)
+            self._send(self._subscribe, *channels)
 
     def unsubscribe(self, *channels: str) -> None:
+        """Unsubscribe from ``channels`` (shard channels when ``sharded``)."""
         if channels:
-            self._send(b"UNSUBSCRIBE", *channels)
-
-    def ssubscribe(self, *channels: str) -> None:
-        if channels:
-            self._send(b"SSUBSCRIBE", *channels)
-
-    def sunsubscribe(self, *channels: str) -> None:
-        if channels:
-            self._send(b"SUNSUBSCRIBE", *channels)
+            self._send(self._unsubscribe, *channels)
 
     def ping(self) -> None:
         self._send(b"PING")

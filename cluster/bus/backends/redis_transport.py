@@ -66,20 +66,6 @@ _SUBSCRIBED = (b"subscribe", b"ssubscribe")
 _UNSUBSCRIBED = (b"unsubscribe", b"sunsubscribe")
 
 
-class _ShardChannels:
-    """A pub/sub's subscribe/unsubscribe as shard channels (SSUBSCRIBE,
-    SUNSUBSCRIBE): what the follower and the listener call on Redis Cluster."""
-
-    def __init__(self, pubsub: Any) -> None:
-        self.pubsub = pubsub
-
-    def subscribe(self, *channels: str) -> None:
-        self.pubsub.ssubscribe(*channels)
-
-    def unsubscribe(self, *channels: str) -> None:
-        self.pubsub.sunsubscribe(*channels)
-
-
 def _channel_name(message: PushMessage) -> str:
     """The channel a pub/sub message or confirmation is about."""
     return message[1].decode("utf-8", "replace")
@@ -315,29 +301,29 @@ class RedisTransport(Transport):
             self.recovery.close()
 
     # -- listening ----------------------------------------------------------------
-    def _subscribe(self) -> tuple[Any, Any, Any]:
+    def _subscribe(self) -> tuple[Any, PushConnection]:
         """Subscribe to the common channel and every followed one; returns
-        the client, its pub/sub and what the follower sends its changes to."""
+        the client and its pub/sub connection (to which the follower sends
+        its changes)."""
         client = self.connector.client()
-        pubsub = PushConnection(client)
+        pubsub = PushConnection(client, self.connector.sharded)
         follower = self.follower if self.routes else None
-        commands = _ShardChannels(pubsub) if self.connector.sharded else pubsub
         try:
             expected = {self.channel}
             if follower is None:
-                commands.subscribe(self.channel)
+                pubsub.subscribe(self.channel)
             else:
                 first = follower.followed()
                 # one command, so one connection (one shard on a cluster:
                 # every channel is in the common one's slot)
-                commands.subscribe(self.channel, *first)
+                pubsub.subscribe(self.channel, *first)
                 # from now on follows go to this connection; one made since
                 # the snapshot either finds it set or is in followed() now
-                follower.attach(commands, first)
+                follower.attach(pubsub, first)
                 missed = sorted(set(follower.followed()) - set(first))
                 if missed:
                     follower.sent(missed)
-                    commands.subscribe(*missed)
+                    pubsub.subscribe(*missed)
                 expected.update(first, missed)
             # wait for every confirmation: only then are we really listening,
             # to the room channels of the clients connected so far too
@@ -348,11 +334,11 @@ class RedisTransport(Transport):
                         self._confirmed(message)
                     expected.discard(_channel_name(message))
                     if not expected:
-                        return client, pubsub, commands
+                        return client, pubsub
             raise TimeoutError("no subscription confirmation within 5 s")
         except Exception:
             if follower is not None:
-                follower.detach(commands)
+                follower.detach(pubsub)
             pubsub.close()
             raise
 
@@ -368,9 +354,9 @@ class RedisTransport(Transport):
         backoff = Backoff(cap=subscription.max_backoff)
         data_type = b"smessage" if self.connector.sharded else b"message"
         while not subscription.closed:
-            pubsub = commands = None
+            pubsub = None
             try:
-                client, pubsub, commands = self._subscribe()
+                client, pubsub = self._subscribe()
                 subscription.up()
                 backoff.reset()
                 burst = 0
@@ -411,10 +397,7 @@ class RedisTransport(Transport):
                 if not subscription.retry_after(exc, backoff):
                     break
             finally:
-                if self.follower is not None and commands is not None:
-                    self.follower.detach(commands)
                 if pubsub is not None:
-                    try:
-                        pubsub.close()
-                    except Exception:  # broken connection: nothing to close
-                        pass
+                    if self.follower is not None:
+                        self.follower.detach(pubsub)
+                    pubsub.close()  # safe on a broken connection
