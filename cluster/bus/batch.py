@@ -64,13 +64,16 @@ class Item:
     """
 
     __slots__ = ("body", "size", "volatile", "logged", "waiter", "payload", "sealed_at",
-                 "queued_at", "channel")
+                 "queued_at", "channel", "lane")
 
     def __init__(self, body: str, volatile: bool, logged: bool, waiter: Waiter | None,
                  channel: str | None = None) -> None:
         self.body, self.volatile, self.logged, self.waiter = body, volatile, logged, waiter
         #: the channel it travels on (None: the common one, see :mod:`.channels`)
         self.channel = channel
+        #: the lane of its channel, set by the sender as it seals (see
+        #: :mod:`.backends.redis_lanes`: receivers order each lane apart)
+        self.lane = 0
         self.size = encoded_size(body)
         self.payload: bytes | None = None
         self.sealed_at = 0.0
@@ -118,19 +121,26 @@ def settle(batch: list[Item], results: list[Result]) -> Settled:
                            f"for {len(batch)} messages")
     kept: list[Item] = []
     error: Exception | None = None
-    logged_ok = after_refusal = False
+    logged_ok = False
+    # receivers order each lane apart (see .codec), so rule 2 is per lane:
+    # lanes with a refusal, and those of them where a later item went through
+    refused_lanes: set[int] = set()
+    after_refusal: set[int] = set()
     for item, result in zip(batch, results, strict=True):
         if isinstance(result, Exception):
             kept.append(item)
+            refused_lanes.add(item.lane)
             error = error or result
         else:
             logged_ok = logged_ok or item.logged
-            after_refusal = after_refusal or bool(kept)
+            if item.lane in refused_lanes:
+                after_refusal.add(item.lane)
     if after_refusal:
         # rule 2: their original sequence numbers now lie below one the
         # receivers saw from us, so those seals would be dropped as replays
         for item in kept:
-            item.payload = None
+            if item.lane in after_refusal:
+                item.payload = None
     return Settled(len(batch) - len(kept), kept, error, logged_ok)
 
 

@@ -58,7 +58,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 #: seconds a join waits for Redis to confirm the room's subscription
 FOLLOW_WAIT = 2.0
@@ -69,7 +69,27 @@ MEMBERSHIP_GRACE = 5.0
 MEMBERSHIP_COMMANDS = frozenset({"sockets_join"})
 
 
-def room_channel(base: str, namespace: str, room: Any) -> str:
+class LanePrefixes(Protocol):
+    """Channel names spread over lanes (Redis Cluster's hash tags, see
+    :mod:`.backends.redis_lanes`): hashable, as names are cached by it."""
+
+    def prefix(self, digest: str) -> str:
+        """What the channel of the room or node with ``digest`` starts with."""
+        ...
+
+    def __hash__(self) -> int: ...
+
+
+#: what room and node channel names start with: one prefix (the transport's
+#: ``route_base`` of the common channel), or one per lane
+ChannelBase = str | LanePrefixes
+
+
+def _prefixed(base: ChannelBase, digest: str) -> str:
+    return base if isinstance(base, str) else base.prefix(digest)
+
+
+def room_channel(base: ChannelBase, namespace: str, room: Any) -> str:
     """The channel of ``room`` in ``namespace`` (see the module doc)."""
     try:
         return _cached_room_channel(base, namespace, room)
@@ -77,10 +97,10 @@ def room_channel(base: str, namespace: str, room: Any) -> str:
         return _room_channel(base, namespace, room)
 
 
-def _room_channel(base: str, namespace: str, room: Any) -> str:
+def _room_channel(base: ChannelBase, namespace: str, room: Any) -> str:
     key = json.dumps([namespace, room], separators=(",", ":"), default=str)
     digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
-    return f"{base}:room:{digest}"
+    return f"{_prefixed(base, digest)}:room:{digest}"
 
 
 # every emit asks: the hash of a busy room is computed once, and the cache
@@ -88,9 +108,12 @@ def _room_channel(base: str, namespace: str, room: Any) -> str:
 _cached_room_channel = functools.lru_cache(maxsize=65_536, typed=True)(_room_channel)
 
 
-def node_channel(base: str, host_id: str) -> str:
+def node_channel(base: ChannelBase, host_id: str) -> str:
     """The channel only node ``host_id`` follows (answers meant for it)."""
-    return f"{base}:node:{host_id}"
+    if isinstance(base, str):
+        return f"{base}:node:{host_id}"
+    digest = hashlib.blake2b(host_id.encode(), digest_size=8).hexdigest()
+    return f"{base.prefix(digest)}:node:{host_id}"
 
 
 def single_room(room: Any) -> bool:

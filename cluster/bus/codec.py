@@ -20,7 +20,18 @@ envelope::
 ``sig`` covers ``v``, ``src``, ``seq``, ``ts``, ``log`` and ``body``. A
 receiver drops (and counts) anything unsigned, wrongly signed, older than
 ``max_age`` seconds, or whose ``seq`` is not above the last one seen from
-``src`` (a replay).
+``src`` in its lane (a replay).
+
+Lanes: on a Redis Cluster with ``redis_partitions`` above 1, room and node
+channels are spread over lanes on several shards (see
+:mod:`.backends.redis_lanes`), read over one connection each, so one
+sender's messages in two lanes may arrive in either order. A message in
+lane ``k`` (1 and up) carries ``"ln": k`` after ``seq``, its signature
+covers the lane (``v2l`` instead of ``v2`` in the signed text), and the
+receiver keeps the last ``seq`` per sender *and lane*: numbers still come
+from one counter, so they grow along each lane. A message without ``ln``
+is in lane 0 (the common channel, and everything when there are no lanes):
+the wire is unchanged there.
 
 The envelope's first fields are its cleartext header, always written in
 this order so that they can be read with a byte comparison, before any
@@ -207,7 +218,8 @@ class Codec:
         self.not_before_ms = _now_ms() - self.skew_ms
         self._seq = 0
         self._seq_lock = threading.Lock()
-        self._last_seq: dict[str, tuple[int, int]] = {}  # src -> (seq, ts)
+        # (src, lane) -> (seq, ts)
+        self._last_seq: dict[tuple[str, int], tuple[int, int]] = {}
         self._src_heads: dict[str, str] = {}
 
     @property
@@ -272,7 +284,7 @@ class Codec:
             f"raise max_message_bytes in message_queue_options if your "
             f"broker's limits allow it.", size, limit)
 
-    def seal(self, body: str, src: str, logged: bool = False) -> bytes:
+    def seal(self, body: str, src: str, logged: bool = False, lane: int = 0) -> bytes:
         """Wrap a serialized message for the wire (signs it if configured).
 
         Called by the single publisher right before sending, so ``seq``
@@ -280,7 +292,8 @@ class Codec:
         message goes through the recovery stream, which prefixes its offset;
         the signature says so, so no offset can be added or stripped. The
         header (``v``, ``src``, then ``lid`` when the body starts with one)
-        comes first, see the module doc.
+        comes first, see the module doc. ``lane``: the lane of the channel
+        it goes on (see the module doc; 0: the common one).
         """
         if not self.signed:
             text = body.lstrip()
@@ -293,12 +306,13 @@ class Codec:
             seq = self._seq
         ts = _now_ms()
         log = 1 if logged else 0
-        sig = self._sign(src, seq, ts, log, body)
+        sig = self._sign(src, seq, ts, log, body, lane)
         lid = body_lid(body)
-        envelope = ({"v": 2, "src": src, "seq": seq, "ts": ts, "log": log, "sig": sig,
-                     "body": body} if lid is None else
-                    {"v": 2, "src": src, "lid": lid, "seq": seq, "ts": ts, "log": log,
-                     "sig": sig, "body": body})
+        envelope: dict[str, Any] = ({"v": 2, "src": src, "seq": seq} if lid is None else
+                                    {"v": 2, "src": src, "lid": lid, "seq": seq})
+        if lane:
+            envelope["ln"] = lane
+        envelope.update(ts=ts, log=log, sig=sig, body=body)
         return std_json.dumps(envelope, separators=(",", ":")).encode("utf-8")
 
     def _src_head(self, src: str) -> str:
@@ -310,8 +324,10 @@ class Codec:
             head = self._src_heads[src] = '{"src":' + std_json.dumps(src) + ","
         return head
 
-    def _sign(self, src: str, seq: int, ts: int, log: int, body: str) -> str:
-        msg = f"v2\n{src}\n{seq}\n{ts}\n{log}\n{body}".encode()
+    def _sign(self, src: str, seq: int, ts: int, log: int, body: str, lane: int = 0) -> str:
+        # a lane's text starts otherwise ("v2l"), so no lane-0 text reads as one
+        msg = (f"v2l\n{lane}\n{src}\n{seq}\n{ts}\n{log}\n{body}" if lane else
+               f"v2\n{src}\n{seq}\n{ts}\n{log}\n{body}").encode()
         return hmac.new(self.secret or b"", msg, hashlib.sha256).hexdigest()
 
     def open(self, raw: Any, archived: bool = False,
@@ -360,12 +376,13 @@ class Codec:
             raise Dropped("dropped_unsigned", "message is not signed")
         src, seq, ts, log, sig, body = (outer.get(k) for k in
                                         ("src", "seq", "ts", "log", "sig", "body"))
+        lane = outer.get("ln", 0)
         if not (outer.get("v") == 2 and isinstance(src, str)
                 and isinstance(seq, int) and isinstance(ts, int)
                 and log in (0, 1) and isinstance(sig, str)
-                and isinstance(body, str)):
+                and isinstance(body, str) and type(lane) is int and lane >= 0):
             raise Dropped("dropped_malformed", "bad signed envelope")
-        if not hmac.compare_digest(self._sign(src, seq, ts, log, body), sig):
+        if not hmac.compare_digest(self._sign(src, seq, ts, log, body, lane), sig):
             raise Dropped("dropped_bad_signature", "signature mismatch")
         if archived:
             return self._body(body, outer), ts
@@ -377,10 +394,10 @@ class Codec:
                           f"sealed {self.not_before_ms + self.skew_ms - ts} ms "
                           f"before this node started")
         self.check_offset(offset, bool(log), ts)
-        last = self._last_seq.get(src)
+        last = self._last_seq.get((src, lane))
         if last is not None and seq <= last[0]:
             raise Dropped("dropped_replayed", f"seq {seq} already seen")
-        self._last_seq[src] = (seq, now)
+        self._last_seq[src, lane] = (seq, now)
         if len(self._last_seq) > 4096:
             self._forget_old_sources(now)
         return self._body(body, outer), ts
@@ -420,6 +437,6 @@ class Codec:
 
     def _forget_old_sources(self, now: int) -> None:
         # a source silent for longer than max_age cannot be replayed anyway
-        for src, (_, seen) in list(self._last_seq.items()):
+        for source, (_, seen) in list(self._last_seq.items()):
             if now - seen > self.max_age_ms:
-                del self._last_seq[src]
+                del self._last_seq[source]

@@ -45,6 +45,10 @@ class KombuManager(ClusterManager):
             raise BusConfigurationError(
                 "Connection state recovery needs a Redis bus (it keeps recent emits in a "
                 "Redis Stream); use a redis:// message queue or turn recovery off.")
+        if kwargs.pop("redis_partitions", 1) != 1:
+            raise BusConfigurationError(
+                "redis_partitions spreads a Redis Cluster bus over its shards; a kombu bus "
+                "routes by the queues' bindings already. Remove redis_partitions.")
         transport = KombuTransport(url, channel, "", connection_options=connection_options,
                                    exchange_options=exchange_options,
                                    queue_options=queue_options,

@@ -29,6 +29,11 @@ class RedisManager(ClusterManager):
     :param redis_options: driver options passed to redis-py (bus settings
         among them are taken out first, see :func:`.settings.split_settings`).
     :param cluster: force Redis Cluster mode for a ``redis://`` URL.
+    :param redis_partitions: on Redis Cluster, how many lanes room and node
+        channels are spread over, so that every shard carries a share of the
+        bus (see :mod:`.backends.redis_lanes`); 1 (the default) keeps the
+        whole bus in one slot. Every node and emitter must use the same
+        value. Not with connection state recovery (yet).
 
     Other keyword arguments: see :class:`~.manager.ClusterManager`.
     """
@@ -40,6 +45,7 @@ class RedisManager(ClusterManager):
                  cluster: bool = False, **kwargs: Any) -> None:
         options = dict(redis_options or {})
         kwargs = split_settings(options, kwargs)
+        partitions = kwargs.pop("redis_partitions", 1)
         connector = RedisConnector(url, options, redis_cluster=cluster, channel=channel)
         window = kwargs.get("recovery_window")
         log = None
@@ -47,7 +53,7 @@ class RedisManager(ClusterManager):
             log = RecoveryLog(channel, self._open_archived, window,
                               kwargs.get("recovery_max_entries", 100_000),
                               sharded=connector.sharded)
-        transport = RedisTransport(connector, log)
+        transport = RedisTransport(connector, log, partitions)
         super().__init__(transport, channel=channel, write_only=write_only,
                          logger=logger, json=json, **kwargs)
         # the parts get the manager's logger, which follows the server's

@@ -18,6 +18,7 @@ from cluster.bus.channels import (
     FOLLOW_WAIT,
     MEMBERSHIP_COMMANDS,
     MEMBERSHIP_GRACE,
+    ChannelBase,
     ChannelFollower,
     node_channel,
     room_channel,
@@ -35,7 +36,8 @@ class RoomRoutes:
         (a backend that routes, and ``route_by_room``); False: everything
         takes the common channel.
     :param base: what this bus's room and node channels are named after
-        (the transport's ``route_base`` of the common channel).
+        (the transport's ``route_base`` of the common channel: one prefix, or
+        one per lane).
     :param follower: the room channels this node follows; None when it
         follows none (no routing, or a write-only emitter, which has no
         clients).
@@ -47,7 +49,7 @@ class RoomRoutes:
     :param stats: counts the joins that went on unconfirmed.
     """
 
-    def __init__(self, *, routes: bool, base: str, follower: ChannelFollower | None,
+    def __init__(self, *, routes: bool, base: ChannelBase, follower: ChannelFollower | None,
                  subscribed: Callable[[], bool], in_listener: Callable[[], bool],
                  stats: BusStats) -> None:
         self.routes = routes

@@ -59,8 +59,9 @@ class SealedSender:
             watcher = self.on_sealed
             for item in items[start:]:
                 sealed_ms = int(time.time() * 1000)
+                item.lane = self.transport.lane_of(item.channel)
                 item.payload = payload = self.codec.seal(item.body, self.host_id,
-                                                         logged=item.logged)
+                                                         logged=item.logged, lane=item.lane)
                 item.sealed_at = now
                 if watcher is not None:
                     lid = body_lid(item.body)

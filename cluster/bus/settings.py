@@ -19,7 +19,7 @@ from cluster.bus.outbox import DEFAULT_MAX_BYTES
 #: extension passes ``message_queue_options`` on as driver options only,
 #: and these are the limits a deployment tunes there
 DRIVER_OPTION_SETTINGS = frozenset({"buffer_size", "buffer_bytes", "max_message_bytes",
-                                    "max_clock_skew", "route_by_room"})
+                                    "max_clock_skew", "route_by_room", "redis_partitions"})
 
 _POSITIVE = ("buffer_size", "buffer_bytes", "max_message_bytes", "max_batch", "max_backoff",
              "request_timeout", "heartbeat_interval", "max_message_age", "publish_timeout")

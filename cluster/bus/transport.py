@@ -22,7 +22,7 @@ from cluster.bus.runtime import Backoff, Runtime
 from cluster.bus.stats import BusStats
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cluster.bus.channels import ChannelFollower
+    from cluster.bus.channels import ChannelBase, ChannelFollower
     from cluster.recovery.routing import ScanPage
     from cluster.recovery.stream import OffsetFacts
 
@@ -72,10 +72,17 @@ class Transport:
     #: manager of a node when :attr:`routes`)
     follower: ChannelFollower | None = None
 
-    def route_base(self, channel: str) -> str:
+    def route_base(self, channel: str) -> ChannelBase:
         """What room and node channel names start with (see
         :func:`~.channels.room_channel`): the common channel's name."""
         return channel
+
+    def lane_of(self, channel: str | None) -> int:
+        """The lane ``channel`` travels in, when the backend spreads channels
+        over connections that do not keep order between them (see
+        :mod:`.backends.redis_lanes`); 0: the common channel's, and
+        everything of a backend that keeps one order."""
+        return 0
 
     def connect(self) -> None:
         """(Re)connect the publishing side; raises when the bus is down."""

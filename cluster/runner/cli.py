@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--channel", default=os.environ.get("MESSAGE_QUEUE_CHANNEL"),
                       help="bus channel shared by the nodes and the emitters (default: the "
                            "app's setting, else 'flask-socketio')")
+    node.add_argument("--redis-partitions", type=int, metavar="N",
+                      # a string default goes through type=int (argparse's error)
+                      default=os.environ.get("CLUSTER_REDIS_PARTITIONS") or None,
+                      help="on Redis Cluster, spread room and node channels over N lanes so "
+                           "that every shard carries a share of the bus (a multiple of the "
+                           "primaries; not with --recovery-window); every node and emitter "
+                           "must use the same N (default: $CLUSTER_REDIS_PARTITIONS, else "
+                           "the app's message_queue_options, else 1: one slot)")
     node.add_argument("--signing-secret", default=os.environ.get("CLUSTER_SIGNING_SECRET"),
                       help="shared secret signing every bus message; unsigned messages are "
                            "dropped (default: $CLUSTER_SIGNING_SECRET; a node with a message "
@@ -245,6 +253,10 @@ def node_config(base: NodeConfig, args: argparse.Namespace) -> NodeConfig:
     not given keeps the application's setting."""
     overrides: dict[str, Any] = {name: getattr(args, name) for name in _OVERRIDING_FLAGS}
     overrides["message_queue"] = args.message_queue
+    if args.redis_partitions is not None:
+        options = dict(base.bus.driver_options or {})
+        options["redis_partitions"] = args.redis_partitions
+        overrides["message_queue_options"] = options
     overrides["node_name"] = args.name
     if args.recovery_window is not None:
         skip = base.recovery.skip_connect_handler if base.recovery is not None else False

@@ -56,6 +56,14 @@ def on_join(data: dict[str, Any]) -> list[Any]:
     return sorted(socketio.server.rooms(request.sid), key=str)
 
 
+@socketio.on("join_many")
+def on_join_many(data: dict[str, Any]) -> int:
+    """Join every room of ``data["rooms"]`` (one event for many joins)."""
+    for room in data["rooms"]:
+        join_room(room)
+    return len(data["rooms"])
+
+
 @socketio.on("leave")
 def on_leave(data: dict[str, Any]) -> bool:
     leave_room(data["room"], sid=data.get("sid"))
@@ -81,6 +89,15 @@ def relay(data: dict[str, Any]) -> bool:
     socketio.server.emit(data.get("event", "relayed"), data.get("payload"),
                          to=data.get("to"), skip_sid=skip)
     return True
+
+
+@socketio.on("relay_many")
+def relay_many(data: dict[str, Any]) -> int:
+    """Emit each ``[room, payload]`` of ``data["items"]``, in order, as
+    ``data["event"]`` (one client event for many emits: no rate limit)."""
+    for room, payload in data["items"]:
+        socketio.server.emit(data.get("event", "relayed"), payload, to=room)
+    return len(data["items"])
 
 
 @socketio.on("ask")

@@ -180,7 +180,13 @@ class RedisConnector:
     def _shard_client(self, parsed: Any) -> redis.Redis:
         # ask the cluster which primary owns the channel's slot, then talk
         # to that primary directly: SPUBLISH/SSUBSCRIBE are per shard
+        return self.client_at(*self.owners([self.channel])[0])
+
+    def owners(self, keys: list[str]) -> list[tuple[str, int]]:
+        """The Redis Cluster primary owning each of ``keys``' slots, as the
+        seeds tell it now."""
         from redis.cluster import ClusterNode, RedisCluster
+        parsed = urlparse(self.url)
         kwargs = dict(self.options, **_credentials(parsed))
         kwargs.pop("retry", None)
         if parsed.scheme.endswith("+cluster"):
@@ -190,10 +196,11 @@ class RedisConnector:
         else:
             seed_client = RedisCluster.from_url(self.url, **kwargs)
         try:
-            node = seed_client.get_node_from_key(self.channel)  # type: ignore[no-untyped-call]
+            nodes = [seed_client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+                     for key in keys]
         finally:
             seed_client.close()
-        return self.client_at(node.host, node.port)
+        return [(str(node.host), int(node.port)) for node in nodes]
 
     def client_at(self, host: str, port: int) -> redis.Redis:
         """A client for the Redis Cluster primary at ``host:port``: the one

@@ -68,6 +68,21 @@ class PushConnection:
     def ping(self) -> None:
         self._send(b"PING")
 
+    def fill(self) -> None:
+        """Read what the socket holds now, without waiting (see
+        :meth:`~.redis_wire.WireConnection.fill`); :meth:`get_message` with
+        timeout 0 then returns it."""
+        self._wire.fill()
+
+    def fileno(self) -> int:
+        """The socket's descriptor (to wait on several connections at once)."""
+        return self._wire.fileno()
+
+    @property
+    def received_at(self) -> float:
+        """When bytes last arrived (monotonic seconds)."""
+        return self._wire.received_at
+
     def get_message(self, timeout: float) -> PushMessage | None:
         """The next message: from what was read already, or, with a
         ``timeout`` above 0, from reads of the socket waiting up to that

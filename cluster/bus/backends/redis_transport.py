@@ -16,9 +16,18 @@ import redis
 
 from cluster.bus.backends.redis_access import server_time
 from cluster.bus.backends.redis_connection import RedisConnector, close_quietly
+from cluster.bus.backends.redis_lanes import (
+    AGREEMENT_TTL,
+    Lanes,
+    agreement_key,
+    check_agreement,
+)
 from cluster.bus.backends.redis_pushes import PushConnection, PushMessage
 from cluster.bus.backends.redis_recovery import RedisRecoveryReader
+from cluster.bus.backends.redis_shards import ShardedPushes, ShardMap, ShardPublisher
 from cluster.bus.backends.redis_wire import WireConnection, WirePipeline
+from cluster.bus.channels import ChannelBase
+from cluster.bus.errors import BusConfigurationError
 from cluster.bus.runtime import Backoff
 from cluster.bus.transport import Subscription, Transport
 from cluster.recovery.stream import RecoveryLog
@@ -89,11 +98,33 @@ class RedisTransport(Transport):
     :param connector: makes the clients.
     :param log: the recovery stream when emits are logged (None: plain
         publishes only).
+    :param partitions: on Redis Cluster, the lanes room and node channels
+        are spread over (see :mod:`.redis_lanes`); 1 keeps them all in the
+        common channel's slot.
     """
 
     name = "redis"
 
-    def __init__(self, connector: RedisConnector, log: RecoveryLog | None) -> None:
+    def __init__(self, connector: RedisConnector, log: RecoveryLog | None,
+                 partitions: int = 1) -> None:
+        if type(partitions) is not int or partitions < 1:
+            raise BusConfigurationError(
+                f"redis_partitions={partitions!r} must be a whole number, 1 or more.")
+        if partitions > 1 and not connector.sharded:
+            raise BusConfigurationError(
+                f"redis_partitions={partitions} spreads the bus over a Redis Cluster's "
+                f"shards; this bus is not on Redis Cluster. Remove redis_partitions, or "
+                f"use a redis+cluster:// URL.")
+        if partitions > 1 and log is not None:
+            raise BusConfigurationError(
+                f"redis_partitions={partitions} cannot be combined with connection state "
+                f"recovery yet: its history is one stream in one slot, written in the "
+                f"same step as each publish. Use redis_partitions=1 with recovery.")
+        self.partitions = partitions
+        #: the lanes room and node channels are spread over (None: one slot)
+        self.lanes = Lanes(connector.channel, partitions) if partitions > 1 else None
+        self._shard_publisher = None if self.lanes is None else ShardPublisher(
+            self.lanes, connector.owners, connector.client_at)
         self.connector = connector
         self.channel = connector.channel
         self._channel_bytes = self.channel.encode()
@@ -115,11 +146,17 @@ class RedisTransport(Transport):
         self._moved = False
         self._pub_lock = threading.Lock()
 
-    def route_base(self, channel: str) -> str:
+    def route_base(self, channel: str) -> ChannelBase:
         """On Redis Cluster, ``{channel}``: a hash tag, so every room and
         node channel (``{channel}:room:...``) lives in the common channel's
-        slot, on its shard, as the recovery stream does."""
+        slot, on its shard, as the recovery stream does; or, with lanes,
+        the lanes' tags."""
+        if self.lanes is not None:
+            return self.lanes
         return f"{{{channel}}}" if self.connector.sharded else channel
+
+    def lane_of(self, channel: str | None) -> int:
+        return self.lanes.lane_of(channel) if self.lanes is not None else 0
 
     # -- publishing -------------------------------------------------------------
     def connect(self) -> None:
@@ -131,6 +168,8 @@ class RedisTransport(Transport):
     def _new_publisher(self) -> redis.Redis:
         client = self.connector.client()
         client.ping()
+        if self.connector.sharded:
+            check_agreement(client, self.channel, self.partitions)
         if self.log is not None:
             self.log.load_script(client)
         return client
@@ -192,6 +231,8 @@ class RedisTransport(Transport):
             raise
         if any(_moves_us(reply) for reply in replies):
             self._drop_publisher()  # e.g. a failover made it a replica
+            if self._shard_publisher is not None:
+                self._shard_publisher.forget()
         return [reply if isinstance(reply, Exception)
                 else log.offset_from(reply) if append and log is not None else None
                 for reply, append in zip(replies, logged, strict=True)]
@@ -209,7 +250,14 @@ class RedisTransport(Transport):
 
     def _pipeline(self, log: RecoveryLog | None, payloads: list[bytes], logged: list[bool],
                   routes: list[str | None]) -> list[Any]:
-        """Send ``payloads`` in one pipeline; the replies, errors in place."""
+        """Send ``payloads`` in one pipeline (one per shard with lanes); the
+        replies, errors in place."""
+        if self._shard_publisher is not None:
+            if self._moved:
+                self._moved = False
+                self._shard_publisher.forget()
+            return self._shard_publisher.send(
+                payloads, [channel or self.channel for channel in routes])
         client = self._publisher()  # referenced until the replies are in
         pipe = WirePipeline(self._wire_of(client))
         command = pipe.spublish if self.connector.sharded else pipe.publish
@@ -233,8 +281,8 @@ class RedisTransport(Transport):
         its shard, are all before that reply and are not sent twice."""
         first = next((i for i, reply in enumerate(replies) if _moved_to(reply) is not None),
                      None)
-        if first is None or not self.connector.sharded:
-            return
+        if first is None or not self.connector.sharded or self.lanes is not None:
+            return  # with lanes, no script: the refused publishes are retried
         host, port = _moved_to(replies[first])  # type: ignore[misc]  # not None: found above
         tail = range(first, len(payloads))
         try:
@@ -281,8 +329,23 @@ class RedisTransport(Transport):
             reply = client.pubsub_numsub(self.channel)
         return int(reply[0][1]) if reply else 0
 
+    def check_partitions(self) -> None:
+        """On Redis Cluster, refuse (:class:`BusConfigurationError`) a lane
+        count other than the cluster's (see :mod:`.redis_lanes`): at start,
+        before the node serves anyone."""
+        if self.connector.sharded:
+            client = self.connector.client()
+            try:
+                check_agreement(client, self.channel, self.partitions)
+            finally:
+                close_quietly(client)
+
     def check(self) -> None:
         self.connector.check()
+        if self.connector.sharded:  # keep the lane count's record alive
+            client = self._publisher()
+            if not client.expire(agreement_key(self.channel), AGREEMENT_TTL):
+                check_agreement(client, self.channel, self.partitions)
 
     def new_client(self) -> redis.Redis:
         """A new redis-py client for the node that carries the bus channel,
@@ -297,16 +360,24 @@ class RedisTransport(Transport):
         made, self._wire = self._wire, None
         if made is not None:
             made[1].close()
+        if self._shard_publisher is not None:
+            self._shard_publisher.close()
         if isinstance(self.recovery, RedisRecoveryReader):
             self.recovery.close()
 
     # -- listening ----------------------------------------------------------------
-    def _subscribe(self) -> tuple[Any, PushConnection]:
+    def _subscribe(self) -> tuple[Any, PushConnection | ShardedPushes]:
         """Subscribe to the common channel and every followed one; returns
         the client and its pub/sub connection (to which the follower sends
         its changes)."""
         client = self.connector.client()
-        pubsub = PushConnection(client, self.connector.sharded)
+        pubsub: PushConnection | ShardedPushes
+        if self.lanes is None:
+            pubsub = PushConnection(client, self.connector.sharded)
+        else:  # a connection per primary, on a map made now
+            pubsub = ShardedPushes(
+                ShardMap.resolve(self.lanes, self.connector.owners),
+                lambda address: PushConnection(self.connector.client_at(*address), True))
         follower = self.follower if self.routes else None
         try:
             expected = {self.channel}
@@ -314,8 +385,8 @@ class RedisTransport(Transport):
                 pubsub.subscribe(self.channel)
             else:
                 first = follower.followed()
-                # one command, so one connection (one shard on a cluster:
-                # every channel is in the common one's slot)
+                # one command, so one connection (one shard on a cluster
+                # without lanes: every channel is in the common one's slot)
                 pubsub.subscribe(self.channel, *first)
                 # from now on follows go to this connection; one made since
                 # the snapshot either finds it set or is in followed() now
@@ -394,6 +465,8 @@ class RedisTransport(Transport):
                         self._moved = True
                         raise ConnectionError("unsubscribed by the server")
             except Exception as exc:  # any failure: resubscribe with backoff
+                if self.lanes is not None:
+                    self._moved = True  # the publisher asks where the lanes are too
                 if not subscription.retry_after(exc, backoff):
                     break
             finally:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -166,7 +167,14 @@ class WireConnection:
         #: a read or write failed, or the process forked: the connection is
         #: of no further use (here)
         self.broken = False
+        #: when bytes last arrived (monotonic seconds): for a health check
+        #: of a connection that carries no heartbeats
+        self.received_at = time.monotonic()
         _OPEN.add(self)
+
+    def fileno(self) -> int:
+        """The socket's descriptor (to wait on several connections at once)."""
+        return int(self._sock.fileno())
 
     def send(self, data: bytes) -> None:
         """Write ``data`` (whole commands) on the connection."""
@@ -205,6 +213,11 @@ class WireConnection:
             if not self._read(self.timeout if timeout is None else timeout):
                 return INCOMPLETE
 
+    def fill(self) -> bool:
+        """Read what the socket holds now, without waiting (after a wait for
+        several connections said this one is readable); False: nothing."""
+        return self._read(0)
+
     def _read(self, timeout: float | None) -> bool:
         """One read into the buffer; False when nothing came in ``timeout``."""
         if self._pos:
@@ -222,6 +235,7 @@ class WireConnection:
             self.broken = True
             raise redis.exceptions.ConnectionError(self._closed_message)
         self._buffer += chunk
+        self.received_at = time.monotonic()
         return True
 
     def close(self) -> None:
