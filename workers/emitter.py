@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 
 from cluster.bus import ClusterManager, RedisManager, check_signing, create_manager
 from cluster.bus.backends.redis_access import CHECKED_SCHEMES, check_access, check_clock_of
+from cluster.bus.backends.redis_transport import RedisTransport
 from cluster.bus.services.asks import DEFAULT_MAX_PENDING, GatherResult
 
 from .arguments import (
@@ -147,6 +148,9 @@ class Emitter:
         kwargs.setdefault("signing_secret", settings.signing_secret)
         kwargs.setdefault("recovery_window", settings.recovery_window)
         kwargs.setdefault("allow_unsigned", settings.allow_unsigned_bus)
+        if settings.redis_partitions is not None:
+            kwargs["options"] = {"redis_partitions": settings.redis_partitions,
+                                 **(kwargs.get("options") or {})}
         return cls(settings.require_message_queue(), **kwargs)
 
     @classmethod
@@ -185,6 +189,10 @@ class Emitter:
                             # Sentinel, Redis Cluster: through the bus's connector
                             check_clock_of(self._manager.new_redis_client, skew,
                                            who="This emitter")
+                        if isinstance(self._manager.transport, RedisTransport):
+                            # a lane count other than the nodes' would name
+                            # every room channel wrong
+                            self._manager.transport.check_partitions()
                 self._pid = pid
             return self._manager
 

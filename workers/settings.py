@@ -25,6 +25,8 @@ variable                    meaning (default)
 ``CONNECTION_STATE_RECOVERY``  seconds of the nodes' recovery window: emits
                             are then logged for recovering clients, like the
                             nodes' own (none: recovery off)
+``CLUSTER_REDIS_PARTITIONS``  the nodes' lane count on Redis Cluster (see
+                            ``cluster.bus.backends.redis_lanes``; 1)
 ==========================  ==================================================
 """
 from __future__ import annotations
@@ -64,6 +66,16 @@ def _seconds(environ: Mapping[str, str], name: str) -> float | None:
     return seconds
 
 
+def _count(environ: Mapping[str, str], name: str) -> int | None:
+    value = _get(environ, name)
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigurationError(f"{name}={value!r}: expected a whole number, 1 or more "
+                                 f"(the nodes' value).")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """Where emitters publish and where Celery takes its tasks from.
@@ -81,6 +93,9 @@ class WorkerSettings:
     :param recovery_window: the nodes' connection state recovery window in
                             seconds, so worker emits are recoverable too;
                             ``None`` (recovery off).
+    :param redis_partitions: the nodes' ``--redis-partitions`` on Redis
+                             Cluster (room channels are named after it);
+                             ``None``: the default, 1.
     """
 
     message_queue: str | None = None
@@ -91,6 +106,7 @@ class WorkerSettings:
     queue: str = "celery"
     recovery_window: float | None = None
     allow_unsigned_bus: bool = False
+    redis_partitions: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -107,6 +123,7 @@ class WorkerSettings:
             recovery_window=_seconds(env, "CONNECTION_STATE_RECOVERY"),
             allow_unsigned_bus=(_get(env, "CLUSTER_ALLOW_UNSIGNED_BUS") or "").lower()
             in {"1", "true", "yes", "on"},
+            redis_partitions=_count(env, "CLUSTER_REDIS_PARTITIONS"),
         )
 
     def with_overrides(self, **changes: Any) -> WorkerSettings:

@@ -25,7 +25,10 @@ commands
 A room's channel is ``<channel>:room:<digest>`` (``{<channel>}:room:<digest>``
 on Redis Cluster: a hash tag puts every room and node channel in the common
 channel's slot, where the recovery script may SPUBLISH and where one shard
-connection keeps them all in publish order), the digest a 64-bit hash of
+connection keeps them all in publish order; with ``redis_partitions``
+above 1, the hash tag of one of that many lanes instead, chosen by the
+digest, so that every shard carries a share: see
+:mod:`.backends.redis_lanes`), the digest a 64-bit hash of
 the namespace and room (bounded names, whatever a room is called; two rooms
 sharing a digest only costs a node a message it then has no client for).
 Each room has its own channel rather than one of a fixed set of partitions:
@@ -36,7 +39,8 @@ about a hundred bytes and matches a PUBLISH in O(1).
 A node follows (SUBSCRIBEs to) a room's channel while it has at least one
 member of the room (every connection is a member of its sid's room), on the
 same pub/sub connection as the common channel, so Redis delivers everything
-in publish order and the recovery stream's order holds across rooms.
+in publish order and the recovery stream's order holds across rooms (with
+lanes, one connection per primary: order holds per lane, hence per room).
 Follows and unfollows made in the same turn of the event loop go out as one
 command (:class:`ChannelFollower`); ``join_room`` waits (up to
 :data:`FOLLOW_WAIT` seconds) until Redis confirmed the subscription, so an

@@ -164,3 +164,29 @@ def test_offsets_need_a_message_signed_as_logged_and_its_publish_time() -> None:
     assert dropped(json.dumps(outer).encode(), f"{ts}-0") == "dropped_bad_signature"
     assert receiver.open(logged, offset=f"{ts + 3}-0")[0] == EMIT
     assert receiver.open(plain)[0] == EMIT
+
+
+def test_lanes_keep_their_own_sequence_and_their_number_is_signed() -> None:
+    sender, receiver = Codec(SECRET), Codec(SECRET)
+    first = sender.seal(json.dumps(EMIT), "h1", lane=2)
+    second = sender.seal(json.dumps(EMIT), "h1", lane=3)
+    common = sender.seal(json.dumps(EMIT), "h1")
+    assert json.loads(first)["ln"] == 2 and "ln" not in json.loads(common)
+    # lanes are read over different connections: a later seal of another
+    # lane may arrive first, and the earlier one is still taken
+    receiver.open(common)
+    receiver.open(second)
+    receiver.open(first)
+    # within a lane a number at or below the last one is a replay
+    assert reason(receiver, first) == "dropped_replayed"
+    # moving a message to another lane breaks its signature
+    moved = json.loads(sender.seal(json.dumps(EMIT), "h1", lane=2))
+    moved["ln"] = 4
+    assert reason(receiver, json.dumps(moved)) == "dropped_bad_signature"
+    dropped = json.loads(sender.seal(json.dumps(EMIT), "h1", lane=2))
+    del dropped["ln"]
+    assert reason(receiver, json.dumps(dropped)) == "dropped_bad_signature"
+    for bad in (-1, True, "2", 1.5):
+        malformed = json.loads(sender.seal(json.dumps(EMIT), "h1", lane=2))
+        malformed["ln"] = bad
+        assert reason(receiver, json.dumps(malformed)) == "dropped_malformed"

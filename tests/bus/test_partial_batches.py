@@ -252,3 +252,25 @@ def test_kombu_reports_how_far_a_batch_got() -> None:
     transport._producer = FailingProducer(fail_at=0)  # noqa: SLF001
     with pytest.raises(ConnectionResetError):
         transport.send_each([b"a"], [False])
+
+
+def test_a_refusal_reseals_only_its_own_lane_when_a_later_item_of_it_went_through() -> None:
+    from cluster.bus.batch import settle
+    items = [Item(body(text), volatile=False, logged=False, waiter=None)
+             for text in ["A1", "B1", "A2", "B2"]]
+    for item, lane in zip(items, [1, 2, 1, 2], strict=True):
+        item.lane, item.payload = lane, b"sealed"
+    refused = ConnectionError("shard A unreachable")
+    # lane 1's shard refused both of its items, lane 2 took both
+    done = settle(items, [refused, None, refused, None])
+    assert done.kept == [items[0], items[2]] and done.sent == 2
+    # nothing of lane 1 went through after its refusal: seals kept (a copy
+    # that did get through is dropped by the receivers' replay check)
+    assert all(item.payload == b"sealed" for item in done.kept)
+    # in one lane, a refusal followed by an accepted item: resealed
+    again = [Item(body(text), volatile=False, logged=False, waiter=None)
+             for text in ["A1", "A2"]]
+    for item in again:
+        item.lane, item.payload = 1, b"sealed"
+    done = settle(again, [refused, None])
+    assert done.kept == [again[0]] and again[0].payload is None

@@ -492,6 +492,7 @@ def test_ingress_is_off_by_default_and_sticky_only_as_an_option(chart: helm.Char
     ({**SECRET_KEY, "replicaCuont": 3}, "replicaCuont"),
     ({**SECRET_KEY, "limits": {"maxBacklog": 10}}, "/limits/maxBacklog"),
     ({**SECRET_KEY, "limits": {"maxEvents": 10}}, "maxEvents"),
+    ({**SECRET_KEY, "messageQueue": {"redisPartitions": 0}}, "/messageQueue/redisPartitions"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_schema_rejects_bad_values(
     chart: helm.Chart, values: dict[str, Any], complaint: str
@@ -574,3 +575,18 @@ def test_values_are_camel_case_and_documented_by_name() -> None:
 def test_templates_hold_one_kind_each() -> None:
     for template in TEMPLATES.glob("*.yaml"):
         assert len(re.findall(r"^kind: ", template.read_text(), re.MULTILINE)) == 1, template.name
+
+
+def test_redis_partitions_reach_the_nodes_and_the_worker_alike(chart: helm.Chart) -> None:
+    default = render(chart, SECRET_KEY)
+    assert "CLUSTER_REDIS_PARTITIONS" not in env_of(node(default))  # 1: one slot
+    values = {**SECRET_KEY, "messageQueue": {"redisPartitions": 6},
+              "connectionStateRecovery": {"enabled": False}}
+    objects = render(chart, values)
+    worker = container(find(objects, "Deployment", f"{RELEASE}-socketio-cluster-worker"),
+                       "worker")
+    # a room's channel is named after the count: every process the same
+    for c in (node(objects), worker):
+        assert env_of(c)["CLUSTER_REDIS_PARTITIONS"]["value"] == "6"
+    with pytest.raises(helm.HelmRenderError, match="connectionStateRecovery.enabled=false"):
+        render(chart, {**SECRET_KEY, "messageQueue": {"redisPartitions": 6}})

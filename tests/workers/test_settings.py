@@ -50,3 +50,13 @@ def test_overrides_ignore_none() -> None:
     changed = settings.with_overrides(channel="c", broker_url=None)
     assert (changed.channel, changed.broker_url, changed.message_queue) == (
         "c", None, "redis://r/0")
+
+
+def test_redis_partitions_come_from_the_nodes_variable() -> None:
+    settings = WorkerSettings.from_env({"REDIS_URL": "redis+cluster://r:7000",
+                                        "CLUSTER_REDIS_PARTITIONS": "6"})
+    assert settings.redis_partitions == 6
+    assert WorkerSettings.from_env({}).redis_partitions is None
+    for bad in ("0", "six", "-2", "1.5"):
+        with pytest.raises(ConfigurationError, match="CLUSTER_REDIS_PARTITIONS"):
+            WorkerSettings.from_env({"CLUSTER_REDIS_PARTITIONS": bad})

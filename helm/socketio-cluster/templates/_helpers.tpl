@@ -175,6 +175,13 @@ x-node-environment: the bus, the secrets, recovery and logging.
 - name: MESSAGE_QUEUE_CHANNEL
   value: {{ . | quote }}
 {{- end }}
+{{- if gt (int .Values.messageQueue.redisPartitions) 1 }}
+{{- if .Values.connectionStateRecovery.enabled }}
+{{- fail "messageQueue.redisPartitions above 1 cannot be combined with connection state recovery yet: set connectionStateRecovery.enabled=false, or messageQueue.redisPartitions=1" }}
+{{- end }}
+- name: CLUSTER_REDIS_PARTITIONS
+  value: {{ .Values.messageQueue.redisPartitions | toString | quote }}
+{{- end }}
 - name: SECRET_KEY
   valueFrom:
     secretKeyRef:
