@@ -10,12 +10,16 @@
 //
 //   node scaleout_server.mjs --host 127.0.0.1 --port 5000 --redis redis://127.0.0.1:6390/0
 //
+// --redis redis+cluster://HOST1:PORT1,HOST2:PORT2 connects to a Redis Cluster
+// (node-redis createCluster, those hosts as root nodes): the adapter's shard
+// channels then live on whichever primary owns their slot.
+//
 // socket.io's defaults otherwise (perMessageDeflate off). SIGTERM/SIGINT exit at once.
 import { createServer } from "node:http";
 import { parseArgs } from "node:util";
 import { Server } from "socket.io";
 import { createShardedAdapter } from "@socket.io/redis-adapter";
-import { createClient } from "redis";
+import { createClient, createCluster } from "redis";
 
 const { values } = parseArgs({
   options: {
@@ -35,7 +39,12 @@ const http = createServer((req, res) => {
   res.end(ok ? "ok\n" : "not found\n");
 });
 
-const pubClient = createClient({ url: values.redis });
+const CLUSTER = "redis+cluster://";
+const pubClient = values.redis.startsWith(CLUSTER)
+  ? createCluster({
+      rootNodes: values.redis.slice(CLUSTER.length).split(",").map((h) => ({ url: `redis://${h}` })),
+    })
+  : createClient({ url: values.redis });
 const subClient = pubClient.duplicate();
 for (const client of [pubClient, subClient]) {
   client.on("error", (err) => console.error("redis:", err.message));

@@ -98,10 +98,14 @@ def estimate_s(s: NodesSettings, count: int) -> float:
 
 
 def measure_nodes(procs: Procs, target: Target, count: int, redis_url: str,
-                  settings: NodesSettings, label: str = "") -> dict[str, Any]:
-    """Start ``count`` nodes of ``target``, run the three windows, stop everything."""
+                  settings: NodesSettings, label: str = "",
+                  probe: RedisProbe | None = None) -> dict[str, Any]:
+    """Start ``count`` nodes of ``target``, run the three windows, stop everything.
+
+    ``probe``: reads Redis's CPU and commands (default: one connection to
+    ``redis_url``; :mod:`.scaleout_shards` passes one for every primary)."""
     label = label or f"{target.key} x{count}"
-    probe = RedisProbe(redis_url)
+    probe = probe or RedisProbe(redis_url)
     nodes: list[Proc] = []
     loadgen: JsonLinesProc | None = None
     emitter: JsonLinesProc | None = None
