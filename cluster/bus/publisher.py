@@ -167,8 +167,12 @@ class Publisher:
 
 def check_backend(transport: Transport, logger: logging.Logger) -> None:
     """Let the transport follow its topology; a failure (Sentinel down) is
-    only logged: the listener notices a lost bus by itself."""
+    only logged: the listener notices a lost bus by itself. A configuration
+    the cluster disagrees with (another ``redis_partitions`` recorded while
+    this node could not refresh its own) is logged as the error it is."""
     try:
         transport.check()
+    except BusConfigurationError as exc:
+        logger.error("%s", exc)
     except Exception as exc:
         logger.debug("bus backend check failed: %s", exc)

@@ -24,6 +24,7 @@ from cluster.bus.backends.redis_lanes import (
 )
 from cluster.bus.backends.redis_pushes import PushConnection, PushMessage
 from cluster.bus.backends.redis_recovery import RedisRecoveryReader
+from cluster.bus.backends.redis_refusals import moved_to, moves_us, raise_refused
 from cluster.bus.backends.redis_shards import ShardedPushes, ShardMap, ShardPublisher
 from cluster.bus.backends.redis_wire import WireConnection, WirePipeline
 from cluster.bus.channels import ChannelBase
@@ -31,42 +32,6 @@ from cluster.bus.errors import BusConfigurationError
 from cluster.bus.runtime import Backoff
 from cluster.bus.transport import Subscription, Transport
 from cluster.recovery.stream import RecoveryLog
-
-#: refusals after which the publisher reconnects (and rediscovers the master):
-#: a Sentinel failover made our server a replica (READONLY); on Redis
-#: Cluster the channel's slot moved to another primary (MOVED: a failover,
-#: whose old primary, still up, refuses the recovery script's keys), or the
-#: cluster is between primaries (CLUSTERDOWN, TRYAGAIN)
-_RECONNECT_ON = (redis.exceptions.ReadOnlyError, redis.exceptions.ConnectionError,
-                 redis.exceptions.AskError, redis.exceptions.ClusterDownError,
-                 redis.exceptions.TryAgainError)
-
-#: the same refusals as error replies of a plain client's pipeline, which
-#: older redis-py (5.0) leaves as a ResponseError naming them
-_RECONNECT_REPLIES = ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "READONLY")
-
-
-def _moves_us(reply: Any) -> bool:
-    """Whether a pipeline reply says the publisher must reconnect."""
-    if isinstance(reply, _RECONNECT_ON):
-        return True
-    return isinstance(reply, redis.exceptions.ResponseError) \
-        and str(reply).startswith(_RECONNECT_REPLIES)
-
-
-def _moved_to(reply: Any) -> tuple[str, int] | None:
-    """The primary a ``MOVED`` reply names (``MOVED <slot> <host>:<port>``;
-    redis-py's MovedError, or a plain ResponseError from older redis-py)."""
-    if isinstance(reply, redis.exceptions.MovedError):
-        return str(reply.host), int(reply.port)
-    if not isinstance(reply, redis.exceptions.ResponseError):
-        return None
-    parts = str(reply).split()
-    if len(parts) != 3 or parts[0] != "MOVED":
-        return None
-    host, _, port = parts[2].rpartition(":")
-    return (host, int(port)) if host and port.isdigit() else None
-
 
 #: bus messages handled back to back before the listener yields
 LISTEN_BURST = 64
@@ -78,17 +43,6 @@ _UNSUBSCRIBED = (b"unsubscribe", b"sunsubscribe")
 def _channel_name(message: PushMessage) -> str:
     """The channel a pub/sub message or confirmation is about."""
     return message[1].decode("utf-8", "replace")
-
-
-def raise_refused(results: list[str | None | Exception]) -> list[str | None]:
-    """``results`` of :meth:`RedisTransport.send_each`, raising the first
-    refusal (for callers that want all or nothing)."""
-    offsets: list[str | None] = []
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-        offsets.append(result)
-    return offsets
 
 
 class RedisTransport(Transport):
@@ -229,7 +183,7 @@ class RedisTransport(Transport):
         except Exception:
             self._drop_publisher()  # reconnect (and rediscover) next time
             raise
-        if any(_moves_us(reply) for reply in replies):
+        if any(moves_us(reply) for reply in replies):
             self._drop_publisher()  # e.g. a failover made it a replica
             if self._shard_publisher is not None:
                 self._shard_publisher.forget()
@@ -279,11 +233,11 @@ class RedisTransport(Transport):
         a plain message behind a logged one (:mod:`cluster.bus.batch`), so
         the plain ones, which the demoted node still takes and forwards to
         its shard, are all before that reply and are not sent twice."""
-        first = next((i for i, reply in enumerate(replies) if _moved_to(reply) is not None),
+        first = next((i for i, reply in enumerate(replies) if moved_to(reply) is not None),
                      None)
         if first is None or not self.connector.sharded or self.lanes is not None:
             return  # with lanes, no script: the refused publishes are retried
-        host, port = _moved_to(replies[first])  # type: ignore[misc]  # not None: found above
+        host, port = moved_to(replies[first])  # type: ignore[misc]  # not None: found above
         tail = range(first, len(payloads))
         try:
             with self._pub_lock:
