@@ -111,6 +111,9 @@ from cluster.recovery.offsets import Offset
 #: default ``max_message_bytes``: well under Redis's 32 MB pub/sub output
 #: buffer limit, even with a signed envelope around it
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: (sender, lane) pairs whose last sequence number is kept before the
+#: silent ones (quiet for longer than ``max_age``) are forgotten
+SEQ_MEMORY = 4096
 
 _MIB = 1024 * 1024
 
@@ -220,6 +223,10 @@ class Codec:
         self._seq_lock = threading.Lock()
         # (src, lane) -> (seq, ts)
         self._last_seq: dict[tuple[str, int], tuple[int, int]] = {}
+        # size at which silent sources are looked for next: doubled past
+        # what stays, so a cluster with more live (source, lane) pairs than
+        # SEQ_MEMORY does not scan them all on every message
+        self._forget_above = SEQ_MEMORY
         self._src_heads: dict[str, str] = {}
 
     @property
@@ -398,8 +405,9 @@ class Codec:
         if last is not None and seq <= last[0]:
             raise Dropped("dropped_replayed", f"seq {seq} already seen")
         self._last_seq[src, lane] = (seq, now)
-        if len(self._last_seq) > 4096:
+        if len(self._last_seq) > self._forget_above:
             self._forget_old_sources(now)
+            self._forget_above = max(SEQ_MEMORY, 2 * len(self._last_seq))
         return self._body(body, outer), ts
 
     def check_offset(self, offset: str | None, log: bool, ts: int) -> None:

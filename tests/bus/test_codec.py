@@ -190,3 +190,21 @@ def test_lanes_keep_their_own_sequence_and_their_number_is_signed() -> None:
         malformed = json.loads(sender.seal(json.dumps(EMIT), "h1", lane=2))
         malformed["ln"] = bad
         assert reason(receiver, json.dumps(malformed)) == "dropped_malformed"
+
+
+def test_many_live_senders_and_lanes_are_not_scanned_on_every_message(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster.bus import codec as codec_module
+    monkeypatch.setattr(codec_module, "SEQ_MEMORY", 64)
+    sender, receiver = Codec(SECRET), Codec(SECRET)
+    scans = []
+    real = receiver._forget_old_sources
+    monkeypatch.setattr(receiver, "_forget_old_sources",
+                        lambda now: (scans.append(now), real(now)))
+    # 200 live (sender, lane) pairs, none silent: each message still passes
+    for _ in range(3):
+        for src in range(50):
+            for lane in range(4):
+                receiver.open(sender.seal(json.dumps(EMIT), f"h{src}", lane=lane))
+    # the memory doubles past what stays instead of being scanned each time
+    assert len(scans) <= 3
