@@ -170,7 +170,8 @@ class ClusterServer(compat.SocketServerSeam):
         if isinstance(manager, ClusterManager):
             # the bus sends every client to recover when it cannot catch up
             manager.client_closer = self.close_clients
-            manager.recovering = self.packet_hold.collecting
+            # connections whose replay covers an emit that did not come back
+            manager.recovering = self.packet_hold.replaying
 
     def close_clients(self, window: float = DEFAULT_DRAIN_SPREAD_SECONDS) -> int:
         """Close every client connection at the Engine.IO level, spread over

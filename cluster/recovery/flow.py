@@ -126,7 +126,7 @@ class RecoveryFlow:
             if replay is not None:
                 sessions.mark_recovered(environ)
                 server.eio.restore_next_id(restore_sid)
-        server.packet_hold.start(eio_sid)
+        server.packet_hold.start(eio_sid, replaying=attempt.recovering)
         return attempt
 
     def end(self, eio_sid: str, namespace: str, attempt: Attempt) -> None:

@@ -94,6 +94,8 @@ FLOOR_SECONDS = 30.0
 @dataclass
 class _Held:
     packets: list[tuple[str, Any]] | None = field(default_factory=list)
+    #: held for a replay (a recovering connection), not only for its reply
+    replaying: bool = False
     #: after the replay: ``(namespace, offset)`` at or below which a live
     #: packet was replayed already
     floor: tuple[str, str] | None = None
@@ -124,14 +126,23 @@ class PacketHold:
         self._counters = counters
         counters.setdefault("recovery_duplicates_dropped", 0)
 
-    def start(self, eio_sid: str) -> None:
-        self._held[eio_sid] = _Held()
+    def start(self, eio_sid: str, replaying: bool = False) -> None:
+        """Hold ``eio_sid``'s packets: during every CONNECT, so that the
+        reply goes out before what its connect handler emits, and
+        (``replaying``) until the replay of a recovering connection."""
+        self._held[eio_sid] = _Held(replaying=replaying)
 
-    def collecting(self, eio_sid: str) -> bool:
-        """Whether packets for ``eio_sid`` are held now (its replay is not
-        out yet; the floor afterwards does not count)."""
+    def replaying(self, eio_sid: str) -> bool:
+        """Whether ``eio_sid`` is being recovered, its replay not out yet.
+
+        An emit of this node that did not come back through the bus in time
+        skips such a connection: the replay's tail reads it from the stream.
+        A plain CONNECT's connection is held too, but has no replay: it must
+        get such an emit now (held until its reply), or it never would when
+        the emit does not come back at all (published before this node's
+        subscription to the sid's channel was in place)."""
         held = self._held.get(eio_sid)
-        return held is not None and held.packets is not None
+        return held is not None and held.packets is not None and held.replaying
 
     def holding(self, eio_sid: str) -> bool:
         """Whether packets for ``eio_sid`` must go through :meth:`hold`

@@ -46,8 +46,9 @@ def _channel_name(message: PushMessage) -> str:
 
 
 class RedisTransport(Transport):
-    """Publishes and subscribes on the common Redis channel and, without
-    Redis Cluster, on the room and node channels (see :mod:`cluster.bus.channels`).
+    """Publishes and subscribes on the common Redis channel and on the room
+    and node channels (see :mod:`cluster.bus.channels`); on Redis Cluster
+    with lanes, over every primary that owns one (see :mod:`.redis_lanes`).
 
     :param connector: makes the clients.
     :param log: the recovery stream when emits are logged (None: plain
@@ -86,7 +87,8 @@ class RedisTransport(Transport):
         self.logs_recovery = log is not None
         # on Redis Cluster, room and node channels are named into the common
         # channel's slot (route_base): the recovery script may SPUBLISH only
-        # there, and one shard connection keeps every channel in publish order
+        # there, and one shard connection keeps every channel in publish
+        # order; with lanes, into their lanes' slots instead
         self.routes = True
         self._pub: redis.Redis | None = None
         # the publisher client and the connection its pipelines are written on

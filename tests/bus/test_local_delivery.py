@@ -1,0 +1,58 @@
+"""LocalDelivery: a logged emit that does not come back through the bus in
+time is delivered by its emitter, to whom, and whom it skips."""
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.bus.local_delivery import LocalDelivery
+from cluster.bus.ordered_delivery import OrderedDelivery
+from cluster.bus.runtime import Runtime
+from cluster.bus.stats import BusStats
+from cluster.recovery.replay import PacketHold
+
+
+class LostPublisher:
+    """Queues every emit, none of which ever comes back (published before
+    this node's subscription to the target's channel was in place)."""
+
+    healthy = True
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    def start(self) -> None:
+        pass
+
+    def watch_seals(self, watcher: Any) -> None:
+        pass
+
+    def publish(self, *, body: str, logged: bool, waiter: Any, channel: Any = None) -> bool:
+        self.published.append(body)
+        return True
+
+
+def test_an_emit_that_never_comes_back_reaches_a_plain_connect_and_skips_a_replay() -> None:
+    hold = PacketHold(lambda kind, item: (None, None), {})
+    # a fresh connection in its CONNECT: held only until its reply goes out
+    hold.start("fresh-eio")
+    # a recovering one: held until its replay, whose tail reads the stream
+    hold.start("recovering-eio", replaying=True)
+    assert not hold.replaying("fresh-eio") and hold.replaying("recovering-eio")
+    delivered: list[dict[str, Any]] = []
+    ordered = OrderedDelivery(Runtime())
+    members = [("fresh", "fresh-eio"), ("old", "recovering-eio"), ("plain", "plain-eio")]
+    local = LocalDelivery(
+        ordered, LostPublisher(), Runtime(), BusStats(),  # type: ignore[arg-type]
+        apply_emit=delivered.append, logs_recovery=lambda: True,
+        participants=lambda namespace, room: members, recovering=lambda: hold.replaying,
+        subscribed=lambda: True, in_listener=lambda: False, offset_wait=0.05)
+    pending = ordered.expect()
+    message = {"method": "emit", "event": "welcome", "data": ["hi"], "binary": False,
+               "namespace": "/", "room": "r", "skip_sid": None, "callback": None,
+               "lid": pending.lid}
+    local.deliver_logged(message, "{}", pending)
+    # the connect handler's welcome reaches its own, still connecting,
+    # client (the hold sends it after the reply); only the connection
+    # being recovered is skipped, which its replay's tail covers
+    (sent,) = delivered
+    assert sent["event"] == "welcome" and sent["skip_sid"] == ["old"]
