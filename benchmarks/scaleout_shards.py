@@ -54,7 +54,7 @@ from .suite.procs import (
     stop_on_sigterm_like_ctrl_c,
     wait_until,
 )
-from .suite.scaleout_measure import SHARDED
+from .suite.scaleout_measure import SHARDED, RedisProbe
 from .suite.scaleout_nodes import NodesSettings, measure_nodes
 from .suite.targets import ROOT, TARGETS, Target, ensure_node_modules
 
@@ -76,23 +76,20 @@ def targets_for(partitions: int) -> dict[str, Target]:
 
 
 class ShardsProbe:
-    """:class:`~.suite.scaleout_measure.RedisProbe`'s reads, over every primary."""
+    """:class:`~.suite.scaleout_measure.RedisProbe`'s reads, summed over
+    every primary (one ``RedisProbe`` each), and each primary's bus commands."""
 
     def __init__(self, ports: list[int]) -> None:
-        self.clients = [redis.Redis(host=HOST, port=port, socket_timeout=10) for port in ports]
+        self.probes = [RedisProbe(f"redis://{HOST}:{port}/0") for port in ports]
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for client in self.clients:
-            info = client.info("cpu")
-            total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-        return total
+        return sum(probe.cpu_seconds() for probe in self.probes)
 
     def commands(self) -> list[int]:
         """Bus commands each primary ran so far."""
         counts = []
-        for client in self.clients:
-            stats = client.info("commandstats")
+        for probe in self.probes:
+            stats = probe.client.info("commandstats")
             counts.append(sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
                               for name in BUS_COMMANDS))
         return counts
@@ -101,22 +98,16 @@ class ShardsProbe:
         return sum(self.commands())
 
     def subscribers(self) -> dict[str, int]:
-        connections = channels = 0
-        for client in self.clients:
-            for entry in client.client_list():
-                count = sum(int(entry.get(key, 0) or 0) for key in ("sub", "psub", "ssub"))
-                if count:
-                    connections += 1
-                    channels += count
-        return {"connections": connections, "channels": channels}
+        each = [probe.subscribers() for probe in self.probes]
+        return {key: sum(counts[key] for counts in each) for key in ("connections", "channels")}
 
     def flush(self) -> None:
-        for client in self.clients:
-            client.flushall()
+        for probe in self.probes:
+            probe.client.flushall()
 
     def close(self) -> None:
-        for client in self.clients:
-            client.close()
+        for probe in self.probes:
+            probe.close()
 
 
 def start_redis_cluster(procs: Procs) -> tuple[list[Proc], list[int]]:
