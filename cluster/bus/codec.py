@@ -136,8 +136,13 @@ _LID_HEAD = '{"lid":'
 #: a header's ``lid`` field, right after ``src``
 _LID_FIELD = b'"lid":'
 #: :meth:`OwnHeader.read` of an own message whose header names no ``lid``
-#: (ids start at 1, see :class:`~.ordered_delivery.OrderedDelivery`)
-NO_LID = 0
+NO_LID = -1
+#: the ``lid`` of an emit its node delivered to nobody, having no member of
+#: the room when it was made (the ids of logged emits start at 1, see
+#: :class:`~.ordered_delivery.OrderedDelivery`): back on a channel the node
+#: follows by then, it is decoded and delivered like a peer's (see
+#: :mod:`.receiver`)
+UNSERVED_LID = 0
 
 
 def _digits(text: str | bytes) -> int | None:
@@ -244,7 +249,7 @@ class Codec:
         """
         lid = message.get("lid")
         head = ""
-        if type(lid) is int and lid > 0:
+        if type(lid) is int and lid >= 0:
             head = f'{_LID_HEAD}{lid},'
         if not self.signed:
             message = dict(message, ts=_now_ms())

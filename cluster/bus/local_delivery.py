@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cluster.bus.codec import UNSERVED_LID
 from cluster.bus.errors import Dropped
 from cluster.bus.ordered_delivery import (
     MAX_TRACKED,
@@ -141,6 +142,11 @@ class LocalDelivery:
             return self._returned(message)
         lid = message.get("lid")
         if not isinstance(lid, int):
+            return None
+        if lid == UNSERVED_LID:
+            # nobody here got it when it was made: whoever is here now gets
+            # it, as from a peer (see the receiver's module doc)
+            self.deliver(message)
             return None
         verdict = self._ordered.arrived(lid)
         if verdict is True:

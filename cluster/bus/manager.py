@@ -38,7 +38,7 @@ from cluster import compat
 from cluster.bus.binary_data import has_binary
 from cluster.bus.channels import ChannelFollower, node_channel
 from cluster.bus.clock import ClockWatch
-from cluster.bus.codec import Codec
+from cluster.bus.codec import UNSERVED_LID, Codec
 from cluster.bus.defaults import DEFAULT_CHANNEL
 from cluster.bus.local_delivery import LocalDelivery
 from cluster.bus.ordered_delivery import OrderedDelivery
@@ -339,12 +339,16 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
             message["callback"] = [room, namespace, ack_id]
         logged = ack_id is None and self.logs_recovery
         channel = self.room_channel(namespace, room)
-        # routed to a room with no member here, it does not come back
+        # routed to a room with no member here, it comes back only if one
+        # arrives before it does, who then gets it (see the receiver)
         here = channel is None or room in self.rooms.get(namespace, {})
         pending = None
-        if logged and not self.write_only and here:
-            pending = self.ordered.expect()
-            message["lid"] = pending.lid
+        if not self.write_only:
+            if not here:
+                message["lid"] = UNSERVED_LID
+            elif logged:
+                pending = self.ordered.expect()
+                message["lid"] = pending.lid
         try:
             body = self.publisher.dumps(message)
         except Exception:

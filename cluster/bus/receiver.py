@@ -17,6 +17,15 @@ only if the bytes are one of its own seals), both counted (``own_dropped``,
 ``own_returned``). Only a copy whose bytes this node did not seal is
 decoded and verified like any message (without a secret: decoded).
 
+An emit made where the room had no member is delivered here to nobody, and
+its header says so (:data:`~.codec.UNSERVED_LID`). It comes back only if
+the node follows the room's channel by then, that is when a member arrived
+meanwhile: a join, or a client resuming or recovering here, whose replay was
+read before the emit reached the stream (its node's outbox may hold it for
+seconds, through a Redis restart). It is decoded, verified and delivered
+like a peer's emit, so that member gets it, once: before this, it was
+dropped by its header, and lost.
+
 After a subscription outage the receiver first catches up on what the
 recovery stream holds since the last offset it got from the channel, then
 handles the live messages (see :mod:`.catch_up`); own entries read back
@@ -31,7 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from cluster.bus.catch_up import CatchUp, CatchUpReader
-from cluster.bus.codec import NO_LID, Codec, OwnHeader
+from cluster.bus.codec import NO_LID, UNSERVED_LID, Codec, OwnHeader
 from cluster.bus.errors import Dropped
 from cluster.bus.ordered_delivery import Outcome, Returned
 from cluster.bus.runtime import Backoff
@@ -175,6 +184,8 @@ class Receiver:
     def _own_message(self, lid: int, offset: str | None, raw: Any) -> bool | None:
         """This node's own message by its header (see the module doc): what
         :meth:`apply` returns, or None to decode and verify it."""
+        if lid == UNSERVED_LID:
+            return None  # see the module doc: decoded, verified, delivered
         if lid != NO_LID:
             try:
                 outcome = self.own_emit(Returned(lid, offset, bytes(raw)))

@@ -12,7 +12,7 @@ import pytest
 
 from cluster.bus import codec as codec_module
 from cluster.bus.batch import Item
-from cluster.bus.codec import NO_LID, Codec, OwnHeader, body_lid
+from cluster.bus.codec import NO_LID, UNSERVED_LID, Codec, OwnHeader, body_lid
 from cluster.bus.errors import Dropped
 from cluster.bus.local_delivery import LocalDelivery
 from cluster.bus.ordered_delivery import OrderedDelivery, PendingDelivery
@@ -290,3 +290,24 @@ def test_the_sender_reports_every_seal_of_an_emit_with_a_lid() -> None:
     logged.payload = None  # sealed again (a retry after a refusal)
     sender.send([logged])
     assert seen[1] == (8, wire.sent[2], True) and wire.sent[2] != wire.sent[1]
+
+
+def test_an_emit_served_to_nobody_here_is_decoded_and_delivered_when_it_comes_back() -> None:
+    node = Node()
+    body = node.codec.dumps({"method": "emit", "event": "e", "data": [{"n": 9}],
+                             "binary": False, "namespace": "/", "room": "r",
+                             "skip_sid": None, "callback": None, "host_id": ME,
+                             "lid": UNSERVED_LID})
+    assert body_lid(body) == UNSERVED_LID
+    wire = node.codec.seal(body, ME, logged=True)
+    assert OwnHeader(ME).read(wire) == UNSERVED_LID != NO_LID
+    offset = now_offset()
+    node.receive(b"@" + offset.encode() + b"@" + wire)
+    [delivered] = node.delivered
+    assert delivered["data"] == [{"n": 9}, offset] and delivered["offset"] == offset
+    assert node.count("own_dropped") == 0 and node.count("own_returned") == 0
+    assert node.receiver.catch_up.base == offset  # verified, so its offset counts
+    # a forgery with that header is verified like any message, and dropped
+    forged = Codec("f" * 32).seal(body.replace('"n":9', '"n":666'), ME, logged=True)
+    node.receive(b"@" + now_offset().encode() + b"@" + forged)
+    assert node.count("dropped_bad_signature") == 1 and len(node.delivered) == 1
