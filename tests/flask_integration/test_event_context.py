@@ -1,5 +1,6 @@
 """The request context of an event: its URL matched once per connection,
-and no reference cycle left behind."""
+Flask's empty cookie session made without a serializer when there is no
+cookie, and no reference cycle left behind."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import NotFound
 from werkzeug.test import EnvironBuilder
 
@@ -107,3 +109,53 @@ def test_events_leave_no_garbage_cycles(collector_paused: None) -> None:
     # 11,800 before (59 per event); none now, a few allowed for whatever
     # else the test client keeps
     assert freed < 50, f"{freed} objects in reference cycles after 200 events"
+
+
+def _count_serializers(monkeypatch: pytest.MonkeyPatch, interface: Any) -> list[int]:
+    made: list[int] = []
+    build = type(interface).get_signing_serializer
+
+    def counted(self: Any, app: Flask) -> Any:
+        made.append(1)
+        return build(self, app)
+
+    monkeypatch.setattr(type(interface), "get_signing_serializer", counted)
+    return made
+
+
+def test_no_session_cookie_gets_flasks_empty_session_without_a_serializer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Flask(__name__)
+    app.secret_key = "k" * 32
+    made = _count_serializers(monkeypatch, app.session_interface)
+    with EventRequestContext(app, EnvironBuilder(path="/socket.io/").get_environ()) as context:
+        assert type(context.session) is app.session_interface.session_class
+        assert dict(context.session) == {} and not context.session.modified
+    assert made == []
+    # a cookie: Flask opens it, and its values are there
+    with app.test_request_context("/"):
+        signed = app.session_interface.get_signing_serializer(app).dumps({"user": "ada"})
+    made.clear()
+    cookie = EnvironBuilder(path="/socket.io/",
+                            headers={"Cookie": f"session={signed}"}).get_environ()
+    with EventRequestContext(app, cookie) as context:
+        assert context.session["user"] == "ada"
+    assert made == [1]
+
+
+def test_other_session_setups_are_opened_by_flask(monkeypatch: pytest.MonkeyPatch) -> None:
+    environ = EnvironBuilder(path="/socket.io/").get_environ()
+    keyless = Flask(__name__)  # no secret key: Flask's null session
+    with EventRequestContext(keyless, environ) as context:
+        assert keyless.session_interface.is_null_session(context.session)
+
+    class Custom(SecureCookieSessionInterface):
+        pass
+
+    app = Flask(__name__)
+    app.secret_key = "k" * 32
+    app.session_interface = Custom()
+    made = _count_serializers(monkeypatch, app.session_interface)
+    with EventRequestContext(app, environ) as context:
+        assert dict(context.session) == {}
+    assert made == [1]  # a subclass may open differently: Flask's own open ran
