@@ -33,6 +33,8 @@ from .procs import (
     child_env,
     cpu_seconds,
     free_port,
+    segments_between,
+    tcp_segments,
     wait_until,
 )
 from .targets import ROOT, TARGETS, Target, haproxy_executable, node_url, start_nodes
@@ -84,11 +86,12 @@ def run_ladder(procs: Procs, nodes: list[Proc], redis: Proc, clients: int,
         "deadline_s": connect_s + (len(rungs) + 2) * step_timeout(settings) + 30,
     }
     loadgen = Loadgen(procs, config)
-    starts: dict[int, tuple[float, float, float, float]] = {}
+    starts: dict[int, tuple[float, float, float, float, Any]] = {}
+    ports = [n.port for n in nodes if n.port is not None]
 
-    def sample() -> tuple[float, float, float, float]:
+    def sample() -> tuple[float, float, float, float, Any]:
         return (time.monotonic(), sum(cpu_seconds(n.pid) for n in nodes),
-                cpu_seconds(redis.pid), cpu_seconds(loadgen.proc.pid))
+                cpu_seconds(redis.pid), cpu_seconds(loadgen.proc.pid), tcp_segments(ports))
 
     def on_marker(event: Event) -> None:
         if event["event"] == "measure_start":
@@ -97,10 +100,12 @@ def run_ladder(procs: Procs, nodes: list[Proc], redis: Proc, clients: int,
     def cpu_of(step: int) -> dict[str, float]:
         if step not in starts:
             return {}
-        t0, node0, redis0, gen0 = starts[step]
-        t1, node1, redis1, gen1 = sample()
+        t0, node0, redis0, gen0, sockets0 = starts[step]
+        t1, node1, redis1, gen1, sockets1 = sample()
+        segments = segments_between(sockets0, sockets1, clients) or (None, None)
         return {"node_cpu_s": node1 - node0, "redis_cpu_s": redis1 - redis0,
-                "loadgen_cpu_s": gen1 - gen0, "cpu_wall_s": max(1e-6, t1 - t0)}
+                "loadgen_cpu_s": gen1 - gen0, "cpu_wall_s": max(1e-6, t1 - t0),
+                "segs_to_clients": segments[0], "segs_from_clients": segments[1]}
 
     try:
         ready = loadgen.expect("ready", connect_s)
@@ -118,6 +123,11 @@ def run_ladder(procs: Procs, nodes: list[Proc], redis: Proc, clients: int,
             if step.get("node_cpu_s") is not None and step["delivered"]:
                 step["node_cpu_us_per_delivery"] = step["node_cpu_s"] / step["delivered"] * 1e6
                 step["loadgen_cpu_util"] = step["loadgen_cpu_s"] / step["cpu_wall_s"]
+                # TCP segments per delivery, both ways on the nodes' client
+                # sockets: each is a wake-up (and a radio burst) for a client
+                if step["segs_to_clients"] is not None:
+                    step["segs_out_per_delivery"] = step["segs_to_clients"] / step["delivered"]
+                    step["segs_in_per_delivery"] = step["segs_from_clients"] / step["delivered"]
             step["target_delivered_per_s"] = step["rate"] * clients
             # one core is all a Node process gets: past ~90% the generator may be the limit
             step["loadgen_saturated"] = step.get("loadgen_cpu_util", 0.0) >= 0.9
@@ -126,6 +136,8 @@ def run_ladder(procs: Procs, nodes: list[Proc], redis: Proc, clients: int,
                   f"{step['delivered_per_s']:9,.0f} delivered/s, loss {step['loss']:.4f}, "
                   f"p50 {fmt(step['p50_ms'])} p99 {fmt(step['p99_ms'])} ms, "
                   f"node CPU {fmt(step.get('node_cpu_us_per_delivery'))} us/delivery, "
+                  f"TCP segments/delivery {fmt(step.get('segs_out_per_delivery'), 2)} out "
+                  f"{fmt(step.get('segs_in_per_delivery'), 2)} in, "
                   f"loadgen CPU {fmt(100 * step.get('loadgen_cpu_util', math.nan), 0)}% "
                   f"{'ok' if step['passed'] else 'FAIL'}"
                   f"{' (load generator saturated)' if step['loadgen_saturated'] else ''}"

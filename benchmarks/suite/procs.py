@@ -234,6 +234,47 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def tcp_segments(ports: Sequence[int]) -> dict[tuple[str, str], tuple[int, int]]:
+    """TCP segments sent and received so far by each established socket
+    whose local port is one of ``ports`` (a node's clients: what it sent
+    them, and their ACKs and frames), keyed by (local, peer) address, from
+    ``ss -ti``; empty when ``ss`` is missing. See :func:`segments_between`."""
+    if not ports or shutil.which("ss") is None:
+        return {}
+    match = " or ".join(f"sport = :{port}" for port in ports)
+    try:
+        text = subprocess.run(["ss", "-tinH", "state", "established", f"( {match} )"],
+                              capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    sockets: dict[tuple[str, str], tuple[int, int]] = {}
+    key: tuple[str, str] | None = None
+    for line in text.splitlines():
+        if not line.startswith((" ", "\t")):  # "Recv-Q Send-Q local peer"
+            fields = line.split()
+            key = (fields[2], fields[3]) if len(fields) >= 4 else None
+            continue
+        counters = dict(field.split(":", 1) for field in line.split()
+                        if field.startswith(("segs_out:", "segs_in:")))
+        if key is not None:  # ss leaves out a counter that is still 0
+            sockets[key] = (int(counters.get("segs_out", 0)), int(counters.get("segs_in", 0)))
+    return sockets
+
+
+def segments_between(before: dict[tuple[str, str], tuple[int, int]],
+                     after: dict[tuple[str, str], tuple[int, int]],
+                     sockets: int) -> tuple[int, int] | None:
+    """Segments (sent, received) between two :func:`tcp_segments` samples,
+    over the sockets open at both (counters are per socket); None unless at
+    least ``sockets`` were (clients that left meanwhile took their counts
+    with them: the load generator closing at the end of a run)."""
+    common = before.keys() & after.keys()
+    if not common or len(common) < sockets:
+        return None
+    return (sum(after[k][0] - before[k][0] for k in common),
+            sum(after[k][1] - before[k][1] for k in common))
+
+
 def raise_fd_limit(wanted: int) -> tuple[int, int]:
     """Raise this process's soft open-file limit towards ``wanted`` (children inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -94,7 +94,19 @@ def summary(results: dict[str, Any], target: str, scenario: str) -> dict[str, An
     cpu = [r["max"]["node_cpu_us_per_delivery"] for r in runs
            if r.get("max") and r["max"].get("node_cpu_us_per_delivery") is not None]
     half = [r["half"] for r in runs if r.get("half")]
+    # the first rung has the same rate for every target: segments compare there
+    first = [r["steps"][0] for r in runs if r.get("steps")]
+    peaks = [r["max"] for r in runs if r.get("max")]
+
+    def segments(steps: list[dict[str, Any]], way: str) -> float | None:
+        return median([s[way] for s in steps if s.get(way) is not None])
+
     return {"rounds": len(runs), "max": maxima, "max_labels": labels,
+            "segs_first": (segments(first, "segs_out_per_delivery"),
+                           segments(first, "segs_in_per_delivery")),
+            "segs_max": (segments(peaks, "segs_out_per_delivery"),
+                         segments(peaks, "segs_in_per_delivery")),
+            "first_rung": first[0]["target_delivered_per_s"] if first else None,
             "max_median": median(maxima),
             "cpu_us": cpu, "cpu_us_median": median(cpu),
             "half_p50": median([h["p50_ms"] for h in half if h["p50_ms"] is not None]),
@@ -146,6 +158,8 @@ def markdown(results: dict[str, Any]) -> str:
     headers = ["target"] + [f"{s} max delivered/s" for s in scenarios] + [
         f"node CPU µs/delivery at max ({' / '.join(scenarios)})",
         f"p50 / p99 ms at half load ({'; '.join(scenarios)})",
+        f"TCP segments per delivery, to / from clients, at the first rung; at max "
+        f"({'; '.join(scenarios)})",
         "idle KiB/websocket (" + " / ".join(results["settings"]["memory_counts_label"]) + ")",
         f"{deflate.removesuffix('+deflate')} deflate offered: max delivered/s",
         "SIGKILL → first message, p50 ms (recovered, messages missed)"]
@@ -161,6 +175,10 @@ def markdown(results: dict[str, Any]) -> str:
         row.append(" / ".join(num(sums[s]["cpu_us_median"]) for s in scenarios))
         row.append("; ".join(f"{num(sums[s]['half_p50'])} / {num(sums[s]['half_p99'])}"
                              for s in scenarios))
+        row.append("; ".join(
+            f"{num(sums[s]['segs_first'][0], 2)} / {num(sums[s]['segs_first'][1], 2)}, "
+            f"{num(sums[s]['segs_max'][0], 2)} / {num(sums[s]['segs_max'][1], 2)}"
+            for s in scenarios))
         mem = results["memory"].get(t)
         row.append(" / ".join(num(mem["kib_per_connection"].get(str(c)))
                               for c in results["settings"]["memory_counts"]) if mem else "—")
