@@ -12,7 +12,7 @@ import pytest
 import requests
 import socketio
 
-from tests.harness.peers import Peer, record_room_messages, wait_for_texts
+from tests.harness.peers import Peer, feed_listener_and_sender, wait_for_texts
 
 RECOVERY = {"RECOVERY_WINDOW": "60"}
 UNLIMITED = ["--max-events-per-second", "0"]
@@ -115,12 +115,8 @@ def test_an_emit_made_where_the_room_had_no_member_reaches_one_who_recovers_ther
     # had nothing yet), and the emit then came back to a node that had
     # delivered it to nobody, and was dropped by its header
     listener_node, sender_node = node_factory(count=2, env=RECOVERY)
-    listener = Peer(sio_client_factory, listener_node.url, reconnection=False)
-    got = record_room_messages(listener)
-    listener.call("join", "feed")
-    sender = Peer(sio_client_factory, sender_node.url, cls=socketio.Client)
-    sender.call("to_room", {"room": "feed", "text": "before"})
-    assert wait_for_texts(got, 1) == ["before"]
+    listener, got, sender = feed_listener_and_sender(
+        sio_client_factory, listener_node.url, sender_node.url)
     old_sid = listener.client.get_sid()
     listener_node.kill(signal.SIGKILL)
     assert listener.disconnected.wait(10)

@@ -125,6 +125,20 @@ def wait_for_texts(texts: list[str], count: int, timeout: float = 15) -> list[st
     return list(texts)
 
 
+def feed_listener_and_sender(factory: Any, listener_url: str, sender_url: str
+                             ) -> tuple[Peer, list[str], Peer]:
+    """A listener in room ``feed`` that does not reconnect by itself (the
+    tests move it), the texts it gets, and a plain client on another node
+    whose ``before`` it got already."""
+    listener = Peer(factory, listener_url, reconnection=False)
+    received = record_room_messages(listener)
+    listener.call("join", "feed")
+    sender = Peer(factory, sender_url, cls=socketio.Client)
+    sender.call("to_room", {"room": "feed", "text": "before"})
+    assert wait_for_texts(received, 1) == ["before"]
+    return listener, received, sender
+
+
 class Stream:
     """Emits numbered room messages from a client until stopped."""
 

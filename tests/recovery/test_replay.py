@@ -9,7 +9,14 @@ from typing import Any
 import socketio
 
 from tests.bus.loopback import wait_for
-from tests.harness.peers import Peer, Stream, record_room_messages, wait_for_texts, wait_reconnected
+from tests.harness.peers import (
+    Peer,
+    Stream,
+    feed_listener_and_sender,
+    record_room_messages,
+    wait_for_texts,
+    wait_reconnected,
+)
 
 RECOVERY = {"RECOVERY_WINDOW": "60"}
 
@@ -156,12 +163,8 @@ def test_an_emit_made_during_a_redis_outage_is_replayed_to_a_recovering_client(
     # buffered, logged in the recovery stream when Redis is back, and a
     # client that recovers afterwards is replayed it
     sender_node, listener_node = node_factory(count=2, env=RECOVERY)
-    listener = Peer(sio_client_factory, listener_node.url, reconnection=False)
-    received = record_room_messages(listener)
-    listener.call("join", "feed")
-    sender = Peer(sio_client_factory, sender_node.url, cls=socketio.Client)
-    sender.call("to_room", {"room": "feed", "text": "before"})
-    assert wait_for_texts(received, 1) == ["before"]
+    listener, received, sender = feed_listener_and_sender(
+        sio_client_factory, listener_node.url, sender_node.url)
     old_sid = listener.client.get_sid()
     listener_node.kill(signal.SIGKILL)
     assert listener.disconnected.wait(10)

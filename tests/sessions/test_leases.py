@@ -7,10 +7,8 @@ import signal
 import time
 from typing import Any
 
-import socketio
-
 from cluster.sessions.leases import default_interval
-from tests.harness.peers import Peer, record_room_messages, wait_for_texts
+from tests.harness.peers import Peer, feed_listener_and_sender, wait_for_texts
 from tests.harness.raw_websocket import metric
 
 RECOVERY = {"RECOVERY_WINDOW": "60"}
@@ -59,13 +57,9 @@ def test_a_crashed_nodes_sessions_expire_like_ended_connections(
 def test_sessions_lost_in_a_redis_restart_are_restored_and_still_recover(
         node_factory: Any, redis_server: Any, sio_client_factory: Any) -> None:
     listener_node, sender_node = node_factory(count=2, env=RECOVERY)
-    listener = Peer(sio_client_factory, listener_node.url, reconnection=False)
-    received = record_room_messages(listener)
-    listener.call("join", "feed")
+    listener, received, sender = feed_listener_and_sender(
+        sio_client_factory, listener_node.url, sender_node.url)
     listener.call("session_set", {"kept": "yes"})
-    sender = Peer(sio_client_factory, sender_node.url, cls=socketio.Client)
-    sender.call("to_room", {"room": "feed", "text": "before"})
-    assert wait_for_texts(received, 1) == ["before"]
     old_sid = listener.client.get_sid()
     # Redis keeps nothing on disk here: it comes back empty
     redis_server.kill(signal.SIGKILL)
