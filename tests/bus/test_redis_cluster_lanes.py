@@ -25,6 +25,19 @@ LANES = ["--redis-partitions", "6"]
 ROOMS = [f"room-{i}" for i in range(300)]
 
 
+@pytest.fixture(autouse=True)
+def _lane_count_forgotten(redis_cluster: list[Any]) -> Any:
+    """The lane count recorded in the shared cluster is deleted after each
+    test (set up first, so torn down after its nodes stopped): a later
+    test's nodes with one lane would otherwise refuse to start for 120 s."""
+    yield
+    cluster = RedisCluster(host="127.0.0.1", port=redis_cluster[0].port)
+    try:
+        cluster.delete(agreement_key(CHANNEL))
+    finally:
+        cluster.close()
+
+
 def _masters(servers: list[Any]) -> list[redis.Redis]:
     return [redis.Redis(port=server.port, socket_timeout=5) for server in servers]
 

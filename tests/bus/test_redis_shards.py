@@ -3,6 +3,8 @@ subscriber connection per primary read as one, publishes grouped per
 primary, and what each does when a primary fails."""
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Any
 
@@ -19,7 +21,12 @@ from cluster.bus.backends.redis_shards import (
     ShardMap,
     ShardPublisher,
 )
+from cluster.bus.backends.redis_transport import RedisTransport
 from cluster.bus.channels import room_channel
+from cluster.bus.runtime import Runtime
+from cluster.bus.services.nodes import NodeRegistry
+from cluster.bus.stats import BusStats
+from cluster.bus.transport import Subscription
 from cluster.devtools.processes import free_port
 
 LANES = Lanes("shards-test", 6)
@@ -131,3 +138,43 @@ def test_a_primary_that_answers_no_ping_breaks_the_subscription(
     assert silent.pings == 2
     with pytest.raises(redis.exceptions.ConnectionError, match="PING"):
         pushes._check_health(start + 2 * PING_AFTER + 2 + PONG_WITHIN + 0.1)
+
+
+def test_a_subscription_over_lanes_asks_the_seeds_once(redis_cluster_url: str) -> None:
+    """Each (re)subscription resolves where the lanes are in one question to
+    the seeds, for every lane and the common channel together."""
+    connector = RedisConnector(redis_cluster_url, {}, redis_cluster=False,
+                               channel=LANES.channel)
+    asked: list[list[str]] = []
+    owners = connector.owners
+
+    def counted(keys: list[str]) -> list[tuple[str, int]]:
+        asked.append(keys)
+        return owners(keys)
+
+    connector.owners = counted  # type: ignore[method-assign]
+    transport = RedisTransport(connector, None, LANES.count)
+    subscription = Subscription(BusStats(), NodeRegistry("me", "me", 3.0), Runtime(),
+                                logging.getLogger("test"), node_timeout=60.0,
+                                max_backoff=0.1, publishing=lambda: True)
+    subscribed: list[int] = []
+    subscription.on_subscribed(lambda: subscribed.append(len(asked)))
+    published = threading.Thread(target=_publish_when, daemon=True,
+                                 args=(subscribed, transport, LANES.channel))
+    published.start()
+    try:
+        for payload in transport.listen(subscription):
+            assert payload == b"hello"
+            break
+    finally:
+        subscription.closed = True
+        transport.close()
+    assert subscribed == [1]  # subscribed after one question
+    assert asked[0] == [LANES.common, *LANES.prefixes]
+
+
+def _publish_when(subscribed: list[int], transport: Any, channel: str) -> None:
+    deadline = time.monotonic() + 10
+    while not subscribed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    transport.send([b"hello"])

@@ -324,13 +324,18 @@ class RedisTransport(Transport):
     # -- listening ----------------------------------------------------------------
     def _subscribe(self) -> tuple[Any, PushConnection | ShardedPushes]:
         """Subscribe to the common channel and every followed one; returns
-        the client and its pub/sub connection (to which the follower sends
-        its changes)."""
-        client = self.connector.client()
+        the client (None with lanes: a connection per primary) and the
+        pub/sub connection (to which the follower sends its changes)."""
+        client: Any = None
         pubsub: PushConnection | ShardedPushes
         if self.lanes is None:
+            client = self.connector.client()
             pubsub = PushConnection(client, self.connector.sharded)
-        else:  # a connection per primary, on a map made now
+        else:
+            # a connection per primary, on a map made now: the seeds are
+            # asked once, for every lane and the common channel together
+            # (the common channel's client the connector would make first
+            # asked them once more, for a primary the map names anyway)
             pubsub = ShardedPushes(
                 ShardMap.resolve(self.lanes, self.connector.owners),
                 lambda address: PushConnection(self.connector.client_at(*address), True))
