@@ -19,9 +19,9 @@ The shape::
     ├── limits: Limits              cluster.node.limits (rates, rooms, connect
     │                               timeout, replay bounds)
     ├── recovery: RecoveryOptions   connection_state_recovery (None: off)
-    ├── transport: TransportConfig  max_backlog, websocket_compression,
-    │                               tcp_nodelay, max_connections, HTTP timeouts,
-    │                               path
+    ├── transport: TransportConfig  max_backlog, write_window,
+    │                               websocket_compression, tcp_nodelay,
+    │                               max_connections, HTTP timeouts, path
     ├── redis_url                   the Redis of sessions and singleton leases
     │                               when the bus is not Redis
     └── server_options              everything else, for python-socketio
@@ -41,7 +41,11 @@ from typing import Any
 
 from cluster.bus.defaults import DEFAULT_CHANNEL
 from cluster.exceptions import ConfigurationError
-from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG
+from cluster.node.frame_writer import (
+    DEFAULT_MAX_BACKLOG,
+    DEFAULT_WRITE_WINDOW,
+    checked_write_window,
+)
 from cluster.node.limits import Limits
 from cluster.recovery.replay import RecoveryOptions
 from session_store import DEFAULT_KEY_PREFIX, DEFAULT_TTL
@@ -91,7 +95,7 @@ CLUSTER_OPTIONS = frozenset({
     "node_name", "max_rooms_per_connection", "max_namespaces_per_connection",
     "connect_timeout", "max_replay_packets", "max_concurrent_connects",
     "max_replay_bytes", "http_header_timeout", "http_idle_timeout", "client_manager",
-    "http_body_timeout",
+    "http_body_timeout", "write_window",
 })
 
 
@@ -136,6 +140,8 @@ class TransportConfig:
     """
 
     max_backlog: int = DEFAULT_MAX_BACKLOG
+    #: seconds a frame may wait for the next ones on a websocket streamed to
+    write_window: float = DEFAULT_WRITE_WINDOW
     websocket_compression: bool = False
     tcp_nodelay: bool = True
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -359,6 +365,9 @@ def _transport(options: Mapping[str, Any]) -> TransportConfig:
         raise ConfigurationError(f"path must be a string (got {path!r}); e.g. path='socket.io'.")
     return TransportConfig(
         max_backlog=backlog,
+        write_window=checked_write_window(
+            DEFAULT_WRITE_WINDOW if options.get("write_window") is None
+            else options["write_window"]),
         websocket_compression=bool(options.get("websocket_compression", False)),
         tcp_nodelay=bool(options.get("tcp_nodelay", True)),
         max_connections=connections,

@@ -118,6 +118,12 @@ class SocketIO:
         could not hand to its socket yet) before it is disconnected, logged
         and counted as ``slow_consumers``. Default 1 MiB: a stalled or
         hostile reader cannot grow the node's memory beyond that.
+    :param write_window: seconds a frame may wait to leave with the next
+        ones on a websocket the node streams to: one written to less than
+        that ago whose client has sent nothing since (default 0.001; ``0``
+        switches it off, 0.1 at most). Fewer, fuller TCP segments for
+        clients that receive many events a second, for at most that much
+        latency; an answer to what a client sent never waits.
     :param http_header_timeout: seconds a client has to send a complete HTTP
         request head (default 10); ``0`` or ``None`` switches it off.
     :param http_idle_timeout: seconds a kept-alive HTTP connection, a
@@ -228,6 +234,7 @@ class SocketIO:
         server.recovery = config.recovery
         server.set_limits(config.limits)
         server.eio.set_max_backlog(config.transport.max_backlog)
+        server.eio.set_write_window(config.transport.write_window)
         if bus_changed:
             self._remember_manager()
             self.cluster_registrations.apply(self._features())

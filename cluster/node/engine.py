@@ -11,6 +11,8 @@
   :class:`~cluster.runtime.Runtime` of the server's ``async_mode``;
 - ``max_backlog``: bytes a client may leave unread before it is
   disconnected (default 1 MiB), counted in ``slow_consumers``;
+- ``write_window``: how long a frame may wait for the next ones on a
+  websocket streamed to (default 1 ms, see :mod:`.frame_writer`);
 - every socket decodes what its client sends strictly
   (:class:`~.engine_socket.StrictSocket`): an undecodable polling payload
   gets 400, a websocket message the connection closed, the session ends,
@@ -31,7 +33,12 @@ from typing import Any
 from cluster import compat, runtime
 from cluster.exceptions import ConfigurationError
 from cluster.node.engine_socket import StrictSocket
-from cluster.node.frame_writer import DEFAULT_MAX_BACKLOG, Flusher
+from cluster.node.frame_writer import (
+    DEFAULT_MAX_BACKLOG,
+    DEFAULT_WRITE_WINDOW,
+    Flusher,
+    checked_write_window,
+)
 from cluster.node.pause_fence import PauseFence
 from cluster.node.websocket_reads import ReadScheduler
 from cluster.node.websocket_transport import ClusterSocket
@@ -49,9 +56,13 @@ class ClusterEngineServer(compat.EngineServerSeam):
 
     :param max_backlog: unread bytes per client before it is disconnected;
         ``None`` keeps the default (1 MiB).
+    :param write_window: seconds a frame may wait to leave with the next
+        ones on a websocket streamed to (see :mod:`.frame_writer`); ``None``
+        keeps the default (1 ms), 0 switches it off.
     """
 
-    def __init__(self, *args: Any, max_backlog: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_backlog: int | None = None,
+                 write_window: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: the green-thread runtime of ``async_mode`` (None under threading),
         #: and the flusher of its websockets' writes
@@ -61,11 +72,14 @@ class ClusterEngineServer(compat.EngineServerSeam):
         self.read_scheduler: ReadScheduler | None = None
         if self.async_mode in runtime.MODES:
             self.runtime = runtime.load(self.async_mode)
-            self.flusher = Flusher(self.runtime)
+            self.flusher = Flusher(self.runtime, DEFAULT_WRITE_WINDOW)
             self.read_scheduler = ReadScheduler(self.runtime)
         self.max_backlog = DEFAULT_MAX_BACKLOG
         if max_backlog is not None:
             self.set_max_backlog(max_backlog)
+        self.write_window = DEFAULT_WRITE_WINDOW
+        if write_window is not None:
+            self.set_write_window(write_window)
         #: shared with the Socket.IO server's counters (see ClusterServer)
         self.counters: dict[str, int] = {"slow_consumers": 0}
         self._quiet = QuietLog(logger, MALFORMED_LOG_WINDOW)
@@ -99,6 +113,13 @@ class ClusterEngineServer(compat.EngineServerSeam):
                 f"max_backlog must be a whole number of bytes, at least 1024 (got "
                 f"{max_backlog!r}); e.g. max_backlog=4 * 1024 * 1024 for 4 MiB.")
         self.max_backlog = max_backlog
+
+    def set_write_window(self, write_window: float) -> None:
+        """Seconds a frame may wait for the next ones on a websocket streamed
+        to (0: off); applies at once, to every websocket."""
+        self.write_window = checked_write_window(write_window)
+        if self.flusher is not None:
+            self.flusher.write_window = self.write_window
 
     def socket_created(self, eio_socket: Any) -> None:
         # polling is decoded strictly under every async mode; on a green

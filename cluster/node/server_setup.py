@@ -113,6 +113,7 @@ def create_server(config: NodeConfig, extension: SocketIO) -> NodeParts:
     server = ClusterServer(
         client_manager=manager,
         max_backlog=config.transport.max_backlog,
+        write_window=config.transport.write_window,
         limits=config.limits,
         **server_kwargs,
     )

@@ -344,6 +344,9 @@ class ClusterSocket(StrictSocket):
     def handle_message(self, data: str | bytes) -> bool:
         """Handle one message from the client; ``False`` once the
         connection is to end."""
+        writer = self.frame_writer
+        if writer is not None:
+            writer.heard()  # what answers this leaves at the end of the turn
         try:
             pkt = self.decode_client_packet(data, "websocket")
             self.check_packet_type(pkt, "websocket")

@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="bytes a client may leave unread before it is disconnected, logged "
                            "and counted as a slow consumer (default: $CLUSTER_MAX_BACKLOG, "
                            "else 1048576)")
+    node.add_argument("--write-window", type=float, metavar="SECONDS",
+                      default=os.environ.get("CLUSTER_WRITE_WINDOW") or None,
+                      help="seconds a frame may wait to leave with the next ones on a "
+                           "websocket streamed to (one written less than that ago whose "
+                           "client sent nothing since): fewer TCP segments, at most that "
+                           "much latency; 0: off (default: $CLUSTER_WRITE_WINDOW, else the "
+                           "app's write_window, else 0.001)")
     # per-connection limits (cluster.node.limits)
     node.add_argument("--max-events-per-second", type=float, metavar="N",
                       default=os.environ.get("CLUSTER_MAX_EVENTS_PER_SECOND") or None,
@@ -238,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: flags that override the application's keyword option of the same name
 _OVERRIDING_FLAGS = (
     "max_connections", "tcp_nodelay", "websocket_compression", "session_ttl", "max_backlog",
+    "write_window",
     "http_header_timeout", "http_idle_timeout", "max_events_per_second",
     "max_rooms_per_connection", "connect_timeout", "max_replay_packets", "max_replay_bytes",
     "max_concurrent_connects",

@@ -36,6 +36,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.recovery is None
     transport = config.transport
     assert transport.max_backlog == DEFAULT_MAX_BACKLOG == 1024 * 1024
+    assert transport.write_window == 0.001
     assert transport.websocket_compression is False
     assert transport.tcp_nodelay is True
     assert transport.max_connections == DEFAULT_MAX_CONNECTIONS == 100_000
@@ -61,6 +62,7 @@ def test_options_are_sorted_into_typed_parts() -> None:
         "node_name": "n1", "session_store": "memory", "session_ttl": 30,
         "session_key_prefix": "app:", "resume_identity": identity, "manage_session": False,
         "max_rooms_per_connection": 7, "max_backlog": 4096, "websocket_compression": True,
+        "write_window": 0,
         "tcp_nodelay": False, "max_connections": 10, "http_header_timeout": 0,
         "path": "/live/", "redis_url": "redis://127.0.0.1:6379/1",
         "cors_allowed_origins": ["https://example.org"], "ping_interval": 5,
@@ -76,6 +78,7 @@ def test_options_are_sorted_into_typed_parts() -> None:
     assert config.limits.max_rooms_per_connection == 7
     assert config.recovery == RecoveryOptions(60.0, True)
     assert config.transport.max_backlog == 4096 and config.transport.websocket_compression
+    assert config.transport.write_window == 0.0  # off
     assert config.transport.tcp_nodelay is False and config.transport.max_connections == 10
     assert config.transport.http_header_timeout is None  # 0 switches it off
     assert config.transport.path == "live"
@@ -122,6 +125,8 @@ def test_an_emitter_without_an_app_is_write_only_and_needs_a_bus() -> None:
     ({"connection_state_recovery": {"max_disconnection_duration": 0}}, "positive"),
     ({"connection_state_recovery": 120}, "takes a dict"),
     ({"max_backlog": 100}, "max_backlog must be a whole number of bytes, at least 1024"),
+    ({"write_window": 5}, "write_window must be a number of seconds from 0 .* e.g. "
+                          "write_window=0.002 for 2 ms"),
     ({"max_connections": 0}, "max_connections must be a positive whole number"),
     ({"http_idle_timeout": "soon"}, "number of seconds .* or None or 0"),
     ({"http_header_timeout": -1}, "http_header_timeout=-1"),

@@ -289,15 +289,17 @@ def test_limits_reach_the_runner_and_default_when_null(chart: helm.Chart,
     names = [name for name in compose_env if name.startswith("CLUSTER_") and name not in (
         "CLUSTER_SIGNING_SECRET", "CLUSTER_DRAIN_SECONDS", "CLUSTER_ADVERTISE_URL",
         "CLUSTER_ASYNC_MODE")]
-    assert len(names) == 8
+    assert len(names) == 9
     for name in names:  # empty: the runner's default, in both
         assert env[name]["value"] == "", name
         assert compose_env[name] == f"${{{name}:-}}"  # unset: empty
     env = env_of(node(render(chart, {**SECRET_KEY, "limits": {
-        "maxBacklog": 4194304, "maxEventsPerSecond": 0, "connectTimeoutSeconds": 2.5}})))
+        "maxBacklog": 4194304, "maxEventsPerSecond": 0, "connectTimeoutSeconds": 2.5,
+        "writeWindowSeconds": 0.002}})))
     assert env["CLUSTER_MAX_BACKLOG"]["value"] == "4194304"  # not 4.194304e+06
     assert env["CLUSTER_MAX_EVENTS_PER_SECOND"]["value"] == "0"  # 0 switches it off
     assert env["CLUSTER_CONNECT_TIMEOUT"]["value"] == "2.5"
+    assert env["CLUSTER_WRITE_WINDOW"]["value"] == "0.002"
     assert env["CLUSTER_MAX_ROOMS_PER_CONNECTION"]["value"] == ""
 
 
@@ -365,7 +367,8 @@ def test_worker_runs_what_compose_runs(chart: helm.Chart, compose: dict[str, Any
     # connections (their limits) and run on a green-thread runtime
     wanted = {name for name in compose["services"]["worker"]["environment"]
               if name not in ("CLUSTER_DRAIN_SECONDS", "CLUSTER_ASYNC_MODE")
-              and not name.startswith(("CLUSTER_MAX_", "CLUSTER_CONNECT_", "CLUSTER_HTTP_"))}
+              and not name.startswith(("CLUSTER_MAX_", "CLUSTER_CONNECT_", "CLUSTER_HTTP_",
+                                       "CLUSTER_WRITE_"))}
     assert wanted <= set(env_of(c))
     assert "workers.celery_app" in " ".join(c["livenessProbe"]["exec"]["command"])
 
@@ -491,6 +494,7 @@ def test_ingress_is_off_by_default_and_sticky_only_as_an_option(chart: helm.Char
     ({**SECRET_KEY, "worker": {"pool": "gevent"}}, "/worker/pool"),
     ({**SECRET_KEY, "replicaCuont": 3}, "replicaCuont"),
     ({**SECRET_KEY, "limits": {"maxBacklog": 10}}, "/limits/maxBacklog"),
+    ({**SECRET_KEY, "limits": {"writeWindowSeconds": 2}}, "/limits/writeWindowSeconds"),
     ({**SECRET_KEY, "limits": {"maxEvents": 10}}, "maxEvents"),
     ({**SECRET_KEY, "messageQueue": {"redisPartitions": 0}}, "/messageQueue/redisPartitions"),
 ], ids=lambda v: v if isinstance(v, str) else None)

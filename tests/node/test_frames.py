@@ -32,6 +32,7 @@ def test_a_packet_is_framed_once_for_all_recipients() -> None:
 
 class ManualFlusher:
     runtime = runtime.load("eventlet")
+    write_window = 0.0
 
     def __init__(self) -> None:
         self.counters = {"writes": 0, "frames": 0}

@@ -66,7 +66,8 @@ def test_flags_override_the_application_settings() -> None:
         "--connect-timeout", "5", "--max-replay-packets", "10", "--max-replay-bytes", "2048",
         "--max-backlog", "4096", "--no-tcp-nodelay", "--websocket-compression",
         "--max-connections", "500", "--http-header-timeout", "3", "--http-idle-timeout", "0",
-        "--session-ttl", "15", "--recovery-window", "90", "--name", "n7"))
+        "--session-ttl", "15", "--recovery-window", "90", "--name", "n7",
+        "--write-window", "0.004"))
     assert config.limits.max_events_per_second is None  # 0: off
     assert config.limits.max_rooms_per_connection == 50
     assert config.limits.connect_timeout == 5.0
@@ -75,6 +76,7 @@ def test_flags_override_the_application_settings() -> None:
     assert (transport.max_backlog, transport.tcp_nodelay, transport.websocket_compression) == \
         (4096, False, True)
     assert transport.max_connections == 500
+    assert transport.write_window == 0.004
     assert (transport.http_header_timeout, transport.http_idle_timeout) == (3.0, None)
     assert config.sessions.ttl == 15.0
     # the window changes; the application's skip_connect_handler stays
@@ -90,6 +92,7 @@ def test_the_environment_sets_the_flag_defaults(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("CLUSTER_SIGNING_SECRET", "s3cret")
     monkeypatch.setenv("CLUSTER_MAX_BACKLOG", "8192")
     monkeypatch.setenv("CLUSTER_MAX_EVENTS_PER_SECOND", "25")
+    monkeypatch.setenv("CLUSTER_WRITE_WINDOW", "0")
     monkeypatch.setenv("CONNECTION_STATE_RECOVERY", "45")
     monkeypatch.setenv("SESSION_TTL", "50")
     monkeypatch.setenv("CLUSTER_ALLOW_UNSIGNED_BUS", "yes")
@@ -99,6 +102,7 @@ def test_the_environment_sets_the_flag_defaults(monkeypatch: pytest.MonkeyPatch)
     assert (config.bus.url, config.bus.channel, config.bus.signing_secret) == \
         ("redis://127.0.0.1:6379/3", "chat", "s3cret")
     assert config.transport.max_backlog == 8192
+    assert config.transport.write_window == 0.0  # 0: off, not "unset"
     assert config.limits.max_events_per_second == 25.0
     assert config.recovery is not None and config.recovery.max_disconnection_duration == 45.0
     assert config.sessions.ttl == 50.0
@@ -121,6 +125,9 @@ def test_a_bad_value_is_a_configuration_error_naming_the_option(
         node_config(_socketio().config, _parse())
     with pytest.raises(ConfigurationError, match="max_rooms_per_connection"):
         node_config(_socketio().config, _parse("--max-rooms-per-connection", "-1"))
+    monkeypatch.delenv("CLUSTER_MAX_BACKLOG")
+    with pytest.raises(ConfigurationError, match="write_window must be a number of seconds"):
+        node_config(_socketio().config, _parse("--write-window", "2"))  # 2 s, not 2 ms
 
 
 def test_the_change_is_applied_once_to_the_running_parts() -> None:
@@ -128,11 +135,12 @@ def test_the_change_is_applied_once_to_the_running_parts() -> None:
     manager, sessions = socketio.server.manager, socketio.sessions
     config = node_config(socketio.config, _parse(
         "--max-rooms-per-connection", "3", "--max-backlog", "4096", "--session-ttl", "9",
-        "--websocket-compression"))
+        "--websocket-compression", "--write-window", "0.003"))
     socketio.reconfigure(config)
     assert socketio.config is config and socketio.server.config is config
     assert socketio.server.limits.max_rooms_per_connection == 3
     assert socketio.server.eio.max_backlog == 4096
+    assert socketio.server.eio.write_window == 0.003
     assert socketio.server.manager is manager  # the bus did not change
     assert socketio.sessions is not sessions  # the session settings did
     # the compression middleware asks the config in use per request

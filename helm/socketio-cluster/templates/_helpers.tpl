@@ -278,7 +278,8 @@ Whole numbers are printed as integers (YAML numbers arrive as floats).
   "maxReplayBytes" "CLUSTER_MAX_REPLAY_BYTES"
   "httpHeaderTimeoutSeconds" "CLUSTER_HTTP_HEADER_TIMEOUT"
   "httpIdleTimeoutSeconds" "CLUSTER_HTTP_IDLE_TIMEOUT"
-  "httpBodyTimeoutSeconds" "CLUSTER_HTTP_BODY_TIMEOUT" }}
+  "httpBodyTimeoutSeconds" "CLUSTER_HTTP_BODY_TIMEOUT"
+  "writeWindowSeconds" "CLUSTER_WRITE_WINDOW" }}
 {{- $limits := .Values.limits | default dict }}
 {{- range $key := keys $names | sortAlpha }}
 {{- $value := index $limits $key }}
