@@ -84,6 +84,34 @@ def test_frames_share_writes_and_the_upgrade_from_polling_works(
     assert polling_only.call("context")["result"]["sid"] == polling_only.sid
 
 
+def test_a_websocket_streamed_to_gets_its_frames_packed_within_the_write_window(
+        node_factory: Any, sio_client_factory: Any) -> None:
+    """Emits 5 ms apart, each alone in its turn, reach a listener that says
+    nothing: with a 50 ms window its frames leave several per write, and an
+    ack asked meanwhile is not held by them."""
+    (node,) = node_factory(message_queue=None, extra_args=["--write-window", "0.05"])
+    listener = Peer(sio_client_factory, node.url, cls=socketio.Client)
+    listener.call("join", "feed")
+    sender = Peer(sio_client_factory, node.url, cls=socketio.Client)
+    frames_before = metric(node, "socketio_websocket_total", "frames")
+    writes_before = metric(node, "socketio_websocket_total", "writes")
+    for n in range(60):
+        sender.client.emit("to_room", {"room": "feed", "text": f"{n:02d}"})
+        time.sleep(0.005)
+    texts = []
+    while len(texts) < 60:
+        event, data = listener.events.get(timeout=10)
+        if event == "room_message":
+            texts.append(data["text"])
+    assert texts == [f"{n:02d}" for n in range(60)]
+    frames = metric(node, "socketio_websocket_total", "frames") - frames_before
+    writes = metric(node, "socketio_websocket_total", "writes") - writes_before
+    assert frames >= 60
+    assert writes * 2 <= frames, (writes, frames)  # 5 ms apart, 1 per write without it
+    # the listener speaks: the answer leaves in its turn, not a window later
+    assert listener.call("context")["result"]["sid"] == listener.sid
+
+
 def test_a_client_uploading_at_full_speed_does_not_hold_up_the_others(
         node_factory: Any, sio_client_factory: Any) -> None:
     import threading
