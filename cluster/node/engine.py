@@ -212,7 +212,8 @@ class ClusterEngineServer(compat.EngineServerSeam):
                 "turns_waiting": scheduler.waiting}
 
     def transport_stats(self) -> dict[str, int]:
-        """Websocket writes and the frames they carried (coalescing ratio)."""
+        """Websocket writes, the frames they carried (coalescing ratio), and
+        the writes held for the write window."""
         if self.flusher is None:
-            return {"writes": 0, "frames": 0}
+            return {"writes": 0, "frames": 0, "held": 0}
         return dict(self.flusher.counters)

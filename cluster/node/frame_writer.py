@@ -109,8 +109,9 @@ class Flusher:
         self._armed = False
         self._held: list[FrameWriter] = []
         self._held_timer: Any = None
-        #: ``writes`` (send calls) and ``frames`` (frames they carried)
-        self.counters = {"writes": 0, "frames": 0}
+        #: ``writes`` (send calls), ``frames`` (frames they carried) and
+        #: ``held`` (writes that waited for the write window)
+        self.counters = {"writes": 0, "frames": 0, "held": 0}
 
     def schedule(self, writer: FrameWriter) -> None:
         self._dirty.append(writer)
@@ -124,6 +125,7 @@ class Flusher:
         armed by the first writer held, within that writer's window, and
         every writer held later was held after it."""
         self._held.append(writer)
+        self.counters["held"] += 1
         if self._held_timer is None:
             self._held_timer = self.runtime.call_later(max(0.0, delay), self.run_held)
 

@@ -61,8 +61,9 @@ class NodeCollector:
         yield server_counters
 
         transport = CounterMetricFamily(
-            "socketio_websocket", "Websocket sends and the frames they carried "
-            "(frames/writes is the coalescing ratio)", labels=["kind"])
+            "socketio_websocket", "Websocket sends, the frames they carried "
+            "(frames/writes is the coalescing ratio) and the sends held for the write "
+            "window", labels=["kind"])
         for name, value in sorted(server.eio.transport_stats().items()):
             transport.add_metric([name], value)
         yield transport

@@ -114,7 +114,7 @@ def test_frames_to_a_socket_just_written_wait_for_the_window_and_leave_together(
     assert len(hand.timers) == 1 and hand.timers[0][0] == pytest.approx(WINDOW * 3 / 4)
     hand.fire_timers()
     assert _received(right) == frame(b"a") + frame(b"b")  # one send
-    assert flusher.counters == {"writes": 2, "frames": 3}
+    assert flusher.counters == {"writes": 2, "frames": 3, "held": 1}
 
 
 def test_a_socket_quiet_for_a_window_is_written_at_the_end_of_the_turn(
@@ -228,7 +228,7 @@ def test_the_window_on_the_real_hub_holds_then_sends_both_frames_in_one_write(
     deadline = eventlet.hubs.get_hub().clock() + 5
     while flusher.counters["writes"] < 2 and eventlet.hubs.get_hub().clock() < deadline:
         eventlet.sleep(0.01)
-    assert flusher.counters == {"writes": 2, "frames": 3}
+    assert flusher.counters == {"writes": 2, "frames": 3, "held": 1}
     assert _received(right) == frame(b"second") + frame(b"third")
 
 

@@ -108,6 +108,7 @@ def test_a_websocket_streamed_to_gets_its_frames_packed_within_the_write_window(
     writes = metric(node, "socketio_websocket_total", "writes") - writes_before
     assert frames >= 60
     assert writes * 2 <= frames, (writes, frames)  # 5 ms apart, 1 per write without it
+    assert metric(node, "socketio_websocket_total", "held") > 0
     # the listener speaks: the answer leaves in its turn, not a window later
     assert listener.call("context")["result"]["sid"] == listener.sid
 

@@ -109,6 +109,7 @@ def test_server_counters_count_what_the_limits_dropped(served: Any) -> None:
     figures = _scrape(socketio)
     assert figures[("socketio_server_events_total", (("kind", "malformed_packets"),))] == 0
     assert ("socketio_websocket_total", (("kind", "writes"),)) in figures
+    assert ("socketio_websocket_total", (("kind", "held"),)) in figures
 
 
 def test_session_counters_appear_with_a_session_store(served: Any) -> None:
