@@ -111,6 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"nodes: room emits/s of the high window ({n.high_rate:g})")
     p.add_argument("--user-rate", type=float, default=n.user_rate,
                    help=f"nodes: per-user emits/s from the emitter process ({n.user_rate:g})")
+    p.add_argument("--user-rate-per-node", action="store_true",
+                   help="nodes: --user-rate is per node (the emitter sends it times the node "
+                        "count), so each node serves the same rate at every count")
     p.add_argument("--nodes-window-seconds", type=float, default=n.window_s,
                    help=f"nodes: each measured window ({n.window_s:g})")
     p.add_argument("--no-user-rooms", action="store_true",
@@ -136,7 +139,9 @@ def nodes_settings_of(args: argparse.Namespace) -> NodesSettings:
     counts = tuple(int(c) for c in args.node_counts.split(",") if c.strip())
     return NodesSettings(node_counts=counts, rooms=args.rooms, room_size=args.room_size,
                          low_rate=args.nodes_low_rate, high_rate=args.nodes_high_rate,
-                         user_rate=args.user_rate, window_s=args.nodes_window_seconds,
+                         user_rate=args.user_rate,
+                         user_rate_per_node=args.user_rate_per_node,
+                         window_s=args.nodes_window_seconds,
                          warmup_s=args.warmup_seconds, drain_s=args.drain_seconds,
                          settle_s=args.settle_seconds, user_rooms=not args.no_user_rooms)
 
@@ -215,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"cluster CPU against node count: {', '.join(map(str, nodes.node_counts))} nodes; "
               f"{nodes.rooms} rooms of {nodes.room_size}; {nodes.low_rate:g} then "
               f"{nodes.high_rate:g} room emits/s"
-              + (f", {nodes.user_rate:g} per-user emits/s" if nodes.user_rooms else "")
+              + (f", {nodes.user_rate:g} per-user emits/s"
+                 + (" per node" if nodes.user_rate_per_node else "") if nodes.user_rooms else "")
               + f"; {nodes.window_s:g} s windows", flush=True)
     print(f"targets {', '.join(keys)}; {args.rounds} round(s); estimated {estimate / 60:.1f} min",
           flush=True)

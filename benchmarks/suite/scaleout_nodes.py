@@ -80,6 +80,10 @@ class NodesSettings:
     low_rate: float = 2.0
     high_rate: float = 300.0
     user_rate: float = 300.0
+    #: ``user_rate`` is per node: the emitter sends ``user_rate`` times the
+    #: node count, so each node serves the same rate at every count (a node's
+    #: CPU per emit falls as its rate rises: see ``benchmarks/README.md``)
+    user_rate_per_node: bool = False
     window_s: float = 8.0
     warmup_s: float = 2.0
     drain_s: float = 3.0
@@ -152,7 +156,8 @@ def measure_nodes(procs: Procs, target: Target, count: int, redis_url: str,
 
         plan = [(LOW, settings.low_rate, "group"), (HIGH, settings.high_rate, "group")]
         if settings.user_rooms and user_via:
-            plan.append((USER, settings.user_rate, "user"))
+            plan.append((USER, settings.user_rate * (count if settings.user_rate_per_node
+                                                     else 1), "user"))
         for index, rate, kind in plan:
             if kind == "user" and emitter is not None:
                 windows.append(_emitter_window(loadgen, emitter, index, rate, settings, sample))

@@ -195,7 +195,9 @@ def nodes_section(results: dict[str, Any]) -> list[str]:
             "node holds the same number of receivers and every room has members on every "
             "node. One publisher client per room, not a member, all on node 0. Windows: "
             f"{n['low_rate']:g} then {n['high_rate']:g} room emits/s in total (round-robin "
-            f"over the rooms), then {n['user_rate']:g} emits/s from one process to per-user "
+            f"over the rooms), then {n['user_rate']:g} emits/s"
+            + (" per node" if n.get("user_rate_per_node") else "")
+            + " from one process to per-user "
             "rooms (each receiver alone in its own room; this project: `workers.Emitter`), "
             f"each {n['window_s']:g} s after {n['warmup_s']:g} s of warm-up. CPU per emit is "
             "a slope against the first window, idle cost cancelling (see "
