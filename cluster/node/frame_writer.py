@@ -65,7 +65,6 @@ DEFAULT_WRITE_WINDOW = 0.001
 MAX_WRITE_WINDOW = 0.1
 
 
-
 def checked_write_window(value: Any) -> float:
     """``value`` as a ``write_window`` in seconds.
 
