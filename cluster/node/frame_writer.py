@@ -131,20 +131,20 @@ class Flusher:
     def run_held(self) -> None:
         self._held_timer = None
         held, self._held = self._held, []
-        for writer in held:
-            try:
-                writer.flush_held()
-            except Exception:  # one socket's failure must not stop the others
-                logger.exception("websocket flush failed")
+        _flush_each(held, FrameWriter.flush_held)
 
     def run(self) -> None:
         self._armed = False
         dirty, self._dirty = self._dirty, []
-        for writer in dirty:
-            try:
-                writer.flush()
-            except Exception:  # one socket's failure must not stop the others
-                logger.exception("websocket flush failed")
+        _flush_each(dirty, FrameWriter.flush)
+
+
+def _flush_each(writers: list[FrameWriter], flush: Callable[[FrameWriter], None]) -> None:
+    for writer in writers:
+        try:
+            flush(writer)
+        except Exception:  # one socket's failure must not stop the others
+            logger.exception("websocket flush failed")
 
 
 class FrameWriter:

@@ -55,6 +55,16 @@ def test_a_client_that_stops_reading_is_cut_at_the_backlog_limit(
     assert listener.call("context")["result"]["sid"] == listener.sid
 
 
+def _room_texts(peer: Peer, count: int) -> list[str]:
+    """The texts of the next ``count`` ``room_message`` events ``peer`` gets."""
+    texts: list[str] = []
+    while len(texts) < count:
+        event, data = peer.events.get(timeout=10)
+        if event == "room_message":
+            texts.append(data["text"])
+    return texts
+
+
 def test_frames_share_writes_and_the_upgrade_from_polling_works(
         node_factory: Any, sio_client_factory: Any) -> None:
     (node,) = node_factory(message_queue=None)
@@ -69,12 +79,7 @@ def test_frames_share_writes_and_the_upgrade_from_polling_works(
     sender = Peer(sio_client_factory, node.url, cls=socketio.Client)
     for n in range(200):
         sender.client.emit("to_room", {"room": "feed", "text": f"{n:03d}"})
-    texts = []
-    while len(texts) < 200:
-        event, data = polling_first.events.get(timeout=10)
-        if event == "room_message":
-            texts.append(data["text"])
-    assert texts == [f"{n:03d}" for n in range(200)]
+    assert _room_texts(polling_first, 200) == [f"{n:03d}" for n in range(200)]
     frames = metric(node, "socketio_websocket_total", "frames") - before
     assert frames >= 200
     assert metric(node, "socketio_websocket_total", "writes") <= metric(
@@ -98,12 +103,7 @@ def test_a_websocket_streamed_to_gets_its_frames_packed_within_the_write_window(
     for n in range(60):
         sender.client.emit("to_room", {"room": "feed", "text": f"{n:02d}"})
         time.sleep(0.005)
-    texts = []
-    while len(texts) < 60:
-        event, data = listener.events.get(timeout=10)
-        if event == "room_message":
-            texts.append(data["text"])
-    assert texts == [f"{n:02d}" for n in range(60)]
+    assert _room_texts(listener, 60) == [f"{n:02d}" for n in range(60)]
     frames = metric(node, "socketio_websocket_total", "frames") - frames_before
     writes = metric(node, "socketio_websocket_total", "writes") - writes_before
     assert frames >= 60
