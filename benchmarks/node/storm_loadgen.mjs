@@ -102,6 +102,11 @@ const hists = new Map();     // node pid (the client's first node) -> {before, s
 // recovered client missed one (see missSamples)
 const offsets = new Map();
 const MISS_SAMPLES = 200;
+// duplicates, each with both copies: when each arrived against the client's
+// reconnects, and the offset each carried (to tell a replayed copy from a
+// live one)
+const dupSamples = [];
+const DUP_SAMPLES = 200;
 
 // "1700000000000-3" -> [ms, seq], compared as stream ids
 function offsetKey(offset) {
@@ -128,7 +133,12 @@ function onMessage(c, m, offset) {
   lastDelivery = t;
   if (m.r !== c.room) { c.foreign += 1; return; }
   const key = m.f * 100_000 + m.q;
-  c.recv.set(key, (c.recv.get(key) || 0) + 1);
+  const copies = (c.recv.get(key) || 0) + 1;
+  c.recv.set(key, copies);
+  const copy = { at_ms: Math.round(t), connects: c.connects, offset: typeof offset === "string"
+    ? offset : null, recovered: c.socket.recovered === true };
+  if (copies === 1) c.first.set(key, copy);
+  else if (dupSamples.length < DUP_SAMPLES) dupSamples.push(dupSample(c, m, key, copy));
   if (typeof offset === "string") { // the recovery offset the server attached
     offsets.set(key, offset);
     c.lastOffset = offset;
@@ -163,7 +173,7 @@ async function onReconnect(c) {
 
 function makeClient(index) {
   const c = { index, room: `r${Math.floor(index / ROOM_SIZE)}`, node: null, active: false,
-              recv: new Map(), foreign: 0, seq: 0, sendT: [], sendAck: [], sendNode: [],
+              recv: new Map(), first: new Map(), foreign: 0, seq: 0, sendT: [], sendAck: [], sendNode: [],
               away: [],
               connects: 0, connectErrors: 0, attempts: 0 };
   c.socket = io(cfg.lb_url, {
@@ -312,7 +322,23 @@ function count() {
       for (const n of c.recv.values()) if (n > 1) cl.duplicates += n - 1;
     }
   }
-  return { classes, lost, never_joined: neverJoined, miss_samples: missSamples };
+  return { classes, lost, never_joined: neverJoined, miss_samples: missSamples,
+           dup_samples: dupSamples };
+}
+
+// a message a client got twice: both copies (times from the message's send),
+// the client's aways around them and the offset it held at each disconnect
+function dupSample(c, m, key, second) {
+  const first = c.first.get(key);
+  const rel = (x) => (x === null || x === undefined ? null : Math.round(x - m.t));
+  return {
+    sent_after_kill_ms: killAsked === null ? null : Math.round(m.t - killAsked),
+    sender_is_receiver: m.f === c.index,
+    first: { ...first, at_ms: rel(first.at_ms) },
+    second: { ...second, at_ms: rel(second.at_ms) },
+    aways: c.away.map((a) => ({ start_ms: rel(a.start), reconnect_ms: rel(a.reconnect),
+                                recovered: a.recovered, last_offset: a.lastOffset || null })),
+  };
 }
 
 // the node a client was on at time t, as far as the load generator knows

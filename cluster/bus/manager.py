@@ -389,8 +389,9 @@ class ClusterManager(MembershipEvents, compat.PubSubSeam):
     #: recover by themselves, returning how many (set by the node's server,
     #: which spreads the closes; None: nothing to close)
     client_closer: Callable[[], int] | None = None
-    #: whether a connection (by Engine.IO sid) is being recovered: its live
-    #: packets are held until its replay is out (set by the node's server)
+    #: whether a connection (by Engine.IO sid) is being recovered, or was
+    #: just now: an emit that did not come back in time skips it, as its
+    #: replay may have sent it (set by the node's server)
     recovering: Callable[[Any], bool] | None = None
 
     def _reset_local_clients(self) -> int:

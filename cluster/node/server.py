@@ -170,8 +170,9 @@ class ClusterServer(compat.SocketServerSeam):
         if isinstance(manager, ClusterManager):
             # the bus sends every client to recover when it cannot catch up
             manager.client_closer = self.close_clients
-            # connections whose replay covers an emit that did not come back
-            manager.recovering = self.packet_hold.replaying
+            # connections whose replay covers, or may have covered, an emit
+            # that did not come back in time
+            manager.recovering = self.packet_hold.needs_offsets
 
     def close_clients(self, window: float = DEFAULT_DRAIN_SPREAD_SECONDS) -> int:
         """Close every client connection at the Engine.IO level, spread over

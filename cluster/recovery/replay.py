@@ -144,6 +144,24 @@ class PacketHold:
         held = self._held.get(eio_sid)
         return held is not None and held.packets is not None and held.replaying
 
+    def needs_offsets(self, eio_sid: str) -> bool:
+        """Whether ``eio_sid`` may get this node's logged emits only with
+        their offsets: while it is :meth:`replaying`, and while its floor
+        lasts after the replay.
+
+        An emit that did not come back in time is delivered by its emitter
+        without an offset, which the floor cannot tell from a packet the
+        replay sent: a reconnect storm's recovered clients got 4-10 such
+        emits twice (the replay's copy, then the emitter's, 0.1-0.4 s
+        later). Skipped, such a connection gets the emit when it comes
+        back, with its offset, which the floor drops if the replay sent it."""
+        held = self._held.get(eio_sid)
+        if held is None:
+            return False
+        if held.packets is not None:
+            return held.replaying
+        return held.floor is not None and time.monotonic() <= held.until
+
     def holding(self, eio_sid: str) -> bool:
         """Whether packets for ``eio_sid`` must go through :meth:`hold`
         (the hot path's one dict lookup)."""

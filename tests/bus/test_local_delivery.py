@@ -56,3 +56,40 @@ def test_an_emit_that_never_comes_back_reaches_a_plain_connect_and_skips_a_repla
     # being recovered is skipped, which its replay's tail covers
     (sent,) = delivered
     assert sent["event"] == "welcome" and sent["skip_sid"] == ["old"]
+
+
+def test_an_emit_that_does_not_come_back_in_time_skips_a_just_recovered_connection() -> None:
+    # packets are (offset, namespace) here: what the hold's locate reads
+    hold = PacketHold(lambda kind, item: item, {})
+    hold.start("recovered-eio", replaying=True)
+    # its replay is out, and sent everything logged up to 100-5
+    hold.release("recovered-eio", floor=("/", "100-5"))
+    assert not hold.replaying("recovered-eio") and hold.needs_offsets("recovered-eio")
+    assert not hold.needs_offsets("plain-eio")
+    delivered: list[dict[str, Any]] = []
+    ordered = OrderedDelivery(Runtime())
+    members = [("recovered", "recovered-eio"), ("plain", "plain-eio")]
+    local = LocalDelivery(
+        ordered, LostPublisher(), Runtime(), BusStats(),  # type: ignore[arg-type]
+        apply_emit=delivered.append, logs_recovery=lambda: True,
+        participants=lambda namespace, room: members, recovering=lambda: hold.needs_offsets,
+        subscribed=lambda: True, in_listener=lambda: False, offset_wait=0.05)
+    pending = ordered.expect()
+    message = {"method": "emit", "event": "chat", "data": ["hi"], "binary": False,
+               "namespace": "/", "room": "r", "skip_sid": None, "callback": None,
+               "lid": pending.lid}
+    local.deliver_logged(message, "{}", pending)
+    # the emitter's copy has no offset: the recovered connection, whose
+    # replay may have sent it already, is skipped (a reconnect storm's
+    # recovered clients got such emits twice)
+    (sent,) = delivered
+    assert sent["skip_sid"] == ["recovered"]
+    # it comes back late, with its offset: now it reaches the recovered
+    # connection only (the plain one got it from the emitter) ...
+    local.came_back(dict(message, offset="100-3"))
+    assert delivered[1]["skip_sid"] == ["plain"] and delivered[1]["offset"] == "100-3"
+    # ... where the floor drops it, as the replay sent it (at or below 100-5)
+    assert hold.hold("recovered-eio", "pkt", ("100-3", "/"))
+    # the first live packet past the floor ends it
+    assert not hold.hold("recovered-eio", "pkt", ("100-6", "/"))
+    assert not hold.needs_offsets("recovered-eio")
