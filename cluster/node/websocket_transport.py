@@ -96,6 +96,10 @@ class ClusterSocket(StrictSocket):
     pong_timer: Any = None
     #: the pause fence's generation when it opened (set by the engine)
     fence_generation = 0
+    #: a message is handled apart (a CONNECT waiting for admission, its
+    #: handler, its rooms), so nothing of this connection is read meanwhile:
+    #: a pong may be waiting unread (see :meth:`check_ping_timeout`)
+    reads_paused = False
 
     # python-engineio's own state (set in its ``Socket.__init__``), declared
     # for mypy only: the base class is untyped
@@ -192,14 +196,31 @@ class ClusterSocket(StrictSocket):
         else:
             self.server.runtime.spawn(self.send, eio_packet.Packet(eio_packet.PING))
 
+    def check_ping_timeout(self) -> bool:
+        """python-engineio's check, except while reading is paused: the
+        client's pong may then be in the socket, unread, and a CONNECT
+        that waits for its turn longer than ``ping_timeout`` (a reconnect
+        storm's queue, a slow connect handler) would close a client that
+        answered. Once reading resumes, the pong is read or the deadline
+        (re-armed meanwhile, :meth:`_pong_due`) closes the connection."""
+        if self.reads_paused and not self.closed:
+            return True
+        return bool(super().check_ping_timeout())
+
     def _pong_due(self, sent_at: float) -> None:
         # runs in the hub; a pong in time cleared last_ping (schedule_ping)
         self.pong_timer = None
-        if self.last_ping == sent_at and not (self.closing or self.closed):
-            self.server.logger.info("%s: Client is gone, closing socket", self.sid)
-            # close() runs the disconnect handlers, which may block
-            self.server.runtime.spawn(self.close, False, False,
-                                      self.server.reason.PING_TIMEOUT)
+        if self.last_ping != sent_at or self.closing or self.closed:
+            return
+        if self.reads_paused:
+            # the pong may be waiting unread (see check_ping_timeout): one
+            # more deadline, from now
+            self.pong_timer = self.server.runtime.call_later(
+                self.server.ping_timeout + PONG_GRACE, self._pong_due, sent_at)
+            return
+        self.server.logger.info("%s: Client is gone, closing socket", self.sid)
+        # close() runs the disconnect handlers, which may block
+        self.server.runtime.spawn(self.close, False, False, self.server.reason.PING_TIMEOUT)
 
     # -- closing -----------------------------------------------------------
 
@@ -348,6 +369,14 @@ class ClusterSocket(StrictSocket):
         if writer is not None:
             writer.heard()  # what answers this leaves at the end of the turn
         try:
+            return self._handle(data)
+        finally:
+            # the message handled apart, if it was one, is done: the
+            # connection's reading resumes after this
+            self.reads_paused = False
+
+    def _handle(self, data: str | bytes) -> bool:
+        try:
             pkt = self.decode_client_packet(data, "websocket")
             self.check_packet_type(pkt, "websocket")
             self.receive_client_packet(pkt, "websocket")
@@ -368,7 +397,10 @@ class ClusterSocket(StrictSocket):
         """A Socket.IO CONNECT (an Engine.IO message, ``4``, whose packet is a
         CONNECT, ``0``, to any namespace) waits for admission and for its
         rooms: see :mod:`.websocket_reads`."""
-        return isinstance(data, str) and data.startswith(_CONNECT_MESSAGE)
+        apart = isinstance(data, str) and data.startswith(_CONNECT_MESSAGE)
+        if apart:
+            self.reads_paused = True
+        return apart
 
     def connection_lost(self) -> None:
         """The detached websocket's reading ended: the session ends with it."""

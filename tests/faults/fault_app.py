@@ -38,6 +38,9 @@ def on_connect(auth: dict[str, Any] | None) -> Any:
         return False
     if "name" not in session:  # a resumed session keeps the name it was created with
         session["name"] = name
+    hold = (auth or {}).get("hold")
+    if isinstance(hold, (int, float)) and 0 < hold <= 10:
+        socketio.sleep(hold)  # a CONNECT that takes this long (a storm's queue)
     return None
 
 

@@ -69,6 +69,32 @@ def test_a_peer_that_stops_answering_pings_is_closed_by_its_pong_deadline(
              what="the closed websocket's connection released")
 
 
+def test_a_connect_that_outlasts_the_pong_deadline_keeps_a_client_that_answered(
+        node_factory: Any) -> None:
+    # nothing of a connection is read while its CONNECT is handled (it may
+    # wait for admission behind a reconnect storm's): its pong waits unread,
+    # which must not count as a missing pong (ping 1 s, pong within 1 s)
+    (node,) = node_factory(app=FAULT_APP, env={"FAULT_PING_INTERVAL": "1",
+                                               "FAULT_PING_TIMEOUT": "1"})
+    client = RawWebSocket(node)
+    # the connect handler takes 4 s: past the first pong's deadline (2.5 s)
+    client.send("40" + json.dumps({"name": "patient", "hold": 4}))
+    connected = client.read_until("40")  # read() answers the pings meanwhile
+    assert connected.startswith("40{")
+    # still served, and still watched: its pongs are read again
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        client.sock.settimeout(0.2)
+        try:
+            client.read()
+        except TimeoutError:
+            pass
+    client.sock.settimeout(10)
+    client.send('421["whoami"]')
+    assert json.loads(client.read_until("431")[3:])[0]["name"] == "patient"
+    client.close()
+
+
 def test_messages_keep_their_order_across_read_turns(node_factory: Any) -> None:
     # more than one read turn's worth of frames in one write: the turn
     # yields to the next connection in line and resumes where it stopped
