@@ -29,7 +29,7 @@ It writes ``benchmarks/results/storm.json`` and ``storm.md`` (``--quick``:
 is stopped by PID, on errors, Ctrl-C and SIGTERM too. Run from the
 repository root::
 
-    .venv/bin/python -m benchmarks.storm            # 2 rounds x 2 targets, ~4 min per storm
+    .venv/bin/python -m benchmarks.storm            # 2 rounds x 3 targets, ~4 min per storm
     .venv/bin/python -m benchmarks.storm --quick    # 100 clients per node, one round, ~1 min
 """
 

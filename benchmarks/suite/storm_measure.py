@@ -96,6 +96,10 @@ def _cluster_argv(port: int, redis_url: str) -> list[str]:
             "--log-level", "WARNING"]
 
 
+def _cluster_gevent_argv(port: int, redis_url: str) -> list[str]:
+    return [*_cluster_argv(port, redis_url), "--async-mode", "gevent"]
+
+
 def _node_argv(port: int, redis_url: str) -> list[str]:
     return [node_executable(), str(NODE_DIR / "storm_server.mjs"), "--host", HOST,
             "--port", str(port), "--redis", redis_url]
@@ -103,6 +107,8 @@ def _node_argv(port: int, redis_url: str) -> list[str]:
 
 STORM_TARGETS: dict[str, Target] = {t.key: t for t in (
     Target("cluster", "this project (recovery on, 120 s)", _cluster_argv),
+    Target("cluster-gevent", "this project on gevent (recovery on, 120 s)",
+           _cluster_gevent_argv),
     Target("node", "Node socket.io 4.8 + redis-streams-adapter (recovery on, 120 s)", _node_argv),
 )}
 

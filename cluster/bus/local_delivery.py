@@ -121,10 +121,13 @@ class LocalDelivery:
                 return
             if queued:
                 self._stats.incr("delivered_unlogged")
-            if recovering:
-                # not to connections being recovered: without an offset their
-                # replay could not tell it from its own copy (sent twice);
-                # they get it from the replay, or when it comes back
+            if recovering and queued:
+                # not to connections being recovered, or just recovered:
+                # without an offset their replay could not tell it from its
+                # own copy (sent twice); they get it from the replay, or
+                # when it comes back. One never queued never comes back and
+                # is in no replay: they get it now (held until the replay
+                # is out, for one being replayed to)
                 message = dict(message, skip_sid=_with_skipped(message, recovering))
             self.deliver(message)
 

@@ -11,6 +11,21 @@ from cluster.bus.stats import BusStats
 from cluster.recovery.replay import PacketHold
 
 
+class RefusingPublisher:
+    """Refuses every emit (the outbox is full): none is ever logged."""
+
+    healthy = False
+
+    def start(self) -> None:
+        pass
+
+    def watch_seals(self, watcher: Any) -> None:
+        pass
+
+    def publish(self, *, body: str, logged: bool, waiter: Any, channel: Any = None) -> bool:
+        return False
+
+
 class LostPublisher:
     """Queues every emit, none of which ever comes back (published before
     this node's subscription to the target's channel was in place)."""
@@ -93,3 +108,25 @@ def test_an_emit_that_does_not_come_back_in_time_skips_a_just_recovered_connecti
     # the first live packet past the floor ends it
     assert not hold.hold("recovered-eio", "pkt", ("100-6", "/"))
     assert not hold.needs_offsets("recovered-eio")
+
+
+def test_an_emit_never_queued_reaches_a_just_recovered_connection_now() -> None:
+    # it is in no replay and never comes back: skipped, it would be missed
+    hold = PacketHold(lambda kind, item: item, {})
+    hold.start("recovered-eio", replaying=True)
+    hold.release("recovered-eio", floor=("/", "100-5"))
+    delivered: list[dict[str, Any]] = []
+    ordered = OrderedDelivery(Runtime())
+    local = LocalDelivery(
+        ordered, RefusingPublisher(), Runtime(), BusStats(),  # type: ignore[arg-type]
+        apply_emit=delivered.append, logs_recovery=lambda: True,
+        participants=lambda namespace, room: [("recovered", "recovered-eio")],
+        recovering=lambda: hold.needs_offsets, subscribed=lambda: True,
+        in_listener=lambda: False, offset_wait=0.05)
+    pending = ordered.expect()
+    message = {"method": "emit", "event": "chat", "data": ["hi"], "binary": False,
+               "namespace": "/", "room": "r", "skip_sid": None, "callback": None,
+               "lid": pending.lid}
+    local.deliver_logged(message, "{}", pending)
+    (sent,) = delivered
+    assert not sent["skip_sid"]
