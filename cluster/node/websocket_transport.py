@@ -365,10 +365,10 @@ class ClusterSocket(StrictSocket):
     def handle_message(self, data: str | bytes) -> bool:
         """Handle one message from the client; ``False`` once the
         connection is to end."""
-        writer = self.frame_writer
-        if writer is not None:
-            writer.heard()  # what answers this leaves at the end of the turn
         try:
+            writer = self.frame_writer
+            if writer is not None:
+                writer.heard()  # what answers this leaves at the end of the turn
             return self._handle(data)
         finally:
             # the message handled apart, if it was one, is done: the
