@@ -8,6 +8,7 @@ from typing import Any
 
 import socketio
 
+from cluster import Client
 from tests.harness.peers import Peer
 from tests.harness.raw_websocket import RawWebSocket, masked_text_frame, metric
 
@@ -23,7 +24,11 @@ def test_a_client_that_stops_reading_is_cut_at_the_backlog_limit(
     stalled_client = RawWebSocket(node, receive_buffer=4096)
     stalled_client.connect_and_join("feed")
     stalled = stalled_client.sock
-    listener = Peer(sio_client_factory, node.url, cls=socketio.Client)
+    # python-socketio's client hands each message to its handlers in a
+    # thread of its own, so the order they see is not the order the frames
+    # came in (two swapped in half the runs on a loaded machine): the
+    # project's client handles them in arrival order when asked to
+    listener = Peer(sio_client_factory, node.url, cls=Client, ordered_events=True)
     texts: list[str] = []
     listener.client.on("room_message", lambda message: texts.append(message["text"]))
     listener.call("join", "feed")
@@ -68,7 +73,8 @@ def _room_texts(peer: Peer, count: int) -> list[str]:
 def test_frames_share_writes_and_the_upgrade_from_polling_works(
         node_factory: Any, sio_client_factory: Any) -> None:
     (node,) = node_factory(message_queue=None)
-    polling_first = Peer(sio_client_factory, node.url, cls=socketio.Client,
+    # handlers in arrival order (see the first test)
+    polling_first = Peer(sio_client_factory, node.url, cls=Client, ordered_events=True,
                          transports=["polling", "websocket"])
     deadline = time.monotonic() + 10
     while polling_first.client.transport() != "websocket" and time.monotonic() < deadline:
@@ -95,7 +101,8 @@ def test_a_websocket_streamed_to_gets_its_frames_packed_within_the_write_window(
     nothing: with a 50 ms window its frames leave several per write, and an
     ack asked meanwhile is not held by them."""
     (node,) = node_factory(message_queue=None, extra_args=["--write-window", "0.05"])
-    listener = Peer(sio_client_factory, node.url, cls=socketio.Client)
+    # handlers in arrival order (see the first test)
+    listener = Peer(sio_client_factory, node.url, cls=Client, ordered_events=True)
     listener.call("join", "feed")
     sender = Peer(sio_client_factory, node.url, cls=socketio.Client)
     frames_before = metric(node, "socketio_websocket_total", "frames")
