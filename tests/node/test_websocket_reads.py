@@ -26,6 +26,18 @@ def _gauge(node: Any, name: str, kind: str | None = None) -> float:
     raise AssertionError(f"{prefix!r} not in /metrics")
 
 
+def _answer_pings(client: RawWebSocket, seconds: float) -> None:
+    """Read (and so answer every ping) for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client.sock.settimeout(0.2)
+        try:
+            client.read()
+        except TimeoutError:
+            pass
+    client.sock.settimeout(10)
+
+
 def _connected(node: Any, name: str) -> RawWebSocket:
     client = RawWebSocket(node)
     client.send("40" + json.dumps({"name": name}))
@@ -49,14 +61,7 @@ def test_a_peer_that_stops_answering_pings_is_closed_by_its_pong_deadline(
              what="the silent peer closed")
     assert silent.closed_within(5)
     # the client that answers its pings (read() does) is still served
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        answering.sock.settimeout(0.2)
-        try:
-            answering.read()
-        except TimeoutError:
-            pass
-    answering.sock.settimeout(10)
+    _answer_pings(answering, 3)
     answering.send('421["whoami"]')
     assert json.loads(answering.read_until("431")[3:])[0]["name"] == "answering"
     assert _gauge(node, "socketio_websocket_reads", "detached") == 1
@@ -82,14 +87,7 @@ def test_a_connect_that_outlasts_the_pong_deadline_keeps_a_client_that_answered(
     connected = client.read_until("40")  # read() answers the pings meanwhile
     assert connected.startswith("40{")
     # still served, and still watched: its pongs are read again
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        client.sock.settimeout(0.2)
-        try:
-            client.read()
-        except TimeoutError:
-            pass
-    client.sock.settimeout(10)
+    _answer_pings(client, 3)
     client.send('421["whoami"]')
     assert json.loads(client.read_until("431")[3:])[0]["name"] == "patient"
     client.close()
